@@ -1,0 +1,34 @@
+"""Data sets as in-memory uint8 tensors, validation carving, label noise and augmentation.
+
+Public entry point: :func:`load_dataset`. Built-in data sets: ``digits`` (scikit-learn,
+offline), ``cifar10`` and ``cifar100`` (torchvision's on-disk layout). More can be added
+with :func:`register_dataset`.
+"""
+
+from .augment import augment_batch, augment_params
+from .base import DataError, SourceData, Split
+from .datasets import Dataset, dataset_names, load_dataset, register_dataset
+from .noise import (
+    apply_label_noise,
+    asymmetric_map,
+    label_hash,
+    load_noisy_labels,
+    save_noisy_labels,
+)
+
+__all__ = [
+    "DataError",
+    "Dataset",
+    "SourceData",
+    "Split",
+    "apply_label_noise",
+    "asymmetric_map",
+    "augment_batch",
+    "augment_params",
+    "dataset_names",
+    "label_hash",
+    "load_dataset",
+    "load_noisy_labels",
+    "register_dataset",
+    "save_noisy_labels",
+]

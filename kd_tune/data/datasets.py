@@ -1,0 +1,207 @@
+"""The data-set registry, the :class:`Dataset` record and :func:`load_dataset`.
+
+``load_dataset`` is the one entry point: a registered loader reads the files (training
+pool + test split), then a validation split is carved from the pool, then label noise is
+applied to the remaining training labels only.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .base import DataError, SourceData, Split
+from .cifar import load_cifar10_source, load_cifar100_source
+from .digits import load_digits_source
+from .noise import (
+    apply_label_noise,
+    asymmetric_map,
+    label_hash,
+    noise_file_name,
+    read_noisy_labels,
+    save_noisy_labels,
+    validate_noise,
+)
+from .splits import stratified_split
+
+Loader = Callable[[str | None, bool], SourceData]
+"""A loader is called as ``loader(data_dir, download)`` and returns a :class:`SourceData`."""
+
+_REGISTRY: dict[str, Loader] = {}
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A loaded data set: in-memory uint8 images and int64 labels for three splits.
+
+    ``train.labels`` are the noisy labels when noise is on (``clean_train_labels`` keeps
+    the originals); ``val`` is carved from the original training data and, like ``test``,
+    is always clean. ``mean``/``std`` are per channel in units of ``pixel / max_value``.
+    ``augment`` says whether training should use :func:`kd_tune.data.augment_batch`.
+    ``noise_hash`` is :func:`kd_tune.data.label_hash` of the noisy training labels, or None
+    without noise.
+    """
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    clean_train_labels: torch.Tensor
+    num_classes: int
+    in_channels: int
+    image_size: int
+    max_value: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: bool
+    class_names: tuple[str, ...]
+    noise_hash: str | None
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(N, C, H, W)`` batch -> float32 ``((x / max_value) - mean) / std``, on its device."""
+        mean, std = _channel_stats(self.mean, self.std, images.device)
+        return (images.to(torch.float32) / self.max_value - mean) / std
+
+
+@functools.lru_cache(maxsize=32)
+def _channel_stats(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # normalize() runs once per batch: building these on a GPU each time would cost
+    # a host-to-device copy per step.
+    shape = (1, len(mean), 1, 1)
+    as_tensor = lambda v: torch.tensor(v, dtype=torch.float32, device=device).view(shape)  # noqa: E731
+    return as_tensor(mean), as_tensor(std)
+
+
+def register_dataset(name: str, loader: Loader) -> None:
+    """Make ``loader`` available to :func:`load_dataset` under ``name``.
+
+    ``loader(data_dir, download)`` must return a :class:`kd_tune.data.SourceData`.
+    Registering the same loader twice is a no-op; a different loader under a taken name
+    is a ValueError, so built-in data sets cannot be replaced by accident.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
+    if not callable(loader):
+        raise ValueError(f"loader for dataset {name!r} must be callable, got {type(loader).__name__}")
+    if _REGISTRY.get(name, loader) is not loader:
+        raise ValueError(f"dataset name {name!r} is already registered")
+    _REGISTRY[name] = loader
+
+
+def dataset_names() -> list[str]:
+    """Names accepted by :func:`load_dataset`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | None = None,
+    *,
+    download: bool = False,
+    val_size: int = 0,
+    split_seed: int = 0,
+    noise_type: str = "none",
+    noise_rate: float = 0.0,
+    noise_seed: int = 0,
+    noise_dir: str | None = None,
+) -> Dataset:
+    """Load data set ``name``, carve ``val_size`` validation samples, apply label noise.
+
+    The validation split is stratified and drawn with ``split_seed``. Noise (see
+    :mod:`kd_tune.data.noise`) touches the remaining training labels only. With
+    ``noise_dir``, the noisy labels are stored there under a name built from (dataset,
+    noise type, rate, seed, val_size, split_seed) and later calls reload that file (hash
+    verified) instead of drawing again. Raises ValueError for bad arguments and
+    :class:`DataError` for missing or malformed data.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"dataset={name!r} is not known; allowed: {', '.join(dataset_names())}")
+    rate = validate_noise(noise_type, noise_rate, noise_seed)
+    source = _REGISTRY[name](None if data_dir is None else os.fspath(data_dir), download)
+    if not isinstance(source, SourceData):
+        raise TypeError(f"loader of {name!r} returned {type(source).__name__}, expected SourceData")
+
+    train_idx, val_idx = stratified_split(source.train.labels.numpy(), val_size, split_seed)
+    train = source.train.subset(torch.from_numpy(train_idx))
+    val = source.train.subset(torch.from_numpy(val_idx))
+    clean = train.labels
+
+    noise_hash = None
+    if noise_type != "none":
+        noisy = _noisy_labels(name, source, clean.numpy(), noise_type, rate, noise_seed,
+                              val_size, split_seed, noise_dir)
+        noise_hash = label_hash(noisy)
+        train = Split(train.images, torch.from_numpy(noisy))
+
+    _, channels, height, width = source.train.images.shape
+    return Dataset(
+        name=name,
+        train=train,
+        val=val,
+        test=source.test,
+        clean_train_labels=clean,
+        num_classes=source.num_classes,
+        in_channels=int(channels),
+        # Non-square images are reported by height; all built-in data sets are square.
+        image_size=int(height),
+        max_value=float(source.max_value),
+        mean=tuple(source.mean),
+        std=tuple(source.std),
+        augment=bool(source.augment),
+        class_names=tuple(source.class_names),
+        noise_hash=noise_hash,
+    )
+
+
+def _noisy_labels(
+    name: str,
+    source: SourceData,
+    clean: np.ndarray,
+    noise_type: str,
+    rate: float,
+    seed: int,
+    val_size: int,
+    split_seed: int,
+    noise_dir: str | None,
+) -> np.ndarray:
+    identity = dict(dataset=name, noise_type=noise_type, noise_rate=rate, noise_seed=seed,
+                    val_size=val_size, split_seed=split_seed)
+    path = None
+    if noise_dir is not None:
+        path = os.path.join(os.fspath(noise_dir),
+                            noise_file_name(name, noise_type, rate, seed, val_size, split_seed))
+        if os.path.exists(path):
+            noisy, meta = read_noisy_labels(path)
+            # The file is only valid for the same clean labels; other files (a different
+            # copy of the data set) would silently pair images with foreign labels.
+            if noisy.shape != clean.shape or meta.get("clean_label_hash") != label_hash(clean):
+                raise DataError(
+                    f"noisy-label file {path!r} was made from different training labels "
+                    f"({meta.get('num_labels')} labels, clean hash {meta.get('clean_label_hash')}) "
+                    f"than the ones loaded now ({clean.size} labels, clean hash {label_hash(clean)}); "
+                    f"delete it or use another noise_dir"
+                )
+            return noisy
+
+    class_map = None
+    if noise_type == "asymmetric":
+        class_map = source.asymmetric_map
+        if class_map is None:
+            class_map = asymmetric_map(name, source.class_names)
+    noisy = apply_label_noise(clean, source.num_classes, noise_type=noise_type, rate=rate,
+                              seed=seed, class_map=class_map)
+    if path is not None:
+        save_noisy_labels(path, noisy, clean_label_hash=label_hash(clean), **identity)
+    return noisy
+
+
+register_dataset("digits", load_digits_source)
+register_dataset("cifar10", load_cifar10_source)
+register_dataset("cifar100", load_cifar100_source)

@@ -1,0 +1,54 @@
+"""Evaluation of a classifier on a data split: logits, accuracy, agreement with a teacher."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from kd_tune.runtime import autocast
+
+EVAL_BATCH = 1024
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    device: torch.device,
+    amp: bool = False,
+    batch_size: int = EVAL_BATCH,
+) -> torch.Tensor:
+    """Raw float32 logits (N, K) of ``model`` in eval mode on uint8 ``images`` (N, C, H, W).
+
+    The caller's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    out = []
+    for chunk in images.split(batch_size):
+        with autocast(device, amp):
+            out.append(model(normalize(chunk.to(device, non_blocking=True))).float())
+    model.train(was_training)
+    if not out:
+        return torch.empty(0, 0, device=device)
+    return torch.cat(out)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in [0, 1]; NaN for an empty split."""
+    if len(labels) == 0:
+        return math.nan
+    return (logits.argmax(1) == labels.to(logits.device)).float().mean().item()
+
+
+def teacher_agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> tuple[float, float]:
+    """(logit MSE averaged over samples and classes, top-1 agreement in [0, 1]); NaNs without teacher."""
+    if teacher_logits is None or len(student_logits) == 0:
+        return math.nan, math.nan
+    mse = (student_logits - teacher_logits).pow(2).mean().item()
+    agree = (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean().item()
+    return mse, agree

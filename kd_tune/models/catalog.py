@@ -1,0 +1,43 @@
+"""Registers the built-in architecture families with the registry.
+
+Imported for its side effect by ``kd_tune.models``. Digit groups use
+``(0|[1-9]\\d*)`` so that each model has exactly one name ("wrn-016-2" is
+rejected rather than silently aliasing "wrn-16-2"), while "cnn-0" still reaches
+its builder and gets a specific error message.
+"""
+
+from __future__ import annotations
+
+from kd_tune.models.registry import register_model
+from kd_tune.models.resnet import cifar_resnet
+from kd_tune.models.small import mlp, small_cnn
+from kd_tune.models.wrn import wide_resnet
+
+_INT = r"(0|[1-9]\d*)"
+
+register_model(
+    rf"wrn-{_INT}-{_INT}",
+    wide_resnet,
+    "pre-activation wide ResNet (Zagoruyko & Komodakis 2016), D = 6n+4 (n >= 1), W >= 1; "
+    "e.g. wrn-16-2, wrn-40-2, wrn-28-4",
+    display="wrn-D-W",
+)
+register_model(
+    rf"resnet-{_INT}",
+    cifar_resnet,
+    "CIFAR ResNet (He et al. 2016), N = 6n+2 (n >= 1); e.g. resnet-20, resnet-32, resnet-56, resnet-110",
+    display="resnet-N",
+)
+register_model(
+    rf"cnn-{_INT}",
+    small_cnn,
+    "3-conv CNN for 8x8 digits or 32x32 images, W >= 1 base channels, 4W features; "
+    "e.g. cnn-32 (teacher), cnn-4 / cnn-8 (students)",
+    display="cnn-W",
+)
+register_model(
+    rf"mlp-{_INT}",
+    mlp,
+    "one-hidden-layer MLP on input average-pooled to 8x8, H >= 1 hidden units (= features)",
+    display="mlp-H",
+)

@@ -1,0 +1,124 @@
+"""One distillation run from the command line, without Ray or MLflow.
+
+    python -m kd_tune.run --loss kl --tau 4 --alpha 0.9
+    python -m kd_tune.run --preset paper --data-dir /data --teacher-checkpoint wrn28.pt
+
+The teacher is loaded from ``--teacher-checkpoint`` or trained first with
+cross-entropy (``--save-teacher PATH`` keeps it for later runs). Progress is printed
+per epoch, then the final metrics; ``--output-json`` also writes them to a file.
+Exit codes: 0 done, 1 the run diverged, 2 bad command line or input data.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from kd_tune.cli_args import add_config_arguments, config_from_args
+from kd_tune.config import ConfigError, RunConfig
+from kd_tune.data import DataError
+from kd_tune.teacher import load_teacher, save_teacher, train_teacher
+from kd_tune.trainer import COMPLETED, load_data, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kd_tune.run",
+        description="Train (or load) a teacher, then distil one student and print its metrics. "
+        "Losses: ce = cross-entropy only; kl = (1-alpha)*CE + alpha*tau^2*KL(teacher_tau || student_tau) "
+        "(tau=inf is the logit-matching limit); mse = (1-alpha)*CE + alpha*MSE(student logits, teacher logits).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--teacher-checkpoint", type=Path, metavar="PATH",
+                        help="load the teacher from this file (written by --save-teacher) instead of training it")
+    parser.add_argument("--save-teacher", type=Path, metavar="PATH",
+                        help="after training the teacher, save it here for later runs")
+    parser.add_argument("--output-json", type=Path, metavar="PATH",
+                        help="also write the config, final metrics and per-epoch history as JSON")
+    add_config_arguments(parser)
+    return parser
+
+
+def _progress(stage: str, epochs: int) -> Callable[[dict[str, float], Any], None]:
+    def show(metrics: dict[str, float], _state: Any) -> None:
+        print(
+            f"[{stage}] epoch {int(metrics['epoch'])}/{epochs}  loss {metrics['train_loss']:.4f}  "
+            f"train {metrics['train_acc']:.4f}  val {metrics['val_acc']:.4f}  test {metrics['test_acc']:.4f}  "
+            f"agree {metrics['test_agreement']:.4f}  lr {metrics['lr']:.4g}  {metrics['epoch_time_s']:.2f}s",
+            flush=True,
+        )
+    return show
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args).validate()
+    except (ConfigError, TypeError) as err:
+        parser.error(str(err))
+    if args.teacher_checkpoint is not None and not args.teacher_checkpoint.is_file():
+        parser.error(f"--teacher-checkpoint {str(args.teacher_checkpoint)!r} does not exist")
+    if args.teacher_checkpoint is not None and args.save_teacher is not None:
+        parser.error("--save-teacher needs a trained teacher; it cannot be combined with --teacher-checkpoint")
+    try:
+        data = load_data(config)
+    except (DataError, ValueError) as err:
+        parser.error(str(err))
+
+    teacher = None
+    if args.teacher_checkpoint is not None:
+        try:
+            teacher, meta = load_teacher(args.teacher_checkpoint, config, data)
+        except ValueError as err:
+            parser.error(str(err))
+        print(f"teacher {config.teacher} loaded from {args.teacher_checkpoint} "
+              f"(test acc {meta['metrics'].get('test_acc', math.nan):.4f})")
+    elif config.loss != "ce" or args.save_teacher is not None:
+        tconfig = config.teacher_config()
+        teacher_data = data if _same_data(tconfig, config) else load_data(tconfig)
+        started = time.perf_counter()
+        result = train_teacher(config, data=teacher_data, on_epoch=_progress("teacher", tconfig.epochs))
+        if result.status != COMPLETED:
+            print(f"error: the teacher diverged at epoch {result.diverged_epoch}", file=sys.stderr)
+            return 1
+        teacher = result.model
+        print(f"teacher {config.teacher}: test acc {result.final['test_acc']:.4f} "
+              f"({time.perf_counter() - started:.1f}s)")
+        if args.save_teacher is not None:
+            print(f"teacher saved to {save_teacher(args.save_teacher, config, result, teacher_data)}")
+
+    started = time.perf_counter()
+    result = train(config, data=data, teacher=teacher, on_epoch=_progress("student", config.epochs))
+    seconds = time.perf_counter() - started
+    print(f"status: {result.status}" + (f" at epoch {result.diverged_epoch}" if result.diverged_epoch else ""))
+    print("final: " + "  ".join(f"{k}={v:.4f}" for k, v in result.final.items() if k != "epoch"))
+    print(f"student time: {seconds:.1f}s")
+    if args.output_json is not None:
+        _write_json(args.output_json, {
+            "config": config.to_dict(), "status": result.status, "diverged_epoch": result.diverged_epoch,
+            "final": result.final, "history": list(result.history), "seconds": seconds,
+        })
+    return 0 if result.status == COMPLETED else 1
+
+
+def _same_data(a: RunConfig, b: RunConfig) -> bool:
+    fields = ("dataset", "data_dir", "val_size", "split_seed", "noise_type", "noise_rate", "noise_seed")
+    return all(getattr(a, f) == getattr(b, f) for f in fields)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    # JSON has no infinity; Python's json writes Infinity/NaN, which json.load reads back.
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""RunConfig: validation reports every problem, dict round trips, presets, teacher config."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kd_tune.config import PRESETS, ConfigError, RunConfig, preset
+
+
+def test_cpu_preset_is_valid_and_the_default():
+    assert RunConfig() == PRESETS["cpu"]
+    RunConfig().validate()
+
+
+def test_paper_preset_is_the_reference_recipe():
+    cfg = preset("paper", data_dir="/data")
+    cfg.validate()
+    assert (cfg.dataset, cfg.teacher, cfg.student) == ("cifar100", "wrn-28-4", "wrn-16-2")
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.nesterov) == (200, 128, 0.1, 0.9, True)
+    assert (cfg.weight_decay, cfg.schedule, cfg.milestones, cfg.gamma) == (5e-4, "step", (100, 150), 0.1)
+
+
+def test_validate_reports_all_problems_at_once():
+    cfg = RunConfig(loss="hinge", tau=0.0, alpha=1.5, noise_rate=1.0, epochs=0, teacher="wrn-15-2",
+                    dataset="mnist", schedule="step", device="tpu")
+    with pytest.raises(ConfigError) as err:
+        cfg.validate()
+    text = str(err.value)
+    for word in ["loss='hinge'", "tau=0.0", "alpha=1.5", "noise_rate=1.0", "epochs=0", "wrn-15-2",
+                 "dataset='mnist'", "milestones", "device='tpu'"]:
+        assert word in text, word
+    assert len(err.value.problems) >= 9
+
+
+def test_cifar_needs_a_data_dir():
+    with pytest.raises(ConfigError, match="data_dir"):
+        RunConfig(dataset="cifar10").validate()
+
+
+def test_noise_rate_needs_a_noise_type():
+    assert any("noise_type" in p for p in RunConfig(noise_rate=0.2).problems())
+    assert RunConfig(noise_type="symmetric", noise_rate=0.2).problems() == []
+
+
+def test_infinite_tau_is_valid_and_round_trips():
+    cfg = RunConfig(tau=math.inf, milestones=(3, 5), schedule="step")
+    cfg.validate()
+    d = cfg.to_dict()
+    assert d["tau"] == math.inf and d["milestones"] == [3, 5]
+    assert RunConfig.from_dict(d) == cfg
+    assert RunConfig.from_dict({**d, "tau": "inf"}) == cfg
+
+
+def test_from_dict_rejects_unknown_keys():
+    with pytest.raises(ConfigError, match="temperature"):
+        RunConfig.from_dict({"temperature": 4})
+
+
+def test_teacher_config_is_a_ce_run_of_the_teacher():
+    cfg = RunConfig(teacher="cnn-32", student="cnn-4", loss="kl", seed=5, teacher_seed=2, epochs=10,
+                    teacher_epochs=30, noise_type="symmetric", noise_rate=0.4)
+    t = cfg.teacher_config()
+    assert (t.student, t.loss, t.seed, t.epochs, t.noise_rate) == ("cnn-32", "ce", 2, 30, 0.4)
+    clean = cfg.replace(clean_teacher=True).teacher_config()
+    assert (clean.noise_type, clean.noise_rate) == ("none", 0.0)
+    assert cfg.replace(teacher_epochs=None).teacher_config().epochs == 10
