@@ -57,7 +57,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: tuple[str,
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default="cpu",
         help="starting point for every setting: cpu (digits, minutes on a laptop) or paper "
-        "(CIFAR-100, WRN-28-4 -> WRN-16-2, 200 epochs); flags below override it (default: cpu)",
+        "(CIFAR-100, WRN-28-4 -> WRN-16-2, 200 epochs); flags below override it",
     )
     group = parser.add_argument_group("run settings (defaults shown are the cpu preset's)")
     for field in dataclasses.fields(RunConfig):
