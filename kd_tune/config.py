@@ -16,8 +16,8 @@ import torch
 
 from kd_tune import losses, models
 from kd_tune.data import dataset_names
+from kd_tune.data.noise import NOISE_TYPES
 
-NOISE_TYPES = ("none", "symmetric", "asymmetric")
 SCHEDULES = ("step", "cosine", "constant")
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 _DATASETS_WITH_FILES = ("cifar10", "cifar100")
@@ -99,6 +99,9 @@ class RunConfig:
                 p.append(f"{name}={getattr(self, name)!r} must be >= 1")
         if self.teacher_epochs is not None and self.teacher_epochs < 1:
             p.append(f"teacher_epochs={self.teacher_epochs!r} must be >= 1 (or None: same as epochs)")
+        for name in ("seed", "teacher_seed", "noise_seed", "split_seed"):
+            if getattr(self, name) < 0:
+                p.append(f"{name}={getattr(self, name)!r} must be >= 0")
         if self.val_size < 0:
             p.append(f"val_size={self.val_size!r} must be >= 0")
         if not (self.lr > 0 and math.isfinite(self.lr)):

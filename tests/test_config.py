@@ -23,14 +23,14 @@ def test_paper_preset_is_the_reference_recipe():
 
 def test_validate_reports_all_problems_at_once():
     cfg = RunConfig(loss="hinge", tau=0.0, alpha=1.5, noise_rate=1.0, epochs=0, teacher="wrn-15-2",
-                    dataset="mnist", schedule="step", device="tpu")
+                    dataset="mnist", schedule="step", device="tpu", seed=-1)
     with pytest.raises(ConfigError) as err:
         cfg.validate()
     text = str(err.value)
     for word in ["loss='hinge'", "tau=0.0", "alpha=1.5", "noise_rate=1.0", "epochs=0", "wrn-15-2",
-                 "dataset='mnist'", "milestones", "device='tpu'"]:
+                 "dataset='mnist'", "milestones", "device='tpu'", "seed=-1"]:
         assert word in text, word
-    assert len(err.value.problems) >= 9
+    assert len(err.value.problems) >= 10
 
 
 def test_cifar_needs_a_data_dir():
