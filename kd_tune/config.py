@@ -160,6 +160,23 @@ class RunConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
+    def data_settings(self) -> dict[str, Any]:
+        """The fields that decide which data (split, label noise) the run sees.
+
+        Keyword arguments of :func:`kd_tune.data.load_dataset` (``dataset`` as ``name``);
+        two configs with equal data settings train on identical data.
+        """
+        return {
+            "name": self.dataset,
+            "data_dir": self.data_dir,
+            "download": self.download,
+            "val_size": self.val_size,
+            "split_seed": self.split_seed,
+            "noise_type": self.noise_type,
+            "noise_rate": self.noise_rate,
+            "noise_seed": self.noise_seed,
+        }
+
     def teacher_config(self) -> "RunConfig":
         """The config of the CE run that trains this config's teacher.
 

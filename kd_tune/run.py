@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from kd_tune.cli_args import add_config_arguments, config_from_args
-from kd_tune.config import ConfigError, RunConfig
+from kd_tune.config import ConfigError
 from kd_tune.data import DataError
 from kd_tune.teacher import load_teacher, save_teacher, train_teacher
 from kd_tune.trainer import COMPLETED, load_data, train
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(test acc {meta['metrics'].get('test_acc', math.nan):.4f})")
     elif config.loss != "ce" or args.save_teacher is not None:
         tconfig = config.teacher_config()
-        teacher_data = data if _same_data(tconfig, config) else load_data(tconfig)
+        teacher_data = data if tconfig.data_settings() == config.data_settings() else load_data(tconfig)
         started = time.perf_counter()
         result = train_teacher(config, data=teacher_data, on_epoch=_progress("teacher", tconfig.epochs))
         if result.status != COMPLETED:
@@ -105,11 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "final": result.final, "history": list(result.history), "seconds": seconds,
         })
     return 0 if result.status == COMPLETED else 1
-
-
-def _same_data(a: RunConfig, b: RunConfig) -> bool:
-    fields = ("dataset", "data_dir", "val_size", "split_seed", "noise_type", "noise_rate", "noise_seed")
-    return all(getattr(a, f) == getattr(b, f) for f in fields)
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -61,16 +61,7 @@ class TrainResult:
 
 def load_data(config: RunConfig) -> Dataset:
     """The data set a config trains on: split, and with its label noise applied."""
-    return load_dataset(
-        config.dataset,
-        config.data_dir,
-        download=config.download,
-        val_size=config.val_size,
-        split_seed=config.split_seed,
-        noise_type=config.noise_type,
-        noise_rate=config.noise_rate,
-        noise_seed=config.noise_seed,
-    )
+    return load_dataset(**config.data_settings())
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:

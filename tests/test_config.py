@@ -65,3 +65,10 @@ def test_teacher_config_is_a_ce_run_of_the_teacher():
     clean = cfg.replace(clean_teacher=True).teacher_config()
     assert (clean.noise_type, clean.noise_rate) == ("none", 0.0)
     assert cfg.replace(teacher_epochs=None).teacher_config().epochs == 10
+
+
+def test_data_settings_follow_the_teachers_labels():
+    noisy = RunConfig(noise_type="symmetric", noise_rate=0.4, loss="mse", seed=3)
+    assert noisy.teacher_config().data_settings() == noisy.data_settings()
+    clean = noisy.replace(clean_teacher=True).teacher_config().data_settings()
+    assert clean == {**noisy.data_settings(), "noise_type": "none", "noise_rate": 0.0}
