@@ -2,26 +2,19 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from kd_tune.atomic import atomic_write
+
 
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` with ``torch.save`` atomically: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_write(path) as handle:
+        torch.save(state, handle)
+    return Path(path)
 
 
 def load_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

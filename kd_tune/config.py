@@ -73,6 +73,16 @@ class RunConfig:
     amp: bool = _f(True, "mixed precision on CUDA (ignored on CPU)")
     deterministic: bool = _f(True, "deterministic algorithms (bitwise repeatable on CPU)")
 
+    def __post_init__(self) -> None:
+        # One spelling per value, so equal settings give equal configs and equal hashes
+        # (alpha=1 and alpha=1.0; milestones as a list or a tuple).
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("float", float) and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+        if isinstance(self.milestones, list):
+            object.__setattr__(self, "milestones", tuple(self.milestones))
+
     def problems(self) -> list[str]:
         """Every problem with this config, as readable sentences (empty when valid)."""
         p: list[str] = []

@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from kd_tune.atomic import write_text
 from kd_tune.cli_args import add_config_arguments, config_from_args
 from kd_tune.config import ConfigError
 from kd_tune.data import DataError
@@ -108,11 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     # JSON has no infinity; Python's json writes Infinity/NaN, which json.load reads back.
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":

@@ -59,9 +59,12 @@ class TrainResult:
         return dict(self.history[-1]) if self.history else {}
 
 
-def load_data(config: RunConfig) -> Dataset:
-    """The data set a config trains on: split, and with its label noise applied."""
-    return load_dataset(**config.data_settings())
+def load_data(config: RunConfig, *, noise_dir: str | None = None) -> Dataset:
+    """The data set a config trains on: split, and with its label noise applied.
+
+    With ``noise_dir`` the noisy labels are persisted there (and reused when present).
+    """
+    return load_dataset(**config.data_settings(), noise_dir=noise_dir)
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
@@ -204,7 +207,8 @@ def train(
 def _check_resumable(state: dict[str, Any], config: RunConfig) -> None:
     if state.get("format") != STATE_FORMAT:
         raise ValueError(f"training state format {state.get('format')!r} is not {STATE_FORMAT}")
-    saved = RunConfig.from_dict(state["config"])
+    # Where a run executes is not part of what it is: a run may resume on other hardware.
+    saved = RunConfig.from_dict(state["config"]).replace(device=config.device)
     if saved != config:
         changed = sorted(k for k, v in config.to_dict().items() if saved.to_dict()[k] != v)
         raise ValueError(f"resume_state was saved for a different config (fields differ: {', '.join(changed)})")

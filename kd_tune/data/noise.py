@@ -22,13 +22,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from kd_tune.atomic import atomic_write
 
 from .base import DataError
 
@@ -197,17 +197,8 @@ def save_noisy_labels(path: str | os.PathLike, labels: Any, **meta: Any) -> str:
     array = _as_int64(labels)
     digest = label_hash(array)
     record = dict(meta, label_hash=digest, num_labels=int(array.size))
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, labels=array, meta=np.array(json.dumps(record, sort_keys=True)))
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as handle:
+        np.savez(handle, labels=array, meta=np.array(json.dumps(record, sort_keys=True)))
     return digest
 
 

@@ -1,0 +1,71 @@
+"""``python -m analysis RESULTS_DIR``: print or write the paper's tables for sweep results."""
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+from analysis.render import FORMATS, render
+from analysis.results_io import TRIALS_FILE, load_trials
+from analysis.tables import TABLE_HELP, TABLES, build_tables
+from kd_tune.atomic import write_text
+
+
+def _parser() -> argparse.ArgumentParser:
+    def fill(text: str, indent: str = "") -> str:
+        return textwrap.fill(text, width=88, initial_indent=indent, subsequent_indent=indent + "    ")
+
+    tables = "\n".join(fill(f"{name}: {TABLE_HELP[name]}", "  ") for name in TABLES)
+    return argparse.ArgumentParser(
+        prog="python -m analysis",
+        description=fill(
+            "Build the paper's tables from kd-tune sweep results. Each cell is the last-epoch "
+            "test accuracy in percent: mean ± sample std (n seeds) over completed trials; "
+            "diverged/failed trials are left out and counted separately (an 'excluded:' line "
+            "under each Markdown table). Published numbers follow in [brackets] where a "
+            "clean-label cell matches one (CIFAR-100, Kim et al.)."),
+        epilog=f"tables:\n{tables}\n\nformats:\n" + "\n".join([
+            fill("csv: wide and lossless: setting columns, 'row', then per column label c "
+                 "'c mean', 'c std', 'c n' (and 'c paper'); percent, full precision", "  "),
+            fill("md: Markdown, cells 'mean ± std (n) [paper]', 2 decimals", "  "),
+            fill("latex: a booktabs table environment per table", "  ")]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    parser.add_argument("results_dir", metavar="RESULTS_DIR",
+                        help=f"a sweep folder (holding {TRIALS_FILE}) or a folder of sweep "
+                             f"folders (all */{TRIALS_FILE} are read together)")
+    parser.add_argument("--table", default="tau_alpha", choices=TABLES,
+                        help="which table to build (default: tau_alpha; see below)")
+    parser.add_argument("--format", default="md", choices=FORMATS, dest="fmt",
+                        help="output format (default: md)")
+    parser.add_argument("--out", type=Path, metavar="FILE",
+                        help="write to FILE (atomically) instead of standard output")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="do not show the published reference numbers next to the cells")
+    args = parser.parse_args(argv)
+
+    try:
+        trials = load_trials(args.results_dir)
+        tables = build_tables(trials, args.table, reference=not args.no_reference)
+    except (FileNotFoundError, ValueError) as exc:
+        parser.error(str(exc))
+    if not tables:
+        n_done = int((trials["status"] == "completed").sum())
+        parser.error(f"no completed trials fit the {args.table} table in {args.results_dir} "
+                     f"({len(trials)} trials, {n_done} completed)")
+    text = render(tables, args.fmt)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        write_text(args.out, text)
+        print(f"wrote {len(tables)} {args.table} table(s) to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Connecting to Ray and checking that a sweep's resource request can ever be met.
+
+Address rules (``--address``, else ``RAY_ADDRESS``):
+
+- none (or ``local``): start an embedded Ray on this machine, sized to its CPUs and GPUs;
+- ``auto``: join the cluster started on this machine with ``ray start``;
+- ``host:port``: join that cluster's head node (its GCS port, 6379 by default).
+
+Joining fails within seconds with :class:`ClusterError` when nothing listens at the
+address (Ray itself would retry for minutes). Clusters started by ``ray start`` use
+token authentication; when a token is present (``~/.ray/auth_token``,
+``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``) ``RAY_AUTH_MODE=token`` is set for the
+driver unless the user chose a mode.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CONNECT_TIMEOUT_S = 3.0
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot be reached, or can never run what the sweep asks for."""
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What the driver is connected to: ``embedded`` or the address joined, and its nodes.
+
+    ``nodes`` lists each alive node: ``CPU`` and ``GPU`` counts (floats), ``node_id``, ``ip``.
+    """
+
+    address: str
+    embedded: bool
+    nodes: tuple[dict[str, Any], ...]
+
+    @property
+    def total_cpus(self) -> float:
+        return sum(n.get("CPU", 0.0) for n in self.nodes)
+
+    @property
+    def total_gpus(self) -> float:
+        return sum(n.get("GPU", 0.0) for n in self.nodes)
+
+
+def requested_address(address: str | None) -> str | None:
+    """The address to join: the flag, else ``RAY_ADDRESS``; None (or ``local``) means embedded."""
+    value = address if address else os.environ.get("RAY_ADDRESS") or None
+    return None if value in (None, "", "local") else value
+
+
+def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> ClusterInfo:
+    """Connect the driver to Ray (see the module docstring for the address rules)."""
+    target = requested_address(address)
+    if target is not None:
+        # Ray reads the auth mode when it is imported: set it before the first import.
+        _prepare_auth()
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    if target is None:
+        os.environ.pop("RAY_ADDRESS", None)  # an empty RAY_ADDRESS would be read as "join"
+        ray.init(
+            address="local",  # a new instance even when `ray start` runs on this machine
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=True,
+            logging_level="warning",
+        )
+        return ClusterInfo("embedded", True, _alive_nodes())
+    resolved = _resolve(target)
+    _check_listening(target, resolved)
+    try:
+        ray.init(address=resolved, log_to_driver=False, logging_level="warning")
+    except (ConnectionError, RuntimeError) as err:
+        raise ClusterError(
+            f"could not join the Ray cluster at {target!r} ({resolved}): {err}. A cluster started with "
+            "`ray start` needs its auth token (~/.ray/auth_token, or RAY_AUTH_TOKEN) and RAY_AUTH_MODE=token "
+            "set before Ray is imported"
+        ) from None
+    return ClusterInfo(resolved, False, _alive_nodes())
+
+
+def check_resources(info: ClusterInfo, *, cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """Raise :class:`ClusterError` if no node can ever hold one trial's request.
+
+    Tune would otherwise wait forever for resources that never appear.
+    """
+    if cpus_per_trial <= 0:
+        raise ClusterError(f"--cpus-per-trial must be > 0, got {cpus_per_trial:g}")
+    if gpus_per_trial < 0:
+        raise ClusterError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial:g}")
+    if gpus_per_trial > 0 and info.total_gpus == 0:
+        raise ClusterError(
+            f"--gpus-per-trial {gpus_per_trial:g} was requested, but the cluster ({info.address}) has no GPUs; "
+            "use --gpus-per-trial 0 to train on CPUs"
+        )
+    fits = [n for n in info.nodes if n.get("CPU", 0.0) >= cpus_per_trial and n.get("GPU", 0.0) >= gpus_per_trial]
+    if not fits:
+        largest = max(info.nodes, key=lambda n: (n.get("CPU", 0.0), n.get("GPU", 0.0)), default={})
+        raise ClusterError(
+            f"no node can run a trial with {cpus_per_trial:g} CPUs and {gpus_per_trial:g} GPUs "
+            f"(largest node: {largest.get('CPU', 0.0):g} CPUs, {largest.get('GPU', 0.0):g} GPUs); "
+            "lower --cpus-per-trial/--gpus-per-trial"
+        )
+
+
+def concurrent_trials(info: ClusterInfo, *, cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """How many trials the cluster can run at once (packing each node separately)."""
+    total = 0
+    for node in info.nodes:
+        # The small tolerance counts 1 / 0.1 as 10 despite binary rounding.
+        fit = int(node.get("CPU", 0.0) / cpus_per_trial + 1e-9)
+        if gpus_per_trial > 0:
+            fit = min(fit, int(node.get("GPU", 0.0) / gpus_per_trial + 1e-9))
+        total += fit
+    return total
+
+
+def _alive_nodes() -> tuple[dict[str, Any], ...]:
+    import ray
+
+    return tuple(
+        {"CPU": float(n["Resources"].get("CPU", 0.0)), "GPU": float(n["Resources"].get("GPU", 0.0)),
+         "node_id": n["NodeID"], "ip": n.get("NodeManagerAddress", "")}
+        for n in ray.nodes() if n.get("Alive")
+    )
+
+
+def _resolve(target: str) -> str:
+    if target != "auto":
+        return target
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+        resolved = canonicalize_bootstrap_address("auto")
+    except Exception as err:  # Ray's own lookup failed: treat as "no cluster"
+        raise ClusterError(f"--address auto: no Ray cluster found on this machine ({err})") from None
+    if not resolved:
+        raise ClusterError(
+            "--address auto: no Ray cluster was started on this machine; run `ray start --head` "
+            "(or leave --address out to use an embedded Ray)"
+        )
+    return resolved
+
+
+def _check_listening(target: str, resolved: str) -> None:
+    host, sep, port = resolved.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ClusterError(f"--address {target!r} is not host:port (nor auto)")
+    if _is_loopback(host):
+        # Ray would swap a loopback address for this machine's interface address, where
+        # a cluster started on loopback does not listen.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as err:
+        raise ClusterError(
+            f"cannot reach a Ray cluster at {target!r} ({resolved}): {err.strerror or err}. "
+            "Start one with `ray start --head`, check the address, or leave --address out "
+            "to use an embedded Ray."
+        ) from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _prepare_auth() -> None:
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def node_summary(info: ClusterInfo) -> str:
+    """One line: where the driver is connected and what the cluster holds."""
+    where = "embedded Ray on this machine" if info.embedded else f"Ray cluster at {info.address}"
+    return f"{where}: {len(info.nodes)} node(s), {info.total_cpus:g} CPUs, {info.total_gpus:g} GPUs"
+
+
+
+def check_shared_storage(info: ClusterInfo, storage: Path) -> None:
+    """On a multi-node cluster, make sure every node sees ``storage`` (a shared mount).
+
+    A marker file written here must be visible from a task pinned to each node; a path
+    that exists only on the driver's disk would scatter teachers, checkpoints and
+    results across machines.
+    """
+    if len(info.nodes) < 2:
+        return
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    storage.mkdir(parents=True, exist_ok=True)
+    marker = storage / f".kd_tune_probe_{uuid.uuid4().hex}"
+    marker.write_text("probe")
+    try:
+        probe = ray.remote(num_cpus=0)(os.path.exists)
+        refs = {
+            n["ip"] or n["node_id"]: probe.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["node_id"], soft=False)
+            ).remote(str(marker))
+            for n in info.nodes
+        }
+        missing = [node for node, ref in refs.items() if not ray.get(ref, timeout=60)]
+    finally:
+        marker.unlink(missing_ok=True)
+    if missing:
+        raise ClusterError(
+            f"--storage {str(storage)!r} is local to this machine: node(s) {', '.join(missing)} cannot see it. "
+            "On a multi-node cluster use a path on a shared file system (e.g. NFS) mounted at the same place on every node."
+        )

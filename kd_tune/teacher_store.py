@@ -1,0 +1,114 @@
+"""The teacher store: each distinct teacher trained once, kept on disk under its key.
+
+Layout under the store root (``<storage>/teachers`` in sweeps)::
+
+    <key>/teacher.pt   weights and config (kd_tune.teacher format)
+    <key>/meta.json    key, teacher config, final metrics, training seconds, time stamp
+
+``meta.json`` is written last, so a key whose ``meta.json`` exists is complete. The key
+is a hash of everything that decides the trained teacher (see :func:`teacher_key`), so
+every trial and every later sweep that needs the same teacher finds it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kd_tune.atomic import write_text
+from kd_tune.config import RunConfig
+from kd_tune.data import Dataset
+from kd_tune.search_space import config_hash
+from kd_tune.teacher import load_teacher, save_teacher, train_teacher
+from kd_tune.trainer import COMPLETED, load_data
+
+STORE_FORMAT = 1
+# Student-side fields that teacher_config() has already folded into the teacher's run.
+_NOT_IDENTITY = ("teacher", "clean_teacher", "teacher_seed", "teacher_epochs", "device", "download")
+
+
+class TeacherError(RuntimeError):
+    """A teacher could not be trained (it diverged) or is missing from the store."""
+
+
+def teacher_key(config: RunConfig) -> str:
+    """The identity of ``config``'s teacher: data, split, label noise, architecture, seed, recipe.
+
+    Two student configs with the same key distil from the very same teacher. The
+    execution device is not part of it.
+    """
+    values = config.teacher_config().to_dict()
+    for name in _NOT_IDENTITY:
+        values.pop(name)
+    if values["noise_type"] == "none" or values["noise_rate"] == 0.0:
+        # A teacher on clean labels draws no noise: one teacher whatever the noise seed.
+        values.update(noise_type="none", noise_rate=0.0, noise_seed=0)
+    values["store_format"] = STORE_FORMAT
+    return config_hash(values)
+
+
+def needs_teacher(config: RunConfig) -> bool:
+    """Whether the run distils (every loss but ``ce``)."""
+    return config.loss != "ce"
+
+
+class TeacherStore:
+    """Paths and reads of a teacher store rooted at ``root`` (an absolute, shared path)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def weights_path(self, key: str) -> Path:
+        return self.root / key / "teacher.pt"
+
+    def meta_path(self, key: str) -> Path:
+        return self.root / key / "meta.json"
+
+    def has(self, key: str) -> bool:
+        return self.meta_path(key).is_file() and self.weights_path(key).is_file()
+
+    def meta(self, key: str) -> dict[str, Any]:
+        """The stored record of teacher ``key`` (raises :class:`TeacherError` if absent)."""
+        if not self.has(key):
+            raise TeacherError(f"teacher {key} is not in the store at {self.root}")
+        return json.loads(self.meta_path(key).read_text())
+
+    def load(self, config: RunConfig, data: Dataset) -> tuple[nn.Module, dict[str, Any]]:
+        """The stored teacher of ``config`` (eval mode, no gradients) and its record."""
+        key = teacher_key(config)
+        meta = self.meta(key)
+        model, _ = load_teacher(self.weights_path(key), config, data)
+        return model, meta
+
+    def train(self, config: RunConfig, *, noise_dir: str | None = None) -> dict[str, Any]:
+        """Train ``config``'s teacher, store it under its key and return its record.
+
+        Raises :class:`TeacherError` when the teacher's training diverges.
+        """
+        key = teacher_key(config)
+        tconfig = config.teacher_config()
+        data = load_data(tconfig, noise_dir=noise_dir)
+        started = time.perf_counter()
+        result = train_teacher(config, data=data)
+        seconds = time.perf_counter() - started
+        if result.status != COMPLETED:
+            raise TeacherError(
+                f"teacher {config.teacher} ({key}) diverged at epoch {result.diverged_epoch}; "
+                "lower the learning rate or check the data"
+            )
+        save_teacher(self.weights_path(key), config, result, data)
+        meta = {
+            "key": key,
+            "config": tconfig.to_dict(),
+            # NaN (metrics a teacher has no partner for) as null: meta.json stays strict JSON.
+            "metrics": {k: (v if math.isfinite(v) else None) for k, v in result.final.items()},
+            "train_seconds": seconds,
+            "created_at": datetime.now(timezone.utc).isoformat(),
+        }
+        write_text(self.meta_path(key), json.dumps(meta, indent=2))
+        return meta

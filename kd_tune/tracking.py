@@ -1,0 +1,169 @@
+"""MLflow tracking of a sweep, through ``MlflowClient`` only (no global active run).
+
+Layout: one experiment per sweep name; one parent run per sweep invocation (tag
+``kd_tune.sweep``); one child run per trial (tag ``mlflow.parentRunId`` = the parent,
+``kd_tune.trial_key``), whose params are the trial's run config, whose metrics are the
+per-epoch metrics with ``step`` = epoch, and whose status mirrors the trial
+(FINISHED, or FAILED when the trial failed; a diverged run is FINISHED with tag
+``kd_tune.status=diverged``).
+
+A resumed sweep starts a new parent run, ends the parent runs that an interrupted
+invocation left RUNNING as KILLED, and continues an unfinished trial's child run
+(moved under the new parent) instead of opening a second one; epochs it had logged
+are not logged again.
+
+The default tracking store is ``sqlite:///<storage>/mlflow.db`` with artifacts in
+``<storage>/mlartifacts``; ``MLFLOW_TRACKING_URI`` or ``--mlflow-uri`` selects another
+store, e.g. a tracking server ``http://host:5000``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+PARENT_TAG = "mlflow.parentRunId"
+SWEEP_TAG = "kd_tune.sweep"
+KEY_TAG = "kd_tune.trial_key"
+ROLE_TAG = "kd_tune.role"
+_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+
+
+def default_tracking_uri(storage: str | Path) -> str:
+    """The SQLite store in the results folder: ``sqlite:///<storage>/mlflow.db``."""
+    return "sqlite:///" + str(Path(storage).absolute() / "mlflow.db")
+
+
+def resolve_tracking_uri(flag: str | None, storage: str | Path) -> str:
+    """``--mlflow-uri``, else ``MLFLOW_TRACKING_URI``, else the default SQLite store."""
+    return flag or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(storage)
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The command that opens the MLflow UI on this store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri} in a browser"
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def _millis() -> int:
+    return int(time.time() * 1000)
+
+
+class SweepTracker:
+    """Writes one sweep invocation to MLflow (see the module docstring for the layout)."""
+
+    def __init__(self, tracking_uri: str, experiment: str, *, artifact_root: str | Path | None = None):
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        else:
+            location = None
+            if artifact_root is not None and tracking_uri.startswith("sqlite:"):
+                location = Path(artifact_root).absolute().as_uri()
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        self.experiment = experiment
+        self.parent_id: str | None = None
+        self._last_step: dict[str, int] = {}
+
+    def start_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        """End parents an interrupted invocation left RUNNING (as KILLED); open this one's."""
+        for run in self._search(f"tags.`{ROLE_TAG}` = 'sweep' and attributes.status = 'RUNNING'"):
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+        run = self.client.create_run(
+            self.experiment_id, run_name=run_name, tags={ROLE_TAG: "sweep", SWEEP_TAG: self.experiment, **tags}
+        )
+        self.parent_id = run.info.run_id
+        self._log(self.parent_id, params=params)
+        return self.parent_id
+
+    def end_parent(self, status: str = "FINISHED", metrics: Mapping[str, float] | None = None) -> None:
+        if self.parent_id is None:
+            return
+        if metrics:
+            self._log(self.parent_id, metrics=metrics, step=0)
+        self.client.set_terminated(self.parent_id, status=status)
+
+    def start_trial(self, trial_key: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        """The child run of a trial: the unfinished one of an earlier invocation, or a new one."""
+        assert self.parent_id is not None, "start_parent first"
+        for run in self._search(f"tags.`{KEY_TAG}` = '{trial_key}'"):
+            if run.info.status != "FINISHED":
+                run_id = run.info.run_id
+                self.client.update_run(run_id, status="RUNNING")
+                self.client.set_tag(run_id, PARENT_TAG, self.parent_id)
+                history = self.client.get_metric_history(run_id, "epoch")
+                self._last_step[run_id] = max((int(m.step) for m in history), default=0)
+                return run_id
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=run_name,
+            tags={ROLE_TAG: "trial", PARENT_TAG: self.parent_id, KEY_TAG: trial_key, SWEEP_TAG: self.experiment, **tags},
+        )
+        self._log(run.info.run_id, params=params)
+        self._last_step[run.info.run_id] = 0
+        return run.info.run_id
+
+    def log_epoch(self, run_id: str, metrics: Mapping[str, float]) -> None:
+        """Log one epoch's metrics at step = epoch (skipped if that step was logged)."""
+        step = int(metrics["epoch"])
+        if step <= self._last_step.get(run_id, 0):
+            return
+        self._log(run_id, metrics=metrics, step=step)
+        self._last_step[run_id] = step
+
+    def end_trial(self, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
+        """Mirror the trial's end: ``completed``/``diverged`` -> FINISHED, ``failed`` -> FAILED."""
+        if tags:
+            self._log(run_id, tags=tags)
+        self.client.set_terminated(run_id, status="FAILED" if status == "failed" else "FINISHED")
+
+    def log_artifacts(self, paths: list[Path], artifact_path: str = "tables") -> None:
+        if self.parent_id is None:
+            return
+        for path in paths:
+            self.client.log_artifact(self.parent_id, str(path), artifact_path=artifact_path)
+
+    def _search(self, filter_string: str) -> list[Any]:
+        return list(self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000))
+
+    def _log(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+        step: int = 0,
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = _millis()
+        param_list = [Param(k, _param_text(v)) for k, v in (params or {}).items()]
+        metric_list = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if _is_number(v)]
+        tag_list = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        for i in range(0, max(len(metric_list), 1), _BATCH):
+            self.client.log_batch(
+                run_id,
+                metrics=metric_list[i:i + _BATCH],
+                params=param_list if i == 0 else [],
+                tags=tag_list if i == 0 else [],
+            )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)

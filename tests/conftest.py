@@ -1,0 +1,26 @@
+"""Shared fixtures: a real single-node Ray cluster on loopback, started with `ray start`."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from processes import free_port, ray_env, server
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """``ray start --head`` on 127.0.0.1 with token auth (Ray's default); yields its address.
+
+    Drivers join it with ``--address auto`` (Ray records the running cluster on this
+    machine) and the environment of :func:`processes.ray_env`.
+    """
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent))
+    port = free_port()
+    log = tmp_path_factory.mktemp("ray") / "head.log"
+    cmd = [ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
+           "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats", "--block"]
+    with server(cmd, port=port, log=log, env=ray_env(), ready_text="Ray runtime started"):
+        yield f"127.0.0.1:{port}"

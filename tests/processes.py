@@ -1,0 +1,61 @@
+"""Servers that tests start: each in its own process group, ended by that group's id."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen, log: Path, ready_text: str | None = None) -> None:
+    """Wait until ``port`` accepts connections (and ``ready_text`` is in the log, if given)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if ready_text is None or ready_text in log.read_text(errors="replace"):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+def end_group(proc: subprocess.Popen, grace: float = 4.0) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after ``grace`` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def server(cmd: Sequence[str], *, port: int, log: Path, env: dict[str, str] | None = None,
+           timeout: float = 90.0, ready_text: str | None = None) -> Iterator[subprocess.Popen]:
+    """Run ``cmd`` in a new process group until it listens on ``port``; end the group after."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_for_port(port, timeout, proc, log, ready_text)
+        yield proc
+    finally:
+        end_group(proc)
+
+
+def ray_env() -> dict[str, str]:
+    """Environment for a loopback-only single-node cluster and the drivers that join it."""
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    env.pop("RAY_ADDRESS", None)
+    return env

@@ -1,0 +1,247 @@
+"""Search spaces: block expansion, canonical configs, validation, trial keys and labels."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import pytest
+
+from kd_tune.config import ConfigError, RunConfig
+from kd_tune.search_space import canonical, config_hash, expand, label, trial_key, validate_all
+
+BASE = RunConfig()
+
+# trial_key(RunConfig()) computed once (sha256 of the sorted, compact JSON of every field
+# but device, first 16 hex digits). A change of the hashing or of the config's fields
+# changes every stored key (Parquet rows, MLflow runs, resumes): it must be deliberate.
+DEFAULT_TRIAL_KEY = "ade55a634845a424"
+
+
+def _points(configs, *names):
+    return [tuple(getattr(c, n) for n in names) for c in configs]
+
+
+# -- expand ------------------------------------------------------------------------------
+
+
+def test_one_block_is_a_cartesian_product_rightmost_axis_fastest():
+    configs = expand(BASE, [{"tau": [1, 3], "alpha": [0.1, 0.5, 1.0]}])
+    assert _points(configs, "loss", "tau", "alpha", "seed") == [
+        ("kl", 1.0, 0.1, 0), ("kl", 1.0, 0.5, 0), ("kl", 1.0, 1.0, 0),
+        ("kl", 3.0, 0.1, 0), ("kl", 3.0, 0.5, 0), ("kl", 3.0, 1.0, 0),
+    ]
+    # every other field comes from the base
+    assert {c.replace(tau=BASE.tau, alpha=BASE.alpha) for c in configs} == {BASE}
+
+
+def test_tau_values_become_floats():
+    configs = expand(BASE, [{"tau": [1, 20]}])
+    assert [type(c.tau) for c in configs] == [float, float]
+    assert [c.tau for c in configs] == [1.0, 20.0]
+
+
+def test_seeds_are_innermost():
+    configs = expand(BASE, [{"alpha": [0.1, 0.5]}], seeds=[7, 3])
+    assert _points(configs, "alpha", "seed") == [(0.1, 7), (0.1, 3), (0.5, 7), (0.5, 3)]
+
+
+def test_space_is_the_union_of_its_blocks_in_order():
+    space = [
+        {"loss": ["kl"], "tau": [1, math.inf], "alpha": [0.5, 1.0]},
+        {"loss": ["mse"], "alpha": [0.5]},
+        {"loss": ["ce"]},
+    ]
+    configs = expand(BASE, space, seeds=range(2))
+    assert _points(configs, "loss", "tau", "alpha", "seed") == [
+        ("kl", 1.0, 0.5, 0), ("kl", 1.0, 0.5, 1), ("kl", 1.0, 1.0, 0), ("kl", 1.0, 1.0, 1),
+        ("kl", math.inf, 0.5, 0), ("kl", math.inf, 0.5, 1), ("kl", math.inf, 1.0, 0), ("kl", math.inf, 1.0, 1),
+        ("mse", 1.0, 0.5, 0), ("mse", 1.0, 0.5, 1),
+        ("ce", 1.0, 0.0, 0), ("ce", 1.0, 0.0, 1),
+    ]
+
+
+def test_an_empty_block_is_the_base_config_itself():
+    assert expand(BASE, [{}], seeds=[0]) == [BASE]
+    assert expand(BASE, [], seeds=[0]) == []
+
+
+def test_duplicates_are_dropped_keeping_the_first_position():
+    space = [
+        {"loss": ["ce"], "tau": [1, 3, 5], "alpha": [0.1, 0.9]},  # 6 points, all the one CE run
+        {"loss": ["kl"], "tau": [3]},
+        {"loss": ["kl"], "tau": [3.0, 5.0]},  # tau 3 again (int vs float)
+        {"loss": ["ce"]},  # the CE run again
+    ]
+    configs = expand(BASE, space, seeds=[0, 1])
+    assert _points(configs, "loss", "tau", "alpha", "seed") == [
+        ("ce", 1.0, 0.0, 0), ("ce", 1.0, 0.0, 1),
+        ("kl", 3.0, 0.9, 0), ("kl", 3.0, 0.9, 1),
+        ("kl", 5.0, 0.9, 0), ("kl", 5.0, 0.9, 1),
+    ]
+    assert len({trial_key(c) for c in configs}) == 6
+
+
+def test_noise_rate_zero_of_both_noise_types_is_one_clean_run():
+    configs = expand(BASE, [{"noise_type": ["symmetric", "asymmetric"], "noise_rate": [0.0, 0.2]}])
+    assert _points(configs, "noise_type", "noise_rate") == [
+        ("none", 0.0), ("symmetric", 0.2), ("asymmetric", 0.2),
+    ]
+
+
+def test_unknown_and_empty_axes_and_no_seeds_are_all_reported_at_once():
+    space = [{"temperature": [1, 2], "alpha": []}, {"loss": ["kl"], "lossy": ["x"]}]
+    with pytest.raises(ConfigError) as err:
+        expand(BASE, space, seeds=[])
+    assert err.value.problems == [
+        "search axis 'temperature' is not a config field",
+        "search axis 'alpha' has no values",
+        "search axis 'lossy' is not a config field",
+        "at least one seed is needed",
+    ]
+    assert "temperature" in str(err.value) and "at least one seed" in str(err.value)
+
+
+def test_expand_does_not_validate_the_configs():
+    configs = expand(BASE, [{"alpha": [2.0], "loss": ["hinge"]}])
+    assert _points(configs, "loss", "alpha") == [("hinge", 2.0)]
+
+
+# -- canonical ---------------------------------------------------------------------------
+
+
+def test_canonical_ce_has_tau_1_and_alpha_0():
+    c = canonical(BASE.replace(loss="ce", tau=7.0, alpha=0.3))
+    assert (c.loss, c.tau, c.alpha) == ("ce", 1.0, 0.0)
+
+
+def test_canonical_mse_has_tau_1_and_keeps_alpha():
+    c = canonical(BASE.replace(loss="mse", tau=math.inf, alpha=0.3))
+    assert (c.loss, c.tau, c.alpha) == ("mse", 1.0, 0.3)
+
+
+def test_canonical_kl_keeps_tau_and_alpha():
+    cfg = BASE.replace(loss="kl", tau=math.inf, alpha=0.3)
+    assert canonical(cfg) == cfg
+
+
+def test_canonical_noise_rate_zero_means_no_noise():
+    assert canonical(BASE.replace(noise_type="asymmetric", noise_rate=0.0)).noise_type == "none"
+    noisy = BASE.replace(noise_type="asymmetric", noise_rate=0.4)
+    assert canonical(noisy) == noisy
+
+
+def test_canonical_is_idempotent():
+    cfg = BASE.replace(loss="ce", tau=3.0, alpha=0.5, noise_type="symmetric", noise_rate=0.0)
+    once = canonical(cfg)
+    assert canonical(once) == once
+    assert once == BASE.replace(loss="ce", tau=1.0, alpha=0.0)
+
+
+# -- validate_all ------------------------------------------------------------------------
+
+
+def test_validate_all_passes_valid_configs():
+    assert validate_all(expand(BASE, [{"tau": [1, math.inf]}, {"loss": ["ce"]}])) is None
+
+
+def test_validate_all_collects_distinct_problems_of_all_configs_in_order():
+    configs = [
+        BASE.replace(alpha=1.5),
+        BASE.replace(epochs=0),
+        BASE.replace(alpha=1.5, seed=1),  # same problem as the first: listed once
+        BASE,
+        BASE.replace(epochs=0, batch_size=0),
+    ]
+    with pytest.raises(ConfigError) as err:
+        validate_all(configs)
+    problems = err.value.problems
+    assert len(problems) == len(set(problems)) == 3
+    assert "alpha" in problems[0] and "1.5" in problems[0]
+    assert problems[1] == "epochs=0 must be >= 1"
+    assert problems[2] == "batch_size=0 must be >= 1"
+
+
+# -- trial keys --------------------------------------------------------------------------
+
+
+def test_trial_key_of_the_default_config_is_pinned():
+    assert trial_key(RunConfig()) == DEFAULT_TRIAL_KEY
+
+
+def test_trial_key_is_the_sha256_of_the_sorted_json_without_device():
+    values = RunConfig().to_dict()
+    del values["device"]
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    assert trial_key(RunConfig()) == hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def test_trial_key_is_stable_for_equal_configs_and_differs_otherwise():
+    a = RunConfig(tau=3.0, alpha=0.5, seed=2)
+    b = RunConfig.from_dict(a.to_dict())
+    assert a is not b and trial_key(a) == trial_key(b)
+    assert len(trial_key(a)) == 16 and int(trial_key(a), 16) >= 0
+    others = [a.replace(seed=3), a.replace(tau=4.0), a.replace(alpha=0.6), a.replace(student="cnn-8"),
+              a.replace(noise_type="symmetric", noise_rate=0.2), a.replace(milestones=(5,))]
+    keys = {trial_key(o) for o in others} | {trial_key(a)}
+    assert len(keys) == len(others) + 1
+
+
+def test_device_is_not_part_of_the_trial_key():
+    keys = {trial_key(RunConfig(device=d)) for d in ("auto", "cpu", "cuda", "cuda:1")}
+    assert keys == {DEFAULT_TRIAL_KEY}
+
+
+def test_infinite_tau_has_a_key_of_its_own():
+    inf_key = trial_key(RunConfig(tau=math.inf))
+    assert inf_key == trial_key(RunConfig(tau=float("inf")))
+    assert inf_key != trial_key(RunConfig(tau=1e308))
+    assert inf_key != DEFAULT_TRIAL_KEY
+    # inf is spelled out, so the hashed text is valid JSON
+    assert config_hash({"tau": math.inf}) == hashlib.sha256(b'{"tau":"inf"}').hexdigest()[:16]
+    assert config_hash({"tau": -math.inf}) == hashlib.sha256(b'{"tau":"-inf"}').hexdigest()[:16]
+
+
+def test_config_hash_ignores_key_order_and_sees_nested_values():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1, "b": [1, 2]}) != config_hash({"a": 1, "b": [2, 1]})
+    assert config_hash({"a": 1}, length=8) == config_hash({"a": 1})[:8]
+    assert config_hash({"m": (1, 2)}) == config_hash({"m": [1, 2]})
+
+
+def test_equal_configs_with_int_and_float_values_share_a_trial_key():
+    assert RunConfig(alpha=1) == RunConfig(alpha=1.0)
+    assert trial_key(RunConfig(alpha=1)) == trial_key(RunConfig(alpha=1.0))
+    clean = expand(BASE, [{"noise_type": ["symmetric"], "noise_rate": [0]}])[0]
+    assert clean == BASE
+    assert trial_key(clean) == trial_key(BASE)
+
+
+def test_milestones_axis_with_list_values():
+    configs = expand(BASE.replace(schedule="step"), [{"milestones": [[5, 10], [3]]}])
+    assert [c.milestones for c in configs] == [(5, 10), (3,)]
+
+
+def test_an_iterator_axis_is_expanded():
+    configs = expand(BASE, [{"alpha": iter([0.1, 0.5])}])
+    assert [c.alpha for c in configs] == [0.1, 0.5]
+
+
+# -- labels ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config, text",
+    [
+        (RunConfig(loss="kl", tau=3.0, alpha=0.5, seed=1), "kl tau=3 alpha=0.5 seed=1"),
+        (RunConfig(loss="kl", tau=math.inf, alpha=1.0), "kl tau=inf alpha=1 seed=0"),
+        (RunConfig(loss="kl", tau=0.5, alpha=0.1), "kl tau=0.5 alpha=0.1 seed=0"),
+        (RunConfig(loss="mse", tau=9.0, alpha=0.9, seed=2), "mse alpha=0.9 seed=2"),
+        (RunConfig(loss="ce", tau=9.0, alpha=0.9), "ce seed=0"),
+        (RunConfig(loss="ce", noise_type="symmetric", noise_rate=0.4, seed=4), "ce symmetric=0.4 seed=4"),
+        (RunConfig(loss="kl", tau=4.0, alpha=1.0, noise_type="asymmetric", noise_rate=0.2),
+         "kl tau=4 alpha=1 asymmetric=0.2 seed=0"),
+    ],
+)
+def test_label(config, text):
+    assert label(config) == text

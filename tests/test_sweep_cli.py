@@ -1,0 +1,116 @@
+"""The sweep command line: planning the trials, and bad input refused before anything runs."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+from kd_tune.sweep_cli import build_parser, main, plan
+from kd_tune.search_space import trial_key
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_spec(name: str):
+    spec = importlib.util.spec_from_file_location(f"sweep_{name}", ROOT / "sweeps" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SPEC
+
+
+TAU_GRID = load_spec("tau_grid")
+LABEL_NOISE = load_spec("label_noise")
+
+
+def configs_of(spec, *argv: str):
+    return plan(spec, build_parser(spec).parse_args(list(argv)))
+
+
+def test_tau_grid_default_space():
+    configs = configs_of(TAU_GRID)
+    assert len(configs) == (5 * 3 + 3 + 1) * 3
+    kl = {(c.tau, c.alpha) for c in configs if c.loss == "kl"}
+    assert kl == {(t, a) for t in (1.0, 3.0, 5.0, 20.0, math.inf) for a in (0.1, 0.5, 1.0)}
+    assert {c.alpha for c in configs if c.loss == "mse"} == {0.1, 0.5, 1.0}
+    assert [(c.tau, c.alpha) for c in configs if c.loss == "ce"] == [(1.0, 0.0)] * 3
+    assert {c.seed for c in configs} == {0, 1, 2}
+    assert {c.dataset for c in configs} == {"digits"} and {c.student for c in configs} == {"cnn-4"}
+    assert len({trial_key(c) for c in configs}) == len(configs)
+
+
+def test_axis_flags_replace_axes_and_losses_filter_blocks():
+    configs = configs_of(TAU_GRID, "--taus", "0.5,inf", "--alphas", "1", "--losses", "kl,ce", "--seeds", "2",
+                         "--epochs", "3", "--student", "mlp-16")
+    assert sorted((c.loss, c.tau, c.alpha, c.seed) for c in configs) == sorted(
+        [("kl", t, 1.0, s) for t in (0.5, math.inf) for s in (0, 1)] + [("ce", 1.0, 0.0, s) for s in (0, 1)])
+    assert {c.epochs for c in configs} == {3} and {c.student for c in configs} == {"mlp-16"}
+
+
+def test_label_noise_space_shares_the_clean_runs():
+    configs = configs_of(LABEL_NOISE, "--seeds", "1")
+    clean = [c for c in configs if c.noise_rate == 0.0]
+    assert {c.noise_type for c in clean} == {"none"} and len(clean) == 6  # ce, 4 kl, mse
+    assert len(configs) == 6 * 7
+    assert {c.clean_teacher for c in configs} == {False}
+    assert {c.clean_teacher for c in configs_of(LABEL_NOISE, "--clean-teacher")} == {True}
+    rates = configs_of(LABEL_NOISE, "--seeds", "1", "--noise-types", "symmetric", "--noise-rates", "0.4")
+    assert {(c.noise_type, c.noise_rate) for c in rates} == {("symmetric", 0.4)}
+
+
+@pytest.mark.parametrize(
+    ("spec", "argv", "message"),
+    [
+        (TAU_GRID, ["--losses", "kl,hinge"], "'hinge' unknown; allowed: ce, kl, mse"),
+        (TAU_GRID, ["--taus", "0,3"], "tau"),
+        (TAU_GRID, ["--taus", "-1"], "tau"),
+        (TAU_GRID, ["--alphas", "1.5"], "alpha"),
+        (TAU_GRID, ["--taus", "x"], "not a comma-separated list of numbers"),
+        (TAU_GRID, ["--noise-type", "symmetric", "--noise-rate", "1.0"], "noise_rate=1.0"),
+        (TAU_GRID, ["--dataset", "cifar100", "--data-dir", "/nonexistent/cifar"], "/nonexistent/cifar"),
+        (TAU_GRID, ["--dataset", "cifar100"], "needs data_dir"),
+        (TAU_GRID, ["--student", "vgg-99"], "student='vgg-99'"),
+        (TAU_GRID, ["--seeds", "0"], "--seeds must be >= 1"),
+        (TAU_GRID, ["--cpus-per-trial", "0"], "--cpus-per-trial must be > 0"),
+        (TAU_GRID, ["--storage", "s3://bucket/results"], "URIs are not supported"),
+        (LABEL_NOISE, ["--noise-rates", "0.2,1.0"], "noise_rate=1.0"),
+        (LABEL_NOISE, ["--noise-types", "gaussian"], "noise_type='gaussian'"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, spec, argv, message):
+    storage = tmp_path / "results"
+    with pytest.raises(SystemExit) as exit_info:
+        main(spec, ["--storage", str(storage), *argv] if "--storage" not in argv else argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not storage.exists()
+
+
+def test_a_name_reused_with_other_trials_is_refused(tmp_path, capsys):
+    storage = tmp_path / "results"
+    (storage / "tau_grid").mkdir(parents=True)
+    (storage / "tau_grid" / "sweep.json").write_text('{"name": "tau_grid", "trials": {"abc": {}}}')
+    with pytest.raises(SystemExit) as exit_info:
+        main(TAU_GRID, ["--storage", str(storage), "--seeds", "1"])
+    assert exit_info.value.code == 2
+    assert "was started with other trials (19 new, 1 left out)" in capsys.readouterr().err
+
+
+def test_dry_run_lists_trials_and_writes_nothing(tmp_path, capsys):
+    storage = tmp_path / "results"
+    assert main(TAU_GRID, ["--storage", str(storage), "--dry-run", "--gpus-per-trial", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "57 trials, each 1 CPU and 0.5 GPU" in out and "teachers: 1 (0 already in" in out
+    assert "kl tau=inf alpha=0.5 seed=2" in out and "dry run: nothing was run or written" in out
+    assert not storage.exists()
+
+
+def test_help_explains_the_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(TAU_GRID, ["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--address", "--storage", "--mlflow-uri", "--gpus-per-trial", "--taus", "--dry-run", "--preset"):
+        assert flag in out
+    assert "rerun the same" in out.lower() or "rerun with the same name" in out

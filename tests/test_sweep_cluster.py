@@ -1,0 +1,176 @@
+"""End to end: sweeps run as a user runs them, against a real `ray start` cluster.
+
+Each test runs ``python sweeps/tau_grid.py --address auto`` in a subprocess on digits
+with tiny models and 1-3 epochs, then reads back what it wrote: the Parquet files,
+the MLflow store (through ``MlflowClient``) and the CSV table.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+
+from kd_tune.results import EPOCHS_SCHEMA, TRIALS_SCHEMA
+from processes import ray_env
+
+ROOT = Path(__file__).resolve().parents[1]
+TAU_GRID = str(ROOT / "sweeps" / "tau_grid.py")
+SMALL = ["--teacher", "cnn-8", "--student", "cnn-4", "--teacher-epochs", "2"]
+
+
+def sweep_cmd(storage: Path, name: str, *extra: str) -> list[str]:
+    return [sys.executable, TAU_GRID, "--address", "auto", "--storage", str(storage), "--name", name, *SMALL, *extra]
+
+
+def run_sweep(cmd: list[str], timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ray_env(), cwd=ROOT)
+
+
+def mlflow_runs(storage: Path, name: str) -> tuple[MlflowClient, list, list]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("kd_tune.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("kd_tune.role") == "trial"]
+    return client, parents, children
+
+
+def test_tiny_grid_end_to_end(ray_cluster, tmp_path):
+    proc = run_sweep(sweep_cmd(tmp_path, "tiny", "--epochs", "2", "--seeds", "2", "--taus", "1,inf",
+                               "--alphas", "0.5,1", "--checkpoint-every", "1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"Ray cluster at {ray_cluster}" in proc.stdout
+    assert "teachers: 1 needed, 0 in the store, 1 to train" in proc.stdout
+    assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+    assert "| kl tau=inf |" in proc.stdout  # the closing table
+
+    sweep_dir = tmp_path / "tiny"
+    # kl: 2 taus x 2 alphas, mse: 2 alphas, ce: 1 -> 7 settings x 2 seeds
+    assert pq.read_schema(sweep_dir / "trials.parquet").remove_metadata().equals(TRIALS_SCHEMA)
+    assert pq.read_schema(sweep_dir / "epochs.parquet").remove_metadata().equals(EPOCHS_SCHEMA)
+    trials = pd.read_parquet(sweep_dir / "trials.parquet")
+    epochs = pd.read_parquet(sweep_dir / "epochs.parquet")
+    assert len(trials) == 14 and trials["trial_key"].is_unique
+    assert set(trials["status"]) == {"completed"}
+    assert trials["tau"].dtype == "float64" and math.inf in set(trials["tau"])
+    assert set(trials.loc[trials["loss"] == "kl", "alpha"]) == {0.5, 1.0}
+    assert trials["teacher_test_acc"].between(0, 1).all() and trials["teacher_key"].nunique() == 1
+    assert (trials["epoch"] == 2).all() and (trials["finished_at"] >= trials["started_at"]).all()
+    assert len(epochs) == 28 and not epochs.duplicated(["trial_key", "epoch"]).any()
+    last = epochs[epochs["epoch"] == 2].set_index("trial_key")["test_acc"]
+    assert (trials.set_index("trial_key")["test_acc"] == last.loc[trials["trial_key"]]).all()
+
+    client, parents, children = mlflow_runs(tmp_path, "tiny")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 14
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert {c.info.status for c in children} == {"FINISHED"}
+    by_key = {c.data.tags["kd_tune.trial_key"]: c for c in children}
+    assert set(by_key) == set(trials["trial_key"])
+    row = trials[(trials["loss"] == "kl") & (trials["tau"] == math.inf)].iloc[0]
+    child = by_key[row["trial_key"]]
+    assert child.data.params["tau"] == "inf" and child.data.params["loss"] == "kl"
+    assert child.data.params["alpha"] == str(row["alpha"]) and child.data.params["seed"] == str(row["seed"])
+    history = client.get_metric_history(child.info.run_id, "test_acc")
+    expected = epochs[epochs["trial_key"] == row["trial_key"]].sort_values("epoch")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(expected["test_acc"].tolist())
+    artifacts = [a.path for a in client.list_artifacts(parents[0].info.run_id, "tables")]
+    assert artifacts == ["tables/tau_alpha.csv", "tables/tau_alpha.md"]
+
+    # The CSV cells are the means over seeds computed from the Parquet rows, in percent.
+    table = pd.read_csv(sweep_dir / "tables" / "tau_alpha.csv").set_index("row")
+    done = trials[trials["status"] == "completed"]
+    for (tau, alpha), group in done[done["loss"] == "kl"].groupby(["tau", "alpha"]):
+        cell = table.loc[f"kl tau={tau:g}", f"alpha={alpha:g} mean"]
+        assert cell == pytest.approx(100 * group["test_acc"].mean(), abs=1e-9)
+        assert table.loc[f"kl tau={tau:g}", f"alpha={alpha:g} n"] == 2
+    ce = done[done["loss"] == "ce"]["test_acc"]
+    assert table.loc["ce", "alpha=0.5 mean"] == pytest.approx(100 * ce.mean(), abs=1e-9)
+    assert table.loc["ce", "alpha=0.5 std"] == pytest.approx(100 * ce.std(), abs=1e-9)
+
+    # A later sweep in the same storage reuses the stored teacher instead of training it.
+    again = run_sweep(sweep_cmd(tmp_path, "again", "--epochs", "2", "--seeds", "1", "--losses", "mse", "--alphas", "1"))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "teachers: 1 needed, 1 in the store, 0 to train" in again.stdout
+
+
+def test_driver_killed_then_resumed(ray_cluster, tmp_path):
+    cmd = sweep_cmd(tmp_path, "resume", "--epochs", "3", "--seeds", "3", "--taus", "1,3,inf",
+                    "--alphas", "0.5,1", "--checkpoint-every", "1")
+    trials_file = tmp_path / "resume" / "trials.parquet"
+    with open(tmp_path / "first.log", "wb") as log:
+        driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ray_env(), cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and driver.poll() is None:
+            if trials_file.is_file() and len(pd.read_parquet(trials_file)) >= 3:
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.kill()
+        driver.wait()
+    before = pd.read_parquet(trials_file).set_index("trial_key")
+    assert 3 <= len(before) < 27
+
+    proc = run_sweep(cmd)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"({len(before)} already finished)" in proc.stdout
+
+    trials = pd.read_parquet(trials_file)
+    epochs = pd.read_parquet(tmp_path / "resume" / "epochs.parquet")
+    # kl: 3 taus x 2 alphas, mse: 2 alphas, ce: 1 -> 9 settings x 3 seeds; one final row each
+    assert len(trials) == 27 and trials["trial_key"].is_unique and set(trials["status"]) == {"completed"}
+    after = trials.set_index("trial_key").loc[before.index]
+    # Trials finished before the kill were not run again.
+    assert (after["finished_at"] == before["finished_at"]).all()
+    assert (after["trial_id"] == before["trial_id"]).all()
+    assert len(epochs) == 27 * 3 and not epochs.duplicated(["trial_key", "epoch"]).any()
+
+    _, parents, children = mlflow_runs(tmp_path, "resume")
+    assert sorted(p.info.status for p in parents) == ["FINISHED", "KILLED"]
+    assert len(children) == 27 and {c.info.status for c in children} == {"FINISHED"}
+    assert len({c.data.tags["kd_tune.trial_key"] for c in children}) == 27
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--gpus-per-trial", "1"], "has no GPUs"),
+        (["--cpus-per-trial", "3"], "no node can run a trial with 3 CPUs"),
+    ],
+)
+def test_impossible_resources_fail_before_anything_runs(ray_cluster, tmp_path, flags, message):
+    proc = run_sweep(sweep_cmd(tmp_path, "bad", "--epochs", "1", *flags), timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_unreachable_address_fails_fast(tmp_path):
+    started = time.monotonic()
+    cmd = [sys.executable, TAU_GRID, "--address", "127.0.0.1:9", "--storage", str(tmp_path), "--epochs", "1"]
+    proc = run_sweep(cmd, timeout=120)
+    assert proc.returncode == 2
+    assert "cannot reach a Ray cluster at '127.0.0.1:9'" in proc.stderr
+    assert time.monotonic() - started < 60
+    assert not any(tmp_path.iterdir())
+
+
+def test_ray_address_environment_is_honoured(tmp_path):
+    env = dict(ray_env(), RAY_ADDRESS="127.0.0.1:9")
+    proc = subprocess.run([sys.executable, TAU_GRID, "--storage", str(tmp_path), "--epochs", "1"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert proc.returncode == 2 and "cannot reach a Ray cluster at '127.0.0.1:9'" in proc.stderr
+    assert os.listdir(tmp_path) == []
