@@ -8,8 +8,10 @@ write one file.
 """
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Callable
 
 from ray import tune
@@ -21,6 +23,7 @@ from kd_tune.teacher_store import TeacherStore, teacher_key
 from kd_tune.tracking import SweepTracker
 
 _FLUSH_EVERY_S = 5.0
+_PROGRESS_EVERY_S = 30.0  # a line about running trials at most this often, for long trials
 _active: "SweepRecorder | None" = None
 
 
@@ -52,7 +55,7 @@ class SweepRecorder(tune.Callback):
         self.total = total
         self.log = log
         self._trials: dict[str, dict[str, Any]] = {}
-        self._last_flush = time.monotonic()
+        self._last_flush = self._last_progress = time.monotonic()
         self.finished = {k for k, row in writer.trials.items() if row["status"] in ("completed", "diverged")}
         self.failed: set[str] = set()
         _active = self
@@ -76,6 +79,11 @@ class SweepRecorder(tune.Callback):
             self.tracker.log_epoch(state["run_id"], metrics)
         if time.monotonic() - self._last_flush > _FLUSH_EVERY_S:
             self._flush()
+        if time.monotonic() - self._last_progress > _PROGRESS_EVERY_S:
+            self._last_progress = time.monotonic()
+            done = len(self.finished) + len(self.failed)
+            self.log(f"[{done}/{self.total}] running {state['label']}: epoch {int(metrics['epoch'])}/"
+                     f"{state['config'].epochs}, test acc {100 * float(metrics['test_acc']):.2f}%")
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         # Every epoch up to a checkpoint is on disk before the checkpoint can be resumed
@@ -96,6 +104,28 @@ class SweepRecorder(tune.Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._flush()
+
+    def reconcile(self, configs: dict[str, RunConfig]) -> None:
+        """After Tune returns: close what a driver killed at the wrong moment left open.
+
+        A trial Tune had marked finished before the driver wrote its final row gets the
+        row from its epoch history; child runs of trials with a final row are ended.
+        """
+        for key, config in configs.items():
+            history = self.writer.history(key)
+            if key in self.writer.trials or not history or history[-1]["epoch"] < config.epochs:
+                continue
+            diverged = not math.isfinite(float(history[-1]["train_loss"]))
+            tkey = teacher_key(config)
+            meta = self.teachers.meta(tkey) if self.teachers.has(tkey) else {"metrics": {}}
+            self.writer.finish_trial(trial_row(
+                sweep=self.sweep, trial_key=key, trial_id=history[-1]["trial_id"], config=config,
+                status="diverged" if diverged else "completed", history=history, teacher_key=tkey,
+                teacher_test_acc=meta["metrics"].get("test_acc"), started_at=None,
+            ))
+        self._flush()
+        if self.tracker is not None:
+            self.tracker.end_recorded_trials({k: row["status"] for k, row in self.writer.trials.items()})
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -160,7 +190,14 @@ def _progress_line(done: int, total: int, state: dict[str, Any], row: dict[str, 
 
 
 def _error_text(trial: Any) -> str:
-    error = trial.get_error() if hasattr(trial, "get_error") else None
-    text = str(error) if error is not None else "unknown error"
+    """The last line of the trial's error trace (its exception), from Tune's error file."""
+    text = ""
+    # Tune writes the trace beside the trial's local staging folder first and syncs it to
+    # storage later, so the local file is the one present when the callback runs.
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        text = Path(path).read_text(errors="replace")
+    elif hasattr(trial, "get_error"):
+        text = str(trial.get_error() or "")
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:500] if lines else "unknown error"

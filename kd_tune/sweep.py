@@ -36,6 +36,7 @@ from kd_tune.teacher_store import TeacherError, TeacherStore, needs_teacher, tea
 from kd_tune.trainer import load_data
 
 MANIFEST = "sweep.json"
+_TEACHER_PROGRESS_S = 30.0  # how often the teacher stage reports teachers in training
 
 
 class SweepError(ValueError):
@@ -198,7 +199,7 @@ def run_sweep(
         fit_started = time.perf_counter()
         _fit(configs, options, recorder)
         fit_seconds = time.perf_counter() - fit_started
-        writer.flush()
+        recorder.reconcile(dict(zip(keys, configs)))
         counts = _counts(writer, keys)
         interrupted = counts["missing"] > 0
         artifacts = tuple(finalize(sweep_dir)) if finalize is not None else ()
@@ -233,7 +234,14 @@ def ensure_teachers(configs: list[RunConfig], store: TeacherStore, options: Swee
     noise_dir = str(options.sweep_dir / "noise")
     pending = {task.remote(str(store.root), c.to_dict(), noise_dir): k for k, c in missing.items()}
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=_TEACHER_PROGRESS_S)
+        if not ready:
+            for key in pending.values():
+                done = store.progress(key)
+                if done is not None:
+                    acc = "" if done["test_acc"] is None else f", test acc {100 * done['test_acc']:.2f}%"
+                    log(f"teacher {needed[key].teacher} ({key}): epoch {done['epoch']}/{done['epochs']}{acc}")
+            continue
         key = pending.pop(ready[0])
         try:
             meta = ray.get(ready[0])

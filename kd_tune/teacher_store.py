@@ -4,6 +4,7 @@ Layout under the store root (``<storage>/teachers`` in sweeps)::
 
     <key>/teacher.pt   weights and config (kd_tune.teacher format)
     <key>/meta.json    key, teacher config, final metrics, training seconds, time stamp
+    <key>/progress.json the last finished epoch while it trains (for progress lines)
 
 ``meta.json`` is written last, so a key whose ``meta.json`` exists is complete. The key
 is a hash of everything that decides the trained teacher (see :func:`teacher_key`), so
@@ -69,6 +70,14 @@ class TeacherStore:
     def meta_path(self, key: str) -> Path:
         return self.root / key / "meta.json"
 
+    def progress(self, key: str) -> dict[str, Any] | None:
+        """The last epoch record of a teacher being trained (None before its first epoch)."""
+        path = self.root / key / "progress.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
     def has(self, key: str) -> bool:
         return self.meta_path(key).is_file() and self.weights_path(key).is_file()
 
@@ -94,7 +103,12 @@ class TeacherStore:
         tconfig = config.teacher_config()
         data = load_data(tconfig, noise_dir=noise_dir)
         started = time.perf_counter()
-        result = train_teacher(config, data=data)
+
+        def progress(metrics: dict[str, float], _state: Any) -> None:
+            record = {"epoch": int(metrics["epoch"]), "epochs": tconfig.epochs, "test_acc": _finite(metrics["test_acc"])}
+            write_text(self.root / key / "progress.json", json.dumps(record))
+
+        result = train_teacher(config, data=data, on_epoch=progress)
         seconds = time.perf_counter() - started
         if result.status != COMPLETED:
             raise TeacherError(
@@ -106,9 +120,13 @@ class TeacherStore:
             "key": key,
             "config": tconfig.to_dict(),
             # NaN (metrics a teacher has no partner for) as null: meta.json stays strict JSON.
-            "metrics": {k: (v if math.isfinite(v) else None) for k, v in result.final.items()},
+            "metrics": {k: _finite(v) for k, v in result.final.items()},
             "train_seconds": seconds,
             "created_at": datetime.now(timezone.utc).isoformat(),
         }
         write_text(self.meta_path(key), json.dumps(meta, indent=2))
         return meta
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -124,6 +124,20 @@ class SweepTracker:
             self._log(run_id, tags=tags)
         self.client.set_terminated(run_id, status="FAILED" if status == "failed" else "FINISHED")
 
+    def end_recorded_trials(self, statuses: Mapping[str, str]) -> int:
+        """End child runs still RUNNING whose trial has a final status (trial key -> status).
+
+        A driver stopped between recording a trial's final row and ending its child run
+        leaves the run RUNNING; this mirrors the recorded status. Returns how many ended.
+        """
+        ended = 0
+        for run in self._search(f"tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'RUNNING'"):
+            status = statuses.get(run.data.tags.get(KEY_TAG, ""))
+            if status is not None:
+                self.end_trial(run.info.run_id, status, {"kd_tune.status": status})
+                ended += 1
+        return ended
+
     def log_artifacts(self, paths: list[Path], artifact_path: str = "tables") -> None:
         if self.parent_id is None:
             return

@@ -174,3 +174,27 @@ def test_ray_address_environment_is_honoured(tmp_path):
                           capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     assert proc.returncode == 2 and "cannot reach a Ray cluster at '127.0.0.1:9'" in proc.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_a_failing_trial_is_retried_then_recorded_as_failed(ray_cluster, tmp_path):
+    # A stale noisy-label file in the sweep's noise folder (made from other labels) makes
+    # every attempt of the noisy student fail in its worker; the clean teacher is fine.
+    from kd_tune.data.noise import noise_file_name, save_noisy_labels
+
+    noise = tmp_path / "broken" / "noise"
+    save_noisy_labels(noise / noise_file_name("digits", "symmetric", 0.2, 0, 180, 0), [0, 1, 2],
+                      clean_label_hash="stale")
+    proc = run_sweep(sweep_cmd(tmp_path, "broken", "--epochs", "1", "--seeds", "1", "--losses", "mse",
+                               "--alphas", "1", "--noise-type", "symmetric", "--noise-rate", "0.2",
+                               "--clean-teacher", "--max-failures", "1"))
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "retrying mse alpha=1 symmetric=0.2 seed=0 after an error" in proc.stdout
+    assert "1 failed" in proc.stdout
+
+    trials = pd.read_parquet(tmp_path / "broken" / "trials.parquet")
+    assert len(trials) == 1 and trials.loc[0, "status"] == "failed"
+    assert "was made from different training labels" in trials.loc[0, "error"]
+    _, parents, children = mlflow_runs(tmp_path, "broken")
+    assert [p.info.status for p in parents] == ["FAILED"]
+    assert [c.info.status for c in children] == ["FAILED"]
+    assert children[0].data.tags["kd_tune.status"] == "failed"
