@@ -121,7 +121,12 @@ def check_before_start(configs: list[RunConfig], options: SweepOptions) -> None:
     Raises :class:`~kd_tune.config.ConfigError`, :class:`SweepError` or
     :class:`~kd_tune.data.DataError`; writes nothing.
     """
+    from kd_tune.tracking import check_reachable, resolve_tracking_uri
+
     problems = options.problems()
+    unreachable = check_reachable(resolve_tracking_uri(options.mlflow_uri, options.storage)) if not problems else None
+    if unreachable:
+        problems.append(unreachable)
     if problems:
         raise SweepError("; ".join(problems))
     if not configs:

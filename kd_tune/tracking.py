@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlparse
 
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_TAG = "kd_tune.sweep"
@@ -39,6 +41,22 @@ def default_tracking_uri(storage: str | Path) -> str:
 def resolve_tracking_uri(flag: str | None, storage: str | Path) -> str:
     """``--mlflow-uri``, else ``MLFLOW_TRACKING_URI``, else the default SQLite store."""
     return flag or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(storage)
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = 3.0) -> str | None:
+    """A problem sentence if a tracking server URI does not answer on its port, else None.
+
+    MLflow's own client retries for minutes; a sweep should fail in seconds instead.
+    """
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme not in ("http", "https"):
+        return None
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout_s):
+            return None
+    except OSError as err:
+        return f"cannot reach the MLflow tracking server at {tracking_uri}: {err.strerror or err}"
 
 
 def ui_command(tracking_uri: str) -> str:

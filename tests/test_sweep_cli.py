@@ -74,6 +74,7 @@ def test_label_noise_space_shares_the_clean_runs():
         (TAU_GRID, ["--seeds", "0"], "--seeds must be >= 1"),
         (TAU_GRID, ["--cpus-per-trial", "0"], "--cpus-per-trial must be > 0"),
         (TAU_GRID, ["--storage", "s3://bucket/results"], "URIs are not supported"),
+        (TAU_GRID, ["--mlflow-uri", "http://127.0.0.1:9"], "cannot reach the MLflow tracking server at http://127.0.0.1:9"),
         (LABEL_NOISE, ["--noise-rates", "0.2,1.0"], "noise_rate=1.0"),
         (LABEL_NOISE, ["--noise-types", "gaussian"], "noise_type='gaussian'"),
     ],
