@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from kd_tune.netcheck import connect_error
 
 CONNECT_TIMEOUT_S = 3.0
 
@@ -159,15 +160,13 @@ def _check_listening(target: str, resolved: str) -> None:
         # Ray would swap a loopback address for this machine's interface address, where
         # a cluster started on loopback does not listen.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    try:
-        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
-            pass
-    except OSError as err:
+    error = connect_error(host, int(port), CONNECT_TIMEOUT_S)
+    if error is not None:
         raise ClusterError(
-            f"cannot reach a Ray cluster at {target!r} ({resolved}): {err.strerror or err}. "
+            f"cannot reach a Ray cluster at {target!r} ({resolved}): {error}. "
             "Start one with `ray start --head`, check the address, or leave --address out "
             "to use an embedded Ray."
-        ) from None
+        )
 
 
 def _is_loopback(host: str) -> bool:

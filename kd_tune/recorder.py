@@ -117,11 +117,10 @@ class SweepRecorder(tune.Callback):
                 continue
             diverged = not math.isfinite(float(history[-1]["train_loss"]))
             tkey = teacher_key(config)
-            meta = self.teachers.meta(tkey) if self.teachers.has(tkey) else {"metrics": {}}
             self.writer.finish_trial(trial_row(
                 sweep=self.sweep, trial_key=key, trial_id=history[-1]["trial_id"], config=config,
                 status="diverged" if diverged else "completed", history=history, teacher_key=tkey,
-                teacher_test_acc=meta["metrics"].get("test_acc"), started_at=None,
+                teacher_test_acc=self.teachers.test_acc(tkey), started_at=None,
             ))
         self._flush()
         if self.tracker is not None:
@@ -136,7 +135,7 @@ class SweepRecorder(tune.Callback):
         config = RunConfig.from_dict(trial.config["run"])
         key = trial_key(config)
         tkey = teacher_key(config)
-        teacher_acc = self.teachers.meta(tkey)["metrics"].get("test_acc") if self.teachers.has(tkey) else None
+        teacher_acc = self.teachers.test_acc(tkey)
         recorded = self.writer.trials.get(key)
         state = {
             "config": config, "key": key, "label": label(config), "teacher_key": tkey,

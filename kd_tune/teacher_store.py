@@ -87,6 +87,10 @@ class TeacherStore:
             raise TeacherError(f"teacher {key} is not in the store at {self.root}")
         return json.loads(self.meta_path(key).read_text())
 
+    def test_acc(self, key: str) -> float | None:
+        """The stored teacher's final test accuracy in [0, 1] (None if it is not stored)."""
+        return self.meta(key)["metrics"].get("test_acc") if self.has(key) else None
+
     def load(self, config: RunConfig, data: Dataset) -> tuple[nn.Module, dict[str, Any]]:
         """The stored teacher of ``config`` (eval mode, no gradients) and its record."""
         key = teacher_key(config)

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlparse
+
+from kd_tune.netcheck import connect_error
 
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_TAG = "kd_tune.sweep"
@@ -52,11 +53,8 @@ def check_reachable(tracking_uri: str, timeout_s: float = 3.0) -> str | None:
     if parsed.scheme not in ("http", "https"):
         return None
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname or "", port), timeout=timeout_s):
-            return None
-    except OSError as err:
-        return f"cannot reach the MLflow tracking server at {tracking_uri}: {err.strerror or err}"
+    error = connect_error(parsed.hostname or "", port, timeout_s)
+    return None if error is None else f"cannot reach the MLflow tracking server at {tracking_uri}: {error}"
 
 
 def ui_command(tracking_uri: str) -> str:
