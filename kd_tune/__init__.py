@@ -6,7 +6,8 @@ from ``losses`` and models from ``models``. ``python -m kd_tune.run`` does it fr
 command line.
 
 Data flow of a sweep: ``search_space`` (blocks -> configs) -> ``sweep`` on the driver
-(checks, ``cluster`` connection, teacher stage into ``teacher_store``, ``tune.Tuner``)
+(checks, ``cluster`` connection, teacher stage into ``teacher_store``, cache stage
+into ``logit_cache`` (``teacher_logits`` once per teacher and view set), ``tune.Tuner``)
 -> ``trainable`` in the workers -> ``recorder`` on the driver, the one writer of
 ``results`` (Parquet) and ``tracking`` (MLflow). ``sweeps/*.py`` run it through
 ``sweep_cli``; ``analysis`` turns the Parquet files into tables.

@@ -17,7 +17,8 @@ seconds); ``started_at``, ``finished_at`` (UTC); ``mlflow_run_id``.
 
 ``epochs.parquet``: one row per (trial_key, epoch): ``sweep``, ``trial_key``,
 ``trial_id``, ``epoch`` and the per-epoch metrics of :mod:`kd_tune.trainer`
-(accuracies are fractions in [0, 1], times in seconds), plus ``reported_at`` (UTC).
+(accuracies are fractions in [0, 1], times in seconds, ``teacher_forward_samples`` a
+count), plus ``reported_at`` (UTC).
 A resumed trial that reports an epoch again replaces that row.
 """
 from __future__ import annotations
@@ -39,7 +40,8 @@ from kd_tune.config import RunConfig
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 
-EPOCH_METRICS = ("train_loss", "train_acc", "val_acc", "test_acc", "test_logit_mse", "test_agreement", "lr", "epoch_time_s")
+EPOCH_METRICS = ("train_loss", "train_acc", "val_acc", "test_acc", "test_logit_mse", "test_agreement", "lr",
+                 "epoch_time_s", "teacher_forward_samples")
 FINAL_METRICS = ("train_loss", "train_acc", "val_acc", "test_acc", "test_logit_mse", "test_agreement")
 _TIME = pa.timestamp("us", tz="UTC")
 

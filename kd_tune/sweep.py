@@ -2,8 +2,9 @@
 
 :func:`run_sweep` connects to Ray (embedded or a cluster), checks everything that can
 be checked before anything is written (configs, resources, data, storage, a name
-reused with other trials), then trains each distinct teacher once as Ray tasks, opens
-the MLflow parent run and runs ``tune.Tuner`` with actor reuse. The
+reused with other trials), then trains each distinct teacher once and fills the
+teacher-logit cache once per teacher and view set (both as Ray tasks), opens the MLflow
+parent run and runs ``tune.Tuner`` with actor reuse. The
 :class:`~kd_tune.recorder.SweepRecorder` callback is the one writer of Parquet rows and
 MLflow child runs. Rerunning with the same name restores the Tune experiment: finished
 trials are kept, unfinished ones continue from their last checkpoint.
@@ -11,6 +12,7 @@ trials are kept, unfinished ones continue from their last checkpoint.
 Folder layout under ``storage`` (absolute; a shared file system on a multi-node cluster)::
 
     teachers/<teacher key>/     teacher.pt + meta.json, shared by all sweeps in storage
+    teacher_logits/<cache key>/ cached teacher logits (kd_tune.logit_cache), shared likewise
     <name>/sweep.json           the sweep's trials (config per trial key)
     <name>/trials.parquet       one row per trial       (see kd_tune.results)
     <name>/epochs.parquet       one row per trial and epoch
@@ -31,12 +33,14 @@ from typing import Any, Callable
 from kd_tune.atomic import write_text
 from kd_tune.cluster import ClusterError, ClusterInfo, check_resources, check_shared_storage, concurrent_trials, connect, node_summary
 from kd_tune.config import RunConfig
+from kd_tune.logit_cache import CACHE_MODES, LogitCache, teacher_cache_key
 from kd_tune.search_space import trial_key, validate_all
 from kd_tune.teacher_store import TeacherError, TeacherStore, needs_teacher, teacher_key
 from kd_tune.trainer import load_data
 
 MANIFEST = "sweep.json"
-_TEACHER_PROGRESS_S = 30.0  # how often the teacher stage reports teachers in training
+_SHARED_DIRS = ("teachers", "teacher_logits")
+_PROGRESS_S = 30.0  # how often the teacher and cache stages report work in progress
 
 
 class SweepError(ValueError):
@@ -49,7 +53,9 @@ class SweepOptions:
 
     ``storage`` is made absolute; ``cpus_per_trial``/``gpus_per_trial`` are Ray resource
     requests per trial and per teacher task (GPUs may be fractional);
-    ``checkpoint_every`` is in epochs; ``max_failures`` retries per trial.
+    ``checkpoint_every`` is in epochs; ``max_failures`` retries per trial;
+    ``teacher_cache`` is how distilling trials get the teacher's outputs: ``float32``
+    or ``float16`` logits from the shared cache, or ``off`` (the teacher runs online).
     """
 
     name: str
@@ -61,6 +67,7 @@ class SweepOptions:
     max_concurrent: int | None = None
     checkpoint_every: int = 5
     max_failures: int = 2
+    teacher_cache: str = "float32"
 
     def __post_init__(self) -> None:
         if _is_uri(str(self.storage)):
@@ -75,10 +82,15 @@ class SweepOptions:
     def teachers_dir(self) -> Path:
         return self.storage / "teachers"
 
+    @property
+    def logits_dir(self) -> Path:
+        return self.storage / "teacher_logits"
+
     def problems(self) -> list[str]:
         p = []
-        if not self.name or "/" in self.name or self.name.startswith(".") or self.name == "teachers":
-            p.append(f"--name {self.name!r} must be a plain folder name (not 'teachers', no '/')")
+        if not self.name or "/" in self.name or self.name.startswith(".") or self.name in _SHARED_DIRS:
+            p.append(f"--name {self.name!r} must be a plain folder name (not {' or '.join(map(repr, _SHARED_DIRS))}, "
+                     "no '/')")
         if _is_uri(str(self.storage)):
             p.append(f"--storage {str(self.storage)!r}: URIs are not supported; mount the bucket or share a file system and give its path")
         if self.cpus_per_trial <= 0:
@@ -91,6 +103,8 @@ class SweepOptions:
             p.append(f"--checkpoint-every must be >= 1 epoch, got {self.checkpoint_every}")
         if self.max_failures < 0:
             p.append(f"--max-failures must be >= 0, got {self.max_failures}")
+        if self.teacher_cache not in CACHE_MODES:
+            p.append(f"--teacher-cache {self.teacher_cache!r} must be one of {', '.join(CACHE_MODES)}")
         return p
 
 
@@ -142,13 +156,21 @@ def check_before_start(configs: list[RunConfig], options: SweepOptions) -> None:
             load_data(config)
     manifest = options.sweep_dir / MANIFEST
     if manifest.is_file():
-        stored = set(json.loads(manifest.read_text())["trials"])
+        recorded = json.loads(manifest.read_text())
+        stored = set(recorded["trials"])
         wanted = {trial_key(c) for c in configs}
         if stored != wanted:
             raise SweepError(
                 f"sweep {options.name!r} in {options.storage} was started with other trials "
                 f"({len(wanted - stored)} new, {len(stored - wanted)} left out); rerun it with the same "
                 "flags to resume it, or pick another --name"
+            )
+        # float32 logits and the online teacher give the same students; float16 does not.
+        before = recorded.get("teacher_cache", "off")
+        if before != options.teacher_cache and "float16" in (before, options.teacher_cache):
+            raise SweepError(
+                f"sweep {options.name!r} started with --teacher-cache {before}, and float16 logits change "
+                f"results; resume it with --teacher-cache {before}, or pick another --name"
             )
 
 
@@ -181,7 +203,8 @@ def run_sweep(
     sweep_dir.mkdir(parents=True, exist_ok=True)
     keys = [trial_key(c) for c in configs]
     write_text(sweep_dir / MANIFEST, json.dumps(
-        {"name": options.name, "trials": {k: c.to_dict() for k, c in zip(keys, configs)}}, indent=1))
+        {"name": options.name, "teacher_cache": options.teacher_cache,
+         "trials": {k: c.to_dict() for k, c in zip(keys, configs)}}, indent=1))
     tracking_uri = resolve_tracking_uri(options.mlflow_uri, options.storage)
     tracker = SweepTracker(tracking_uri, options.name, artifact_root=options.storage / "mlartifacts")
     writer = ResultsWriter(sweep_dir)
@@ -190,7 +213,7 @@ def run_sweep(
         f"{options.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
         {"trials": len(configs), "cpus_per_trial": options.cpus_per_trial,
          "gpus_per_trial": options.gpus_per_trial, "cluster": info.address,
-         "storage": str(options.storage)},
+         "storage": str(options.storage), "teacher_cache": options.teacher_cache},
         {"kd_tune.sweep_dir": str(sweep_dir)},
     )
     log(f"sweep {options.name!r}: {len(configs)} trials ({done_before} already finished), "
@@ -199,6 +222,8 @@ def run_sweep(
     try:
         store = TeacherStore(options.teachers_dir)
         ensure_teachers(configs, store, options, log=log)
+        if options.teacher_cache != "off":
+            ensure_teacher_logits(configs, store, options, log=log)
         recorder = SweepRecorder(sweep=options.name, writer=writer, tracker=tracker, teachers=store,
                                  total=len(configs), log=log)
         fit_started = time.perf_counter()
@@ -226,36 +251,107 @@ def ensure_teachers(configs: list[RunConfig], store: TeacherStore, options: Swee
     Missing teachers are trained once each, as Ray tasks with one trial's resources,
     in parallel as far as the cluster allows.
     """
-    import ray
-
     from kd_tune.trainable import train_teacher_task
 
     needed = {teacher_key(c): c for c in configs if needs_teacher(c)}
     missing = {k: c for k, c in needed.items() if not store.has(k)}
     log(f"teachers: {len(needed)} needed, {len(needed) - len(missing)} in the store, {len(missing)} to train")
-    task = ray.remote(train_teacher_task).options(
+    noise_dir = str(options.sweep_dir / "noise")
+    pending = {_task(train_teacher_task, options).remote(str(store.root), c.to_dict(), noise_dir): k
+               for k, c in missing.items()}
+
+    def still_training(key: str) -> None:
+        done = store.progress(key)
+        if done is not None:
+            acc = "" if done["test_acc"] is None else f", test acc {100 * done['test_acc']:.2f}%"
+            log(f"teacher {needed[key].teacher} ({key}): epoch {done['epoch']}/{done['epochs']}{acc}")
+
+    def trained(key: str, meta: dict[str, Any]) -> None:
+        log(f"teacher {needed[key].teacher} ({key}) trained: test acc {100 * meta['metrics']['test_acc']:.2f}% "
+            f"in {meta['train_seconds']:.1f}s")
+
+    def failed(key: str, cause: BaseException) -> None:
+        raise TeacherError(f"training teacher {key} failed: {cause}") from None
+
+    _await_tasks(pending, on_done=trained, on_wait=still_training, on_error=failed)
+    return {k: store.meta(k) for k in needed}
+
+
+def ensure_teacher_logits(configs: list[RunConfig], store: TeacherStore, options: SweepOptions,
+                          *, log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """Fill the teacher-logit cache once per teacher and view set that ``configs`` distil from.
+
+    Every teacher must be in ``store``. Missing caches are built as Ray tasks with one
+    trial's resources (on a GPU where trials get one); returns the metas of the caches
+    that exist, by key. A build that fails is reported and not fatal: the trials that
+    need it try again themselves, and fail and are recorded one by one if it still fails.
+    """
+    from kd_tune.trainable import build_logits_task
+
+    cache = LogitCache(options.logits_dir)
+    augment: dict[str, bool] = {}
+    needed: dict[str, RunConfig] = {}
+    # Lowest seed first: a single-view cache is then computed in the same batches
+    # whatever the order of the trials.
+    for config in sorted(configs, key=lambda c: c.seed):
+        if not needs_teacher(config):
+            continue
+        if config.dataset not in augment:  # augmentation is a property of the data set
+            augment[config.dataset] = load_data(config).augment
+        key = teacher_cache_key(config, store, augment=augment[config.dataset], dtype=options.teacher_cache)
+        needed.setdefault(key, config)
+    missing = {k: c for k, c in needed.items() if not cache.has(k)}
+    log(f"teacher logits ({options.teacher_cache}): {len(needed)} view sets needed, "
+        f"{len(needed) - len(missing)} cached, {len(missing)} to compute")
+    noise_dir = str(options.sweep_dir / "noise")
+    pending = {
+        _task(build_logits_task, options).remote(str(store.root), str(cache.root), c.to_dict(), noise_dir,
+                                                  options.teacher_cache): k
+        for k, c in missing.items()
+    }
+
+    def built(key: str, meta: dict[str, Any]) -> None:
+        views, samples, classes = meta["train_shape"]
+        log(f"teacher logits {key} (teacher {needed[key].teacher}): {views} view(s) x {samples} samples x "
+            f"{classes} classes, {meta['bytes'] / 1e6:.1f} MB, in {meta['build_seconds']:.1f}s")
+
+    def failed(key: str, cause: BaseException) -> None:
+        log(f"teacher logits {key} (teacher {needed[key].teacher}) could not be computed: {cause}; "
+            "its trials will try again")
+
+    _await_tasks(pending, on_done=built, on_wait=lambda key: log(f"teacher logits {key}: computing"),
+                 on_error=failed)
+    return {k: cache.meta(k) for k in needed if cache.has(k)}
+
+
+def _task(function: Callable[..., Any], options: SweepOptions) -> Any:
+    """``function`` as a Ray task with one trial's resources, retried like a trial."""
+    import ray
+
+    return ray.remote(function).options(
         num_cpus=options.cpus_per_trial, num_gpus=options.gpus_per_trial, max_retries=options.max_failures
     )
-    noise_dir = str(options.sweep_dir / "noise")
-    pending = {task.remote(str(store.root), c.to_dict(), noise_dir): k for k, c in missing.items()}
+
+
+def _await_tasks(pending: dict[Any, str], *, on_done: Callable[[str, Any], None], on_wait: Callable[[str], None],
+                 on_error: Callable[[str, BaseException], None]) -> None:
+    """Wait for Ray tasks (object ref -> key), calling ``on_done`` with each result,
+    ``on_error`` with each task's exception and, every 30 s, ``on_wait`` per unfinished key."""
+    import ray
+
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=_TEACHER_PROGRESS_S)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=_PROGRESS_S)
         if not ready:
             for key in pending.values():
-                done = store.progress(key)
-                if done is not None:
-                    acc = "" if done["test_acc"] is None else f", test acc {100 * done['test_acc']:.2f}%"
-                    log(f"teacher {needed[key].teacher} ({key}): epoch {done['epoch']}/{done['epochs']}{acc}")
+                on_wait(key)
             continue
         key = pending.pop(ready[0])
         try:
-            meta = ray.get(ready[0])
+            result = ray.get(ready[0])
         except ray.exceptions.RayTaskError as err:
-            cause = err.cause if isinstance(err.cause, Exception) else err
-            raise TeacherError(f"training teacher {key} failed: {cause}") from None
-        log(f"teacher {needed[key].teacher} ({key}) trained: test acc {100 * meta['metrics']['test_acc']:.2f}% "
-            f"in {meta['train_seconds']:.1f}s")
-    return {k: store.meta(k) for k in needed}
+            on_error(key, err.cause if isinstance(err.cause, Exception) else err)
+            continue
+        on_done(key, result)
 
 
 def _fit(configs: list[RunConfig], options: SweepOptions, recorder: Any) -> None:
@@ -274,6 +370,8 @@ def _fit(configs: list[RunConfig], options: SweepOptions, recorder: Any) -> None
         tune.with_parameters(
             distill_trial, teachers_dir=str(options.teachers_dir),
             noise_dir=str(options.sweep_dir / "noise"), checkpoint_every=options.checkpoint_every,
+            logits_dir=None if options.teacher_cache == "off" else str(options.logits_dir),
+            cache_dtype="float32" if options.teacher_cache == "off" else options.teacher_cache,
         ),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
     )
@@ -313,4 +411,5 @@ def _concurrency(info: ClusterInfo, options: SweepOptions) -> int:
     return min(fit, options.max_concurrent) if options.max_concurrent else fit
 
 
-__all__ = ["ClusterError", "SweepError", "SweepOptions", "SweepOutcome", "check_before_start", "ensure_teachers", "run_sweep"]
+__all__ = ["ClusterError", "SweepError", "SweepOptions", "SweepOutcome", "check_before_start", "ensure_teacher_logits",
+           "ensure_teachers", "run_sweep"]

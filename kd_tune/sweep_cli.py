@@ -23,6 +23,7 @@ from kd_tune.cli_args import add_config_arguments, config_from_args
 from kd_tune.cluster import ClusterError
 from kd_tune.config import ConfigError, RunConfig
 from kd_tune.data import DataError
+from kd_tune.logit_cache import CACHE_MODES
 from kd_tune.losses import loss_names
 from kd_tune.search_space import SearchSpace, expand, label, trial_key
 from kd_tune.teacher_store import TeacherError, TeacherStore, needs_teacher, teacher_key
@@ -105,6 +106,10 @@ def build_parser(spec: SweepSpec, prog: str | None = None) -> argparse.ArgumentP
     run.add_argument("--checkpoint-every", type=int, default=5, metavar="EPOCHS",
                      help="checkpoint each trial every EPOCHS epochs and at the end (default: 5)")
     run.add_argument("--max-failures", type=int, default=2, metavar="N", help="retries of a failing trial (default: 2)")
+    run.add_argument("--teacher-cache", type=_cache_mode, default="float32", metavar="MODE",
+                     help="how distilling trials get the teacher's outputs: float32 (or on) = logits computed once "
+                     "per teacher and view set and shared by all trials, exact; float16 = half the cache size, "
+                     "changes losses by rounding; off = the teacher runs online in every trial (default: float32)")
     run.add_argument("--dry-run", action="store_true", help="list the trials, teachers and resources; run and write nothing")
     grid = parser.add_argument_group("search space")
     grid.add_argument("--seeds", type=int, default=spec.seeds, metavar="N", help=f"seeds 0..N-1 per setting (default: {spec.seeds})")
@@ -149,7 +154,7 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None, *, prog: str | None
         name=args.name, storage=args.storage, address=args.address, mlflow_uri=args.mlflow_uri,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent, checkpoint_every=args.checkpoint_every,
-        max_failures=args.max_failures,
+        max_failures=args.max_failures, teacher_cache=args.teacher_cache,
     )
     try:
         configs = plan(spec, args)
@@ -209,7 +214,8 @@ def _print_plan(configs: list[RunConfig], options: Any) -> None:
     teachers = {teacher_key(c): c for c in configs if needs_teacher(c)}
     print(f"sweep {options.name!r}: {len(configs)} trials, each {options.cpus_per_trial:g} CPU "
           f"and {options.gpus_per_trial:g} GPU; storage {options.sweep_dir}")
-    print(f"teachers: {len(teachers)} ({sum(store.has(k) for k in teachers)} already in {store.root})")
+    print(f"teachers: {len(teachers)} ({sum(store.has(k) for k in teachers)} already in {store.root}); "
+          f"teacher cache: {options.teacher_cache}")
     for key, config in teachers.items():
         print(f"  {key}  {config.teacher} on {config.dataset} (noise {config.noise_type} {config.noise_rate:g}"
               f"{', clean teacher' if config.clean_teacher else ''}), {config.teacher_epochs or config.epochs} epochs")
@@ -217,6 +223,13 @@ def _print_plan(configs: list[RunConfig], options: Any) -> None:
         teacher = teacher_key(config) if needs_teacher(config) else "-"
         print(f"  {i:4d}  {trial_key(config)}  {config.teacher}->{config.student}  {label(config)}  teacher {teacher}")
     print("dry run: nothing was run or written")
+
+
+def _cache_mode(text: str) -> str:
+    mode = "float32" if text == "on" else text
+    if mode not in CACHE_MODES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(CACHE_MODES)} (on means float32)")
+    return mode
 
 
 def _apply_axes(space: SearchSpace, args: argparse.Namespace, extra: tuple[Axis, ...]) -> list[dict[str, Any]]:

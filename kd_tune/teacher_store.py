@@ -3,7 +3,8 @@
 Layout under the store root (``<storage>/teachers`` in sweeps)::
 
     <key>/teacher.pt   weights and config (kd_tune.teacher format)
-    <key>/meta.json    key, teacher config, final metrics, training seconds, time stamp
+    <key>/meta.json    key, teacher config, final metrics, training seconds, time stamp,
+                       sha256 of the weights (the teacher-logit cache is keyed by it)
     <key>/progress.json the last finished epoch while it trains (for progress lines)
 
 ``meta.json`` is written last, so a key whose ``meta.json`` exists is complete. The key
@@ -25,7 +26,9 @@ from kd_tune.atomic import write_text
 from kd_tune.config import RunConfig
 from kd_tune.data import Dataset
 from kd_tune.search_space import config_hash
+from kd_tune.checkpoint import load_state
 from kd_tune.teacher import load_teacher, save_teacher, train_teacher
+from kd_tune.teacher_logits import weights_digest
 from kd_tune.trainer import COMPLETED, load_data
 
 STORE_FORMAT = 1
@@ -91,6 +94,11 @@ class TeacherStore:
         """The stored teacher's final test accuracy in [0, 1] (None if it is not stored)."""
         return self.meta(key)["metrics"].get("test_acc") if self.has(key) else None
 
+    def weights_digest(self, key: str) -> str:
+        """sha256 of teacher ``key``'s weights (recorded at training; computed for older stores)."""
+        digest = self.meta(key).get("weights_sha256")
+        return digest if digest else weights_digest(load_state(self.weights_path(key))["model"])
+
     def load(self, config: RunConfig, data: Dataset) -> tuple[nn.Module, dict[str, Any]]:
         """The stored teacher of ``config`` (eval mode, no gradients) and its record."""
         key = teacher_key(config)
@@ -126,6 +134,7 @@ class TeacherStore:
             # NaN (metrics a teacher has no partner for) as null: meta.json stays strict JSON.
             "metrics": {k: _finite(v) for k, v in result.final.items()},
             "train_seconds": seconds,
+            "weights_sha256": weights_digest(result.model),
             "created_at": datetime.now(timezone.utc).isoformat(),
         }
         write_text(self.meta_path(key), json.dumps(meta, indent=2))

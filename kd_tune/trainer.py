@@ -10,8 +10,11 @@ Metrics per epoch (accuracies in [0, 1], times in seconds):
 ``train_acc`` (on the noisy training labels and augmented views actually trained on),
 ``val_acc``, ``test_acc``, ``test_logit_mse`` (student vs teacher logits on the test
 set, mean over samples and classes), ``test_agreement`` (top-1 agreement with the
-teacher on the test set), ``lr`` (learning rate used during the epoch) and
-``epoch_time_s`` (wall time of the epoch, training and evaluation).
+teacher on the test set), ``lr`` (learning rate used during the epoch),
+``epoch_time_s`` (wall time of the epoch, training and evaluation) and
+``teacher_forward_samples`` (samples the teacher network ran forward on during the
+epoch: its training views, plus the test set in a run's first epoch; 0 when cached
+:class:`~kd_tune.teacher_logits.TeacherLogits` supply the teacher's outputs).
 Metrics that need a missing part (no validation split, no teacher) are NaN.
 """
 from __future__ import annotations
@@ -26,11 +29,12 @@ from torch import nn
 
 from kd_tune import models
 from kd_tune.config import RunConfig
-from kd_tune.data import Dataset, augment_batch, load_dataset
+from kd_tune.data import Dataset, epoch_batches, load_dataset
 from kd_tune.evaluation import accuracy, predict_logits, teacher_agreement
 from kd_tune.losses import make_loss
 from kd_tune.optim import build_optimizer, build_scheduler
 from kd_tune.runtime import amp_dtype, autocast, resolve_device, rng_state, seed_everything, set_rng_state
+from kd_tune.teacher_logits import TeacherLogits
 
 STATE_FORMAT = 1
 COMPLETED = "completed"
@@ -67,21 +71,12 @@ def load_data(config: RunConfig, *, noise_dir: str | None = None) -> Dataset:
     return load_dataset(**config.data_settings(), noise_dir=noise_dir)
 
 
-def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
-    """The sample order of one epoch: a permutation drawn from (seed, epoch) alone.
-
-    Depending on nothing else (not on the global RNG or earlier epochs) is what makes
-    a resumed run see exactly the batches an uninterrupted one would.
-    """
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(num_samples, generator=generator)
-
-
 def train(
     config: RunConfig,
     *,
     data: Dataset | None = None,
     teacher: nn.Module | None = None,
+    teacher_logits: TeacherLogits | None = None,
     on_epoch: EpochHook | None = None,
     resume_state: dict[str, Any] | None = None,
 ) -> TrainResult:
@@ -93,16 +88,24 @@ def train(
         teacher: fixed teacher network, required unless ``config.loss == "ce"``; it is
             kept in eval mode without gradients. With ``ce`` it is optional and only
             feeds the teacher-agreement metrics.
+        teacher_logits: the teacher's outputs computed ahead
+            (:func:`kd_tune.teacher_logits.compute_teacher_logits` for this config, or
+            :mod:`kd_tune.logit_cache`), used instead of running ``teacher``; give one
+            of the two. The student is the same as with the teacher online.
         on_epoch: called after every epoch with the metrics and a function that
             returns the full training state (for checkpoints).
         resume_state: a state from ``on_epoch`` to continue from.
     """
     config.validate()
-    if teacher is None and config.loss != "ce":
+    if teacher is not None and teacher_logits is not None:
+        raise ValueError("give teacher or teacher_logits, not both")
+    if teacher is None and teacher_logits is None and config.loss != "ce":
         raise ValueError(f"loss={config.loss!r} needs a teacher; only loss='ce' trains without one")
     device = resolve_device(config.device)
     seed_everything(config.seed, config.deterministic)
     data = data if data is not None else load_data(config)
+    if teacher_logits is not None:
+        teacher_logits.check(data, config.epochs)
     model = models.build(config.student, data.num_classes, data.in_channels).to(device)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
@@ -130,8 +133,13 @@ def train(
     eval_args = {"device": device, "amp": use_amp}
     # The teacher is fixed: its evaluation logits are computed once per run.
     teacher_test = None
-    if teacher is not None:
+    teacher_samples = 0
+    if teacher_logits is not None:
+        teacher_test = teacher_logits.test.to(device).float()
+    elif teacher is not None:
         teacher_test = predict_logits(teacher, data.test.images, data.normalize, **eval_args)
+        teacher_samples = len(data.test)
+    distil = config.loss != "ce"
 
     def state() -> dict[str, Any]:
         return {
@@ -152,23 +160,23 @@ def train(
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
-        for idx in epoch_order(len(train_y), config.seed, epoch).to(device).split(config.batch_size):
-            images = train_x[idx]
-            if data.augment:
-                images = augment_batch(images, idx, epoch=epoch, seed=config.seed)
+        # One epoch's cached views move to the device once (a no-op for memory-mapped CPU logits).
+        cached = teacher_logits.epoch_view(epoch).to(device) if teacher_logits is not None and distil else None
+        for idx, images in epoch_batches(train_x, seed=config.seed, epoch=epoch, batch_size=config.batch_size,
+                                         augment=data.augment):
             x = data.normalize(images)
             y = train_y[idx]
+            target = None
             with autocast(device, use_amp):
                 student_logits = model(x)
-                if teacher is not None and config.loss != "ce":
+                if teacher is not None and distil:
                     with torch.no_grad():
-                        teacher_logits = teacher(x)
-                else:
-                    teacher_logits = None
+                        target = teacher(x)
+                    teacher_samples += len(idx)
+            if cached is not None:
+                target = cached[idx]
             # Losses in float32 whatever autocast did: small tau divides logits.
-            loss = loss_fn(
-                student_logits.float(), None if teacher_logits is None else teacher_logits.float(), y
-            )
+            loss = loss_fn(student_logits.float(), None if target is None else target.float(), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -179,7 +187,9 @@ def train(
         scheduler.step()
 
         train_loss = loss_sum.item() / len(train_y)
-        metrics: dict[str, float] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr}
+        metrics: dict[str, float] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr,
+                                     "teacher_forward_samples": teacher_samples}
+        teacher_samples = 0
         if not math.isfinite(train_loss):
             metrics.update(dict.fromkeys(["train_acc", "val_acc", "test_acc", "test_logit_mse", "test_agreement"], math.nan))
             metrics["epoch_time_s"] = time.perf_counter() - started

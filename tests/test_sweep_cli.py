@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -74,6 +75,8 @@ def test_label_noise_space_shares_the_clean_runs():
         (TAU_GRID, ["--seeds", "0"], "--seeds must be >= 1"),
         (TAU_GRID, ["--cpus-per-trial", "0"], "--cpus-per-trial must be > 0"),
         (TAU_GRID, ["--storage", "s3://bucket/results"], "URIs are not supported"),
+        (TAU_GRID, ["--teacher-cache", "bf16"], "'bf16' is not one of float32, float16, off (on means float32)"),
+        (TAU_GRID, ["--name", "teacher_logits"], "must be a plain folder name (not 'teachers' or 'teacher_logits'"),
         (TAU_GRID, ["--mlflow-uri", "http://127.0.0.1:9"], "cannot reach the MLflow tracking server at http://127.0.0.1:9"),
         (LABEL_NOISE, ["--noise-rates", "0.2,1.0"], "noise_rate=1.0"),
         (LABEL_NOISE, ["--noise-types", "gaussian"], "noise_type='gaussian'"),
@@ -98,11 +101,26 @@ def test_a_name_reused_with_other_trials_is_refused(tmp_path, capsys):
     assert "was started with other trials (19 new, 1 left out)" in capsys.readouterr().err
 
 
+def test_resuming_with_float16_logits_after_float32_is_refused(tmp_path, capsys):
+    storage = tmp_path / "results"
+    configs = plan(TAU_GRID, build_parser(TAU_GRID).parse_args(["--seeds", "1"]))
+    manifest = {"name": "tau_grid", "teacher_cache": "float32", "trials": {trial_key(c): {} for c in configs}}
+    (storage / "tau_grid").mkdir(parents=True)
+    (storage / "tau_grid" / "sweep.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit) as exit_info:
+        main(TAU_GRID, ["--storage", str(storage), "--seeds", "1", "--teacher-cache", "float16"])
+    assert exit_info.value.code == 2
+    assert "started with --teacher-cache float32, and float16 logits change results" in capsys.readouterr().err
+    # float32 and the online teacher train the same students: switching between them is allowed.
+    assert main(TAU_GRID, ["--storage", str(storage), "--seeds", "1", "--teacher-cache", "off", "--dry-run"]) == 0
+
+
 def test_dry_run_lists_trials_and_writes_nothing(tmp_path, capsys):
     storage = tmp_path / "results"
     assert main(TAU_GRID, ["--storage", str(storage), "--dry-run", "--gpus-per-trial", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "57 trials, each 1 CPU and 0.5 GPU" in out and "teachers: 1 (0 already in" in out
+    assert "teacher cache: float32" in out
     assert "kl tau=inf alpha=0.5 seed=2" in out and "dry run: nothing was run or written" in out
     assert not storage.exists()
 
@@ -112,6 +130,7 @@ def test_help_explains_the_flags(capsys):
         main(TAU_GRID, ["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--address", "--storage", "--mlflow-uri", "--gpus-per-trial", "--taus", "--dry-run", "--preset"):
+    for flag in ("--address", "--storage", "--mlflow-uri", "--gpus-per-trial", "--taus", "--dry-run", "--preset",
+                 "--teacher-cache"):
         assert flag in out
     assert "rerun the same" in out.lower() or "rerun with the same name" in out

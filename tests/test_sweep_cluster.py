@@ -50,6 +50,9 @@ def test_tiny_grid_end_to_end(ray_cluster, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"Ray cluster at {ray_cluster}" in proc.stdout
     assert "teachers: 1 needed, 0 in the store, 1 to train" in proc.stdout
+    # digits has no augmentation: one view set serves every seed and loss.
+    assert "teacher logits (float32): 1 view sets needed, 0 cached, 1 to compute" in proc.stdout
+    assert len(list((tmp_path / "teacher_logits").iterdir())) == 1
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
     assert "| kl tau=inf |" in proc.stdout  # the closing table
 
@@ -66,6 +69,8 @@ def test_tiny_grid_end_to_end(ray_cluster, tmp_path):
     assert trials["teacher_test_acc"].between(0, 1).all() and trials["teacher_key"].nunique() == 1
     assert (trials["epoch"] == 2).all() and (trials["finished_at"] >= trials["started_at"]).all()
     assert len(epochs) == 28 and not epochs.duplicated(["trial_key", "epoch"]).any()
+    distilled = epochs["trial_key"].isin(trials.loc[trials["loss"] != "ce", "trial_key"])
+    assert (epochs.loc[distilled, "teacher_forward_samples"] == 0).all()  # the cache ran the teacher
     last = epochs[epochs["epoch"] == 2].set_index("trial_key")["test_acc"]
     assert (trials.set_index("trial_key")["test_acc"] == last.loc[trials["trial_key"]]).all()
 
@@ -98,10 +103,19 @@ def test_tiny_grid_end_to_end(ray_cluster, tmp_path):
     assert table.loc["ce", "alpha=0.5 mean"] == pytest.approx(100 * ce.mean(), abs=1e-9)
     assert table.loc["ce", "alpha=0.5 std"] == pytest.approx(100 * ce.std(), abs=1e-9)
 
-    # A later sweep in the same storage reuses the stored teacher instead of training it.
-    again = run_sweep(sweep_cmd(tmp_path, "again", "--epochs", "2", "--seeds", "1", "--losses", "mse", "--alphas", "1"))
+    # A later sweep in the same storage reuses the stored teacher instead of training it;
+    # with the teacher online it trains the students the cache trained.
+    again = run_sweep(sweep_cmd(tmp_path, "again", "--epochs", "2", "--seeds", "1", "--losses", "mse",
+                                "--alphas", "1", "--teacher-cache", "off"))
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "teachers: 1 needed, 1 in the store, 0 to train" in again.stdout
+    assert "teacher logits" not in again.stdout
+    online = pd.read_parquet(tmp_path / "again" / "trials.parquet").set_index("trial_key")
+    online_epochs = pd.read_parquet(tmp_path / "again" / "epochs.parquet")
+    assert (online_epochs["teacher_forward_samples"] > 0).all()
+    cached = trials.set_index("trial_key").loc[online.index]
+    assert online["train_loss"].tolist() == pytest.approx(cached["train_loss"].tolist(), rel=1e-4)
+    assert online["test_acc"].tolist() == pytest.approx(cached["test_acc"].tolist(), abs=0.01)
 
 
 def test_driver_killed_then_resumed(ray_cluster, tmp_path):
@@ -188,6 +202,8 @@ def test_a_failing_trial_is_retried_then_recorded_as_failed(ray_cluster, tmp_pat
                                "--alphas", "1", "--noise-type", "symmetric", "--noise-rate", "0.2",
                                "--clean-teacher", "--max-failures", "1"))
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # The cache stage cannot load the data either; it says so and leaves it to the trial.
+    assert "could not be computed: " in proc.stdout and "its trials will try again" in proc.stdout
     assert "retrying mse alpha=1 symmetric=0.2 seed=0 after an error" in proc.stdout
     assert "1 failed" in proc.stdout
 

@@ -15,6 +15,7 @@ from .noise import (
     load_noisy_labels,
     save_noisy_labels,
 )
+from .order import epoch_batches, epoch_order
 
 __all__ = [
     "DataError",
@@ -26,6 +27,8 @@ __all__ = [
     "augment_batch",
     "augment_params",
     "dataset_names",
+    "epoch_batches",
+    "epoch_order",
     "label_hash",
     "load_dataset",
     "load_noisy_labels",

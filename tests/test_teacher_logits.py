@@ -1,0 +1,190 @@
+"""The teacher-logit cache: exact views, equivalence with the online teacher, keys, files."""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from cifar_files import write_cifar10
+from kd_tune import models
+from kd_tune.config import RunConfig
+from kd_tune.logit_cache import LogitCache, cache_key, ensure_cached
+from kd_tune.losses import make_loss
+from kd_tune.teacher_logits import TeacherLogits, compute_teacher_logits, forward_count, weights_digest
+from kd_tune.teacher_store import TeacherStore, teacher_key
+from kd_tune.trainer import load_data, train
+
+# Batches of 32 over 180 training images: five full batches and a partial one.
+CIFAR = RunConfig(dataset="cifar10", student="cnn-4", teacher="cnn-8", val_size=20, epochs=3, batch_size=32,
+                  lr=0.05, teacher_epochs=1)
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    write_cifar10(root, per_batch=40, test_size=40)
+    config = CIFAR.replace(data_dir=str(root))
+    data = load_data(config)
+    assert data.augment and len(data.train) == 180
+    torch.manual_seed(7)
+    teacher = models.build("cnn-8", data.num_classes, data.in_channels).eval()
+    return config, data, teacher
+
+
+def science(history):
+    return [{k: v for k, v in h.items() if k not in ("epoch_time_s", "teacher_forward_samples")} for h in history]
+
+
+@pytest.mark.parametrize("loss,tau,alpha", [("kl", 4.0, 0.9), ("mse", 1.0, 0.5)])
+def test_cached_teacher_trains_the_same_student_as_the_online_teacher(tmp_path, cifar, loss, tau, alpha):
+    config, data, teacher = cifar
+    config = config.replace(loss=loss, tau=tau, alpha=alpha)
+    online = train(config, data=data, teacher=teacher)
+
+    cache = LogitCache(tmp_path)
+    key = cache_key(config, weights_digest(teacher), augment=data.augment)
+    cache.build(key, teacher, data, config)
+    cached = train(config, data=data, teacher_logits=cache.load(key))
+
+    assert science(cached.history) == science(online.history)
+    for name, value in online.model.state_dict().items():
+        torch.testing.assert_close(cached.model.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+    # The cached run never ran the teacher; the online one ran it on every view and the test set.
+    assert [h["teacher_forward_samples"] for h in cached.history] == [0, 0, 0]
+    assert [h["teacher_forward_samples"] for h in online.history] == [180 + 40, 180, 180]
+    assert cache.meta(key)["teacher_forward_samples"] == forward_count(data, config.epochs) == 3 * 180 + 20 + 40
+
+
+def test_views_differ_by_epoch_and_match_the_teacher_on_each_view(cifar):
+    config, data, teacher = cifar
+    logits = compute_teacher_logits(teacher, data, config)
+    assert logits.train.shape == (3, 180, 10) and logits.views == 3
+    assert not torch.equal(logits.epoch_view(0), logits.epoch_view(1))
+    # Row i of view e is the teacher on sample i's view in epoch e, whatever batch it was in.
+    from kd_tune.data import augment_batch
+
+    idx = torch.tensor([5, 100, 179])
+    views = augment_batch(data.train.images[idx], idx, epoch=2, seed=config.seed)
+    with torch.no_grad():
+        direct = teacher(data.normalize(views))
+    torch.testing.assert_close(logits.epoch_view(2)[idx], direct, rtol=1e-5, atol=1e-5)
+    with pytest.raises(IndexError, match="outside the 3 cached views"):
+        logits.epoch_view(3)
+
+
+def test_data_without_augmentation_needs_one_view(tmp_path):
+    config = RunConfig(student="cnn-4", teacher="cnn-8", epochs=4, val_size=100)
+    data = load_data(config)
+    assert not data.augment
+    teacher = models.build("cnn-8", data.num_classes, data.in_channels).eval()
+    cache = LogitCache(tmp_path)
+    key = cache_key(config, weights_digest(teacher), augment=False)
+    meta = cache.build(key, teacher, data, config)
+    assert meta["views"] == 1 and meta["train_shape"] == [1, len(data.train), 10]
+    loaded = cache.load(key)
+    assert torch.equal(loaded.epoch_view(0), loaded.epoch_view(3))
+    # Without augmentation every seed and epoch count shares the one view set.
+    assert cache_key(config.replace(seed=5, epochs=9), weights_digest(teacher), augment=False) == key
+
+
+def test_the_key_changes_with_everything_the_logits_depend_on(cifar):
+    config, _, teacher = cifar
+    digest = weights_digest(teacher)
+    base = cache_key(config, digest, augment=True)
+    other_teacher = models.build("cnn-8", 10, 3)
+    changed = {
+        "weights": cache_key(config, weights_digest(other_teacher), augment=True),
+        "label noise": cache_key(config.replace(noise_type="symmetric", noise_rate=0.2), digest, augment=True),
+        "split": cache_key(config.replace(val_size=10), digest, augment=True),
+        "augmentation seed": cache_key(config.replace(seed=1), digest, augment=True),
+        "epochs": cache_key(config.replace(epochs=4), digest, augment=True),
+        "batch size": cache_key(config.replace(batch_size=64), digest, augment=True),
+        "augmentation": cache_key(config, digest, augment=False),
+        "amp": cache_key(config.replace(amp=not config.amp), digest, augment=True),
+        "dtype": cache_key(config, digest, augment=True, dtype="float16"),
+    }
+    assert base not in changed.values() and len(set(changed.values())) == len(changed)
+    # What does not change the teacher's outputs keeps the key.
+    assert cache_key(config.replace(loss="mse", tau=2.0, alpha=0.3, lr=0.5, student="cnn-8"), digest,
+                     augment=True) == base
+    with pytest.raises(ValueError, match="not one of float32, float16"):
+        cache_key(config, digest, augment=True, dtype="bfloat16")
+
+
+def test_weights_digest_follows_the_weights(cifar):
+    _, _, teacher = cifar
+    copy = models.build("cnn-8", 10, 3)
+    copy.load_state_dict(teacher.state_dict())
+    assert weights_digest(copy) == weights_digest(teacher) == weights_digest(teacher.state_dict())
+    with torch.no_grad():
+        next(copy.parameters()).view(-1)[0] += 1e-6
+    assert weights_digest(copy) != weights_digest(teacher)
+
+
+def test_float16_cache_halves_the_size_and_changes_losses_only_by_rounding(tmp_path, cifar):
+    config, data, teacher = cifar
+    cache = LogitCache(tmp_path)
+    digest = weights_digest(teacher)
+    full = cache.build(cache_key(config, digest, augment=True), teacher, data, config)
+    half = cache.build(cache_key(config, digest, augment=True, dtype="float16"), teacher, data, config,
+                       dtype="float16")
+    assert half["bytes"] < 0.55 * full["bytes"]
+    z32 = cache.load(full["key"]).epoch_view(0)
+    z16 = cache.load(half["key"]).epoch_view(0)
+    assert z16.dtype == torch.float16 and z32.dtype == torch.float32
+    student = torch.randn_like(z32)
+    labels = data.train.labels
+    for loss in (make_loss("kl", tau=4.0, alpha=1.0), make_loss("kl", tau=1.0, alpha=1.0), make_loss("mse", tau=1.0, alpha=1.0)):
+        exact, rounded = loss(student, z32, labels), loss(student, z16.float(), labels)
+        assert math.isclose(rounded.item(), exact.item(), rel_tol=1e-3)
+
+
+def test_logits_that_do_not_fit_the_run_are_refused(cifar):
+    config, data, teacher = cifar
+    logits = compute_teacher_logits(teacher, data, config.replace(epochs=2))
+    with pytest.raises(ValueError, match=r"train is \(2, 180, 10\), the run needs \(3, 180, 10\)"):
+        train(config.replace(loss="mse"), data=data, teacher_logits=logits)
+    # A cache with more views than the run has epochs serves the shorter run.
+    longer = compute_teacher_logits(teacher, data, config.replace(epochs=4))
+    longer.check(data, 3)
+    with pytest.raises(ValueError, match="not both"):
+        train(config.replace(loss="mse"), data=data, teacher=teacher, teacher_logits=logits)
+
+
+def test_a_failed_build_leaves_nothing_and_a_finished_key_is_not_rebuilt(tmp_path, cifar):
+    config, data, teacher = cifar
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("teacher exploded")
+
+    cache = LogitCache(tmp_path / "cache")
+    with pytest.raises(RuntimeError, match="exploded"):
+        cache.build("k1", Broken(), data, config)
+    assert not cache.has("k1") and os.listdir(cache.root) == []
+
+    first = cache.build("k2", teacher, data, config)
+    again = cache.build("k2", Broken(), data, config)  # complete: nothing runs
+    assert again == first and sorted(os.listdir(cache.root)) == ["k2"]
+
+
+def test_ensure_cached_keys_by_the_stored_teacher(tmp_path):
+    config = RunConfig(student="cnn-4", teacher="cnn-8", epochs=2, teacher_epochs=1, val_size=100, loss="mse")
+    store = TeacherStore(tmp_path / "teachers")
+    meta = store.train(config)
+    data = load_data(config)
+    cache = LogitCache(tmp_path / "logits")
+    key, built = ensure_cached(config, data, store, cache)
+    assert built["teacher_key"] == teacher_key(config)
+    teacher, _ = store.load(config, data)
+    assert key == cache_key(config, weights_digest(teacher), augment=False) == cache_key(
+        config, meta["weights_sha256"], augment=False)
+    again, _ = ensure_cached(config.replace(seed=3, alpha=0.2), data, store, cache)
+    assert again == key and os.listdir(cache.root) == [key]
+    logits = cache.load(key)
+    assert isinstance(logits, TeacherLogits) and logits.test.shape == (len(data.test), 10)
+    result = train(config, data=data, teacher_logits=logits)
+    assert result.status == "completed" and result.final["test_agreement"] >= 0
+
