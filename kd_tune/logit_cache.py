@@ -17,7 +17,7 @@ the files from the shared storage once.
 Size: ``V * N * K`` values of 4 bytes (float32, the default) or 2 (float16). CIFAR-100
 with all 50,000 training images is 20.0 MB per epoch of views (10.0 MB in float16), so
 the paper's 200 epochs take 4.0 GB per teacher and augmentation seed. Digits has no
-augmentation and needs a single view: 1,617 x 10 x 4 bytes = 65 KB.
+augmentation and needs a single view: 1,257 x 10 x 4 bytes = 50 KB (default split).
 
 The key hashes everything the logits depend on (:func:`cache_key`): the teacher's
 weights, the data settings (data set, data dir, validation split, label noise), the

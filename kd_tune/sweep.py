@@ -301,7 +301,7 @@ def ensure_teacher_logits(configs: list[RunConfig], store: TeacherStore, options
         key = teacher_cache_key(config, store, augment=augment[config.dataset], dtype=options.teacher_cache)
         needed.setdefault(key, config)
     missing = {k: c for k, c in needed.items() if not cache.has(k)}
-    log(f"teacher logits ({options.teacher_cache}): {len(needed)} view sets needed, "
+    log(f"teacher logits ({options.teacher_cache}): {len(needed)} view set(s) needed, "
         f"{len(needed) - len(missing)} cached, {len(missing)} to compute")
     noise_dir = str(options.sweep_dir / "noise")
     pending = {
