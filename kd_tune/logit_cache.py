@@ -45,7 +45,7 @@ from kd_tune.config import RunConfig
 from kd_tune.data import Dataset
 from kd_tune.search_space import config_hash
 from kd_tune.teacher_store import TeacherStore, teacher_key
-from kd_tune.teacher_logits import TeacherLogits, compute_teacher_logits, forward_count, view_count
+from kd_tune.teacher_logits import TeacherLogits, compute_teacher_logits, forward_count, train_shape, view_count
 
 CACHE_FORMAT = 1
 CACHE_MODES = ("float32", "float16", "off")
@@ -83,13 +83,14 @@ class LogitCache:
         self.root = Path(root)
 
     def path(self, key: str) -> Path:
+        """The folder of cache ``key`` (complete once its ``meta.json`` exists)."""
         return self.root / key
 
     def has(self, key: str) -> bool:
-        return (self.root / key / "meta.json").is_file()
+        return (self.path(key) / "meta.json").is_file()
 
     def meta(self, key: str) -> dict[str, Any]:
-        return json.loads((self.root / key / "meta.json").read_text())
+        return json.loads((self.path(key) / "meta.json").read_text())
 
     def load(self, key: str) -> TeacherLogits:
         """The cached logits of ``key``, memory-mapped (pages are read on first use, never copied)."""
@@ -97,7 +98,7 @@ class LogitCache:
             raise FileNotFoundError(f"no teacher-logit cache {key} under {self.root}")
         # Copy-on-write maps are writable for torch.from_numpy, yet share the page cache
         # with every other reader as long as nobody writes (nobody does).
-        arrays = {s: np.load(self.root / key / f"{s}.npy", mmap_mode="c") for s in _SPLITS}
+        arrays = {s: np.load(self.path(key) / f"{s}.npy", mmap_mode="c") for s in _SPLITS}
         return TeacherLogits(**{s: torch.from_numpy(a) for s, a in arrays.items()})
 
     def build(
@@ -123,7 +124,7 @@ class LogitCache:
         try:
             started = time.perf_counter()
             torch_dtype = DTYPES[dtype]
-            shape = (view_count(data.augment, config.epochs), len(data.train), data.num_classes)
+            shape = train_shape(data, config.epochs)
             train = np.lib.format.open_memmap(tmp / "train.npy", mode="w+", dtype=_NUMPY[torch_dtype], shape=shape)
             logits = compute_teacher_logits(teacher, data, config, device=device, dtype=torch_dtype,
                                             train_out=torch.from_numpy(train))
@@ -142,7 +143,7 @@ class LogitCache:
             }
             write_text(tmp / "meta.json", json.dumps(meta, indent=2))
             try:
-                os.rename(tmp, self.root / key)
+                os.rename(tmp, self.path(key))
             except OSError:
                 if not self.has(key):
                     raise

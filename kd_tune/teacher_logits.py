@@ -64,11 +64,7 @@ class TeacherLogits:
     def check(self, data: Dataset, epochs: int) -> None:
         """Raise ValueError unless these logits fit ``data`` trained for ``epochs`` epochs."""
         k = data.num_classes
-        want = {
-            "train": (view_count(data.augment, epochs), len(data.train), k),
-            "val": (len(data.val), k),
-            "test": (len(data.test), k),
-        }
+        want = {"train": train_shape(data, epochs), "val": (len(data.val), k), "test": (len(data.test), k)}
         have = {"train": self.train.shape, "val": self.val.shape, "test": self.test.shape}
         problems = []
         for name, shape in want.items():
@@ -86,9 +82,15 @@ def view_count(augment: bool, epochs: int) -> int:
     return epochs if augment else 1
 
 
+def train_shape(data: Dataset, epochs: int) -> tuple[int, int, int]:
+    """``(V, N, K)``: the training-view logits a run of ``epochs`` epochs on ``data`` needs."""
+    return view_count(data.augment, epochs), len(data.train), data.num_classes
+
+
 def forward_count(data: Dataset, epochs: int) -> int:
     """Samples the teacher runs forward on to fill a cache: V * N_train + N_val + N_test."""
-    return view_count(data.augment, epochs) * len(data.train) + len(data.val) + len(data.test)
+    views, samples, _ = train_shape(data, epochs)
+    return views * samples + len(data.val) + len(data.test)
 
 
 def weights_digest(weights: nn.Module | Mapping[str, torch.Tensor]) -> str:
@@ -124,7 +126,7 @@ def compute_teacher_logits(
     device = resolve_device(device) if isinstance(device, str) else device
     amp = config.amp and device.type == "cuda"
     teacher = teacher.to(device).eval()
-    shape = (view_count(data.augment, config.epochs), len(data.train), data.num_classes)
+    shape = train_shape(data, config.epochs)
     train = train_out if train_out is not None else torch.empty(shape, dtype=dtype)
     if tuple(train.shape) != shape:
         raise ValueError(f"train_out has shape {tuple(train.shape)}, need {shape}")
