@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from analysis.tables import ROW_HEADERS, SETTING_COLUMNS, CellStats, Table, label_sort_key
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -278,7 +279,7 @@ def _build_noise(done: list[dict], other: list[dict], reference: bool) -> list[T
         for noise_type in noisy or ["none"]:
             setting = dict(zip(triple, key), noise_type=noise_type)
 
-            def belongs(t: dict) -> bool:
+            def belongs(t: dict, noise_type: str = noise_type) -> bool:
                 return t["noise_type"] in (noise_type, "none")
 
             def rate(t: dict) -> str:

@@ -31,7 +31,7 @@ from kd_tune.sweep import SweepOptions, run_sweep
 
 
 def _bare_trainable(config: dict) -> None:
-    import torch  # noqa: F401  (the cost of a trial that imports torch, as in DESIGN.md)
+    import torch  # noqa: F401  (a trial that imports torch: the real trainable's fixed cost)
     from ray import tune
 
     tune.report({"x": config["i"]})

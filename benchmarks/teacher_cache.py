@@ -53,6 +53,7 @@ import torch
 from kd_tune import models
 from kd_tune.config import RunConfig, preset
 from kd_tune.data import SourceData, Split, register_dataset
+from kd_tune.identity import teacher_key
 from kd_tune.logit_cache import LogitCache
 from kd_tune.losses import make_loss
 from kd_tune.search_space import expand
@@ -62,7 +63,7 @@ from kd_tune.teacher_store import TeacherStore
 from kd_tune.trainer import load_data, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep_overhead import bare_tune, kd_sweep  # noqa: E402
+from sweep_overhead import bare_tune, kd_sweep  # noqa: E402  (importable only after the sys.path line)
 
 BATCH = 128
 MEM_SAMPLES, MEM_VIEWS, MEM_CLASSES = 10_000, 8, 100
@@ -77,16 +78,16 @@ def _cifar_shaped(num_train: int, num_test: int, _data_dir: str | None, _downloa
         return Split(images, torch.randint(0, 100, (n,), generator=generator))
 
     return SourceData(train=split(num_train), test=split(num_test), num_classes=100, max_value=255.0,
-                      mean=(0.507, 0.487, 0.441), std=(0.267, 0.256, 0.276), augment=True,
+                      mean=(0.507, 0.487, 0.441), std=(0.267, 0.256, 0.276),
                       class_names=tuple(f"c{i}" for i in range(100)))
 
 
-register_dataset("bench-memory", functools.partial(_cifar_shaped, MEM_SAMPLES, 8))
+register_dataset("bench-memory", functools.partial(_cifar_shaped, MEM_SAMPLES, 8), augment=True)
 
 
 def step_times(steps: int, rounds: int, device: str) -> dict[str, float]:
     """Seconds per student step for ce / cached / online, plus the cache build per sample."""
-    register_dataset(f"bench-steps-{steps}", functools.partial(_cifar_shaped, steps * BATCH, 8))
+    register_dataset(f"bench-steps-{steps}", functools.partial(_cifar_shaped, steps * BATCH, 8), augment=True)
     config = RunConfig(dataset=f"bench-steps-{steps}", teacher="wrn-28-4", student="wrn-16-2", epochs=1,
                        batch_size=BATCH, val_size=0, lr=0.1, loss="kl", tau=4.0, alpha=0.9, device=device)
     data = load_data(config)
@@ -116,7 +117,7 @@ def digits_sweeps(trials: int, storage: Path) -> dict[str, dict[str, float]]:
     space = [{"loss": ["kl"], "tau": [1.0, 3.0, 5.0, 20.0, math.inf], "alpha": [0.5, 1.0]},
              {"loss": ["mse"], "alpha": [0.5, 1.0]}]
     configs = expand(base, space, seeds=range(math.ceil(trials / 12)))[:trials]
-    TeacherStore(storage / "teachers").train(configs[0])  # both sweeps find it stored
+    TeacherStore(storage / "teachers").train(teacher_key(configs[0]), configs[0])  # both sweeps find it stored
     from mlflow import MlflowClient
 
     from kd_tune.cluster import connect
@@ -147,7 +148,7 @@ def float16_effect(storage: Path) -> dict[str, tuple[float, float, float]]:
     """Per loss, relative loss difference from rounding alone, after training, and test-acc difference."""
     base = preset("cpu", alpha=1.0)
     data = load_data(base)
-    teacher, _ = TeacherStore(storage / "teachers").load(base, data)
+    teacher, _ = TeacherStore(storage / "teachers").load(teacher_key(base), base, data)
     out = {}
     for name, config in (("kl tau=4", base.replace(loss="kl", tau=4.0)), ("mse", base.replace(loss="mse"))):
         logits = {d: compute_teacher_logits(teacher, data, config, dtype=d) for d in (torch.float32, torch.float16)}

@@ -8,11 +8,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import types
-import typing
-from typing import Any
 
-from kd_tune.config import PRESETS, RunConfig, preset
+from kd_tune.config import PRESETS, RunConfig, field_types, preset
 
 
 def parse_tau(text: str) -> float:
@@ -44,14 +41,6 @@ def parse_optional_int(text: str) -> int | None:
 _PARSERS = {"tau": parse_tau, "milestones": parse_int_list}
 
 
-def _field_type(field: dataclasses.Field) -> Any:
-    hints = typing.get_type_hints(RunConfig)
-    kind = hints[field.name]
-    args = [a for a in typing.get_args(kind) if a is not type(None)]
-    optional = isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union
-    return (args[0] if optional else kind), optional
-
-
 def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ()) -> None:
     """Add ``--preset`` and one flag per :class:`RunConfig` field (except ``exclude``)."""
     parser.add_argument(
@@ -60,13 +49,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: tuple[str,
         "(CIFAR-100, WRN-28-4 -> WRN-16-2, 200 epochs); flags below override it",
     )
     group = parser.add_argument_group("run settings (defaults shown are the cpu preset's)")
+    types = field_types()
     for field in dataclasses.fields(RunConfig):
         if field.name in exclude:
             continue
         flag = "--" + field.name.replace("_", "-")
         default = getattr(PRESETS["cpu"], field.name)
         help_text = f"{field.metadata['help']} (cpu preset: {default})"
-        kind, optional = _field_type(field)
+        kind, optional = types[field.name]
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
             continue

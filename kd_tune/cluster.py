@@ -93,12 +93,9 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int |
 def check_resources(info: ClusterInfo, *, cpus_per_trial: float, gpus_per_trial: float) -> None:
     """Raise :class:`ClusterError` if no node can ever hold one trial's request.
 
-    Tune would otherwise wait forever for resources that never appear.
+    Tune would otherwise wait forever for resources that never appear. The request
+    itself (CPUs > 0, GPUs >= 0) was checked with the sweep's options.
     """
-    if cpus_per_trial <= 0:
-        raise ClusterError(f"--cpus-per-trial must be > 0, got {cpus_per_trial:g}")
-    if gpus_per_trial < 0:
-        raise ClusterError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial:g}")
     if gpus_per_trial > 0 and info.total_gpus == 0:
         raise ClusterError(
             f"--gpus-per-trial {gpus_per_trial:g} was requested, but the cluster ({info.address}) has no GPUs; "
@@ -224,5 +221,6 @@ def check_shared_storage(info: ClusterInfo, storage: Path) -> None:
     if missing:
         raise ClusterError(
             f"--storage {str(storage)!r} is local to this machine: node(s) {', '.join(missing)} cannot see it. "
-            "On a multi-node cluster use a path on a shared file system (e.g. NFS) mounted at the same place on every node."
+            "On a multi-node cluster use a path on a shared file system (e.g. NFS) mounted at the same place "
+            "on every node."
         )

@@ -1,26 +1,28 @@
-"""One frozen configuration for a distillation run, its validation and its presets.
+"""One frozen configuration for a distillation run, its field checks and its presets.
 
 A :class:`RunConfig` holds plain, serialisable values only, so it travels unchanged
 through Ray (as a trial config) and MLflow (as params). ``tau`` is a float and may be
 ``float("inf")`` (the logit-matching limit); in dicts it stays a float.
+
+This module is a leaf: it imports nothing of kd-tune and no torch. :meth:`RunConfig.problems`
+checks each field on its own terms (ranges, spellings, combinations); the checks that
+need the registries (known data sets, model names that build, registered losses) are in
+:mod:`kd_tune.validation`, one level up.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
-
-import torch
-
-from kd_tune import losses, models
-from kd_tune.data import dataset_names
-from kd_tune.data.noise import NOISE_TYPES
+from typing import Any
 
 SCHEDULES = ("step", "cosine", "constant")
+NOISE_TYPES = ("none", "symmetric", "asymmetric")
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
-_DATASETS_WITH_FILES = ("cifar10", "cifar100")
 
 
 class ConfigError(ValueError):
@@ -29,6 +31,46 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
         super().__init__("invalid configuration:\n  - " + "\n  - ".join(self.problems))
+
+
+def tau_alpha_problems(tau: float, alpha: float) -> list[str]:
+    """Problems with a temperature and a KD weight: tau > 0 (finite or inf), alpha in [0, 1]."""
+    p = []
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or math.isnan(tau) or tau <= 0:
+        p.append(f"tau={tau!r} is not allowed; tau must be > 0 (finite or inf)")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        p.append(f"alpha={alpha!r} is not allowed; alpha must be in [0, 1]")
+    return p
+
+
+def noise_problems(noise_type: str, rate: float, seed: int) -> list[str]:
+    """Problems with label-noise settings: a known type, a rate in [0, 1) (0 without a type), a seed >= 0."""
+    p = []
+    if noise_type not in NOISE_TYPES:
+        p.append(f"noise_type={noise_type!r} is unknown; allowed: {', '.join(NOISE_TYPES)}")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (math.isfinite(rate) and 0.0 <= rate < 1.0):
+        p.append(f"noise_rate={rate!r} is not allowed; it must be in [0, 1)")
+    elif noise_type == "none" and rate != 0.0:
+        p.append(f"noise_rate={rate!r} needs noise_type symmetric or asymmetric "
+                 "(with noise_type='none' the rate must be 0)")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        p.append(f"noise_seed={seed!r} must be >= 0")
+    return p
+
+
+def field_types() -> dict[str, tuple[Any, bool]]:
+    """Each :class:`RunConfig` field's value type and whether it may be None, by name.
+
+    ``int | None`` gives ``(int, True)``; ``tuple[int, ...]`` is returned as written. The
+    command line (flags) and the Parquet schema (columns) are both made from this.
+    """
+    out = {}
+    for name, kind in typing.get_type_hints(RunConfig).items():
+        optional = isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union
+        if optional:
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        out[name] = (kind, optional)
+    return out
 
 
 def _f(default: Any, help: str) -> Any:
@@ -86,30 +128,14 @@ class RunConfig:
     def problems(self) -> list[str]:
         """Every problem with this config, as readable sentences (empty when valid)."""
         p: list[str] = []
-        if self.dataset not in dataset_names():
-            p.append(f"dataset={self.dataset!r} is unknown; allowed: {', '.join(dataset_names())}")
-        elif self.dataset in _DATASETS_WITH_FILES and not self.data_dir:
-            p.append(f"dataset={self.dataset!r} needs data_dir (a directory in torchvision's CIFAR format)")
-        for role in ("teacher", "student"):
-            name = getattr(self, role)
-            try:
-                with torch.device("meta"):  # builds no real weights: cheap for wrn-28-4 too
-                    models.build(name, num_classes=10, in_channels=3)
-            except ValueError as err:
-                p.append(f"{role}={name!r}: {err}")
-        p += losses.check_loss_args(self.loss, self.tau, self.alpha)
-        if self.noise_type not in NOISE_TYPES:
-            p.append(f"noise_type={self.noise_type!r} is unknown; allowed: {', '.join(NOISE_TYPES)}")
-        if not 0.0 <= self.noise_rate < 1.0:
-            p.append(f"noise_rate={self.noise_rate!r} is not allowed; it must be in [0, 1)")
-        elif self.noise_type == "none" and self.noise_rate != 0.0:
-            p.append(f"noise_rate={self.noise_rate!r} needs noise_type symmetric or asymmetric")
+        p += tau_alpha_problems(self.tau, self.alpha)
+        p += noise_problems(self.noise_type, self.noise_rate, self.noise_seed)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 p.append(f"{name}={getattr(self, name)!r} must be >= 1")
         if self.teacher_epochs is not None and self.teacher_epochs < 1:
             p.append(f"teacher_epochs={self.teacher_epochs!r} must be >= 1 (or None: same as epochs)")
-        for name in ("seed", "teacher_seed", "noise_seed", "split_seed"):
+        for name in ("seed", "teacher_seed", "split_seed"):
             if getattr(self, name) < 0:
                 p.append(f"{name}={getattr(self, name)!r} must be >= 0")
         if self.val_size < 0:
@@ -135,7 +161,7 @@ class RunConfig:
             p.append(f"device={self.device!r} is not allowed; use auto, cpu, cuda or cuda:N")
         return p
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         """Raise :class:`ConfigError` listing every problem at once; return self if valid."""
         problems = self.problems()
         if problems:
@@ -149,7 +175,7 @@ class RunConfig:
         return out
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "RunConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take defaults.
 
         Accepts the strings ``"inf"``/``"infinity"`` for tau, as they come back from
@@ -166,7 +192,7 @@ class RunConfig:
             kwargs["tau"] = float(kwargs["tau"])
         return cls(**kwargs)
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
@@ -187,7 +213,7 @@ class RunConfig:
             "noise_seed": self.noise_seed,
         }
 
-    def teacher_config(self) -> "RunConfig":
+    def teacher_config(self) -> RunConfig:
         """The config of the CE run that trains this config's teacher.
 
         The teacher uses the same data, split and recipe, its own seed and epoch

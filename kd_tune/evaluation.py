@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from kd_tune.data import Dataset
 from kd_tune.runtime import autocast
 
 EVAL_BATCH = 1024
@@ -52,3 +53,28 @@ def teacher_agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     mse = (student_logits - teacher_logits).pow(2).mean().item()
     agree = (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean().item()
     return mse, agree
+
+
+def evaluate(
+    model: nn.Module,
+    data: Dataset,
+    teacher_test: torch.Tensor | None,
+    *,
+    device: torch.device,
+    amp: bool = False,
+) -> dict[str, float]:
+    """A model's epoch-end metrics on ``data``'s validation and test splits.
+
+    Returns ``val_acc`` and ``test_acc`` (top-1 on the unaugmented images, in [0, 1];
+    NaN for an empty split), ``test_logit_mse`` and ``test_agreement`` (against the
+    teacher's test logits ``teacher_test``; NaN without them), in that order.
+    """
+    test_logits = predict_logits(model, data.test.images, data.normalize, device=device, amp=amp)
+    val_logits = predict_logits(model, data.val.images, data.normalize, device=device, amp=amp)
+    logit_mse, agreement = teacher_agreement(test_logits, teacher_test)
+    return {
+        "val_acc": accuracy(val_logits, data.val.labels),
+        "test_acc": accuracy(test_logits, data.test.labels),
+        "test_logit_mse": logit_mse,
+        "test_agreement": agreement,
+    }

@@ -19,11 +19,13 @@ with all 50,000 training images is 20.0 MB per epoch of views (10.0 MB in float1
 the paper's 200 epochs take 4.0 GB per teacher and augmentation seed. Digits has no
 augmentation and needs a single view: 1,257 x 10 x 4 bytes = 50 KB (default split).
 
-The key hashes everything the logits depend on (:func:`cache_key`): the teacher's
-weights, the data settings (data set, data dir, validation split, label noise), the
-augmentation (on or off, and with it the seed, epoch count and batch size that fix
-views and batches), AMP and the storage dtype. A change to any of them gives another
-key, so a stale cache is never read; it is rebuilt under the new key.
+The key (:func:`kd_tune.identity.cache_key`, computed once by the planner) hashes
+everything the logits depend on: the teacher (its key in the teacher store), the data
+settings (data set, data dir, validation split, label noise), the augmentation (on or
+off, and with it the seed, epoch count and batch size that fix views and batches), AMP
+and the storage dtype. ``meta.json`` records the sha256 of the teacher weights the
+logits came from; :func:`ensure_cached` uses a cache only with those very weights and
+rebuilds it otherwise, so a stale cache is never read.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import os
 import shutil
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,37 +45,15 @@ from torch import nn
 from kd_tune.atomic import write_text
 from kd_tune.config import RunConfig
 from kd_tune.data import Dataset
-from kd_tune.search_space import config_hash
-from kd_tune.teacher_store import TeacherStore, teacher_key
-from kd_tune.teacher_logits import TeacherLogits, compute_teacher_logits, forward_count, train_shape, view_count
+from kd_tune.identity import CACHE_DTYPES
+from kd_tune.plan import Trial
+from kd_tune.teacher_logits import TeacherLogits, compute_teacher_logits, forward_count, train_shape
+from kd_tune.teacher_store import TeacherStore
 
-CACHE_FORMAT = 1
-CACHE_MODES = ("float32", "float16", "off")
-DTYPES = {"float32": torch.float32, "float16": torch.float16}
+CACHE_FORMAT = 2
+DTYPES = {name: getattr(torch, name) for name in CACHE_DTYPES}
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16}
 _SPLITS = ("train", "val", "test")
-
-
-def cache_key(config: RunConfig, weights: str, *, augment: bool, dtype: str = "float32") -> str:
-    """The cache key of ``config``'s teacher views: a hash of what the logits depend on.
-
-    ``weights`` is the teacher's :func:`~kd_tune.teacher_logits.weights_digest`;
-    ``augment`` is the data set's augmentation flag; ``dtype`` is ``float32`` or
-    ``float16``. Without augmentation the seed, epochs and batch size are left out:
-    every run on that data then shares one single-view cache (its logits were computed
-    in one batch order, so they match other orders to float rounding).
-    """
-    if dtype not in DTYPES:
-        raise ValueError(f"teacher cache dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    data = config.data_settings()
-    data.pop("download")
-    values: dict[str, Any] = {
-        "format": CACHE_FORMAT, "teacher_weights": weights, "data": data, "augment": augment,
-        "views": view_count(augment, config.epochs), "amp": config.amp, "dtype": dtype,
-    }
-    if augment:
-        values.update(seed=config.seed, batch_size=config.batch_size)
-    return config_hash(values)
 
 
 class LogitCache:
@@ -91,6 +71,14 @@ class LogitCache:
 
     def meta(self, key: str) -> dict[str, Any]:
         return json.loads((self.path(key) / "meta.json").read_text())
+
+    def remove(self, key: str) -> None:
+        """Delete cache ``key`` (moved aside first, so readers never see half a folder)."""
+        if not self.path(key).exists():
+            return
+        aside = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".old", dir=self.root))
+        os.rename(self.path(key), aside / key)
+        shutil.rmtree(aside, ignore_errors=True)
 
     def load(self, key: str) -> TeacherLogits:
         """The cached logits of ``key``, memory-mapped (pages are read on first use, never copied)."""
@@ -139,7 +127,7 @@ class LogitCache:
                     (tmp / f"{s}.npy").stat().st_size for s in _SPLITS)),
                 "teacher_forward_samples": forward_count(data, config.epochs),
                 "build_seconds": time.perf_counter() - started, "device": str(device),
-                "created_at": datetime.now(timezone.utc).isoformat(), **(extra or {}),
+                "created_at": datetime.now(UTC).isoformat(), **(extra or {}),
             }
             write_text(tmp / "meta.json", json.dumps(meta, indent=2))
             try:
@@ -154,24 +142,29 @@ class LogitCache:
             raise
 
 
-def teacher_cache_key(config: RunConfig, store: TeacherStore, *, augment: bool, dtype: str = "float32") -> str:
-    """:func:`cache_key` of ``config``'s teacher as stored in ``store`` (which must hold it)."""
-    return cache_key(config, store.weights_digest(teacher_key(config)), augment=augment, dtype=dtype)
-
-
 def ensure_cached(
-    config: RunConfig,
+    trial: Trial,
     data: Dataset,
     store: TeacherStore,
     cache: LogitCache,
     *,
-    dtype: str = "float32",
     device: torch.device | str = "cpu",
-) -> tuple[str, dict[str, Any]]:
-    """The cache key and meta of ``config``'s teacher views, building the cache if it is missing."""
-    key = teacher_cache_key(config, store, augment=data.augment, dtype=dtype)
+) -> dict[str, Any]:
+    """The meta of ``trial``'s teacher-logit cache, building it when it is missing.
+
+    The trial's teacher must be in ``store``. A cache made from other weights than the
+    stored teacher's (the teacher was trained again) is stale: it is removed and built
+    again from the stored teacher.
+    """
+    key = trial.cache_key
+    if key is None:
+        raise ValueError(f"trial {trial.key} ({trial.label}) reads no teacher-logit cache")
+    digest = store.weights_digest(trial.teacher_key)
     if cache.has(key):
-        return key, cache.meta(key)
-    teacher, _ = store.load(config, data)
-    return key, cache.build(key, teacher, data, config, dtype=dtype, device=device,
-                            extra={"teacher_key": teacher_key(config)})
+        meta = cache.meta(key)
+        if meta.get("teacher_weights_sha256") == digest:
+            return meta
+        cache.remove(key)
+    teacher, _ = store.load(trial.teacher_key, trial.config, data)
+    return cache.build(key, teacher, data, trial.config, dtype=trial.cache_dtype, device=device,
+                       extra={"teacher_key": trial.teacher_key, "teacher_weights_sha256": digest})

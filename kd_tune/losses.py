@@ -28,16 +28,24 @@ KD terms live in a registry so that a new loss can be added by name
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from kd_tune.config import tau_alpha_problems
+from kd_tune.registry import Registry
 
 Tensor = torch.Tensor
 KDTerm = Callable[[Tensor, Tensor, float], Tensor]
 LossFn = Callable[[Tensor, "Tensor | None", Tensor], Tensor]
 
+LOSSES: Registry[KDTerm] = Registry("loss")
+"""KD terms by loss name. ``ce`` is not an entry: it has no KD term, and the name is
+reserved by :func:`register_kd_term`."""
 
+
+@LOSSES.register("kl")
 def kl_term(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> Tensor:
     """``tau**2 * KL(softmax(z_t/tau) || softmax(z_s/tau))``, batch mean; tau may be inf."""
     if math.isinf(tau):
@@ -57,40 +65,43 @@ def logit_matching_limit(student_logits: Tensor, teacher_logits: Tensor) -> Tens
     return centred.pow(2).sum(dim=1).mean() / (2.0 * num_classes)
 
 
+@LOSSES.register("mse")
 def mse_term(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> Tensor:
     """Mean squared error between logit vectors over batch and classes; tau is unused."""
     del tau
     return F.mse_loss(student_logits, teacher_logits)
 
 
-_KD_TERMS: dict[str, KDTerm] = {"kl": kl_term, "mse": mse_term}
-
-
 def register_kd_term(name: str, term: KDTerm) -> None:
     """Add a KD term ``term(z_s, z_t, tau) -> scalar`` usable as ``loss=name``.
 
     The total loss is then ``(1 - alpha) * CE + alpha * term``, like ``kl`` and ``mse``.
+    Registering the same term under the same name again is a no-op; ``ce`` or another
+    taken name is a ValueError.
     """
-    if name == "ce" or name in _KD_TERMS:
+    if name == "ce":
         raise ValueError(f"loss {name!r} is already registered")
-    _KD_TERMS[name] = term
+    # Checked here: LOSSES.register(name, None) would quietly return a decorator instead.
+    if not callable(term):
+        raise TypeError(f"KD term for loss {name!r} must be callable, got {type(term).__name__}")
+    LOSSES.register(name, term)
 
 
 def loss_names() -> list[str]:
-    """All valid values of ``loss``: ``ce`` and every registered KD term."""
-    return ["ce", *_KD_TERMS]
+    """All valid values of ``loss``: ``ce``, then the KD terms in registration order."""
+    return ["ce", *LOSSES.names()]
+
+
+def loss_name_problems(loss: str) -> list[str]:
+    """A problem sentence when ``loss`` is neither ``ce`` nor a registered KD term."""
+    if loss in loss_names():
+        return []
+    return [f"loss={loss!r} is unknown; allowed: {', '.join(loss_names())}"]
 
 
 def check_loss_args(loss: str, tau: float, alpha: float) -> list[str]:
     """Return every problem with (loss, tau, alpha) as a readable sentence; empty if valid."""
-    problems = []
-    if loss not in loss_names():
-        problems.append(f"loss={loss!r} is unknown; allowed: {', '.join(loss_names())}")
-    if not isinstance(tau, (int, float)) or math.isnan(tau) or tau <= 0:
-        problems.append(f"tau={tau!r} is not allowed; tau must be > 0 (finite or inf)")
-    if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        problems.append(f"alpha={alpha!r} is not allowed; alpha must be in [0, 1]")
-    return problems
+    return loss_name_problems(loss) + tau_alpha_problems(tau, alpha)
 
 
 def make_loss(loss: str, *, tau: float = 1.0, alpha: float = 1.0) -> LossFn:
@@ -106,7 +117,7 @@ def make_loss(loss: str, *, tau: float = 1.0, alpha: float = 1.0) -> LossFn:
     tau, alpha = float(tau), float(alpha)
     if loss == "ce":
         return lambda student_logits, teacher_logits, targets: F.cross_entropy(student_logits, targets)
-    term = _KD_TERMS[loss]
+    term = LOSSES.get(loss)
 
     def mixed(student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor) -> Tensor:
         kd = term(student_logits, teacher_logits, tau)

@@ -6,8 +6,9 @@ leaves the last complete version.
 
 ``trials.parquet``: one row per trial, keyed by ``trial_key`` (a hash of the run
 config, stable across retries and resumed sweeps; a rerun replaces the row):
-``sweep``, ``trial_key``, ``trial_id`` (Ray Tune's id), ``status`` (completed |
-diverged | failed), ``error``, ``diverged_epoch``; every :class:`RunConfig` field as a
+``sweep``, ``trial_key``, ``trial_id`` (Ray Tune's id), ``status`` (a
+:class:`~kd_tune.status.TrialStatus` value: completed | diverged | stopped | failed),
+``error``, ``diverged_epoch``; every :class:`RunConfig` field as a
 column (``tau`` float64 with inf for infinity, ``milestones`` list<int64>);
 ``teacher_key``, ``teacher_test_acc``; the last epoch's metrics (``epoch``,
 ``train_loss``, ``train_acc``, ``val_acc``, ``test_acc``, ``test_logit_mse``,
@@ -27,15 +28,17 @@ import dataclasses
 import math
 import types
 import typing
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kd_tune.atomic import atomic_write
 from kd_tune.config import RunConfig
+from kd_tune.status import TrialStatus
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
@@ -96,7 +99,7 @@ EPOCHS_SCHEMA = pa.schema(
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def epoch_row(sweep: str, trial_key: str, trial_id: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -113,7 +116,7 @@ def trial_row(
     trial_key: str,
     trial_id: str,
     config: RunConfig,
-    status: str,
+    status: TrialStatus,
     history: list[Mapping[str, Any]],
     teacher_key: str | None,
     teacher_test_acc: float | None,
@@ -121,11 +124,15 @@ def trial_row(
     error: str | None = None,
     mlflow_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """The ``trials.parquet`` row of a finished trial from its epoch history (oldest first)."""
+    """The ``trials.parquet`` row of a finished trial from its epoch history (oldest first).
+
+    ``diverged_epoch`` is the last epoch of a ``diverged`` trial (the trainer stops there).
+    """
+    status = TrialStatus(status)
     last = history[-1] if history else {}
     row: dict[str, Any] = {
-        "sweep": sweep, "trial_key": trial_key, "trial_id": trial_id, "status": status, "error": error,
-        "diverged_epoch": int(last["epoch"]) if status == "diverged" and last else None,
+        "sweep": sweep, "trial_key": trial_key, "trial_id": trial_id, "status": status.value, "error": error,
+        "diverged_epoch": int(last["epoch"]) if status is TrialStatus.DIVERGED and last else None,
     }
     row.update(config.to_dict())
     row.update(teacher_key=teacher_key, teacher_test_acc=teacher_test_acc)
@@ -182,7 +189,8 @@ class ResultsWriter:
         """Write both files if anything changed since the last flush."""
         if not self._dirty:
             return
-        _write(self.epochs_path, sorted(self.epochs.values(), key=lambda r: (r["trial_key"], r["epoch"])), EPOCHS_SCHEMA)
+        epochs = sorted(self.epochs.values(), key=lambda r: (r["trial_key"], r["epoch"]))
+        _write(self.epochs_path, epochs, EPOCHS_SCHEMA)
         _write(self.trials_path, list(self.trials.values()), TRIALS_SCHEMA)
         self._dirty = False
 

@@ -15,15 +15,18 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from kd_tune.atomic import write_text
 from kd_tune.cli_args import add_config_arguments, config_from_args
 from kd_tune.config import ConfigError
 from kd_tune.data import DataError
+from kd_tune.status import TrialStatus
 from kd_tune.teacher import load_teacher, save_teacher, train_teacher
-from kd_tune.trainer import COMPLETED, load_data, train
+from kd_tune.trainer import EpochEnd, EpochHook, load_data, train
+from kd_tune.validation import validate_run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(stage: str, epochs: int) -> Callable[[dict[str, float], Any], None]:
-    def show(metrics: dict[str, float], _state: Any) -> None:
+def _progress(stage: str, epochs: int) -> EpochHook:
+    def show(end: EpochEnd) -> None:
+        metrics = end.metrics
         print(
             f"[{stage}] epoch {int(metrics['epoch'])}/{epochs}  loss {metrics['train_loss']:.4f}  "
             f"train {metrics['train_acc']:.4f}  val {metrics['val_acc']:.4f}  test {metrics['test_acc']:.4f}  "
@@ -59,8 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        config = config_from_args(args).validate()
-    except (ConfigError, TypeError) as err:
+        config = validate_run(config_from_args(args))
+    except ConfigError as err:
         parser.error(str(err))
     if args.teacher_checkpoint is not None and not args.teacher_checkpoint.is_file():
         parser.error(f"--teacher-checkpoint {str(args.teacher_checkpoint)!r} does not exist")
@@ -84,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         teacher_data = data if tconfig.data_settings() == config.data_settings() else load_data(tconfig)
         started = time.perf_counter()
         result = train_teacher(config, data=teacher_data, on_epoch=_progress("teacher", tconfig.epochs))
-        if result.status != COMPLETED:
+        if result.status != TrialStatus.COMPLETED:
             print(f"error: the teacher diverged at epoch {result.diverged_epoch}", file=sys.stderr)
             return 1
         teacher = result.model
@@ -104,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "config": config.to_dict(), "status": result.status, "diverged_epoch": result.diverged_epoch,
             "final": result.final, "history": list(result.history), "seconds": seconds,
         })
-    return 0 if result.status == COMPLETED else 1
+    return 0 if result.status == TrialStatus.COMPLETED else 1
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:

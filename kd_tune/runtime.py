@@ -4,7 +4,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from typing import Any, ContextManager
+from contextlib import AbstractContextManager
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ def _as_tuples(value: Any) -> Any:
     return value
 
 
-def autocast(device: torch.device, enabled: bool) -> ContextManager:
+def autocast(device: torch.device, enabled: bool) -> AbstractContextManager:
     """bf16 autocast on CUDA GPUs that support it, else fp16; a no-op on the CPU or when off."""
     if not enabled or device.type != "cuda":
         return contextlib.nullcontext()

@@ -12,15 +12,13 @@ tau x alpha, MSE over alpha only, and a single CE baseline::
     )
 
 Every expanded config is put in canonical form (:func:`canonical`) and duplicates are
-dropped, so the same run is never trained twice within a sweep.
+dropped, so the same run is never trained twice within a sweep. :mod:`kd_tune.plan` turns the
+configs into planned trials.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
-import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -54,7 +52,7 @@ def expand(base: RunConfig, space: SearchSpace, *, seeds: Iterable[int] = (0,)) 
 
     Order: blocks in order, axes varying fastest from the right, seeds innermost.
     Raises :class:`ConfigError` for an axis that is not a config field or has no values;
-    the configs themselves are not validated here (see :func:`validate_all`).
+    the configs themselves are not validated here (see :func:`kd_tune.validation.validate_all`).
     """
     seeds = list(seeds)
     blocks = [{name: list(values) for name, values in block.items()} for block in space]
@@ -77,52 +75,3 @@ def expand(base: RunConfig, space: SearchSpace, *, seeds: Iterable[int] = (0,)) 
             for seed in seeds:
                 configs.setdefault(canonical(base.replace(**point, seed=seed)), None)
     return list(configs)
-
-
-def validate_all(configs: Sequence[RunConfig]) -> None:
-    """Raise one :class:`ConfigError` listing every distinct problem of every config."""
-    problems: dict[str, None] = {}
-    for config in configs:
-        for problem in config.problems():
-            problems.setdefault(problem, None)
-    if problems:
-        raise ConfigError(list(problems))
-
-
-def config_hash(values: Mapping[str, Any], length: int = 16) -> str:
-    """A short, stable hex hash of plain values (inf and NaN spelled out, keys sorted)."""
-    text = json.dumps(_plain(values), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
-
-
-def trial_key(config: RunConfig) -> str:
-    """The identity of one run: equal for equal configs, across sweeps and restarts.
-
-    ``device`` is left out: where a run executes does not change what it is.
-    """
-    values = config.to_dict()
-    values.pop("device")
-    return config_hash(values)
-
-
-def label(config: RunConfig) -> str:
-    """A short human label of the axes that usually vary, e.g. ``kl tau=3 alpha=0.5 seed=1``."""
-    parts = [config.loss]
-    if config.loss == "kl":
-        parts.append(f"tau={config.tau:g}")
-    if config.loss != "ce":
-        parts.append(f"alpha={config.alpha:g}")
-    if config.noise_type != "none":
-        parts.append(f"{config.noise_type}={config.noise_rate:g}")
-    parts.append(f"seed={config.seed}")
-    return " ".join(parts)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

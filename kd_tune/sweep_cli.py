@@ -15,18 +15,20 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from kd_tune.cli_args import add_config_arguments, config_from_args
 from kd_tune.cluster import ClusterError
 from kd_tune.config import ConfigError, RunConfig
 from kd_tune.data import DataError
-from kd_tune.logit_cache import CACHE_MODES
 from kd_tune.losses import loss_names
-from kd_tune.search_space import SearchSpace, expand, label, trial_key
-from kd_tune.teacher_store import TeacherError, TeacherStore, needs_teacher, teacher_key
+from kd_tune.plan import Plan
+from kd_tune.search_space import SearchSpace, expand
+from kd_tune.sweep_options import SweepError, SweepOptions
+from kd_tune.teacher_store import TeacherError, TeacherStore
 
 
 def parse_float_list(text: str) -> tuple[float, ...]:
@@ -99,10 +101,12 @@ def build_parser(spec: SweepSpec, prog: str | None = None) -> argparse.ArgumentP
                      help="results folder (default: ./results); on a multi-node cluster a path on a shared file system")
     run.add_argument("--mlflow-uri", metavar="URI",
                      help="MLflow tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///STORAGE/mlflow.db)")
-    run.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="N", help="CPUs per trial and teacher task (default: 1)")
+    run.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="N",
+                     help="CPUs per trial and teacher task (default: 1)")
     run.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="N",
                      help="GPUs per trial, fractional allowed, e.g. 0.25 (default: 0)")
-    run.add_argument("--max-concurrent", type=int, metavar="N", help="at most N trials at once (default: as resources allow)")
+    run.add_argument("--max-concurrent", type=int, metavar="N",
+                     help="at most N trials at once (default: as resources allow)")
     run.add_argument("--checkpoint-every", type=int, default=5, metavar="EPOCHS",
                      help="checkpoint each trial every EPOCHS epochs and at the end (default: 5)")
     run.add_argument("--max-failures", type=int, default=2, metavar="N", help="retries of a failing trial (default: 2)")
@@ -110,9 +114,11 @@ def build_parser(spec: SweepSpec, prog: str | None = None) -> argparse.ArgumentP
                      help="how distilling trials get the teacher's outputs: float32 (or on) = logits computed once "
                      "per teacher and view set and shared by all trials, exact; float16 = half the cache size, "
                      "changes losses by rounding; off = the teacher runs online in every trial (default: float32)")
-    run.add_argument("--dry-run", action="store_true", help="list the trials, teachers and resources; run and write nothing")
+    run.add_argument("--dry-run", action="store_true",
+                     help="list the trials, teachers and resources; run and write nothing")
     grid = parser.add_argument_group("search space")
-    grid.add_argument("--seeds", type=int, default=spec.seeds, metavar="N", help=f"seeds 0..N-1 per setting (default: {spec.seeds})")
+    grid.add_argument("--seeds", type=int, default=spec.seeds, metavar="N",
+                      help=f"seeds 0..N-1 per setting (default: {spec.seeds})")
     grid.add_argument("--losses", type=parse_name_list, metavar="LIST",
                       help=f"losses to run, from {','.join(_space_losses(spec.space))} (default: all)")
     for axis in axes:
@@ -123,7 +129,7 @@ def build_parser(spec: SweepSpec, prog: str | None = None) -> argparse.ArgumentP
     return parser
 
 
-def plan(spec: SweepSpec, args: argparse.Namespace) -> list[RunConfig]:
+def expand_args(spec: SweepSpec, args: argparse.Namespace) -> list[RunConfig]:
     """The run configs the parsed flags describe (canonical, unique; not yet validated)."""
     given = vars(args)
     defaults = {k: v for k, v in spec.defaults.items() if k not in given}
@@ -132,7 +138,8 @@ def plan(spec: SweepSpec, args: argparse.Namespace) -> list[RunConfig]:
     if args.losses is not None:
         unknown = [name for name in args.losses if name not in loss_names()]
         if unknown:
-            raise ConfigError([f"--losses: {', '.join(map(repr, unknown))} unknown; allowed: {', '.join(loss_names())}"])
+            raise ConfigError([f"--losses: {', '.join(map(repr, unknown))} unknown; "
+                               f"allowed: {', '.join(loss_names())}"])
         absent = [name for name in args.losses if name not in _space_losses(space)]
         if absent:
             raise ConfigError([f"--losses: this sweep has no {', '.join(absent)} runs; "
@@ -148,7 +155,7 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None, *, prog: str | None
     """Parse flags, check, run the sweep, print the table and where everything is."""
     parser = build_parser(spec, prog)
     args = parser.parse_args(argv)
-    from kd_tune.sweep import SweepError, SweepOptions, check_before_start, run_sweep
+    from kd_tune.sweep import prepare, run_sweep
 
     options = SweepOptions(
         name=args.name, storage=args.storage, address=args.address, mlflow_uri=args.mlflow_uri,
@@ -157,12 +164,11 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None, *, prog: str | None
         max_failures=args.max_failures, teacher_cache=args.teacher_cache,
     )
     try:
-        configs = plan(spec, args)
+        configs = expand_args(spec, args)
         if args.dry_run:
-            check_before_start(configs, options)
-            _print_plan(configs, options)
+            _print_plan(prepare(configs, options), options)
             return 0
-    except (ConfigError, SweepError, DataError, TypeError) as err:
+    except (ConfigError, SweepError, DataError) as err:
         parser.error(str(err))
     try:
         # run_sweep repeats every check of the dry run before it writes anything.
@@ -209,27 +215,26 @@ def _print_summary(outcome: Any, table: str) -> None:
     print(f"Tables:   python -m analysis {outcome.sweep_dir} --table {table} --format csv --out {table}.csv")
 
 
-def _print_plan(configs: list[RunConfig], options: Any) -> None:
+def _print_plan(plan: Plan, options: SweepOptions) -> None:
     store = TeacherStore(options.teachers_dir)
-    teachers = {teacher_key(c): c for c in configs if needs_teacher(c)}
-    print(f"sweep {options.name!r}: {len(configs)} trials, each {options.cpus_per_trial:g} CPU "
+    teachers = plan.teachers()
+    print(f"sweep {options.name!r}: {len(plan.trials)} trials, each {options.cpus_per_trial:g} CPU "
           f"and {options.gpus_per_trial:g} GPU; storage {options.sweep_dir}")
     print(f"teachers: {len(teachers)} ({sum(store.has(k) for k in teachers)} already in {store.root}); "
           f"teacher cache: {options.teacher_cache}")
-    for key, config in teachers.items():
-        print(f"  {key}  {config.teacher} on {config.dataset} (noise {config.noise_type} {config.noise_rate:g}"
+    for key, trial in teachers.items():
+        config = trial.config
+        print(f"  {key}  {trial.teacher} on {config.dataset} (noise {config.noise_type} {config.noise_rate:g}"
               f"{', clean teacher' if config.clean_teacher else ''}), {config.teacher_epochs or config.epochs} epochs")
-    for i, config in enumerate(configs, 1):
-        teacher = teacher_key(config) if needs_teacher(config) else "-"
-        print(f"  {i:4d}  {trial_key(config)}  {config.teacher}->{config.student}  {label(config)}  teacher {teacher}")
+    for i, trial in enumerate(plan.trials, 1):
+        teacher = trial.teacher_key if trial.distils else "-"
+        print(f"  {i:4d}  {trial.key}  {trial.teacher}->{trial.config.student}  {trial.label}  teacher {teacher}")
     print("dry run: nothing was run or written")
 
 
 def _cache_mode(text: str) -> str:
-    mode = "float32" if text == "on" else text
-    if mode not in CACHE_MODES:
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(CACHE_MODES)} (on means float32)")
-    return mode
+    # The one check of the mode is SweepOptions.problems(); "on" is its alias for float32.
+    return "float32" if text == "on" else text
 
 
 def _apply_axes(space: SearchSpace, args: argparse.Namespace, extra: tuple[Axis, ...]) -> list[dict[str, Any]]:

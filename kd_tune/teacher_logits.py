@@ -1,7 +1,7 @@
 """A fixed teacher's raw logits on every view a student trains on, computed once.
 
 A teacher forward pass costs about 2.4 student training steps on the paper's pair
-(DESIGN.md), and a tau/alpha/loss sweep trains many students against one fixed teacher
+(docs/architecture.md, "Where the cost is"), and a tau/alpha/loss sweep trains many students against one fixed teacher
 on the same views. A view is a pure function of (augmentation seed, epoch, sample
 index) (:mod:`kd_tune.data.order`), so the teacher's output on it can be computed once
 and looked up by every student that trains on it.
@@ -23,9 +23,7 @@ other hardware the logits agree to float rounding.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 from torch import nn
@@ -91,18 +89,6 @@ def forward_count(data: Dataset, epochs: int) -> int:
     """Samples the teacher runs forward on to fill a cache: V * N_train + N_val + N_test."""
     views, samples, _ = train_shape(data, epochs)
     return views * samples + len(data.val) + len(data.test)
-
-
-def weights_digest(weights: nn.Module | Mapping[str, torch.Tensor]) -> str:
-    """sha256 (hex) of a network's state dict: names, dtypes, shapes and raw bytes, in name order."""
-    state = weights.state_dict() if isinstance(weights, nn.Module) else weights
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        # Viewing as bytes covers every dtype (bfloat16 included), which numpy cannot.
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 @torch.no_grad()

@@ -8,57 +8,33 @@ Layout under the store root (``<storage>/teachers`` in sweeps)::
     <key>/progress.json the last finished epoch while it trains (for progress lines)
 
 ``meta.json`` is written last, so a key whose ``meta.json`` exists is complete. The key
-is a hash of everything that decides the trained teacher (see :func:`teacher_key`), so
-every trial and every later sweep that needs the same teacher finds it.
+is a hash of everything that decides the trained teacher
+(:func:`kd_tune.identity.teacher_key`, computed once by the planner), so every trial and
+every later sweep that needs the same teacher finds it.
 """
 from __future__ import annotations
 
 import json
 import math
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from kd_tune.atomic import write_text
+from kd_tune.checkpoint import load_state
 from kd_tune.config import RunConfig
 from kd_tune.data import Dataset
-from kd_tune.search_space import config_hash
-from kd_tune.checkpoint import load_state
+from kd_tune.identity import weights_digest
+from kd_tune.status import TrialStatus
 from kd_tune.teacher import load_teacher, save_teacher, train_teacher
-from kd_tune.teacher_logits import weights_digest
-from kd_tune.trainer import COMPLETED, load_data
-
-STORE_FORMAT = 1
-# Student-side fields that teacher_config() has already folded into the teacher's run.
-_NOT_IDENTITY = ("teacher", "clean_teacher", "teacher_seed", "teacher_epochs", "device", "download")
+from kd_tune.trainer import EpochEnd, load_data
 
 
 class TeacherError(RuntimeError):
     """A teacher could not be trained (it diverged) or is missing from the store."""
-
-
-def teacher_key(config: RunConfig) -> str:
-    """The identity of ``config``'s teacher: data, split, label noise, architecture, seed, recipe.
-
-    Two student configs with the same key distil from the very same teacher. The
-    execution device is not part of it.
-    """
-    values = config.teacher_config().to_dict()
-    for name in _NOT_IDENTITY:
-        values.pop(name)
-    if values["noise_type"] == "none" or values["noise_rate"] == 0.0:
-        # A teacher on clean labels draws no noise: one teacher whatever the noise seed.
-        values.update(noise_type="none", noise_rate=0.0, noise_seed=0)
-    values["store_format"] = STORE_FORMAT
-    return config_hash(values)
-
-
-def needs_teacher(config: RunConfig) -> bool:
-    """Whether the run distils (every loss but ``ce``)."""
-    return config.loss != "ce"
 
 
 class TeacherStore:
@@ -99,30 +75,29 @@ class TeacherStore:
         digest = self.meta(key).get("weights_sha256")
         return digest if digest else weights_digest(load_state(self.weights_path(key))["model"])
 
-    def load(self, config: RunConfig, data: Dataset) -> tuple[nn.Module, dict[str, Any]]:
-        """The stored teacher of ``config`` (eval mode, no gradients) and its record."""
-        key = teacher_key(config)
+    def load(self, key: str, config: RunConfig, data: Dataset) -> tuple[nn.Module, dict[str, Any]]:
+        """Teacher ``key`` of ``config`` (eval mode, no gradients) and its record."""
         meta = self.meta(key)
         model, _ = load_teacher(self.weights_path(key), config, data)
         return model, meta
 
-    def train(self, config: RunConfig, *, noise_dir: str | None = None) -> dict[str, Any]:
-        """Train ``config``'s teacher, store it under its key and return its record.
+    def train(self, key: str, config: RunConfig, *, noise_dir: str | None = None) -> dict[str, Any]:
+        """Train ``config``'s teacher, store it under ``key`` (its teacher key) and return its record.
 
         Raises :class:`TeacherError` when the teacher's training diverges.
         """
-        key = teacher_key(config)
         tconfig = config.teacher_config()
         data = load_data(tconfig, noise_dir=noise_dir)
         started = time.perf_counter()
 
-        def progress(metrics: dict[str, float], _state: Any) -> None:
-            record = {"epoch": int(metrics["epoch"]), "epochs": tconfig.epochs, "test_acc": _finite(metrics["test_acc"])}
+        def progress(end: EpochEnd) -> None:
+            record = {"epoch": int(end.metrics["epoch"]), "epochs": tconfig.epochs,
+                      "test_acc": _finite(end.metrics["test_acc"])}
             write_text(self.root / key / "progress.json", json.dumps(record))
 
         result = train_teacher(config, data=data, on_epoch=progress)
         seconds = time.perf_counter() - started
-        if result.status != COMPLETED:
+        if result.status != TrialStatus.COMPLETED:
             raise TeacherError(
                 f"teacher {config.teacher} ({key}) diverged at epoch {result.diverged_epoch}; "
                 "lower the learning rate or check the data"
@@ -135,7 +110,7 @@ class TeacherStore:
             "metrics": {k: _finite(v) for k, v in result.final.items()},
             "train_seconds": seconds,
             "weights_sha256": weights_digest(result.model),
-            "created_at": datetime.now(timezone.utc).isoformat(),
+            "created_at": datetime.now(UTC).isoformat(),
         }
         write_text(self.meta_path(key), json.dumps(meta, indent=2))
         return meta

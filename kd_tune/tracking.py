@@ -4,8 +4,10 @@ Layout: one experiment per sweep name; one parent run per sweep invocation (tag
 ``kd_tune.sweep``); one child run per trial (tag ``mlflow.parentRunId`` = the parent,
 ``kd_tune.trial_key``), whose params are the trial's run config, whose metrics are the
 per-epoch metrics with ``step`` = epoch, and whose status mirrors the trial
-(FINISHED, or FAILED when the trial failed; a diverged run is FINISHED with tag
-``kd_tune.status=diverged``).
+(FINISHED, or FAILED when the trial failed) with the trial's
+:class:`~kd_tune.status.TrialStatus` in tag ``kd_tune.status`` (a diverged or stopped
+run is FINISHED with ``kd_tune.status=diverged`` or ``stopped``). Tags
+``kd_tune.trial_id`` and ``kd_tune.teacher_key`` name Tune's trial and the teacher.
 
 A resumed sweep starts a new parent run, ends the parent runs that an interrupted
 invocation left RUNNING as KILLED, and continues an unfinished trial's child run
@@ -21,16 +23,21 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 from kd_tune.netcheck import connect_error
+from kd_tune.status import TrialStatus
 
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_TAG = "kd_tune.sweep"
 KEY_TAG = "kd_tune.trial_key"
 ROLE_TAG = "kd_tune.role"
+STATUS_TAG = "kd_tune.status"
+TRIAL_ID_TAG = "kd_tune.trial_id"
+TEACHER_TAG = "kd_tune.teacher_key"
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 
 
@@ -120,7 +127,8 @@ class SweepTracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=run_name,
-            tags={ROLE_TAG: "trial", PARENT_TAG: self.parent_id, KEY_TAG: trial_key, SWEEP_TAG: self.experiment, **tags},
+            tags={ROLE_TAG: "trial", PARENT_TAG: self.parent_id, KEY_TAG: trial_key, SWEEP_TAG: self.experiment,
+                  **tags},
         )
         self._log(run.info.run_id, params=params)
         self._last_step[run.info.run_id] = 0
@@ -134,13 +142,14 @@ class SweepTracker:
         self._log(run_id, metrics=metrics, step=step)
         self._last_step[run_id] = step
 
-    def end_trial(self, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
-        """Mirror the trial's end: ``completed``/``diverged`` -> FINISHED, ``failed`` -> FAILED."""
-        if tags:
-            self._log(run_id, tags=tags)
-        self.client.set_terminated(run_id, status="FAILED" if status == "failed" else "FINISHED")
+    def end_trial(self, run_id: str, status: TrialStatus, tags: Mapping[str, str] | None = None) -> None:
+        """Mirror the trial's end: ``failed`` -> FAILED, any other status -> FINISHED; the
+        status goes in tag ``kd_tune.status`` (with ``tags``)."""
+        status = TrialStatus(status)
+        self._log(run_id, tags={**(tags or {}), STATUS_TAG: status.value})
+        self.client.set_terminated(run_id, status="FAILED" if status is TrialStatus.FAILED else "FINISHED")
 
-    def end_recorded_trials(self, statuses: Mapping[str, str]) -> int:
+    def end_recorded_trials(self, statuses: Mapping[str, TrialStatus]) -> int:
         """End child runs still RUNNING whose trial has a final status (trial key -> status).
 
         A driver stopped between recording a trial's final row and ending its child run
@@ -150,7 +159,7 @@ class SweepTracker:
         for run in self._search(f"tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'RUNNING'"):
             status = statuses.get(run.data.tags.get(KEY_TAG, ""))
             if status is not None:
-                self.end_trial(run.info.run_id, status, {"kd_tune.status": status})
+                self.end_trial(run.info.run_id, status)
                 ended += 1
         return ended
 

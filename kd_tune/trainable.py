@@ -1,18 +1,19 @@
-"""Worker-side entry points: the Ray Tune trainable and the teacher-stage task.
+"""Worker-side entry points: the Ray Tune trainable and the tasks of the teacher and cache stages.
 
-The trainable is a thin adapter from one trial's config to :func:`kd_tune.trainer.train`.
+The trainable is a thin adapter from one planned trial to :func:`kd_tune.trainer.train`.
+A trial's Tune config is ``{"trial": Trial.to_dict()}`` (:mod:`kd_tune.plan`): every key
+it needs (teacher, cache, data) was computed by the planner and is read, not recomputed.
+The trainable reports every epoch's metrics through ``ray.tune.report`` together with
+``kd_status``, the status the trainer decided for that epoch (``running``,
+``completed`` or ``diverged``); it saves a checkpoint every ``checkpoint_every`` epochs
+and at the end, and resumes from ``ray.tune.get_checkpoint()`` after a failure or a
+restored sweep. A checkpoint of the last epoch makes a restarted trial report its final
+metrics again without training.
 
-A trial's config is ``{"run": RunConfig.to_dict()}``. The trainable reports every
-epoch's metrics through ``ray.tune.report`` (plus ``kd_status``: ``running``,
-``completed`` or ``diverged``), saves a checkpoint every ``checkpoint_every`` epochs and
-at the end, and resumes from ``ray.tune.get_checkpoint()`` after a failure or a
-restored sweep. A checkpoint of the last epoch makes a restarted trial report its
-final metrics again without training.
-
-A distilling trial takes the teacher's outputs from the sweep's teacher-logit cache
-(:mod:`kd_tune.logit_cache`, memory-mapped, built by the driver's cache stage and, if
-it is missing, by the trial) unless the sweep runs with the cache off; then it runs the
-teacher online.
+A distilling trial takes the teacher's outputs from the teacher-logit cache
+(:mod:`kd_tune.logit_cache`, memory-mapped, built by the driver's cache stage and, if it
+is missing, by the trial) when its plan names a cache; otherwise it runs the teacher
+online.
 
 Fixed cost per trial is kept low for actor reuse: the data set, the teacher and the
 cached logits are held in the worker process (a few entries, keyed by what identifies
@@ -20,64 +21,49 @@ them), so a reused actor loads them once, not once per trial.
 """
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
 
 import torch
-from torch import nn
 
 from kd_tune.checkpoint import load_state, save_state
 from kd_tune.config import RunConfig
-from kd_tune.data import Dataset
 from kd_tune.logit_cache import LogitCache, ensure_cached
-from kd_tune.teacher_logits import TeacherLogits
-from kd_tune.teacher_store import TeacherStore, teacher_key
-from kd_tune.trainer import COMPLETED, DIVERGED, load_data, train
+from kd_tune.plan import Trial
+from kd_tune.status import STATUS_KEY, TrialStatus
+from kd_tune.teacher_store import TeacherStore
+from kd_tune.trainer import EpochEnd, load_data, train
 
 STATE_FILE = "state.pt"
-RUNNING = "running"
 _CACHE_ENTRIES = 3
 
 T = TypeVar("T")
-_data_cache: OrderedDict[Hashable, Dataset] = OrderedDict()
-_teacher_cache: OrderedDict[Hashable, tuple[nn.Module, dict[str, Any]]] = OrderedDict()
-_logits_cache: OrderedDict[Hashable, TeacherLogits] = OrderedDict()
+_held: dict[str, OrderedDict[Hashable, Any]] = {"data": OrderedDict(), "teacher": OrderedDict(),
+                                                 "logits": OrderedDict()}
 
 
-def distill_trial(
-    config: dict[str, Any],
-    *,
-    teachers_dir: str,
-    noise_dir: str,
-    checkpoint_every: int,
-    logits_dir: str | None = None,
-    cache_dtype: str = "float32",
-) -> None:
-    """Run one sweep trial (called by Ray Tune in a worker).
-
-    With ``logits_dir`` a distilling trial reads the teacher's logits from the cache
-    there (stored as ``cache_dtype``); without it, it runs the teacher online.
-    """
+def distill_trial(config: dict[str, Any], *, teachers_dir: str, logits_dir: str, noise_dir: str,
+                  checkpoint_every: int) -> None:
+    """Run one planned sweep trial (called by Ray Tune in a worker)."""
     from ray import tune
 
-    run = RunConfig.from_dict(config["run"])
-    device = assigned_device(run)
-    run = run.replace(device=device)
+    trial = Trial.from_dict(config["trial"])
+    run = trial.config.replace(device=assigned_device(trial.config.device))
     torch.set_num_threads(cpu_share())
-    data = _cached(_data_cache, _data_key(run), lambda: load_data(run, noise_dir=noise_dir))
-    teacher = None
-    logits = None
+    data = _held_or_load("data", trial.data_key, lambda: load_data(run, noise_dir=noise_dir))
     store = TeacherStore(teachers_dir)
-    key = teacher_key(run)
-    if run.loss != "ce" and logits_dir is not None:
+    teacher = logits = None
+    if trial.cache_key is not None:
         cache = LogitCache(logits_dir)
-        cache_key, _ = ensure_cached(run, data, store, cache, dtype=cache_dtype, device=device)
-        logits = _cached(_logits_cache, (logits_dir, cache_key), lambda: cache.load(cache_key))
-    elif run.loss != "ce" or store.has(key):
-        teacher, _ = _cached(_teacher_cache, (key, device), lambda: store.load(run, data))
+        ensure_cached(trial, data, store, cache, device=run.device)
+        logits = _held_or_load("logits", (logits_dir, trial.cache_key), lambda: cache.load(trial.cache_key))
+    elif trial.distils or store.has(trial.teacher_key):
+        # A CE trial with a stored teacher reports its agreement with it.
+        teacher, _ = _held_or_load("teacher", (trial.teacher_key, run.device),
+                                   lambda: store.load(trial.teacher_key, run, data))
 
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -86,47 +72,44 @@ def distill_trial(
             resume = load_state(os.path.join(folder, STATE_FILE))
         if resume["epoch"] >= run.epochs:
             # The trial had finished; the driver may not have recorded it before it stopped.
-            tune.report(dict(resume["history"][-1], kd_status=COMPLETED))
+            tune.report({**resume["history"][-1], STATUS_KEY: TrialStatus.COMPLETED.value})
             return
 
-    def on_epoch(metrics: dict[str, float], state: Callable[[], dict[str, Any]]) -> None:
-        epoch = int(metrics["epoch"])
-        diverged = not math.isfinite(metrics["train_loss"])
-        status = DIVERGED if diverged else (COMPLETED if epoch == run.epochs else RUNNING)
-        report = dict(metrics, kd_status=status)
-        if diverged or not (epoch % checkpoint_every == 0 or epoch == run.epochs):
+    def on_epoch(end: EpochEnd) -> None:
+        report = {**end.metrics, STATUS_KEY: end.status.value}
+        epoch = int(end.metrics["epoch"])
+        if end.status is TrialStatus.DIVERGED or not (epoch % checkpoint_every == 0 or end.status.ended):
             tune.report(report)
             return
         with tempfile.TemporaryDirectory() as folder:
-            save_state(os.path.join(folder, STATE_FILE), state())
+            save_state(os.path.join(folder, STATE_FILE), end.state())
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
 
     train(run, data=data, teacher=teacher, teacher_logits=logits, on_epoch=on_epoch, resume_state=resume)
 
 
-def train_teacher_task(teachers_dir: str, config: dict[str, Any], noise_dir: str) -> dict[str, Any]:
-    """Train one teacher into the store (a Ray task of the sweep's teacher stage); return its record."""
+def train_teacher_task(teachers_dir: str, key: str, config: dict[str, Any], noise_dir: str) -> dict[str, Any]:
+    """Train teacher ``key`` of one run config into the store (a Ray task of the teacher stage); return its record."""
     run = RunConfig.from_dict(config)
-    run = run.replace(device=assigned_device(run))
+    run = run.replace(device=assigned_device(run.device))
     torch.set_num_threads(cpu_share())
-    return TeacherStore(teachers_dir).train(run, noise_dir=noise_dir)
+    return TeacherStore(teachers_dir).train(key, run, noise_dir=noise_dir)
 
 
-def build_logits_task(teachers_dir: str, logits_dir: str, config: dict[str, Any], noise_dir: str,
-                      dtype: str) -> dict[str, Any]:
-    """Fill the teacher-logit cache for one run config (a Ray task of the sweep's cache stage); return its meta."""
-    run = RunConfig.from_dict(config)
-    device = assigned_device(run)
+def build_logits_task(teachers_dir: str, logits_dir: str, trial: dict[str, Any], noise_dir: str) -> dict[str, Any]:
+    """Fill the teacher-logit cache of one planned trial (a Ray task of the cache stage); return the cache's meta."""
+    planned = Trial.from_dict(trial)
+    device = assigned_device(planned.config.device)
     torch.set_num_threads(cpu_share())
-    data = load_data(run, noise_dir=noise_dir)
-    _, meta = ensure_cached(run, data, TeacherStore(teachers_dir), LogitCache(logits_dir), dtype=dtype, device=device)
-    return meta
+    data = load_data(planned.config, noise_dir=noise_dir)
+    return ensure_cached(planned, data, TeacherStore(teachers_dir), LogitCache(logits_dir), device=device)
 
 
-def assigned_device(run: RunConfig) -> str:
-    """A worker's device for ``run``: its assigned GPU when Ray gave it one, else the CPU."""
-    if run.device != "auto":
-        return run.device
+def assigned_device(device: str) -> str:
+    """A worker's device for a run's ``device`` setting: as set, or for ``auto`` the GPU
+    Ray assigned to this worker when there is one, else the CPU."""
+    if device != "auto":
+        return device
     import ray
 
     return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
@@ -140,16 +123,14 @@ def cpu_share() -> int:
     return max(1, int(cpus))
 
 
-def _data_key(run: RunConfig) -> Hashable:
-    return tuple(sorted(run.data_settings().items()))
-
-
-def _cached(cache: OrderedDict[Hashable, T], key: Hashable, load: Callable[[], T]) -> T:
-    if key in cache:
-        cache.move_to_end(key)
-        return cache[key]
+def _held_or_load(kind: str, key: Hashable, load: Callable[[], T]) -> T:
+    """The worker's held ``kind`` entry for ``key``, loading it on a miss (a small LRU)."""
+    held = _held[kind]
+    if key in held:
+        held.move_to_end(key)
+        return held[key]
     value = load()
-    cache[key] = value
-    while len(cache) > _CACHE_ENTRIES:
-        cache.popitem(last=False)
+    held[key] = value
+    while len(held) > _CACHE_ENTRIES:
+        held.popitem(last=False)
     return value

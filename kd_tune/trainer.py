@@ -1,9 +1,12 @@
 """The training loop: plain PyTorch, no Ray or MLflow.
 
 One loop serves both stages: a teacher is trained with ``loss="ce"`` and no teacher;
-a student is distilled from a fixed teacher with the configured loss. Callers observe
-progress through ``on_epoch`` and can save the full state it hands them; passing that
-state back as ``resume_state`` continues the run exactly where it stopped.
+a student is distilled from a fixed teacher with the configured loss. Where the
+teacher's logits come from (the network online, a cache, or nowhere) is
+:mod:`kd_tune.teacher_signal`'s business, not the loop's. Callers observe progress
+through ``on_epoch``, which gets an :class:`EpochEnd` per epoch: the metrics, the run's
+status, and the full state to save; passing that state back as ``resume_state``
+continues the run exactly where it stopped.
 
 Metrics per epoch (accuracies in [0, 1], times in seconds):
 ``epoch`` (1-based), ``train_loss`` (mean total loss over the epoch's samples),
@@ -21,8 +24,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,29 +34,49 @@ from torch import nn
 from kd_tune import models
 from kd_tune.config import RunConfig
 from kd_tune.data import Dataset, epoch_batches, load_dataset
-from kd_tune.evaluation import accuracy, predict_logits, teacher_agreement
+from kd_tune.evaluation import evaluate
 from kd_tune.losses import make_loss
 from kd_tune.optim import build_optimizer, build_scheduler
 from kd_tune.runtime import amp_dtype, autocast, resolve_device, rng_state, seed_everything, set_rng_state
+from kd_tune.status import TrialStatus
 from kd_tune.teacher_logits import TeacherLogits
+from kd_tune.teacher_signal import teacher_signal
+from kd_tune.validation import validate_run
 
 STATE_FORMAT = 1
-COMPLETED = "completed"
-DIVERGED = "diverged"
+# What a diverged epoch cannot measure: it reports them as NaN.
+_EVAL_METRICS = ("train_acc", "val_acc", "test_acc", "test_logit_mse", "test_agreement")
 
-EpochHook = Callable[[dict[str, float], Callable[[], dict[str, Any]]], None]
+
+@dataclass(frozen=True, eq=False)
+class EpochEnd:
+    """What ``on_epoch`` receives after every epoch of :func:`train`.
+
+    ``metrics`` is the epoch's metrics (a copy; keys in the module docstring).
+    ``status`` is ``RUNNING`` after an epoch that is not the last, ``COMPLETED`` after
+    the last one, ``DIVERGED`` when this epoch's training loss is NaN or infinite
+    (the run stops there). ``state()`` returns the full training state, for a
+    checkpoint that a later ``train(..., resume_state=...)`` continues from.
+    """
+
+    metrics: dict[str, float]
+    status: TrialStatus
+    state: Callable[[], dict[str, Any]] = field(repr=False)
+
+
+EpochHook = Callable[[EpochEnd], None]
 
 
 @dataclass(frozen=True, eq=False)
 class TrainResult:
     """Outcome of :func:`train`.
 
-    ``status`` is ``completed`` or ``diverged``; ``diverged_epoch`` is the 1-based epoch
+    ``status`` is ``COMPLETED`` or ``DIVERGED``; ``diverged_epoch`` is the 1-based epoch
     whose loss was NaN or infinite (None otherwise); ``history`` has one metrics dict
     per epoch run; ``model`` is the trained network (in eval mode).
     """
 
-    status: str
+    status: TrialStatus
     history: tuple[dict[str, float], ...]
     model: nn.Module = field(repr=False)
     diverged_epoch: int | None = None
@@ -61,6 +85,16 @@ class TrainResult:
     def final(self) -> dict[str, float]:
         """Metrics of the last epoch run (empty if none ran)."""
         return dict(self.history[-1]) if self.history else {}
+
+
+@dataclass(frozen=True, eq=False)
+class _Learner:
+    """The student and what updates it: the parts of a training state besides RNG and history."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
 
 
 def load_data(config: RunConfig, *, noise_dir: str | None = None) -> Dataset:
@@ -86,97 +120,56 @@ def train(
         config: the run; validated here. For a teacher use ``config.teacher_config()``.
         data: the data set (default: :func:`load_data` of ``config``).
         teacher: fixed teacher network, required unless ``config.loss == "ce"``; it is
-            kept in eval mode without gradients. With ``ce`` it is optional and only
-            feeds the teacher-agreement metrics.
+            moved to the run's device and kept in eval mode without gradients. With
+            ``ce`` it is optional and only feeds the teacher-agreement metrics.
         teacher_logits: the teacher's outputs computed ahead
             (:func:`kd_tune.teacher_logits.compute_teacher_logits` for this config, or
             :mod:`kd_tune.logit_cache`), used instead of running ``teacher``; give one
             of the two. The student is the same as with the teacher online.
-        on_epoch: called after every epoch with the metrics and a function that
-            returns the full training state (for checkpoints).
-        resume_state: a state from ``on_epoch`` to continue from.
+        on_epoch: called after every epoch with an :class:`EpochEnd`.
+        resume_state: a state from :attr:`EpochEnd.state` to continue from.
+
+    Raises ValueError for a bad config, both or (distilling) neither of ``teacher`` and
+    ``teacher_logits``, logits that do not fit the run, or a ``resume_state`` of
+    another config.
     """
-    config.validate()
-    if teacher is not None and teacher_logits is not None:
-        raise ValueError("give teacher or teacher_logits, not both")
-    if teacher is None and teacher_logits is None and config.loss != "ce":
-        raise ValueError(f"loss={config.loss!r} needs a teacher; only loss='ce' trains without one")
+    validate_run(config)
     device = resolve_device(config.device)
     seed_everything(config.seed, config.deterministic)
     data = data if data is not None else load_data(config)
-    if teacher_logits is not None:
-        teacher_logits.check(data, config.epochs)
+    use_amp = config.amp and device.type == "cuda"
+    # Computes an online teacher's test logits now: the teacher is fixed, once per run is enough.
+    signal = teacher_signal(config, data, teacher=teacher, teacher_logits=teacher_logits, device=device, amp=use_amp)
     model = models.build(config.student, data.num_classes, data.in_channels).to(device)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
-    use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype(device) == torch.float16)
+    learner = _Learner(model, optimizer, scheduler, scaler)
     loss_fn = make_loss(config.loss, tau=config.tau, alpha=config.alpha)
+    start_epoch, history = _resume(resume_state, config, learner) if resume_state is not None else (0, [])
 
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    if resume_state is not None:
-        _check_resumable(resume_state, config)
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        scaler.load_state_dict(resume_state["scaler"])
-        set_rng_state(resume_state["rng"])
-        history = [dict(h) for h in resume_state["history"]]
-        start_epoch = int(resume_state["epoch"])
+    def state() -> dict[str, Any]:
+        return _training_state(config, learner, history)
 
     # Small data sets live on the device whole: no loader, no per-item Python.
     train_x = data.train.images.to(device)
     train_y = data.train.labels.to(device)
-    if teacher is not None:
-        teacher = teacher.to(device).eval().requires_grad_(False)
-    eval_args = {"device": device, "amp": use_amp}
-    # The teacher is fixed: its evaluation logits are computed once per run.
-    teacher_test = None
-    teacher_samples = 0
-    if teacher_logits is not None:
-        teacher_test = teacher_logits.test.to(device).float()
-    elif teacher is not None:
-        teacher_test = predict_logits(teacher, data.test.images, data.normalize, **eval_args)
-        teacher_samples = len(data.test)
-    distil = config.loss != "ce"
-
-    def state() -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT,
-            "epoch": len(history),
-            "config": config.to_dict(),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": rng_state(),
-            "history": [dict(h) for h in history],
-        }
-
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         model.train()
+        signal.start_epoch(epoch)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
-        # One epoch's cached views move to the device once (a no-op for memory-mapped CPU logits).
-        cached = teacher_logits.epoch_view(epoch).to(device) if teacher_logits is not None and distil else None
         for idx, images in epoch_batches(train_x, seed=config.seed, epoch=epoch, batch_size=config.batch_size,
                                          augment=data.augment):
             x = data.normalize(images)
             y = train_y[idx]
-            target = None
             with autocast(device, use_amp):
                 student_logits = model(x)
-                if teacher is not None and distil:
-                    with torch.no_grad():
-                        target = teacher(x)
-                    teacher_samples += len(idx)
-            if cached is not None:
-                target = cached[idx]
+            target = signal.batch(idx, x)
             # Losses in float32 whatever autocast did: small tau divides logits.
-            loss = loss_fn(student_logits.float(), None if target is None else target.float(), y)
+            loss = loss_fn(student_logits.float(), target, y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -188,33 +181,49 @@ def train(
 
         train_loss = loss_sum.item() / len(train_y)
         metrics: dict[str, float] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr,
-                                     "teacher_forward_samples": teacher_samples}
-        teacher_samples = 0
-        if not math.isfinite(train_loss):
-            metrics.update(dict.fromkeys(["train_acc", "val_acc", "test_acc", "test_logit_mse", "test_agreement"], math.nan))
-            metrics["epoch_time_s"] = time.perf_counter() - started
-            history.append(metrics)
-            if on_epoch is not None:
-                on_epoch(dict(metrics), state)
-            return TrainResult(DIVERGED, tuple(history), model.eval(), diverged_epoch=epoch + 1)
-        test_logits = predict_logits(model, data.test.images, data.normalize, **eval_args)
-        val_logits = predict_logits(model, data.val.images, data.normalize, **eval_args)
-        logit_mse, agreement = teacher_agreement(test_logits, teacher_test)
-        metrics.update(
-            train_acc=correct.item() / len(train_y),
-            val_acc=accuracy(val_logits, data.val.labels),
-            test_acc=accuracy(test_logits, data.test.labels),
-            test_logit_mse=logit_mse,
-            test_agreement=agreement,
-            epoch_time_s=time.perf_counter() - started,
-        )
+                                     "teacher_forward_samples": signal.take_forward_samples()}
+        diverged = not math.isfinite(train_loss)
+        if diverged:
+            metrics.update(dict.fromkeys(_EVAL_METRICS, math.nan))
+        else:
+            metrics["train_acc"] = correct.item() / len(train_y)
+            metrics.update(evaluate(model, data, signal.test_logits(), device=device, amp=use_amp))
+        metrics["epoch_time_s"] = time.perf_counter() - started
         history.append(metrics)
+        status = _epoch_status(diverged, epoch + 1, config.epochs)
         if on_epoch is not None:
-            on_epoch(dict(metrics), state)
-    return TrainResult(COMPLETED, tuple(history), model.eval())
+            on_epoch(EpochEnd(dict(metrics), status, state))
+        if diverged:
+            return TrainResult(status, tuple(history), model.eval(), diverged_epoch=epoch + 1)
+    return TrainResult(TrialStatus.COMPLETED, tuple(history), model.eval())
 
 
-def _check_resumable(state: dict[str, Any], config: RunConfig) -> None:
+def _epoch_status(diverged: bool, epochs_done: int, epochs: int) -> TrialStatus:
+    if diverged:
+        return TrialStatus.DIVERGED
+    return TrialStatus.COMPLETED if epochs_done == epochs else TrialStatus.RUNNING
+
+
+def _training_state(config: RunConfig, learner: _Learner, history: list[dict[str, float]]) -> dict[str, Any]:
+    """Everything a run needs to continue bitwise as if never stopped (see :func:`_resume`)."""
+    return {
+        "format": STATE_FORMAT,
+        "epoch": len(history),
+        "config": config.to_dict(),
+        "model": learner.model.state_dict(),
+        "optimizer": learner.optimizer.state_dict(),
+        "scheduler": learner.scheduler.state_dict(),
+        "scaler": learner.scaler.state_dict(),
+        "rng": rng_state(),
+        "history": [dict(h) for h in history],
+    }
+
+
+def _resume(state: dict[str, Any], config: RunConfig, learner: _Learner) -> tuple[int, list[dict[str, float]]]:
+    """Load ``state`` into ``learner`` and the global RNGs; return (epochs done, history).
+
+    Raises ValueError when ``state`` has another format or was saved for another config.
+    """
     if state.get("format") != STATE_FORMAT:
         raise ValueError(f"training state format {state.get('format')!r} is not {STATE_FORMAT}")
     # Where a run executes is not part of what it is: a run may resume on other hardware.
@@ -222,3 +231,9 @@ def _check_resumable(state: dict[str, Any], config: RunConfig) -> None:
     if saved != config:
         changed = sorted(k for k, v in config.to_dict().items() if saved.to_dict()[k] != v)
         raise ValueError(f"resume_state was saved for a different config (fields differ: {', '.join(changed)})")
+    learner.model.load_state_dict(state["model"])
+    learner.optimizer.load_state_dict(state["optimizer"])
+    learner.scheduler.load_state_dict(state["scheduler"])
+    learner.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return int(state["epoch"]), [dict(h) for h in state["history"]]

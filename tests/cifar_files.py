@@ -120,3 +120,22 @@ def write_cifar100(root: Path, train_size: int = 30, test_size: int = 8, seed: i
         b"coarse_label_names": [n.encode() for n in CIFAR100_COARSE_NAMES],
     }))
     return written
+
+
+def tiny_cifar10_run(root: Path, config, *, teacher_seed: int):
+    """``config`` on a tiny CIFAR-10 written to ``root`` and read by the real loader, and a teacher.
+
+    200 training images (``config.val_size`` of them held out) and 40 test images; the
+    teacher is an untrained ``cnn-8`` drawn with ``teacher_seed`` (a fixed network is all
+    the cache and signal tests need). Returns (config with data_dir, data, teacher).
+    """
+    import torch
+
+    from kd_tune import models
+    from kd_tune.trainer import load_data
+
+    write_cifar10(root, per_batch=40, test_size=40)
+    config = config.replace(data_dir=str(root))
+    data = load_data(config)
+    torch.manual_seed(teacher_seed)
+    return config, data, models.build("cnn-8", data.num_classes, data.in_channels).eval()

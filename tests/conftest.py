@@ -1,4 +1,5 @@
-"""Shared fixtures: a real single-node Ray cluster on loopback, started with `ray start`."""
+"""Shared fixtures: a real single-node Ray cluster on loopback, started with `ray start`,
+and registries put back after every test."""
 from __future__ import annotations
 
 import shutil
@@ -6,8 +7,20 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from processes import free_port, ray_env, server
+
+from kd_tune.data import DATASETS
+from kd_tune.losses import LOSSES
+from kd_tune.models import MODELS
+
+
+@pytest.fixture(autouse=True)
+def _restore_registries():
+    """Models, data sets and losses a test registers are gone after it, built-ins stay."""
+    saved = [(registry, registry.snapshot()) for registry in (MODELS, DATASETS, LOSSES)]
+    yield
+    for registry, snapshot in saved:
+        registry.restore(snapshot)
 
 
 @pytest.fixture(scope="session")

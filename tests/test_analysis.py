@@ -5,7 +5,7 @@ import io
 import math
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ SCHEMA = pa.schema([
     ("started_at", pa.timestamp("us", tz="UTC")), ("finished_at", pa.timestamp("us", tz="UTC")),
     ("mlflow_run_id", pa.string()),
 ])
-_T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+_T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def trial(loss="kl", tau=4.0, alpha=0.9, seed=0, acc=0.5, status="completed", *, sweep="s1",

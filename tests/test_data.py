@@ -11,7 +11,9 @@ from kd_tune.data import (
     Dataset,
     SourceData,
     Split,
+    dataset_augments,
     dataset_names,
+    dataset_needs_files,
     load_dataset,
     register_dataset,
 )
@@ -111,12 +113,24 @@ def test_bad_val_size(val_size):
 
 
 def test_unknown_dataset_names_the_choices():
-    with pytest.raises(ValueError, match=r"dataset='mnist'.*cifar10.*digits"):
+    with pytest.raises(ValueError, match=r"^unknown dataset 'mnist'; known: cifar10, cifar100, digits$"):
         load_dataset("mnist")
+    with pytest.raises(ValueError, match=r"^unknown dataset 'mnist'; known: "):
+        dataset_augments("mnist")
 
 
 def test_builtin_names():
     assert {"digits", "cifar10", "cifar100"} <= set(dataset_names())
+    assert dataset_names() == sorted(dataset_names())
+
+
+def test_builtin_registration_flags():
+    assert (dataset_augments("digits"), dataset_augments("cifar10"), dataset_augments("cifar100")) == (
+        False, True, True)
+    assert (dataset_needs_files("digits"), dataset_needs_files("cifar10"),
+            dataset_needs_files("cifar100")) == (False, True, True)
+    with pytest.raises(ValueError, match=r"^unknown dataset 'mnist'; known: "):
+        dataset_needs_files("mnist")
 
 
 def test_cifar_without_data_dir_is_a_data_error():
@@ -129,23 +143,41 @@ def _tiny_loader(data_dir, download):
     labels = torch.arange(12) % 3
     return SourceData(
         train=Split(images[:9], labels[:9]), test=Split(images[9:], labels[9:]), num_classes=3,
-        max_value=255.0, mean=(0.5, 0.5), std=(0.25, 0.25), augment=False,
+        max_value=255.0, mean=(0.5, 0.5), std=(0.25, 0.25),
         class_names=("a", "b", "c"), asymmetric_map={0: 1},
     )
 
 
 def test_register_custom_dataset():
-    register_dataset("tiny-test", _tiny_loader)
-    register_dataset("tiny-test", _tiny_loader)  # same loader again: harmless
+    register_dataset("tiny-test", _tiny_loader, augment=True)
+    register_dataset("tiny-test", _tiny_loader, augment=True)  # same loader again: harmless
+    with pytest.raises(ValueError, match="^dataset 'tiny-test' is already registered$"):
+        register_dataset("tiny-test", lambda d, dl: None, augment=True)
+    with pytest.raises(ValueError, match="already registered with different augment"):
+        register_dataset("tiny-test", _tiny_loader, augment=False)
     with pytest.raises(ValueError, match="already registered"):
-        register_dataset("tiny-test", lambda d, dl: None)
-    assert "tiny-test" in dataset_names()
+        register_dataset("digits", _tiny_loader, augment=False)
+    assert "tiny-test" in dataset_names() and dataset_augments("tiny-test") is True
+    assert dataset_needs_files("tiny-test") is False  # the default
     ds = load_dataset("tiny-test", val_size=3, noise_type="asymmetric", noise_rate=0.99, noise_seed=1)
     assert (ds.in_channels, ds.image_size, len(ds.train), len(ds.val), len(ds.test)) == (2, 4, 6, 3, 3)
+    assert ds.augment is True  # from the registration, not the loader
     # The loader's own map is used: every class-0 training label moved to class 1 at this rate.
     clean, noisy = ds.clean_train_labels, ds.train.labels
     assert torch.equal(noisy[clean != 0], clean[clean != 0])
     assert (noisy[clean == 0] == 1).float().mean() > 0.5
+
+
+def test_register_dataset_needs_bool_flags():
+    with pytest.raises(TypeError, match="augment"):
+        register_dataset("tiny-flag", _tiny_loader)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="augment for dataset 'tiny-flag' must be a bool"):
+        register_dataset("tiny-flag", _tiny_loader, augment="no")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="needs_files for dataset 'tiny-flag' must be a bool"):
+        register_dataset("tiny-flag", _tiny_loader, augment=False, needs_files=1)  # type: ignore[arg-type]
+    assert "tiny-flag" not in dataset_names()
+    register_dataset("tiny-flag", _tiny_loader, augment=False, needs_files=True)
+    assert dataset_needs_files("tiny-flag") is True
 
 
 def test_split_rejects_wrong_dtypes():

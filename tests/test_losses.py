@@ -1,4 +1,4 @@
-"""The loss conventions of DESIGN.md, checked against formulas written out here."""
+"""The loss conventions (kd_tune.losses, docs/architecture.md), checked against formulas written out here."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from kd_tune.losses import distillation_loss, loss_names, make_loss, register_kd_term
-
 
 B, K = 6, 5
 
@@ -34,8 +33,12 @@ def ref_kl(zs, zt, tau):
     return tau**2 * (pt * (torch.log(pt) - torch.log(ps))).sum(1).mean()
 
 
+def c(z):
+    """Each logit vector minus its mean over classes."""
+    return z - z.mean(1, keepdim=True)
+
+
 def ref_limit(zs, zt):
-    c = lambda z: z - z.mean(1, keepdim=True)  # noqa: E731
     return ((c(zs) - c(zt)) ** 2).sum(1).mean() / (2 * K)
 
 
@@ -109,7 +112,6 @@ def test_infinite_tau_is_the_logit_matching_limit(batch):
     got = distillation_loss(zs, zt, y, loss="kl", tau=math.inf, alpha=1.0)
     assert torch.allclose(got, ref_limit(zs, zt), rtol=1e-12)
     g = grad_of(lambda z: distillation_loss(z, zt, y, loss="kl", tau=math.inf, alpha=1.0), zs)
-    c = lambda z: z - z.mean(1, keepdim=True)  # noqa: E731
     assert torch.allclose(g, (c(zs) - c(zt)) / K / B, rtol=1e-10, atol=1e-14)
     # mixing with CE follows the same alpha rule
     mixed = distillation_loss(zs, zt, y, loss="kl", tau=math.inf, alpha=0.4)
@@ -119,12 +121,11 @@ def test_infinite_tau_is_the_logit_matching_limit(batch):
 def test_large_tau_approaches_limit_like_one_over_tau(batch):
     zs, zt, y = batch
     limit = ref_limit(zs, zt)
-    c = lambda z: z - z.mean(1, keepdim=True)  # noqa: E731
     limit_grad = (c(zs) - c(zt)) / K / B
     loss_err, grad_err = [], []
     for tau in (1e3, 1e4, 1e5):
         loss_err.append(abs(float(distillation_loss(zs, zt, y, loss="kl", tau=tau) - limit)))
-        g = grad_of(lambda z: distillation_loss(z, zt, y, loss="kl", tau=tau), zs)
+        g = grad_of(lambda z, tau=tau: distillation_loss(z, zt, y, loss="kl", tau=tau), zs)
         grad_err.append(float((g - limit_grad).abs().max()))
     for errs in (loss_err, grad_err):
         assert errs[0] < 1e-2 * float(limit.abs() + limit_grad.abs().max())
@@ -143,7 +144,7 @@ def test_small_tau_approaches_label_matching(batch):
     errs = []
     for tau in (1e-1, 1e-2, 1e-3):
         val = distillation_loss(zs, zt, y, loss="kl", tau=tau) / tau
-        g = grad_of(lambda z: distillation_loss(z, zt, y, loss="kl", tau=tau), zs) / tau
+        g = grad_of(lambda z, tau=tau: distillation_loss(z, zt, y, loss="kl", tau=tau), zs) / tau
         errs.append((abs(float(val - hinge)), float((g - label_grad).abs().max())))
         assert torch.isfinite(val)
     assert errs[-1][0] < 1e-2 and errs[-1][1] < 1e-6
@@ -196,5 +197,21 @@ def test_registered_term_mixes_with_ce(batch):
     assert "l1_test" in loss_names()
     got = make_loss("l1_test", alpha=0.25)(zs, zt, y)
     assert torch.allclose(got, 0.75 * ref_ce(zs, y) + 0.25 * (zs - zt).abs().mean())
-    with pytest.raises(ValueError, match="already registered"):
+
+
+def test_kd_term_second_registration():
+    def term(s, t, tau):
+        return (s - t).abs().max()
+
+    register_kd_term("max_test", term)
+    register_kd_term("max_test", term)  # the same term again: a no-op
+    assert loss_names() == ["ce", "kl", "mse", "max_test"]
+    with pytest.raises(ValueError, match="^loss 'max_test' is already registered$"):
+        register_kd_term("max_test", lambda s, t, tau: s.sum())
+    with pytest.raises(ValueError, match="^loss 'kl' is already registered$"):
         register_kd_term("kl", lambda s, t, tau: s.sum())
+    with pytest.raises(ValueError, match="^loss 'ce' is already registered$"):
+        register_kd_term("ce", term)
+    with pytest.raises(TypeError, match="callable"):
+        register_kd_term("none_test", None)  # type: ignore[arg-type]
+    assert loss_names() == ["ce", "kl", "mse", "max_test"]

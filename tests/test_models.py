@@ -209,8 +209,28 @@ def test_register_model_makes_name_buildable() -> None:
     # The new pattern shows up in the error of a name nobody matches.
     with pytest.raises(ValueError, match=re.escape("testlin-HxD")):
         build("testlin-6", num_classes=3)
+
+
+def test_register_model_second_registration() -> None:
+    def builder(width: int, *, num_classes: int, in_channels: int) -> Classifier:
+        body = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, width))
+        return Classifier(body, width, num_classes)
+
+    register_model(r"testtwice-(\d+)", builder, "test-only", display="testtwice-W")
+    register_model(r"testtwice-(\d+)", builder, "test-only", display="testtwice-W")  # same: no-op
+    assert sum(line.startswith("testtwice-W") for line in model_patterns()) == 1
+    def other(width, **kw):  # another object with the same behaviour
+        return builder(width, **kw)
+
+    pattern = r"testtwice-(\d+)"
+    with pytest.raises(ValueError, match=f"^{re.escape(f'model pattern {pattern!r} is already registered')}$"):
+        register_model(pattern, other, "test-only", display="testtwice-W")
+    with pytest.raises(ValueError, match="already registered with different description"):
+        register_model(r"testtwice-(\d+)", builder, "another description", display="testtwice-W")
+    # Built-ins cannot be replaced either.
     with pytest.raises(ValueError, match="already registered"):
-        register_model(r"testlin-(\d+)x(\d+)", linear_model, "again")
+        register_model(r"cnn-(0|[1-9]\d*)", builder, "shadow")
+    assert build("testtwice-3", num_classes=2).feature_dim == 3
 
 
 def test_register_model_rejects_bad_input() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,12 +12,19 @@ import pytest
 
 from kd_tune.atomic import atomic_write
 from kd_tune.config import RunConfig
+from kd_tune.identity import trial_key
 from kd_tune.results import (
-    EPOCH_METRICS, EPOCHS_FILE, EPOCHS_SCHEMA, TRIALS_FILE, TRIALS_SCHEMA, ResultsWriter, epoch_row, trial_row,
+    EPOCH_METRICS,
+    EPOCHS_FILE,
+    EPOCHS_SCHEMA,
+    TRIALS_FILE,
+    TRIALS_SCHEMA,
+    ResultsWriter,
+    epoch_row,
+    trial_row,
 )
-from kd_tune.search_space import trial_key
 
-STARTED = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+STARTED = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 
 def _epoch(epoch, val_acc, test_acc, time_s=1.5, **extra):
@@ -62,7 +69,7 @@ def test_trial_row_last_epoch_metrics_and_time_sum():
     assert row["status"] == "completed" and row["diverged_epoch"] is None and row["error"] is None
     assert (row["sweep"], row["trial_id"], row["teacher_key"], row["teacher_test_acc"]) == ("s", "t_1", "teach", 0.93)
     assert row["started_at"] == STARTED and row["mlflow_run_id"] == "run1"
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert now - timedelta(minutes=1) < row["finished_at"] <= now
 
 

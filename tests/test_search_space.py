@@ -1,21 +1,16 @@
-"""Search spaces: block expansion, canonical configs, validation, trial keys and labels."""
+"""Search spaces: block expansion and canonical configs."""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 
 import pytest
 
 from kd_tune.config import ConfigError, RunConfig
-from kd_tune.search_space import canonical, config_hash, expand, label, trial_key, validate_all
+from kd_tune.identity import trial_key
+from kd_tune.search_space import canonical, expand
 
 BASE = RunConfig()
 
-# trial_key(RunConfig()) computed once (sha256 of the sorted, compact JSON of every field
-# but device, first 16 hex digits). A change of the hashing or of the config's fields
-# changes every stored key (Parquet rows, MLflow runs, resumes): it must be deliberate.
-DEFAULT_TRIAL_KEY = "ade55a634845a424"
 
 
 def _points(configs, *names):
@@ -138,85 +133,6 @@ def test_canonical_is_idempotent():
     assert once == BASE.replace(loss="ce", tau=1.0, alpha=0.0)
 
 
-# -- validate_all ------------------------------------------------------------------------
-
-
-def test_validate_all_passes_valid_configs():
-    assert validate_all(expand(BASE, [{"tau": [1, math.inf]}, {"loss": ["ce"]}])) is None
-
-
-def test_validate_all_collects_distinct_problems_of_all_configs_in_order():
-    configs = [
-        BASE.replace(alpha=1.5),
-        BASE.replace(epochs=0),
-        BASE.replace(alpha=1.5, seed=1),  # same problem as the first: listed once
-        BASE,
-        BASE.replace(epochs=0, batch_size=0),
-    ]
-    with pytest.raises(ConfigError) as err:
-        validate_all(configs)
-    problems = err.value.problems
-    assert len(problems) == len(set(problems)) == 3
-    assert "alpha" in problems[0] and "1.5" in problems[0]
-    assert problems[1] == "epochs=0 must be >= 1"
-    assert problems[2] == "batch_size=0 must be >= 1"
-
-
-# -- trial keys --------------------------------------------------------------------------
-
-
-def test_trial_key_of_the_default_config_is_pinned():
-    assert trial_key(RunConfig()) == DEFAULT_TRIAL_KEY
-
-
-def test_trial_key_is_the_sha256_of_the_sorted_json_without_device():
-    values = RunConfig().to_dict()
-    del values["device"]
-    text = json.dumps(values, sort_keys=True, separators=(",", ":"))
-    assert trial_key(RunConfig()) == hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def test_trial_key_is_stable_for_equal_configs_and_differs_otherwise():
-    a = RunConfig(tau=3.0, alpha=0.5, seed=2)
-    b = RunConfig.from_dict(a.to_dict())
-    assert a is not b and trial_key(a) == trial_key(b)
-    assert len(trial_key(a)) == 16 and int(trial_key(a), 16) >= 0
-    others = [a.replace(seed=3), a.replace(tau=4.0), a.replace(alpha=0.6), a.replace(student="cnn-8"),
-              a.replace(noise_type="symmetric", noise_rate=0.2), a.replace(milestones=(5,))]
-    keys = {trial_key(o) for o in others} | {trial_key(a)}
-    assert len(keys) == len(others) + 1
-
-
-def test_device_is_not_part_of_the_trial_key():
-    keys = {trial_key(RunConfig(device=d)) for d in ("auto", "cpu", "cuda", "cuda:1")}
-    assert keys == {DEFAULT_TRIAL_KEY}
-
-
-def test_infinite_tau_has_a_key_of_its_own():
-    inf_key = trial_key(RunConfig(tau=math.inf))
-    assert inf_key == trial_key(RunConfig(tau=float("inf")))
-    assert inf_key != trial_key(RunConfig(tau=1e308))
-    assert inf_key != DEFAULT_TRIAL_KEY
-    # inf is spelled out, so the hashed text is valid JSON
-    assert config_hash({"tau": math.inf}) == hashlib.sha256(b'{"tau":"inf"}').hexdigest()[:16]
-    assert config_hash({"tau": -math.inf}) == hashlib.sha256(b'{"tau":"-inf"}').hexdigest()[:16]
-
-
-def test_config_hash_ignores_key_order_and_sees_nested_values():
-    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
-    assert config_hash({"a": 1, "b": [1, 2]}) != config_hash({"a": 1, "b": [2, 1]})
-    assert config_hash({"a": 1}, length=8) == config_hash({"a": 1})[:8]
-    assert config_hash({"m": (1, 2)}) == config_hash({"m": [1, 2]})
-
-
-def test_equal_configs_with_int_and_float_values_share_a_trial_key():
-    assert RunConfig(alpha=1) == RunConfig(alpha=1.0)
-    assert trial_key(RunConfig(alpha=1)) == trial_key(RunConfig(alpha=1.0))
-    clean = expand(BASE, [{"noise_type": ["symmetric"], "noise_rate": [0]}])[0]
-    assert clean == BASE
-    assert trial_key(clean) == trial_key(BASE)
-
-
 def test_milestones_axis_with_list_values():
     configs = expand(BASE.replace(schedule="step"), [{"milestones": [[5, 10], [3]]}])
     assert [c.milestones for c in configs] == [(5, 10), (3,)]
@@ -225,23 +141,3 @@ def test_milestones_axis_with_list_values():
 def test_an_iterator_axis_is_expanded():
     configs = expand(BASE, [{"alpha": iter([0.1, 0.5])}])
     assert [c.alpha for c in configs] == [0.1, 0.5]
-
-
-# -- labels ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "config, text",
-    [
-        (RunConfig(loss="kl", tau=3.0, alpha=0.5, seed=1), "kl tau=3 alpha=0.5 seed=1"),
-        (RunConfig(loss="kl", tau=math.inf, alpha=1.0), "kl tau=inf alpha=1 seed=0"),
-        (RunConfig(loss="kl", tau=0.5, alpha=0.1), "kl tau=0.5 alpha=0.1 seed=0"),
-        (RunConfig(loss="mse", tau=9.0, alpha=0.9, seed=2), "mse alpha=0.9 seed=2"),
-        (RunConfig(loss="ce", tau=9.0, alpha=0.9), "ce seed=0"),
-        (RunConfig(loss="ce", noise_type="symmetric", noise_rate=0.4, seed=4), "ce symmetric=0.4 seed=4"),
-        (RunConfig(loss="kl", tau=4.0, alpha=1.0, noise_type="asymmetric", noise_rate=0.2),
-         "kl tau=4 alpha=1 asymmetric=0.2 seed=0"),
-    ],
-)
-def test_label(config, text):
-    assert label(config) == text

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kd_tune.sweep_cli import build_parser, main, plan
-from kd_tune.search_space import trial_key
+from kd_tune.identity import trial_key
+from kd_tune.sweep_cli import build_parser, expand_args, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ LABEL_NOISE = load_spec("label_noise")
 
 
 def configs_of(spec, *argv: str):
-    return plan(spec, build_parser(spec).parse_args(list(argv)))
+    return expand_args(spec, build_parser(spec).parse_args(list(argv)))
 
 
 def test_tau_grid_default_space():
@@ -75,7 +75,8 @@ def test_label_noise_space_shares_the_clean_runs():
         (TAU_GRID, ["--seeds", "0"], "--seeds must be >= 1"),
         (TAU_GRID, ["--cpus-per-trial", "0"], "--cpus-per-trial must be > 0"),
         (TAU_GRID, ["--storage", "s3://bucket/results"], "URIs are not supported"),
-        (TAU_GRID, ["--teacher-cache", "bf16"], "'bf16' is not one of float32, float16, off (on means float32)"),
+        (TAU_GRID, ["--teacher-cache", "bf16"],
+         "--teacher-cache 'bf16' must be one of float32, float16, off (on means float32)"),
         (TAU_GRID, ["--name", "teacher_logits"], "must be a plain folder name (not 'teachers' or 'teacher_logits'"),
         (TAU_GRID, ["--mlflow-uri", "http://127.0.0.1:9"], "cannot reach the MLflow tracking server at http://127.0.0.1:9"),
         (LABEL_NOISE, ["--noise-rates", "0.2,1.0"], "noise_rate=1.0"),
@@ -103,7 +104,7 @@ def test_a_name_reused_with_other_trials_is_refused(tmp_path, capsys):
 
 def test_resuming_with_float16_logits_after_float32_is_refused(tmp_path, capsys):
     storage = tmp_path / "results"
-    configs = plan(TAU_GRID, build_parser(TAU_GRID).parse_args(["--seeds", "1"]))
+    configs = expand_args(TAU_GRID, build_parser(TAU_GRID).parse_args(["--seeds", "1"]))
     manifest = {"name": "tau_grid", "teacher_cache": "float32", "trials": {trial_key(c): {} for c in configs}}
     (storage / "tau_grid").mkdir(parents=True)
     (storage / "tau_grid" / "sweep.json").write_text(json.dumps(manifest))

@@ -18,9 +18,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
+from processes import ray_env
 
 from kd_tune.results import EPOCHS_SCHEMA, TRIALS_SCHEMA
-from processes import ray_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TAU_GRID = str(ROOT / "sweeps" / "tau_grid.py")

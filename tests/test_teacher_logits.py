@@ -6,14 +6,16 @@ import os
 
 import pytest
 import torch
+from cifar_files import tiny_cifar10_run
 
-from cifar_files import write_cifar10
 from kd_tune import models
 from kd_tune.config import RunConfig
-from kd_tune.logit_cache import LogitCache, cache_key, ensure_cached
+from kd_tune.identity import cache_key, teacher_key, weights_digest
+from kd_tune.logit_cache import LogitCache, ensure_cached
 from kd_tune.losses import make_loss
-from kd_tune.teacher_logits import TeacherLogits, compute_teacher_logits, forward_count, weights_digest
-from kd_tune.teacher_store import TeacherStore, teacher_key
+from kd_tune.plan import plan_trial
+from kd_tune.teacher_logits import TeacherLogits, compute_teacher_logits, forward_count
+from kd_tune.teacher_store import TeacherStore
 from kd_tune.trainer import load_data, train
 
 # Batches of 32 over 180 training images: five full batches and a partial one.
@@ -23,13 +25,8 @@ CIFAR = RunConfig(dataset="cifar10", student="cnn-4", teacher="cnn-8", val_size=
 
 @pytest.fixture(scope="module")
 def cifar(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar")
-    write_cifar10(root, per_batch=40, test_size=40)
-    config = CIFAR.replace(data_dir=str(root))
-    data = load_data(config)
+    config, data, teacher = tiny_cifar10_run(tmp_path_factory.mktemp("cifar"), CIFAR, teacher_seed=7)
     assert data.augment and len(data.train) == 180
-    torch.manual_seed(7)
-    teacher = models.build("cnn-8", data.num_classes, data.in_channels).eval()
     return config, data, teacher
 
 
@@ -44,7 +41,7 @@ def test_cached_teacher_trains_the_same_student_as_the_online_teacher(tmp_path, 
     online = train(config, data=data, teacher=teacher)
 
     cache = LogitCache(tmp_path)
-    key = cache_key(config, weights_digest(teacher), augment=data.augment)
+    key = cache_key(config, teacher_key(config), augment=data.augment)
     cache.build(key, teacher, data, config)
     cached = train(config, data=data, teacher_logits=cache.load(key))
 
@@ -80,55 +77,21 @@ def test_data_without_augmentation_needs_one_view(tmp_path):
     assert not data.augment
     teacher = models.build("cnn-8", data.num_classes, data.in_channels).eval()
     cache = LogitCache(tmp_path)
-    key = cache_key(config, weights_digest(teacher), augment=False)
+    key = cache_key(config, teacher_key(config), augment=False)
     meta = cache.build(key, teacher, data, config)
     assert meta["views"] == 1 and meta["train_shape"] == [1, len(data.train), 10]
     loaded = cache.load(key)
     assert torch.equal(loaded.epoch_view(0), loaded.epoch_view(3))
     # Without augmentation every seed and epoch count shares the one view set.
-    assert cache_key(config.replace(seed=5, epochs=9), weights_digest(teacher), augment=False) == key
-
-
-def test_the_key_changes_with_everything_the_logits_depend_on(cifar):
-    config, _, teacher = cifar
-    digest = weights_digest(teacher)
-    base = cache_key(config, digest, augment=True)
-    other_teacher = models.build("cnn-8", 10, 3)
-    changed = {
-        "weights": cache_key(config, weights_digest(other_teacher), augment=True),
-        "label noise": cache_key(config.replace(noise_type="symmetric", noise_rate=0.2), digest, augment=True),
-        "split": cache_key(config.replace(val_size=10), digest, augment=True),
-        "augmentation seed": cache_key(config.replace(seed=1), digest, augment=True),
-        "epochs": cache_key(config.replace(epochs=4), digest, augment=True),
-        "batch size": cache_key(config.replace(batch_size=64), digest, augment=True),
-        "augmentation": cache_key(config, digest, augment=False),
-        "amp": cache_key(config.replace(amp=not config.amp), digest, augment=True),
-        "dtype": cache_key(config, digest, augment=True, dtype="float16"),
-    }
-    assert base not in changed.values() and len(set(changed.values())) == len(changed)
-    # What does not change the teacher's outputs keeps the key.
-    assert cache_key(config.replace(loss="mse", tau=2.0, alpha=0.3, lr=0.5, student="cnn-8"), digest,
-                     augment=True) == base
-    with pytest.raises(ValueError, match="not one of float32, float16"):
-        cache_key(config, digest, augment=True, dtype="bfloat16")
-
-
-def test_weights_digest_follows_the_weights(cifar):
-    _, _, teacher = cifar
-    copy = models.build("cnn-8", 10, 3)
-    copy.load_state_dict(teacher.state_dict())
-    assert weights_digest(copy) == weights_digest(teacher) == weights_digest(teacher.state_dict())
-    with torch.no_grad():
-        next(copy.parameters()).view(-1)[0] += 1e-6
-    assert weights_digest(copy) != weights_digest(teacher)
+    assert cache_key(config.replace(seed=5, epochs=9), teacher_key(config), augment=False) == key
 
 
 def test_float16_cache_halves_the_size_and_changes_losses_only_by_rounding(tmp_path, cifar):
     config, data, teacher = cifar
     cache = LogitCache(tmp_path)
-    digest = weights_digest(teacher)
-    full = cache.build(cache_key(config, digest, augment=True), teacher, data, config)
-    half = cache.build(cache_key(config, digest, augment=True, dtype="float16"), teacher, data, config,
+    tkey = teacher_key(config)
+    full = cache.build(cache_key(config, tkey, augment=True), teacher, data, config)
+    half = cache.build(cache_key(config, tkey, augment=True, dtype="float16"), teacher, data, config,
                        dtype="float16")
     assert half["bytes"] < 0.55 * full["bytes"]
     z32 = cache.load(full["key"]).epoch_view(0)
@@ -136,7 +99,9 @@ def test_float16_cache_halves_the_size_and_changes_losses_only_by_rounding(tmp_p
     assert z16.dtype == torch.float16 and z32.dtype == torch.float32
     student = torch.randn_like(z32)
     labels = data.train.labels
-    for loss in (make_loss("kl", tau=4.0, alpha=1.0), make_loss("kl", tau=1.0, alpha=1.0), make_loss("mse", tau=1.0, alpha=1.0)):
+    losses = (make_loss("kl", tau=4.0, alpha=1.0), make_loss("kl", tau=1.0, alpha=1.0),
+              make_loss("mse", tau=1.0, alpha=1.0))
+    for loss in losses:
         exact, rounded = loss(student, z32, labels), loss(student, z16.float(), labels)
         assert math.isclose(rounded.item(), exact.item(), rel_tol=1e-3)
 
@@ -170,21 +135,43 @@ def test_a_failed_build_leaves_nothing_and_a_finished_key_is_not_rebuilt(tmp_pat
     assert again == first and sorted(os.listdir(cache.root)) == ["k2"]
 
 
-def test_ensure_cached_keys_by_the_stored_teacher(tmp_path):
+def test_ensure_cached_builds_the_planned_key_from_the_stored_teacher(tmp_path):
     config = RunConfig(student="cnn-4", teacher="cnn-8", epochs=2, teacher_epochs=1, val_size=100, loss="mse")
+    trial = plan_trial(config)
     store = TeacherStore(tmp_path / "teachers")
-    meta = store.train(config)
+    meta = store.train(trial.teacher_key, config)
     data = load_data(config)
     cache = LogitCache(tmp_path / "logits")
-    key, built = ensure_cached(config, data, store, cache)
-    assert built["teacher_key"] == teacher_key(config)
-    teacher, _ = store.load(config, data)
-    assert key == cache_key(config, weights_digest(teacher), augment=False) == cache_key(
-        config, meta["weights_sha256"], augment=False)
-    again, _ = ensure_cached(config.replace(seed=3, alpha=0.2), data, store, cache)
-    assert again == key and os.listdir(cache.root) == [key]
-    logits = cache.load(key)
+    built = ensure_cached(trial, data, store, cache)
+    assert built["key"] == trial.cache_key == cache_key(config, teacher_key(config), augment=False)
+    assert built["teacher_key"] == trial.teacher_key
+    assert built["teacher_weights_sha256"] == meta["weights_sha256"]
+    again = ensure_cached(plan_trial(config.replace(seed=3, alpha=0.2)), data, store, cache)
+    assert again == built and os.listdir(cache.root) == [trial.cache_key]
+    logits = cache.load(trial.cache_key)
     assert isinstance(logits, TeacherLogits) and logits.test.shape == (len(data.test), 10)
+    teacher, _ = store.load(trial.teacher_key, config, data)
+    assert torch.equal(logits.test, compute_teacher_logits(teacher, data, config).test)
     result = train(config, data=data, teacher_logits=logits)
     assert result.status == "completed" and result.final["test_agreement"] >= 0
 
+
+def test_a_cache_made_from_other_weights_is_rebuilt_from_the_stored_teacher(tmp_path):
+    config = RunConfig(student="cnn-4", teacher="cnn-8", epochs=2, teacher_epochs=1, val_size=100, loss="mse")
+    trial = plan_trial(config)
+    store = TeacherStore(tmp_path / "teachers")
+    store.train(trial.teacher_key, config)
+    data = load_data(config)
+    cache = LogitCache(tmp_path / "logits")
+    # A cache under the planned key, but computed by another network (a teacher trained again).
+    stranger = models.build("cnn-8", data.num_classes, data.in_channels).eval()
+    cache.build(trial.cache_key, stranger, data, config,
+                extra={"teacher_key": trial.teacher_key, "teacher_weights_sha256": weights_digest(stranger)})
+    stale = cache.load(trial.cache_key).test.clone()
+    rebuilt = ensure_cached(trial, data, store, cache)
+    assert rebuilt["teacher_weights_sha256"] == store.weights_digest(trial.teacher_key)
+    teacher, _ = store.load(trial.teacher_key, config, data)
+    fresh = cache.load(trial.cache_key).test
+    assert torch.equal(fresh, compute_teacher_logits(teacher, data, config).test)
+    assert not torch.equal(fresh, stale)
+    assert sorted(os.listdir(cache.root)) == [trial.cache_key]

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import json
-import math
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import torch
@@ -12,77 +11,12 @@ import torch
 from kd_tune.checkpoint import load_state
 from kd_tune.config import RunConfig
 from kd_tune.evaluation import accuracy, predict_logits
-from kd_tune.teacher_store import STORE_FORMAT, TeacherError, TeacherStore, needs_teacher, teacher_key
-from kd_tune.search_space import config_hash
+from kd_tune.identity import teacher_key
+from kd_tune.teacher_store import TeacherError, TeacherStore
 from kd_tune.trainer import load_data
 
 STUDENT = RunConfig(teacher="cnn-8", student="cnn-4", loss="kl", tau=4.0, alpha=0.9, epochs=1, device="cpu")
 NOISY = dict(noise_type="symmetric", noise_rate=0.4)
-
-
-# -- teacher_key -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "change",
-    [
-        {"loss": "mse"}, {"loss": "ce"}, {"tau": math.inf}, {"alpha": 0.1}, {"seed": 7}, {"student": "mlp-32"},
-        {"device": "cuda:1"}, {"device": "auto"}, {"download": True},
-        {"loss": "mse", "tau": 1.0, "alpha": 1.0, "seed": 3, "student": "cnn-16", "device": "cuda"},
-    ],
-)
-def test_students_that_differ_only_in_student_settings_share_the_teacher(change):
-    assert teacher_key(STUDENT.replace(**change)) == teacher_key(STUDENT)
-
-
-@pytest.mark.parametrize(
-    "change",
-    [
-        {"teacher": "cnn-16"}, {"teacher_seed": 1}, {"teacher_epochs": 2}, {"epochs": 2}, NOISY,
-        {**NOISY, "noise_rate": 0.2}, {**NOISY, "noise_type": "asymmetric"}, {"split_seed": 1}, {"val_size": 0},
-        {"lr": 0.05}, {"batch_size": 32}, {"dataset": "cifar10", "data_dir": "/data"},
-    ],
-)
-def test_what_changes_the_teacher_changes_the_key(change):
-    assert teacher_key(STUDENT.replace(**change)) != teacher_key(STUDENT)
-
-
-def test_teacher_epochs_decide_over_the_students_epochs():
-    fixed = STUDENT.replace(teacher_epochs=5)
-    assert teacher_key(fixed.replace(epochs=1)) == teacher_key(fixed.replace(epochs=9))
-    # teacher_epochs=None means "same as epochs": equal to naming that number
-    assert teacher_key(STUDENT.replace(epochs=5)) == teacher_key(fixed)
-    assert teacher_key(STUDENT.replace(epochs=5)) != teacher_key(STUDENT.replace(epochs=6))
-
-
-def test_a_clean_teacher_is_shared_by_clean_and_noisy_students():
-    clean = STUDENT
-    noisy = STUDENT.replace(**NOISY)
-    assert teacher_key(noisy) != teacher_key(clean)  # by default the teacher sees the noisy labels
-    assert teacher_key(noisy.replace(clean_teacher=True)) == teacher_key(clean)
-    assert teacher_key(clean.replace(clean_teacher=True)) == teacher_key(clean)
-    asym = STUDENT.replace(noise_type="asymmetric", noise_rate=0.2, clean_teacher=True)
-    assert teacher_key(asym) == teacher_key(clean)
-
-
-def test_the_noise_seed_does_not_matter_to_a_clean_teacher():
-    noisy = STUDENT.replace(**NOISY, noise_seed=1, clean_teacher=True)
-    assert noisy.teacher_config().noise_type == "none"
-    assert teacher_key(noisy) == teacher_key(STUDENT)
-
-
-def test_teacher_key_is_the_hash_of_the_teacher_run():
-    values = STUDENT.teacher_config().to_dict()
-    for name in ("teacher", "clean_teacher", "teacher_seed", "teacher_epochs", "device", "download"):
-        del values[name]
-    assert values["student"] == "cnn-8" and values["loss"] == "ce" and values["seed"] == STUDENT.teacher_seed
-    assert teacher_key(STUDENT) == config_hash({**values, "store_format": STORE_FORMAT})
-    assert len(teacher_key(STUDENT)) == 16
-
-
-def test_needs_teacher():
-    assert needs_teacher(STUDENT) and needs_teacher(STUDENT.replace(loss="mse"))
-    assert not needs_teacher(STUDENT.replace(loss="ce"))
 
 
 # -- a real store ------------------------------------------------------------------------
@@ -92,7 +26,7 @@ def test_needs_teacher():
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("teachers")
     store = TeacherStore(root)
-    meta = store.train(STUDENT)
+    meta = store.train(teacher_key(STUDENT), STUDENT)
     return store, meta, load_data(STUDENT)
 
 
@@ -113,7 +47,7 @@ def test_train_writes_weights_and_meta(trained):
     assert metrics["test_acc"] == meta["metrics"]["test_acc"]
     assert on_disk["train_seconds"] > 0
     created = datetime.fromisoformat(on_disk["created_at"])
-    assert created.tzinfo is not None and abs((datetime.now(timezone.utc) - created).total_seconds()) < 600
+    assert created.tzinfo is not None and abs((datetime.now(UTC) - created).total_seconds()) < 600
 
 
 def test_has_and_meta(trained, tmp_path):
@@ -137,7 +71,7 @@ def test_has_and_meta(trained, tmp_path):
 
 def test_load_gives_the_stored_teacher_in_eval_mode(trained):
     store, meta, data = trained
-    model, record = store.load(STUDENT, data)
+    model, record = store.load(teacher_key(STUDENT), STUDENT, data)
     assert not model.training
     assert all(not p.requires_grad for p in model.parameters())
     assert record["key"] == teacher_key(STUDENT)
@@ -146,24 +80,26 @@ def test_load_gives_the_stored_teacher_in_eval_mode(trained):
     assert logits.shape == (len(data.test), data.num_classes)
     # the stored weights are the trained ones: the recorded test accuracy comes back exactly
     assert accuracy(logits, data.test.labels) == pytest.approx(meta["metrics"]["test_acc"], abs=1e-9)
-    again, _ = store.load(STUDENT, data)
+    again, _ = store.load(teacher_key(STUDENT), STUDENT, data)
     assert again is not model
     assert torch.equal(predict_logits(again, data.test.images, data.normalize, device=device), logits)
 
 
 def test_students_sharing_the_key_load_the_same_teacher(trained):
     store, _, data = trained
-    a, _ = store.load(STUDENT, data)
-    b, _ = store.load(STUDENT.replace(loss="mse", seed=5, student="mlp-32"), data)
+    a, _ = store.load(teacher_key(STUDENT), STUDENT, data)
+    other = STUDENT.replace(loss="mse", seed=5, student="mlp-32")
+    b, _ = store.load(teacher_key(other), other, data)
     x = data.normalize(data.test.images[:16])
     assert torch.equal(a(x), b(x))
     with pytest.raises(TeacherError, match="not in the store"):
-        store.load(STUDENT.replace(teacher_seed=3), data)
+        store.load(teacher_key(STUDENT.replace(teacher_seed=3)), STUDENT, data)
 
 
 def test_training_the_same_teacher_again_gives_the_same_weights(trained, tmp_path):
     store, meta, _ = trained
-    again = TeacherStore(tmp_path).train(STUDENT.replace(loss="mse", seed=9))
+    other = STUDENT.replace(loss="mse", seed=9)
+    again = TeacherStore(tmp_path).train(teacher_key(other), other)
     assert again["key"] == meta["key"]
     assert again["metrics"]["test_acc"] == meta["metrics"]["test_acc"]
     first = load_state(store.weights_path(meta["key"]))["model"]

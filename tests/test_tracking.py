@@ -12,11 +12,20 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-
-from kd_tune.tracking import (
-    KEY_TAG, PARENT_TAG, ROLE_TAG, SWEEP_TAG, SweepTracker, default_tracking_uri, resolve_tracking_uri, ui_command,
-)
 from processes import free_port, server
+
+from kd_tune.status import TrialStatus
+from kd_tune.tracking import (
+    KEY_TAG,
+    PARENT_TAG,
+    ROLE_TAG,
+    STATUS_TAG,
+    SWEEP_TAG,
+    SweepTracker,
+    default_tracking_uri,
+    resolve_tracking_uri,
+    ui_command,
+)
 
 CONFIG_PARAMS = {"loss": "kl", "tau": math.inf, "alpha": 0.9, "milestones": [100, 150], "data_dir": None,
                  "nesterov": True, "seed": 3}
@@ -105,17 +114,19 @@ def test_log_epoch_uses_the_epoch_as_step_and_skips_logged_steps(store):
     assert set(client.get_run(child).data.metrics) == {"epoch", "val_acc", "train_loss"}
 
 
-@pytest.mark.parametrize("status, mlflow_status", [("completed", "FINISHED"), ("diverged", "FINISHED"),
-                                                   ("failed", "FAILED")])
+@pytest.mark.parametrize("status, mlflow_status", [
+    (TrialStatus.COMPLETED, "FINISHED"), (TrialStatus.DIVERGED, "FINISHED"), (TrialStatus.STOPPED, "FINISHED"),
+    (TrialStatus.FAILED, "FAILED"),
+])
 def test_end_trial_maps_the_status(store, status, mlflow_status):
     client = store["client"]
     tracker = SweepTracker(store["uri"], f"end-{status}")
     tracker.start_parent("p", {}, {})
     child = tracker.start_trial("k", "k", {}, {})
-    tracker.end_trial(child, status, {"kd_tune.status": status})
+    tracker.end_trial(child, status, {"extra": "x"})
     run = client.get_run(child)
     assert run.info.status == mlflow_status
-    assert run.data.tags["kd_tune.status"] == status
+    assert run.data.tags[STATUS_TAG] == status.value and run.data.tags["extra"] == "x"
     assert run.info.end_time is not None
 
 
@@ -263,7 +274,7 @@ def test_sweep_tracked_on_a_tracking_server(tracking_server, tmp_path):
     child = tracker.start_trial("key-s", "kl tau=inf", CONFIG_PARAMS, {})
     for epoch, acc in [(1, 0.25), (2, 0.5), (2, 0.9), (3, 0.75)]:
         tracker.log_epoch(child, {"epoch": epoch, "val_acc": acc})
-    tracker.end_trial(child, "diverged", {"kd_tune.status": "diverged"})
+    tracker.end_trial(child, TrialStatus.DIVERGED)
     table = tmp_path / "t.csv"
     table.write_text("a\n1\n")
     tracker.log_artifacts([table])
@@ -272,7 +283,7 @@ def test_sweep_tracked_on_a_tracking_server(tracking_server, tmp_path):
     runs = client.search_runs([tracker.experiment_id], f"tags.`{PARENT_TAG}` = '{parent}'")
     assert [r.info.run_id for r in runs] == [child]
     run = runs[0]
-    assert run.info.status == "FINISHED" and run.data.tags["kd_tune.status"] == "diverged"
+    assert run.info.status == "FINISHED" and run.data.tags[STATUS_TAG] == "diverged"
     assert run.data.tags[KEY_TAG] == "key-s"
     assert run.data.params["tau"] == "inf" and run.data.params["milestones"] == "100,150"
     assert _steps(client, child, "val_acc") == [(1, 0.25), (2, 0.5), (3, 0.75)]

@@ -10,8 +10,9 @@ from kd_tune import models
 from kd_tune.checkpoint import load_state, save_state
 from kd_tune.config import RunConfig
 from kd_tune.optim import build_optimizer, build_scheduler
+from kd_tune.status import TrialStatus
 from kd_tune.teacher import load_teacher, save_teacher, train_teacher
-from kd_tune.trainer import COMPLETED, DIVERGED, load_data, train
+from kd_tune.trainer import EpochEnd, load_data, train
 
 METRICS = {"epoch", "train_loss", "train_acc", "val_acc", "test_acc", "test_logit_mse", "test_agreement",
            "lr", "epoch_time_s", "teacher_forward_samples"}
@@ -39,7 +40,7 @@ def same_weights(a, b) -> bool:
 
 
 def test_teacher_learns_digits(teacher):
-    assert teacher.status == COMPLETED
+    assert teacher.status == TrialStatus.COMPLETED
     assert len(teacher.history) == 8
     assert teacher.final["test_acc"] > 0.8
     assert set(teacher.final) == METRICS
@@ -50,7 +51,7 @@ def test_teacher_learns_digits(teacher):
 def test_distillation_reports_every_metric(data, teacher, loss):
     cfg = TINY.replace(loss=loss, tau=math.inf if loss == "kl" else 1.0, alpha=1.0, epochs=8)
     result = train(cfg, data=data, teacher=teacher.model)
-    assert result.status == COMPLETED
+    assert result.status == TrialStatus.COMPLETED
     assert [h["epoch"] for h in result.history] == list(range(1, 9))
     for h in result.history:
         assert set(h) == METRICS
@@ -90,9 +91,9 @@ def test_resumed_run_ends_identical_to_uninterrupted(tmp_path, data, teacher):
     cfg = TINY.replace(loss="mse", alpha=0.5, epochs=4, schedule="step", milestones=(2, 3), gamma=0.5)
     saved = {}
 
-    def keep_epoch_2(metrics, state):
-        if metrics["epoch"] == 2:
-            saved["path"] = save_state(tmp_path / "ckpt.pt", state())
+    def keep_epoch_2(end):
+        if end.metrics["epoch"] == 2:
+            saved["path"] = save_state(tmp_path / "ckpt.pt", end.state())
 
     full = train(cfg, data=data, teacher=teacher.model, on_epoch=keep_epoch_2)
     state = load_state(saved["path"])  # through weights_only=True loading
@@ -106,17 +107,34 @@ def test_resumed_run_ends_identical_to_uninterrupted(tmp_path, data, teacher):
 
 def test_resume_refuses_a_different_config(tmp_path, data, teacher):
     states = []
-    train(TINY.replace(epochs=1), data=data, on_epoch=lambda m, s: states.append(s()))
+    train(TINY.replace(epochs=1), data=data, on_epoch=lambda end: states.append(end.state()))
     with pytest.raises(ValueError, match="lr"):
         train(TINY.replace(epochs=1, lr=0.5), data=data, resume_state=states[0])
 
 
 def test_divergence_stops_the_run(data, teacher):
+    ends = []
     result = train(TINY.replace(loss="mse", alpha=1.0, lr=1e6, epochs=5, schedule="constant"),
-                   data=data, teacher=teacher.model)
-    assert result.status == DIVERGED
+                   data=data, teacher=teacher.model, on_epoch=ends.append)
+    assert result.status == TrialStatus.DIVERGED
     assert result.diverged_epoch == len(result.history) < 5
     assert not math.isfinite(result.history[-1]["train_loss"])
+    assert [e.status for e in ends] == [TrialStatus.RUNNING] * (len(ends) - 1) + [TrialStatus.DIVERGED]
+    assert all(math.isnan(ends[-1].metrics[k]) for k in ("train_acc", "val_acc", "test_acc", "test_agreement"))
+
+
+def test_the_epoch_hook_reports_metrics_status_and_state(data, teacher):
+    ends: list[EpochEnd] = []
+    result = train(TINY.replace(loss="kl", tau=4.0), data=data, teacher=teacher.model, on_epoch=ends.append)
+    assert [e.status for e in ends] == [TrialStatus.RUNNING, TrialStatus.RUNNING, TrialStatus.COMPLETED]
+    assert [e.metrics for e in ends] == list(result.history)
+    ends[0].metrics["test_acc"] = -1.0  # the hook gets a copy: the result's history is not the caller's
+    assert result.history[0]["test_acc"] >= 0
+    # A run resumed from its last epoch has nothing left to do and is completed as it was.
+    resumed = train(TINY.replace(loss="kl", tau=4.0), data=data, teacher=teacher.model,
+                    resume_state=ends[-1].state(), on_epoch=ends.append)
+    assert resumed.status == TrialStatus.COMPLETED and len(ends) == 3
+    assert without_times(resumed.history) == without_times(result.history)
 
 
 def test_weight_decay_skips_one_dimensional_parameters():

@@ -2,12 +2,22 @@
 
 Public entry point: :func:`load_dataset`. Built-in data sets: ``digits`` (scikit-learn,
 offline), ``cifar10`` and ``cifar100`` (torchvision's on-disk layout). More can be added
-with :func:`register_dataset`.
+with :func:`register_dataset`, which also fixes whether the data set is trained with
+augmentation (:func:`dataset_augments`) and whether it is read from ``data_dir``
+(:func:`dataset_needs_files`).
 """
 
 from .augment import augment_batch, augment_params
 from .base import DataError, SourceData, Split
-from .datasets import Dataset, dataset_names, load_dataset, register_dataset
+from .datasets import (
+    DATASETS,
+    Dataset,
+    dataset_augments,
+    dataset_names,
+    dataset_needs_files,
+    load_dataset,
+    register_dataset,
+)
 from .noise import (
     apply_label_noise,
     asymmetric_map,
@@ -18,6 +28,7 @@ from .noise import (
 from .order import epoch_batches, epoch_order
 
 __all__ = [
+    "DATASETS",
     "DataError",
     "Dataset",
     "SourceData",
@@ -26,7 +37,9 @@ __all__ = [
     "asymmetric_map",
     "augment_batch",
     "augment_params",
+    "dataset_augments",
     "dataset_names",
+    "dataset_needs_files",
     "epoch_batches",
     "epoch_order",
     "label_hash",

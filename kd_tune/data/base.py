@@ -47,7 +47,7 @@ class Split:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def subset(self, indices: torch.Tensor) -> "Split":
+    def subset(self, indices: torch.Tensor) -> Split:
         """The samples at ``indices`` (an int64 index tensor), in that order."""
         return Split(self.images[indices], self.labels[indices])
 
@@ -60,7 +60,9 @@ class SourceData:
     so loaders only read files. ``mean``/``std`` are per channel in units of
     ``pixel / max_value``. ``asymmetric_map`` optionally gives the class map for
     asymmetric label noise (class index -> class index); when it is None,
-    :func:`kd_tune.data.asymmetric_map` is asked by data-set name.
+    :func:`kd_tune.data.asymmetric_map` is asked by data-set name. Whether the data set
+    is augmented is not the loader's business: it is fixed when the data set is registered
+    (:func:`kd_tune.data.register_dataset`).
     """
 
     train: Split
@@ -69,7 +71,6 @@ class SourceData:
     max_value: float
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    augment: bool
     class_names: tuple[str, ...]
     asymmetric_map: dict[int, int] | None = field(default=None)
 

@@ -127,7 +127,6 @@ def _load(spec: _Spec, data_dir: str | None, download: bool) -> SourceData:
         max_value=255.0,
         mean=spec.mean,
         std=spec.std,
-        augment=True,
         class_names=class_names,
     )
 

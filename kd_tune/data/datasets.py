@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..registry import Registry
 from .base import DataError, SourceData, Split
 from .cifar import load_cifar10_source, load_cifar100_source
 from .digits import load_digits_source
@@ -32,7 +33,8 @@ from .splits import stratified_split
 Loader = Callable[[str | None, bool], SourceData]
 """A loader is called as ``loader(data_dir, download)`` and returns a :class:`SourceData`."""
 
-_REGISTRY: dict[str, Loader] = {}
+DATASETS: Registry[Loader] = Registry("dataset")
+"""Loaders by data-set name, each with ``augment`` and ``needs_files`` (bools) as info."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,7 +44,8 @@ class Dataset:
     ``train.labels`` are the noisy labels when noise is on (``clean_train_labels`` keeps
     the originals); ``val`` is carved from the original training data and, like ``test``,
     is always clean. ``mean``/``std`` are per channel in units of ``pixel / max_value``.
-    ``augment`` says whether training should use :func:`kd_tune.data.augment_batch`.
+    ``augment`` says whether training should use :func:`kd_tune.data.augment_batch`; it is
+    the flag the data set was registered with (:func:`dataset_augments`).
     ``noise_hash`` is :func:`kd_tune.data.label_hash` of the noisy training labels, or None
     without noise.
     """
@@ -75,29 +78,44 @@ def _channel_stats(
     # normalize() runs once per batch: building these on a GPU each time would cost
     # a host-to-device copy per step.
     shape = (1, len(mean), 1, 1)
-    as_tensor = lambda v: torch.tensor(v, dtype=torch.float32, device=device).view(shape)  # noqa: E731
-    return as_tensor(mean), as_tensor(std)
+    return tuple(torch.tensor(v, dtype=torch.float32, device=device).view(shape) for v in (mean, std))
 
 
-def register_dataset(name: str, loader: Loader) -> None:
+def register_dataset(name: str, loader: Loader, *, augment: bool, needs_files: bool = False) -> None:
     """Make ``loader`` available to :func:`load_dataset` under ``name``.
 
     ``loader(data_dir, download)`` must return a :class:`kd_tune.data.SourceData`.
-    Registering the same loader twice is a no-op; a different loader under a taken name
-    is a ValueError, so built-in data sets cannot be replaced by accident.
+    ``augment`` says whether training on this data set uses random crops and flips
+    (:func:`kd_tune.data.augment_batch`); it is a property of the data set, known without
+    loading it. ``needs_files`` says that the loader reads files from ``data_dir``, so a
+    run without one is refused before it starts. Registering the same loader with the same
+    flags again is a no-op; anything else under a taken name is a ValueError, so built-in
+    data sets cannot be replaced by accident.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
     if not callable(loader):
         raise ValueError(f"loader for dataset {name!r} must be callable, got {type(loader).__name__}")
-    if _REGISTRY.get(name, loader) is not loader:
-        raise ValueError(f"dataset name {name!r} is already registered")
-    _REGISTRY[name] = loader
+    # bool only: a truthy string such as "no" would silently turn augmentation on.
+    for flag, value in (("augment", augment), ("needs_files", needs_files)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} for dataset {name!r} must be a bool, got {value!r}")
+    DATASETS.register(name, loader, augment=augment, needs_files=needs_files)
 
 
 def dataset_names() -> list[str]:
     """Names accepted by :func:`load_dataset`, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(DATASETS.names())
+
+
+def dataset_augments(name: str) -> bool:
+    """Whether training on data set ``name`` uses augmentation; ValueError if unknown."""
+    return DATASETS.info(name)["augment"]
+
+
+def dataset_needs_files(name: str) -> bool:
+    """Whether data set ``name`` is read from ``data_dir``; ValueError if unknown."""
+    return DATASETS.info(name)["needs_files"]
 
 
 def load_dataset(
@@ -118,13 +136,13 @@ def load_dataset(
     :mod:`kd_tune.data.noise`) touches the remaining training labels only. With
     ``noise_dir``, the noisy labels are stored there under a name built from (dataset,
     noise type, rate, seed, val_size, split_seed) and later calls reload that file (hash
-    verified) instead of drawing again. Raises ValueError for bad arguments and
-    :class:`DataError` for missing or malformed data.
+    verified) instead of drawing again. Raises ValueError for bad arguments (an unknown
+    name: ``unknown dataset 'name'; known: ...``) and :class:`DataError` for missing or
+    malformed data.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"dataset={name!r} is not known; allowed: {', '.join(dataset_names())}")
+    loader = DATASETS.get(name)
     rate = validate_noise(noise_type, noise_rate, noise_seed)
-    source = _REGISTRY[name](None if data_dir is None else os.fspath(data_dir), download)
+    source = loader(None if data_dir is None else os.fspath(data_dir), download)
     if not isinstance(source, SourceData):
         raise TypeError(f"loader of {name!r} returned {type(source).__name__}, expected SourceData")
 
@@ -154,7 +172,7 @@ def load_dataset(
         max_value=float(source.max_value),
         mean=tuple(source.mean),
         std=tuple(source.std),
-        augment=bool(source.augment),
+        augment=dataset_augments(name),
         class_names=tuple(source.class_names),
         noise_hash=noise_hash,
     )
@@ -202,6 +220,6 @@ def _noisy_labels(
     return noisy
 
 
-register_dataset("digits", load_digits_source)
-register_dataset("cifar10", load_cifar10_source)
-register_dataset("cifar100", load_cifar100_source)
+register_dataset("digits", load_digits_source, augment=False)
+register_dataset("cifar10", load_cifar10_source, augment=True, needs_files=True)
+register_dataset("cifar100", load_cifar100_source, augment=True, needs_files=True)

@@ -41,6 +41,5 @@ def load_digits_source(data_dir: str | None = None, download: bool = False) -> S
         max_value=MAX_VALUE,
         mean=mean,
         std=std,
-        augment=False,
         class_names=tuple(str(c) for c in range(10)),
     )

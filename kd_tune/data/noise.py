@@ -1,6 +1,6 @@
 """Synthetic label noise on training labels, and its persistence.
 
-Conventions (see DESIGN.md, "Label noise"):
+Conventions:
 
 - Noise is drawn from its own ``numpy.random.Generator`` seeded with the noise seed, so
   the noisy labels are a pure function of (clean labels, noise type, rate, seed) and are
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -29,10 +28,9 @@ import numpy as np
 import torch
 
 from kd_tune.atomic import atomic_write
+from kd_tune.config import noise_problems
 
 from .base import DataError
-
-NOISE_TYPES = ("none", "symmetric", "asymmetric")
 
 # CIFAR-10 asymmetric noise of Patrini et al. 2017 (also used by the KD/noise literature):
 # visually similar classes are confused, by class name.
@@ -75,22 +73,17 @@ CIFAR100_SUPERCLASSES: dict[str, tuple[str, ...]] = {
 
 
 def validate_noise(noise_type: str, rate: float, seed: int) -> float:
-    """Check noise arguments; return the rate as a float. ValueError names what is wrong."""
-    if noise_type not in NOISE_TYPES:
-        raise ValueError(f"noise_type={noise_type!r} is not known; allowed: {', '.join(NOISE_TYPES)}")
-    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating, np.integer)):
-        raise ValueError(f"noise_rate={rate!r} must be a number in [0, 1)")
-    rate = float(rate)
-    if not (math.isfinite(rate) and 0.0 <= rate < 1.0):
-        raise ValueError(f"noise_rate={rate!r} must be in [0, 1)")
-    if noise_type == "none" and rate != 0.0:
-        raise ValueError(
-            f"noise_rate={rate!r} needs a noise_type; with noise_type='none' the rate must be 0 "
-            f"(allowed noise types: {', '.join(NOISE_TYPES)})"
-        )
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"noise_seed={seed!r} must be a non-negative integer")
-    return rate
+    """Check noise arguments (:func:`kd_tune.config.noise_problems`); return the rate as a float.
+
+    Raises ValueError naming every problem.
+    """
+    # numpy scalars come from arrays of settings; the checks speak plain Python numbers.
+    rate = float(rate) if isinstance(rate, (np.floating, np.integer)) else rate
+    seed = int(seed) if isinstance(seed, np.integer) else seed
+    problems = noise_problems(noise_type, rate, seed)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return float(rate)
 
 
 def apply_label_noise(

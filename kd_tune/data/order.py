@@ -7,7 +7,7 @@ uninterrupted one would.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

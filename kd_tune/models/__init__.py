@@ -14,9 +14,10 @@ available names and :func:`register_model` to add architectures.
 from kd_tune.models import catalog as _catalog  # noqa: F401  (registers built-ins)
 from kd_tune.models.classifier import Classifier
 from kd_tune.models.initialization import init_weights
-from kd_tune.models.registry import ModelBuilder, build, model_patterns, register_model
+from kd_tune.models.registry import MODELS, ModelBuilder, build, model_patterns, register_model
 
 __all__ = [
+    "MODELS",
     "Classifier",
     "ModelBuilder",
     "build",

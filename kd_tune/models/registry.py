@@ -11,28 +11,27 @@ of decimal digits (the usual case: depths, widths) and otherwise passed as
 strings (``None`` for a group that did not participate). A builder signals an
 invalid parameter (e.g. a WRN depth that is not 6n+4) by raising ``ValueError``;
 :func:`build` re-raises it with the name and the list of valid patterns.
+
+The entries live in :data:`MODELS`, a :class:`kd_tune.registry.Registry` keyed by
+pattern, and follow its re-registration rule.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
+from kd_tune.registry import Registry
+
 ModelBuilder = Callable[..., nn.Module]
 
+MODELS: Registry[ModelBuilder] = Registry("model pattern")
+"""Builders keyed by their regex pattern, with ``description`` and ``display`` as info.
 
-@dataclass(frozen=True)
-class _Entry:
-    regex: re.Pattern[str]
-    builder: ModelBuilder
-    description: str
-    display: str
-
-
-_ENTRIES: list[_Entry] = []
+Registration order is match order, so :func:`build` walks :meth:`Registry.names`.
+"""
 
 
 def register_model(
@@ -56,29 +55,28 @@ def register_model(
             defaults to ``pattern`` itself.
 
     Raises:
-        ValueError: empty or invalid regex, or a pattern already registered.
+        ValueError: empty or invalid regex, or a pattern already registered
+            (registering the same builder, description and display again is a no-op).
         TypeError: ``builder`` is not callable.
     """
     if not isinstance(pattern, str) or not pattern:
         raise ValueError(f"pattern must be a non-empty regex string, got {pattern!r}")
     try:
-        regex = re.compile(pattern)
+        re.compile(pattern)
     except re.error as err:
         raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {err}") from err
     if not callable(builder):
         raise TypeError(f"builder for {pattern!r} must be callable, got {type(builder).__name__}")
-    # Silently replacing an entry would change what an existing name builds.
-    if any(entry.regex.pattern == pattern for entry in _ENTRIES):
-        raise ValueError(f"pattern {pattern!r} is already registered")
-    _ENTRIES.append(_Entry(regex, builder, description, display or pattern))
+    MODELS.register(pattern, builder, description=description, display=display or pattern)
 
 
 def model_patterns() -> list[str]:
     """One line per registered pattern: ``"<display>  <description>"``, aligned."""
-    if not _ENTRIES:
+    infos = [MODELS.info(pattern) for pattern in MODELS.names()]
+    if not infos:
         return []
-    pad = max(len(entry.display) for entry in _ENTRIES)
-    return [f"{entry.display.ljust(pad)}  {entry.description}" for entry in _ENTRIES]
+    pad = max(len(info["display"]) for info in infos)
+    return [f"{info['display'].ljust(pad)}  {info['description']}" for info in infos]
 
 
 def _patterns_help() -> str:
@@ -121,13 +119,14 @@ def build(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string, got {type(name).__name__}")
 
-    for entry in _ENTRIES:
-        match = entry.regex.fullmatch(name)
+    for pattern in MODELS.names():
+        # re caches compiled patterns, so matching by pattern string costs no recompilation.
+        match = re.fullmatch(pattern, name)
         if match is None:
             continue
         args = [_convert(group) for group in match.groups()]
         try:
-            model = entry.builder(*args, num_classes=num_classes, in_channels=in_channels)
+            model = MODELS.get(pattern)(*args, num_classes=num_classes, in_channels=in_channels)
         except ValueError as err:
             raise ValueError(f"invalid model name {name!r}: {err}\n{_patterns_help()}") from err
         _check_model(name, model)

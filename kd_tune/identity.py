@@ -1,0 +1,128 @@
+"""Identities: the one place where kd-tune turns settings and weights into keys.
+
+Every key is a short hex hash of plain values (:func:`config_hash`), so equal settings
+give equal keys on every machine, in every process and across restarts:
+
+- :func:`trial_key`: one run (every config field but ``device``); names a trial's rows in
+  Parquet and its MLflow child run;
+- :func:`teacher_key`: the teacher a run distils from (its architecture, seed, recipe,
+  and the data and label noise it trains on); names its folder in the teacher store;
+- :func:`data_key`: the data a run sees (data set, files, split, label noise);
+- :func:`cache_key`: the teacher's logits on the views a run trains on; names a folder of
+  the teacher-logit cache;
+- :func:`weights_digest`: sha256 of a network's weights; the teacher store records it so
+  that a cache or a load can check it has the teacher it was made for.
+
+The planner (:mod:`kd_tune.plan`) calls these once per trial; every later stage reads
+the keys from the planned trial instead of computing them again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from kd_tune.config import RunConfig
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# Part of every teacher key: bump it when the stored teacher's format or recipe changes.
+TEACHER_KEY_FORMAT = 1
+# Part of every cache key: bump it when the cache's layout or contents change.
+CACHE_KEY_FORMAT = 2
+# How cached teacher logits can be stored.
+CACHE_DTYPES = ("float32", "float16")
+# Fields of a student config that teacher_config() has already folded into the teacher's run.
+_NOT_TEACHER_IDENTITY = ("teacher", "clean_teacher", "teacher_seed", "teacher_epochs", "device", "download")
+
+
+def config_hash(values: Mapping[str, Any], length: int = 16) -> str:
+    """A short, stable hex hash of plain values (inf and NaN spelled out, keys sorted)."""
+    text = json.dumps(_plain(values), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def trial_key(config: RunConfig) -> str:
+    """The identity of one run: equal for equal configs, across sweeps and restarts.
+
+    ``device`` is left out: where a run executes does not change what it is.
+    """
+    values = config.to_dict()
+    values.pop("device")
+    return config_hash(values)
+
+
+def teacher_key(config: RunConfig) -> str:
+    """The identity of ``config``'s teacher: data, split, label noise, architecture, seed, recipe.
+
+    Two student configs with the same key distil from the very same teacher. The
+    execution device is not part of it.
+    """
+    values = config.teacher_config().to_dict()
+    for name in _NOT_TEACHER_IDENTITY:
+        values.pop(name)
+    if values["noise_type"] == "none" or values["noise_rate"] == 0.0:
+        # A teacher on clean labels draws no noise: one teacher whatever the noise seed.
+        values.update(noise_type="none", noise_rate=0.0, noise_seed=0)
+    values["store_format"] = TEACHER_KEY_FORMAT
+    return config_hash(values)
+
+
+def data_key(config: RunConfig) -> str:
+    """The identity of the data a run sees: data set, files, validation split, label noise.
+
+    ``download`` is left out: fetching the files does not change them.
+    """
+    values = config.data_settings()
+    values.pop("download")
+    return config_hash(values)
+
+
+def cache_key(config: RunConfig, teacher: str, *, augment: bool, dtype: str = "float32") -> str:
+    """The key of the teacher's logits on the views ``config`` trains on.
+
+    ``teacher`` is the run's :func:`teacher_key`; ``augment`` is the data set's
+    augmentation flag (from its registration); ``dtype`` is ``float32`` or ``float16``.
+    Without augmentation the seed, epochs and batch size are left out: every run on
+    that data then shares one single-view cache (its logits were computed in one batch
+    order, so they match other orders to float rounding). The teacher's weights are not
+    in the key (they do not exist when trials are planned); the cache records their
+    :func:`weights_digest` and is used only with the teacher it was made from.
+    """
+    if dtype not in CACHE_DTYPES:
+        raise ValueError(f"teacher cache dtype {dtype!r} is not one of {', '.join(CACHE_DTYPES)}")
+    values: dict[str, Any] = {
+        "format": CACHE_KEY_FORMAT, "teacher": teacher, "data": data_key(config), "augment": augment,
+        "views": config.epochs if augment else 1, "amp": config.amp, "dtype": dtype,
+    }
+    if augment:
+        values.update(seed=config.seed, batch_size=config.batch_size)
+    return config_hash(values)
+
+
+def weights_digest(weights: nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """sha256 (hex) of a network's state dict: names, dtypes, shapes and raw bytes, in name order."""
+    import torch
+
+    state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        # Viewing as bytes covers every dtype (bfloat16 included), which numpy cannot.
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,20 @@
+"""The driver's result sinks: one per output, each owning its client.
+
+- :class:`~kd_tune.sinks.parquet_sink.ParquetSink`: ``epochs.parquet`` and
+  ``trials.parquet`` (:mod:`kd_tune.results`);
+- :class:`~kd_tune.sinks.mlflow_sink.MlflowSink`: the trials' MLflow child runs
+  (:mod:`kd_tune.tracking`);
+- :class:`~kd_tune.sinks.console.ConsoleProgress`: progress lines;
+- :class:`~kd_tune.sinks.tune_callback.TuneSinks`: the Ray Tune callback that feeds
+  them.
+
+Trials only report; these sinks, in the driver, write. Workers therefore need no access
+to the tracking store, and no two processes write one file.
+"""
+from kd_tune.sinks.base import EndedTrial, TrialSink
+from kd_tune.sinks.console import ConsoleProgress
+from kd_tune.sinks.mlflow_sink import MlflowSink
+from kd_tune.sinks.parquet_sink import ParquetSink
+from kd_tune.sinks.tune_callback import TuneSinks
+
+__all__ = ["ConsoleProgress", "EndedTrial", "MlflowSink", "ParquetSink", "TrialSink", "TuneSinks"]

@@ -1,0 +1,62 @@
+"""The sink interface: a sweep's trial events, as plain calls, for one output each.
+
+A sink turns trial events into one output (the Parquet files, the MLflow runs, the
+console lines) and owns that output's client. Only the Tune adapter
+(:mod:`kd_tune.sinks.tune_callback`) knows Ray Tune; it calls each sink, in the order
+it was given them, with these events of one driver invocation:
+
+- ``trial_started``: once per trial, before any other event of that trial (a retry
+  does not start it again);
+- ``epoch_reported``: per reported epoch. After a retry or in a resumed sweep a trial
+  restarts from its last checkpoint and reports the epochs after it again;
+- ``checkpointed``: the trial saved a checkpoint with its last reported epoch;
+- ``trial_retried``: Tune restarts the trial after an error (the error's text);
+- ``trial_ended``: once, with the final status (``failed`` with the error text);
+- ``experiment_ended``: Tune's experiment is over (also when it was interrupted).
+
+A trial whose final result was recorded before this invocation produces no events.
+Statuses are decided upstream (the trainer, and the adapter for ``failed`` and
+``stopped``); sinks record them and never decide them again.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kd_tune.plan import Trial
+from kd_tune.status import TrialStatus
+
+
+class TrialSink:
+    """One output of a sweep; every event is a no-op unless the sink overrides it."""
+
+    def trial_started(self, trial: Trial, trial_id: str) -> None:
+        pass
+
+    def epoch_reported(self, trial: Trial, trial_id: str, metrics: Mapping[str, Any], status: TrialStatus) -> None:
+        """``metrics``: ``epoch`` and the trainer's per-epoch metrics (None where not reported)."""
+
+    def checkpointed(self, trial: Trial) -> None:
+        pass
+
+    def trial_retried(self, trial: Trial, error: str) -> None:
+        pass
+
+    def trial_ended(self, trial: Trial, trial_id: str, status: TrialStatus, error: str | None) -> None:
+        pass
+
+    def experiment_ended(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class EndedTrial:
+    """A trial that Tune's own state says the trainer ended: its last result's status
+    (``completed`` or ``diverged``) and epoch. The input of
+    :meth:`kd_tune.sinks.parquet_sink.ParquetSink.reconcile`."""
+
+    trial: Trial
+    trial_id: str
+    status: TrialStatus
+    epoch: int

@@ -1,0 +1,120 @@
+"""The Parquet sink: epoch rows and final trial rows in the sweep folder.
+
+It owns the sweep's :class:`~kd_tune.results.ResultsWriter` (schemas and files are
+described in :mod:`kd_tune.results`). The files are rewritten whole, so writes are
+batched: at every checkpoint (a resumed trial re-reports only the epochs after its
+checkpoint, so every epoch before it must be on disk), at every trial's end, at the
+experiment's end, and otherwise at most every 5 s.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from kd_tune.plan import Trial
+from kd_tune.results import ResultsWriter, epoch_row, trial_row, utc_now
+from kd_tune.sinks.base import EndedTrial, TrialSink
+from kd_tune.status import TrialStatus
+
+FLUSH_EVERY_S = 5.0
+
+
+def _no_run_id(trial_key: str) -> str | None:  # a sweep without MLflow
+    return None
+
+
+class ParquetSink(TrialSink):
+    """Writes one sweep's ``epochs.parquet`` and ``trials.parquet``.
+
+    ``teacher_acc(teacher_key)`` is a teacher's test accuracy or None (the rows'
+    ``teacher_test_acc``) and ``run_id(trial_key)`` the trial's MLflow child run or None
+    (``mlflow_run_id``); both are asked when a trial's row is written. ``clock`` is a
+    monotonic clock in seconds. Rows already in the folder are kept.
+    """
+
+    def __init__(
+        self,
+        sweep_dir: str | Path,
+        *,
+        sweep: str,
+        teacher_acc: Callable[[str], float | None],
+        run_id: Callable[[str], str | None] = _no_run_id,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.writer = ResultsWriter(sweep_dir)
+        self.sweep = sweep
+        self._teacher_acc = teacher_acc
+        self._run_id = run_id
+        self._clock = clock
+        self._started_at: dict[str, datetime] = {}
+        self._last_flush = clock()
+
+    # -- what is recorded ----------------------------------------------------------------
+
+    def statuses(self) -> dict[str, TrialStatus]:
+        """Trial key -> status of every final row."""
+        return {key: TrialStatus(row["status"]) for key, row in self.writer.trials.items()}
+
+    def finished_keys(self) -> set[str]:
+        """Trial keys whose final row says the trial finished (see :attr:`TrialStatus.finished`):
+        a resumed sweep keeps these results and does not record the trials again."""
+        return {key for key, status in self.statuses().items() if status.finished}
+
+    # -- events ----------------------------------------------------------------------------
+
+    def trial_started(self, trial: Trial, trial_id: str) -> None:
+        self._started_at[trial.key] = utc_now()
+
+    def epoch_reported(self, trial: Trial, trial_id: str, metrics: Mapping[str, Any], status: TrialStatus) -> None:
+        self.writer.add_epoch(epoch_row(self.sweep, trial.key, trial_id, metrics))
+        if self._clock() - self._last_flush > FLUSH_EVERY_S:
+            self._flush()
+
+    def checkpointed(self, trial: Trial) -> None:
+        self._flush()
+
+    def trial_ended(self, trial: Trial, trial_id: str, status: TrialStatus, error: str | None) -> None:
+        self._finish(trial, trial_id, status, error, self._started_at.pop(trial.key, None))
+        self._flush()
+
+    def experiment_ended(self) -> None:
+        self._flush()
+
+    # -- after Tune returns ----------------------------------------------------------------
+
+    def reconcile(self, ended: Iterable[EndedTrial]) -> list[str]:
+        """Write the final rows a killed driver did not: return the keys written.
+
+        Tune may have recorded a trial as ended before the driver that ran it wrote its
+        row; a later invocation does not run it again. Such a trial gets its row from the
+        epoch history, when it has no row yet and the history reaches the epoch of Tune's
+        last result (epochs after the last flush are lost with the driver; then the trial
+        stays without a row). ``started_at`` is unknown there: None.
+        """
+        written = []
+        for item in ended:
+            history = self.writer.history(item.trial.key)
+            if item.trial.key in self.writer.trials or not history or history[-1]["epoch"] < item.epoch:
+                continue
+            self._finish(item.trial, item.trial_id, item.status, None, None)
+            written.append(item.trial.key)
+        self._flush()
+        return written
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _finish(self, trial: Trial, trial_id: str, status: TrialStatus, error: str | None,
+                started_at: datetime | None) -> None:
+        self.writer.finish_trial(trial_row(
+            sweep=self.sweep, trial_key=trial.key, trial_id=trial_id, config=trial.config, status=status,
+            history=self.writer.history(trial.key), teacher_key=trial.teacher_key,
+            teacher_test_acc=self._teacher_acc(trial.teacher_key), started_at=started_at, error=error,
+            mlflow_run_id=self._run_id(trial.key),
+        ))
+
+    def _flush(self) -> None:
+        self.writer.flush()
+        self._last_flush = self._clock()

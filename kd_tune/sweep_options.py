@@ -1,0 +1,92 @@
+"""How and where a sweep runs: everything but its trials, checked before anything starts."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from kd_tune.identity import CACHE_DTYPES
+
+CACHE_MODES = (*CACHE_DTYPES, "off")
+SHARED_DIRS = ("teachers", "teacher_logits")
+
+
+class SweepError(ValueError):
+    """The sweep cannot start as asked (storage, name reused with other trials, ...)."""
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How and where a sweep runs (everything except the run configs).
+
+    ``storage`` is made absolute; ``cpus_per_trial``/``gpus_per_trial`` are Ray resource
+    requests per trial and per teacher task (GPUs may be fractional);
+    ``checkpoint_every`` is in epochs; ``max_failures`` retries per trial;
+    ``teacher_cache`` is how distilling trials get the teacher's outputs: ``float32``
+    or ``float16`` logits from the shared cache, or ``off`` (the teacher runs online).
+    """
+
+    name: str
+    storage: Path
+    address: str | None = None
+    mlflow_uri: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
+    checkpoint_every: int = 5
+    max_failures: int = 2
+    teacher_cache: str = "float32"
+
+    def __post_init__(self) -> None:
+        if _is_uri(str(self.storage)):
+            return  # refused by problems(); a Path would mangle "s3://..."
+        object.__setattr__(self, "storage", Path(os.path.expanduser(str(self.storage))).absolute())
+
+    @property
+    def sweep_dir(self) -> Path:
+        return self.storage / self.name
+
+    @property
+    def teachers_dir(self) -> Path:
+        return self.storage / "teachers"
+
+    @property
+    def logits_dir(self) -> Path:
+        return self.storage / "teacher_logits"
+
+    @property
+    def noise_dir(self) -> Path:
+        return self.sweep_dir / "noise"
+
+    @property
+    def cache_dtype(self) -> str | None:
+        """The dtype distilling trials read cached logits in; None with the cache off."""
+        return None if self.teacher_cache == "off" else self.teacher_cache
+
+    def problems(self) -> list[str]:
+        """Every problem with these options, as readable sentences (empty when valid)."""
+        p = []
+        if not self.name or "/" in self.name or self.name.startswith(".") or self.name in SHARED_DIRS:
+            p.append(f"--name {self.name!r} must be a plain folder name (not {' or '.join(map(repr, SHARED_DIRS))}, "
+                     "no '/')")
+        if _is_uri(str(self.storage)):
+            p.append(f"--storage {str(self.storage)!r}: URIs are not supported; mount the bucket or share a file "
+                     "system and give its path")
+        if self.cpus_per_trial <= 0:
+            p.append(f"--cpus-per-trial must be > 0, got {self.cpus_per_trial:g}")
+        if self.gpus_per_trial < 0:
+            p.append(f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial:g}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            p.append(f"--max-concurrent must be >= 1, got {self.max_concurrent}")
+        if self.checkpoint_every < 1:
+            p.append(f"--checkpoint-every must be >= 1 epoch, got {self.checkpoint_every}")
+        if self.max_failures < 0:
+            p.append(f"--max-failures must be >= 0, got {self.max_failures}")
+        if self.teacher_cache not in CACHE_MODES:
+            p.append(f"--teacher-cache {self.teacher_cache!r} must be one of {', '.join(CACHE_MODES)} "
+                     "(on means float32)")
+        return p
+
+
+def _is_uri(text: str) -> bool:
+    return "://" in text

@@ -1,0 +1,191 @@
+"""Identities: trial, teacher, data and cache keys, and the weights digest."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import pytest
+
+from kd_tune.config import RunConfig
+from kd_tune.identity import TEACHER_KEY_FORMAT, cache_key, config_hash, data_key, teacher_key, trial_key
+from kd_tune.search_space import expand
+
+BASE = RunConfig()
+STUDENT = RunConfig(teacher="cnn-8", student="cnn-4", loss="kl", tau=4.0, alpha=0.9, epochs=1, device="cpu")
+NOISY = dict(noise_type="symmetric", noise_rate=0.4)
+
+# trial_key(RunConfig()) computed once (sha256 of the sorted, compact JSON of every field
+# but device, first 16 hex digits). A change of the hashing or of the config's fields
+# changes every stored key (Parquet rows, MLflow runs, resumes): it must be deliberate.
+DEFAULT_TRIAL_KEY = "ade55a634845a424"
+
+
+# -- trial keys --------------------------------------------------------------------------
+
+
+def test_trial_key_of_the_default_config_is_pinned():
+    assert trial_key(RunConfig()) == DEFAULT_TRIAL_KEY
+
+
+def test_trial_key_is_the_sha256_of_the_sorted_json_without_device():
+    values = RunConfig().to_dict()
+    del values["device"]
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    assert trial_key(RunConfig()) == hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def test_trial_key_is_stable_for_equal_configs_and_differs_otherwise():
+    a = RunConfig(tau=3.0, alpha=0.5, seed=2)
+    b = RunConfig.from_dict(a.to_dict())
+    assert a is not b and trial_key(a) == trial_key(b)
+    assert len(trial_key(a)) == 16 and int(trial_key(a), 16) >= 0
+    others = [a.replace(seed=3), a.replace(tau=4.0), a.replace(alpha=0.6), a.replace(student="cnn-8"),
+              a.replace(noise_type="symmetric", noise_rate=0.2), a.replace(milestones=(5,))]
+    keys = {trial_key(o) for o in others} | {trial_key(a)}
+    assert len(keys) == len(others) + 1
+
+
+def test_device_is_not_part_of_the_trial_key():
+    keys = {trial_key(RunConfig(device=d)) for d in ("auto", "cpu", "cuda", "cuda:1")}
+    assert keys == {DEFAULT_TRIAL_KEY}
+
+
+def test_infinite_tau_has_a_key_of_its_own():
+    inf_key = trial_key(RunConfig(tau=math.inf))
+    assert inf_key == trial_key(RunConfig(tau=float("inf")))
+    assert inf_key != trial_key(RunConfig(tau=1e308))
+    assert inf_key != DEFAULT_TRIAL_KEY
+    # inf is spelled out, so the hashed text is valid JSON
+    assert config_hash({"tau": math.inf}) == hashlib.sha256(b'{"tau":"inf"}').hexdigest()[:16]
+    assert config_hash({"tau": -math.inf}) == hashlib.sha256(b'{"tau":"-inf"}').hexdigest()[:16]
+
+
+def test_config_hash_ignores_key_order_and_sees_nested_values():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1, "b": [1, 2]}) != config_hash({"a": 1, "b": [2, 1]})
+    assert config_hash({"a": 1}, length=8) == config_hash({"a": 1})[:8]
+    assert config_hash({"m": (1, 2)}) == config_hash({"m": [1, 2]})
+
+
+def test_equal_configs_with_int_and_float_values_share_a_trial_key():
+    assert RunConfig(alpha=1) == RunConfig(alpha=1.0)
+    assert trial_key(RunConfig(alpha=1)) == trial_key(RunConfig(alpha=1.0))
+    clean = expand(BASE, [{"noise_type": ["symmetric"], "noise_rate": [0]}])[0]
+    assert clean == BASE
+    assert trial_key(clean) == trial_key(BASE)
+
+
+# -- teacher_key -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"loss": "mse"}, {"loss": "ce"}, {"tau": math.inf}, {"alpha": 0.1}, {"seed": 7}, {"student": "mlp-32"},
+        {"device": "cuda:1"}, {"device": "auto"}, {"download": True},
+        {"loss": "mse", "tau": 1.0, "alpha": 1.0, "seed": 3, "student": "cnn-16", "device": "cuda"},
+    ],
+)
+def test_students_that_differ_only_in_student_settings_share_the_teacher(change):
+    assert teacher_key(STUDENT.replace(**change)) == teacher_key(STUDENT)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"teacher": "cnn-16"}, {"teacher_seed": 1}, {"teacher_epochs": 2}, {"epochs": 2}, NOISY,
+        {**NOISY, "noise_rate": 0.2}, {**NOISY, "noise_type": "asymmetric"}, {"split_seed": 1}, {"val_size": 0},
+        {"lr": 0.05}, {"batch_size": 32}, {"dataset": "cifar10", "data_dir": "/data"},
+    ],
+)
+def test_what_changes_the_teacher_changes_the_key(change):
+    assert teacher_key(STUDENT.replace(**change)) != teacher_key(STUDENT)
+
+
+def test_teacher_epochs_decide_over_the_students_epochs():
+    fixed = STUDENT.replace(teacher_epochs=5)
+    assert teacher_key(fixed.replace(epochs=1)) == teacher_key(fixed.replace(epochs=9))
+    # teacher_epochs=None means "same as epochs": equal to naming that number
+    assert teacher_key(STUDENT.replace(epochs=5)) == teacher_key(fixed)
+    assert teacher_key(STUDENT.replace(epochs=5)) != teacher_key(STUDENT.replace(epochs=6))
+
+
+def test_a_clean_teacher_is_shared_by_clean_and_noisy_students():
+    clean = STUDENT
+    noisy = STUDENT.replace(**NOISY)
+    assert teacher_key(noisy) != teacher_key(clean)  # by default the teacher sees the noisy labels
+    assert teacher_key(noisy.replace(clean_teacher=True)) == teacher_key(clean)
+    assert teacher_key(clean.replace(clean_teacher=True)) == teacher_key(clean)
+    asym = STUDENT.replace(noise_type="asymmetric", noise_rate=0.2, clean_teacher=True)
+    assert teacher_key(asym) == teacher_key(clean)
+
+
+def test_the_noise_seed_does_not_matter_to_a_clean_teacher():
+    noisy = STUDENT.replace(**NOISY, noise_seed=1, clean_teacher=True)
+    assert noisy.teacher_config().noise_type == "none"
+    assert teacher_key(noisy) == teacher_key(STUDENT)
+
+
+def test_teacher_key_is_the_hash_of_the_teacher_run():
+    values = STUDENT.teacher_config().to_dict()
+    for name in ("teacher", "clean_teacher", "teacher_seed", "teacher_epochs", "device", "download"):
+        del values[name]
+    assert values["student"] == "cnn-8" and values["loss"] == "ce" and values["seed"] == STUDENT.teacher_seed
+    assert teacher_key(STUDENT) == config_hash({**values, "store_format": TEACHER_KEY_FORMAT})
+    assert len(teacher_key(STUDENT)) == 16
+
+
+# -- data and cache keys -----------------------------------------------------------------
+
+
+def test_data_key_follows_the_data_settings_alone():
+    assert data_key(STUDENT) == data_key(STUDENT.replace(loss="mse", seed=4, student="mlp-8", download=True))
+    for change in ({"val_size": 10}, {"split_seed": 1}, NOISY, {"dataset": "cifar10", "data_dir": "/d"}):
+        assert data_key(STUDENT.replace(**change)) != data_key(STUDENT), change
+
+
+def test_cache_key_changes_with_what_the_logits_depend_on():
+    config = RunConfig(dataset="cifar10", data_dir="/d", epochs=3, batch_size=32, seed=0)
+    teacher = teacher_key(config)
+    base = cache_key(config, teacher, augment=True)
+    variants = {
+        "teacher": cache_key(config, teacher_key(config.replace(teacher_seed=1)), augment=True),
+        "label noise": cache_key(config.replace(**NOISY), teacher, augment=True),
+        "split": cache_key(config.replace(val_size=10), teacher, augment=True),
+        "augmentation seed": cache_key(config.replace(seed=1), teacher, augment=True),
+        "epochs": cache_key(config.replace(epochs=4), teacher, augment=True),
+        "batch size": cache_key(config.replace(batch_size=64), teacher, augment=True),
+        "augmentation": cache_key(config, teacher, augment=False),
+        "amp": cache_key(config.replace(amp=not config.amp), teacher, augment=True),
+        "dtype": cache_key(config, teacher, augment=True, dtype="float16"),
+    }
+    assert len({base, *variants.values()}) == len(variants) + 1
+    # what only the student does leaves the views alone
+    assert cache_key(config.replace(loss="mse", tau=2.0, alpha=0.3, lr=0.5, student="cnn-8"), teacher,
+                     augment=True) == base
+    with pytest.raises(ValueError, match="bfloat16"):
+        cache_key(config, teacher, augment=True, dtype="bfloat16")
+
+
+def test_without_augmentation_every_seed_and_length_shares_one_cache():
+    teacher = teacher_key(STUDENT)
+    key = cache_key(STUDENT, teacher, augment=False)
+    assert cache_key(STUDENT.replace(seed=5, epochs=9, batch_size=16), teacher, augment=False) == key
+
+
+def test_weights_digest_follows_the_weights():
+    import torch
+
+    from kd_tune.identity import weights_digest
+    from kd_tune.models import build
+
+    torch.manual_seed(0)
+    model = build("cnn-4", num_classes=10, in_channels=1)
+    copy = build("cnn-4", num_classes=10, in_channels=1)
+    copy.load_state_dict(model.state_dict())
+    assert weights_digest(copy) == weights_digest(model) == weights_digest(model.state_dict())
+    with torch.no_grad():
+        next(copy.parameters()).view(-1)[0] += 1e-7
+    assert weights_digest(copy) != weights_digest(model)
+    assert len(weights_digest(model)) == 64

@@ -1,0 +1,494 @@
+"""The result sinks, each driven by recorded trial events (plain calls, no Tune), and the
+Tune adapter driven by stand-in Tune trials; real Parquet files and a real MLflow store."""
+from __future__ import annotations
+
+import math
+import pickle
+from types import SimpleNamespace
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+
+from kd_tune.config import RunConfig
+from kd_tune.plan import plan_trial
+from kd_tune.results import EPOCH_METRICS, EPOCHS_FILE, TRIALS_FILE
+from kd_tune.sinks import ConsoleProgress, EndedTrial, MlflowSink, ParquetSink, TrialSink, TuneSinks
+from kd_tune.status import TrialStatus
+from kd_tune.tracking import (
+    KEY_TAG,
+    PARENT_TAG,
+    STATUS_TAG,
+    TEACHER_TAG,
+    TRIAL_ID_TAG,
+    SweepTracker,
+    default_tracking_uri,
+)
+
+COMPLETED, DIVERGED, STOPPED, FAILED, RUNNING = (TrialStatus.COMPLETED, TrialStatus.DIVERGED, TrialStatus.STOPPED,
+                                                 TrialStatus.FAILED, TrialStatus.RUNNING)
+
+
+def planned(seed: int = 0, epochs: int = 3, **kw):
+    return plan_trial(RunConfig(epochs=epochs, seed=seed, **kw))
+
+
+def metrics(epoch: int, val_acc: float = 0.7, test_acc: float = 0.75, loss: float = 0.5) -> dict:
+    return {"epoch": epoch, "train_loss": loss, "train_acc": 0.8, "val_acc": val_acc, "test_acc": test_acc,
+            "test_logit_mse": 0.1, "test_agreement": 0.9, "lr": 0.02, "epoch_time_s": 0.5,
+            "teacher_forward_samples": 0.0}
+
+
+def no_teacher(teacher_key: str) -> None:
+    return None
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_trial(sinks, trial, trial_id, history, status, error=None):
+    """The events of one trial, as the adapter sends them, to each sink in order."""
+    for sink in sinks:
+        sink.trial_started(trial, trial_id)
+    for epoch_metrics in history:
+        for sink in sinks:
+            sink.epoch_reported(trial, trial_id, epoch_metrics, RUNNING)
+    for sink in sinks:
+        sink.trial_ended(trial, trial_id, status, error)
+
+
+def read(folder, name):
+    path = folder / name
+    return pq.read_table(path).to_pylist() if path.is_file() else []
+
+
+# -- ParquetSink -----------------------------------------------------------------------------
+
+
+def test_parquet_final_rows_and_epoch_rows(tmp_path):
+    done, diverged, failed = planned(0), planned(1, teacher_seed=1), planned(2, loss="mse")
+    teachers: dict[str, float] = {}
+    sink = ParquetSink(tmp_path, sweep="s", teacher_acc=teachers.get, run_id=lambda key: f"run-{key}")
+    teachers[done.teacher_key] = 0.93  # trained after the sink was made: asked when the row is written
+    run_trial([sink], done, "t_0", [metrics(1, 0.5, 0.4), metrics(2, 0.8, 0.7), metrics(3, 0.8, 0.9)], COMPLETED)
+    run_trial([sink], diverged, "t_1", [metrics(1), metrics(2, math.nan, 0.1, loss=math.nan)], DIVERGED)
+    run_trial([sink], failed, "t_2", [], FAILED, "RuntimeError: boom")
+
+    rows = {r["trial_key"]: r for r in read(tmp_path, TRIALS_FILE)}
+    assert set(rows) == {done.key, diverged.key, failed.key}
+    row = rows[done.key]
+    assert (row["status"], row["trial_id"], row["sweep"], row["epoch"]) == ("completed", "t_0", "s", 3)
+    # best epoch on validation (the earlier of two equal ones), never on test
+    assert (row["best_val_acc"], row["best_val_epoch"], row["test_acc_at_best_val"]) == (0.8, 2, 0.7)
+    assert row["test_acc"] == 0.9 and row["train_time_s"] == pytest.approx(1.5)
+    assert (row["teacher_key"], row["teacher_test_acc"]) == (done.teacher_key, 0.93)
+    assert row["mlflow_run_id"] == f"run-{done.key}"
+    assert row["started_at"] is not None and row["started_at"] <= row["finished_at"]
+    assert (rows[diverged.key]["status"], rows[diverged.key]["diverged_epoch"]) == ("diverged", 2)
+    assert rows[diverged.key]["teacher_test_acc"] is None  # not in the mapping
+    assert rows[failed.key]["status"] == "failed" and rows[failed.key]["error"] == "RuntimeError: boom"
+    assert rows[failed.key]["epoch"] is None and rows[failed.key]["diverged_epoch"] is None
+
+    epochs = read(tmp_path, EPOCHS_FILE)
+    assert [(r["epoch"], r["trial_id"]) for r in epochs if r["trial_key"] == done.key] == \
+        [(1, "t_0"), (2, "t_0"), (3, "t_0")]
+    assert [r["epoch"] for r in epochs if r["trial_key"] == diverged.key] == [1, 2]
+    assert math.isnan([r for r in epochs if r["trial_key"] == diverged.key][1]["train_loss"])
+
+
+def test_parquet_keeps_one_row_per_key_after_a_retry(tmp_path):
+    trial = planned(0, epochs=4)
+    sink = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher)
+    sink.trial_started(trial, "t_0")
+    for epoch in (1, 2):
+        sink.epoch_reported(trial, "t_0", metrics(epoch), RUNNING)
+    sink.checkpointed(trial)
+    sink.epoch_reported(trial, "t_0", metrics(3, val_acc=0.1), RUNNING)
+    sink.trial_retried(trial, "OSError: lost")
+    # the retry restarts from the checkpoint of epoch 2: epoch 3 again, then 4
+    for epoch, val_acc in ((3, 0.95), (4, 0.6)):
+        sink.epoch_reported(trial, "t_0", metrics(epoch, val_acc=val_acc), RUNNING)
+    sink.trial_ended(trial, "t_0", COMPLETED, None)
+
+    rows = read(tmp_path, TRIALS_FILE)
+    assert len(rows) == 1 and (rows[0]["status"], rows[0]["epoch"], rows[0]["best_val_epoch"]) == ("completed", 4, 3)
+    epochs = read(tmp_path, EPOCHS_FILE)
+    assert [(r["epoch"], r["val_acc"]) for r in epochs] == [(1, 0.7), (2, 0.7), (3, 0.95), (4, 0.6)]
+
+
+def test_parquet_flushes_on_checkpoint_end_and_at_most_every_5_s(tmp_path):
+    clock = Clock()
+    trial, other = planned(0), planned(1)
+    sink = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher, clock=clock)
+    sink.trial_started(trial, "t_0")
+    sink.epoch_reported(trial, "t_0", metrics(1), RUNNING)
+    clock.now += 4.9
+    sink.epoch_reported(trial, "t_0", metrics(2), RUNNING)
+    assert read(tmp_path, EPOCHS_FILE) == []  # within 5 s: held in memory
+    clock.now += 0.2
+    sink.epoch_reported(trial, "t_0", metrics(3), RUNNING)
+    assert [r["epoch"] for r in read(tmp_path, EPOCHS_FILE)] == [1, 2, 3]
+    sink.epoch_reported(trial, "t_0", metrics(4), RUNNING)
+    assert len(read(tmp_path, EPOCHS_FILE)) == 3  # the 5 s count again from that flush
+    sink.checkpointed(trial)
+    assert len(read(tmp_path, EPOCHS_FILE)) == 4
+    sink.trial_started(other, "t_1")
+    sink.epoch_reported(other, "t_1", metrics(1), RUNNING)
+    sink.trial_ended(other, "t_1", STOPPED, None)
+    assert len(read(tmp_path, EPOCHS_FILE)) == 5 and len(read(tmp_path, TRIALS_FILE)) == 1
+    sink.epoch_reported(trial, "t_0", metrics(5), RUNNING)
+    sink.experiment_ended()
+    assert len(read(tmp_path, EPOCHS_FILE)) == 6
+
+
+def test_parquet_statuses_and_finished_keys_of_a_resumed_sweep(tmp_path):
+    trials = {status: planned(seed) for seed, status in enumerate((COMPLETED, DIVERGED, STOPPED, FAILED))}
+    first = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher)
+    for status, trial in trials.items():
+        run_trial([first], trial, f"t_{status}", [metrics(1)], status, "E" if status == FAILED else None)
+    running = planned(9)
+    first.trial_started(running, "t_9")
+    first.epoch_reported(running, "t_9", metrics(1), RUNNING)
+    first.checkpointed(running)
+
+    again = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher)
+    assert again.statuses() == {trial.key: status for status, trial in trials.items()}
+    assert all(isinstance(s, TrialStatus) for s in again.statuses().values())
+    assert again.finished_keys() == {trials[COMPLETED].key, trials[DIVERGED].key, trials[STOPPED].key}
+
+
+def test_parquet_reconcile_writes_rows_tune_ended_but_a_killed_driver_did_not(tmp_path):
+    done, unrecorded, diverged, partial, failed = (planned(s, epochs=2) for s in range(5))
+    first = ParquetSink(tmp_path, sweep="s", teacher_acc={done.teacher_key: 0.9}.get)
+    run_trial([first], done, "t_done", [metrics(1), metrics(2)], COMPLETED)
+    run_trial([first], failed, "t_failed", [metrics(1), metrics(2)], FAILED, "E")
+    for trial, history in ((unrecorded, [metrics(1), metrics(2)]), (diverged, [metrics(1, loss=math.nan)]),
+                           (partial, [metrics(1)])):
+        first.trial_started(trial, f"t_{trial.config.seed}")
+        for m in history:
+            first.epoch_reported(trial, f"t_{trial.config.seed}", m, RUNNING)
+    first.checkpointed(done)  # flushes; the driver is killed before the other rows are written
+
+    again = ParquetSink(tmp_path, sweep="s", teacher_acc={done.teacher_key: 0.9}.get, run_id=lambda key: None)
+    written = again.reconcile([
+        EndedTrial(done, "t_done", COMPLETED, 2),  # recorded: kept as it is
+        EndedTrial(failed, "t_failed", COMPLETED, 2),  # has a row: kept
+        EndedTrial(unrecorded, "t_1", COMPLETED, 2),
+        EndedTrial(diverged, "t_2", DIVERGED, 1),
+        EndedTrial(partial, "t_3", COMPLETED, 2),  # epoch 2 was not flushed: no row
+    ])
+    assert written == [unrecorded.key, diverged.key]
+    rows = {r["trial_key"]: r for r in read(tmp_path, TRIALS_FILE)}
+    assert set(rows) == {done.key, failed.key, unrecorded.key, diverged.key}
+    assert (rows[unrecorded.key]["status"], rows[unrecorded.key]["epoch"], rows[unrecorded.key]["trial_id"]) == \
+        ("completed", 2, "t_1")
+    assert rows[unrecorded.key]["started_at"] is None and rows[unrecorded.key]["teacher_test_acc"] == 0.9
+    assert (rows[diverged.key]["status"], rows[diverged.key]["diverged_epoch"]) == ("diverged", 1)
+    assert rows[failed.key]["status"] == "failed"
+    assert rows[done.key]["trial_id"] == "t_done" and rows[done.key]["started_at"] is not None
+
+
+# -- MlflowSink ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = default_tracking_uri(folder)
+    SweepTracker(uri, "warm-up")  # creates the tables once
+    return {"uri": uri, "client": MlflowClient(tracking_uri=uri)}
+
+
+def _tracker(store, experiment):
+    tracker = SweepTracker(store["uri"], experiment)
+    tracker.start_parent(experiment, {}, {})
+    return tracker
+
+
+def _steps(client, run_id, metric):
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, metric))
+
+
+def test_mlflow_child_runs_mirror_the_trials(store):
+    client = store["client"]
+    tracker = _tracker(store, "sink-layout")
+    sink = MlflowSink(tracker)
+    trials = {status: planned(seed) for seed, status in enumerate((COMPLETED, DIVERGED, STOPPED, FAILED))}
+    for status, trial in trials.items():
+        run_trial([sink], trial, f"t_{trial.config.seed}", [metrics(1), dict(metrics(2), lr=None)], status,
+                  "E" if status == FAILED else None)
+
+    expected = {COMPLETED: "FINISHED", DIVERGED: "FINISHED", STOPPED: "FINISHED", FAILED: "FAILED"}
+    for status, trial in trials.items():
+        run = client.get_run(sink.run_id(trial.key))
+        assert run.info.status == expected[status], status
+        tags = run.data.tags
+        assert tags[STATUS_TAG] == status.value and tags[KEY_TAG] == trial.key
+        assert tags[PARENT_TAG] == tracker.parent_id and tags[TRIAL_ID_TAG] == f"t_{trial.config.seed}"
+        assert tags[TEACHER_TAG] == trial.teacher_key
+        assert run.info.run_name == trial.label
+        assert run.data.params["seed"] == str(trial.config.seed) and run.data.params["tau"] == "4.0"
+    run_id = sink.run_id(trials[COMPLETED].key)
+    assert _steps(client, run_id, "val_acc") == [(1, 0.7), (2, 0.7)]
+    assert _steps(client, run_id, "lr") == [(1, 0.02)]  # a metric not reported is not logged
+    assert sink.run_id("unknown") is None
+
+
+def test_mlflow_continues_the_unfinished_run_of_an_earlier_invocation(store):
+    client = store["client"]
+    trial = planned(0)
+    first = MlflowSink(_tracker(store, "sink-resume"))
+    first.trial_started(trial, "t_0")
+    for epoch in (1, 2):
+        first.epoch_reported(trial, "t_0", metrics(epoch, val_acc=0.1 * epoch), RUNNING)
+    # the driver dies: the child run stays RUNNING
+
+    tracker = _tracker(store, "sink-resume")
+    again = MlflowSink(tracker)
+    run_trial([again], trial, "t_0", [metrics(2, val_acc=0.99), metrics(3, val_acc=0.3)], COMPLETED)
+    assert again.run_id(trial.key) == first.run_id(trial.key)
+    run = client.get_run(again.run_id(trial.key))
+    assert run.info.status == "FINISHED" and run.data.tags[PARENT_TAG] == tracker.parent_id
+    assert _steps(client, run.info.run_id, "val_acc") == [(1, 0.1), (2, 0.2), (3, 0.3)]
+
+
+def test_mlflow_reconcile_ends_runs_of_recorded_trials(store):
+    client = store["client"]
+    sink = MlflowSink(_tracker(store, "sink-reconcile"))
+    done, stopped, unrecorded = planned(0), planned(1), planned(2)
+    for trial in (done, stopped, unrecorded):
+        sink.trial_started(trial, f"t_{trial.config.seed}")
+    # the driver wrote the rows of two trials, then died before ending their runs
+    assert sink.reconcile({done.key: COMPLETED, stopped.key: STOPPED}) == 2
+    status = {t.key: client.get_run(sink.run_id(t.key)).info.status for t in (done, stopped, unrecorded)}
+    assert status == {done.key: "FINISHED", stopped.key: "FINISHED", unrecorded.key: "RUNNING"}
+    assert client.get_run(sink.run_id(stopped.key)).data.tags[STATUS_TAG] == "stopped"
+
+
+# -- ConsoleProgress -------------------------------------------------------------------------
+
+
+def test_console_lines_of_ended_and_retried_trials():
+    lines: list[str] = []
+    clock = Clock()
+    console = ConsoleProgress(5, 1, log=lines.append, clock=clock)
+    done, diverged, failed, stopped = planned(0), planned(1, loss="mse"), planned(2, loss="ce"), planned(3)
+    for trial in (done, diverged, failed, stopped):
+        console.trial_started(trial, "t")
+    console.epoch_reported(done, "t", metrics(3, test_acc=0.97222), COMPLETED)
+    console.epoch_reported(diverged, "t", metrics(2, loss=math.nan), DIVERGED)
+    console.epoch_reported(stopped, "t", metrics(2, test_acc=0.5), RUNNING)
+    clock.now += 1.44
+    console.trial_ended(done, "t", COMPLETED, None)
+    console.trial_ended(diverged, "t", DIVERGED, None)
+    console.trial_retried(failed, "RuntimeError: boom")
+    console.trial_ended(failed, "t", FAILED, "RuntimeError: boom")
+    clock.now += 1.0
+    console.trial_ended(stopped, "t", STOPPED, None)
+    assert lines == [
+        "[2/5] kl tau=4 alpha=0.9 seed=0: completed, test acc 97.22% after 3 epochs (1.4s)",
+        "[3/5] mse alpha=0.9 seed=1: diverged at epoch 2 (1.4s)",
+        "retrying ce seed=2 after an error: RuntimeError: boom",
+        "[4/5] ce seed=2: failed (RuntimeError: boom)",
+        "[5/5] kl tau=4 alpha=0.9 seed=3: stopped, test acc 50.00% after 2 epochs (2.4s)",
+    ]
+
+
+def test_console_running_line_at_most_every_30_s():
+    lines: list[str] = []
+    clock = Clock()
+    console = ConsoleProgress(3, 1, log=lines.append, clock=clock)
+    trial = planned(0, epochs=20)
+    console.trial_started(trial, "t")
+    console.epoch_reported(trial, "t", metrics(1), RUNNING)
+    clock.now += 30.5
+    console.epoch_reported(trial, "t", metrics(2, test_acc=0.901), RUNNING)
+    clock.now += 29.0
+    console.epoch_reported(trial, "t", metrics(3), RUNNING)
+    clock.now += 1.5
+    console.epoch_reported(trial, "t", metrics(4, test_acc=0.5), RUNNING)
+    assert lines == ["[1/3] running kl tau=4 alpha=0.9 seed=0: epoch 2/20, test acc 90.10%",
+                     "[1/3] running kl tau=4 alpha=0.9 seed=0: epoch 4/20, test acc 50.00%"]
+
+
+# -- TuneSinks -------------------------------------------------------------------------------
+
+
+class Recorder(TrialSink):
+    """A sink that keeps the events it gets, as (event, trial key, details...)."""
+
+    def __init__(self, events: list):
+        self.events = events
+
+    def trial_started(self, trial, trial_id):
+        self.events.append(("started", trial.key, trial_id))
+
+    def epoch_reported(self, trial, trial_id, metrics, status):
+        self.events.append(("epoch", trial.key, metrics["epoch"], status))
+
+    def checkpointed(self, trial):
+        self.events.append(("checkpointed", trial.key))
+
+    def trial_retried(self, trial, error):
+        self.events.append(("retried", trial.key, error))
+
+    def trial_ended(self, trial, trial_id, status, error):
+        self.events.append(("ended", trial.key, status, error))
+
+    def experiment_ended(self):
+        self.events.append(("experiment_ended",))
+
+
+def tune_trial(trial, trial_id, error_file=None, status="RUNNING", last_result=None):
+    """A stand-in for Tune's trial object: the attributes the adapter reads."""
+    return SimpleNamespace(trial_id=trial_id, config={"trial": trial.to_dict()}, error_file=error_file,
+                           status=status, last_result=last_result or {})
+
+
+def report(epoch, status, **extra):
+    return dict(metrics(epoch), kd_status=status.value, training_iteration=epoch, time_this_iter_s=0.1, **extra)
+
+
+def test_adapter_decides_only_failed_and_stopped(tmp_path):
+    events: list = []
+    adapter = TuneSinks([Recorder(events)])
+    trials = {name: planned(seed) for seed, name in enumerate(("completed", "diverged", "stopped", "failed"))}
+    t = {name: tune_trial(trial, f"t_{name}") for name, trial in trials.items()}
+    error_file = tmp_path / "error.txt"
+    error_file.write_text("Traceback (most recent call last):\n  File x\nRuntimeError: boom\n\n")
+    t["failed"].error_file = str(error_file)
+
+    adapter.on_trial_start(0, [], t["completed"])
+    adapter.on_trial_result(0, [], t["completed"], report(1, RUNNING))
+    adapter.on_trial_result(0, [], t["completed"], report(2, COMPLETED))
+    adapter.on_trial_complete(0, [], t["completed"])
+    adapter.on_trial_result(0, [], t["diverged"], report(1, DIVERGED))
+    adapter.on_trial_complete(0, [], t["diverged"])
+    adapter.on_trial_result(0, [], t["stopped"], report(1, RUNNING))
+    adapter.on_trial_complete(0, [], t["stopped"])
+    adapter.on_trial_start(0, [], t["failed"])
+    adapter.on_trial_recover(0, [], t["failed"])
+    adapter.on_trial_start(0, [], t["failed"])  # the retry starts again: not a new trial
+    adapter.on_trial_error(0, [], t["failed"])
+    adapter.on_experiment_end([])
+
+    c, d, s, f = (trials[n].key for n in ("completed", "diverged", "stopped", "failed"))
+    assert events == [
+        ("started", c, "t_completed"), ("epoch", c, 1, RUNNING), ("epoch", c, 2, COMPLETED),
+        ("ended", c, COMPLETED, None),
+        ("started", d, "t_diverged"), ("epoch", d, 1, DIVERGED), ("ended", d, DIVERGED, None),
+        ("started", s, "t_stopped"), ("epoch", s, 1, RUNNING), ("ended", s, STOPPED, None),
+        ("started", f, "t_failed"), ("retried", f, "RuntimeError: boom"), ("ended", f, FAILED, "RuntimeError: boom"),
+        ("experiment_ended",),
+    ]
+    adapter.on_trial_result(0, [], t["completed"], report(2, COMPLETED))  # ended: nothing follows
+    assert events[-1] == ("experiment_ended",)
+
+
+def test_adapter_error_text_without_an_error_file():
+    events: list = []
+    adapter = TuneSinks([Recorder(events)])
+    trial = planned(0)
+    adapter.on_trial_error(0, [], tune_trial(trial, "t_0", error_file="/nonexistent/error.txt"))
+    assert events[-1] == ("ended", trial.key, FAILED, "unknown error")
+
+
+def test_adapter_skips_every_event_of_a_recorded_trial():
+    events: list = []
+    recorded, other = planned(0), planned(1)
+    adapter = TuneSinks([Recorder(events)], skip={recorded.key})
+    replay = tune_trial(recorded, "t_0")
+    adapter.on_trial_start(0, [], replay)
+    adapter.on_trial_result(0, [], replay, report(3, COMPLETED))
+    adapter.on_checkpoint(0, [], replay, checkpoint=None)
+    adapter.on_trial_recover(0, [], replay)
+    adapter.on_trial_complete(0, [], replay)
+    adapter.on_trial_error(0, [], replay)
+    assert events == []
+    adapter.on_checkpoint(0, [], tune_trial(other, "t_1"), checkpoint=None)
+    assert events == [("started", other.key, "t_1"), ("checkpointed", other.key)]
+
+
+def test_adapter_passes_the_trainer_metrics_only(store, tmp_path):
+    trial = planned(0, epochs=1)
+    tracker = _tracker(store, "adapter-metrics")
+    mlflow = MlflowSink(tracker)
+    parquet = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher, run_id=mlflow.run_id)
+    adapter = TuneSinks([parquet, mlflow])
+    t = tune_trial(trial, "t_0")
+    adapter.on_trial_result(0, [], t, report(1, COMPLETED, pid=123, timestamp=1.7e9))
+    adapter.on_trial_complete(0, [], t)
+    run = store["client"].get_run(mlflow.run_id(trial.key))
+    assert set(run.data.metrics) == {"epoch", *EPOCH_METRICS}
+    assert read(tmp_path, TRIALS_FILE)[0]["mlflow_run_id"] == run.info.run_id
+
+
+def test_ended_in_tune_lists_trials_the_trainer_ended(tmp_path):
+    done, diverged, interrupted, errored, pending = (planned(s, epochs=2) for s in range(5))
+    adapter = TuneSinks([])
+    adapter.on_experiment_end([
+        tune_trial(done, "t_0", status="TERMINATED", last_result=report(2, COMPLETED)),
+        tune_trial(diverged, "t_1", status="TERMINATED", last_result=report(1, DIVERGED)),
+        # Tune marks the trials it stops on an interruption TERMINATED too: left out
+        tune_trial(interrupted, "t_2", status="TERMINATED", last_result=report(1, RUNNING)),
+        tune_trial(errored, "t_3", status="ERROR", last_result=report(2, COMPLETED)),
+        tune_trial(pending, "t_4", status="PENDING"),
+    ])
+    assert adapter.ended_in_tune == (EndedTrial(done, "t_0", COMPLETED, 2), EndedTrial(diverged, "t_1", DIVERGED, 1))
+
+
+def test_a_pickled_adapter_unpickles_as_the_current_one():
+    events: list = []
+    earlier = TuneSinks([])
+    current = TuneSinks([Recorder(events)])
+    restored = pickle.loads(pickle.dumps([earlier, current]))
+    assert restored[0] is current and restored[1] is current
+    restored[0].on_experiment_end([])
+    assert events == [("experiment_ended",)]
+
+
+# -- all sinks together ----------------------------------------------------------------------
+
+
+def test_reconcile_closes_what_a_killed_driver_left_open(store, tmp_path):
+    """A trial Tune ended whose row was not written, and a recorded one whose run was not ended."""
+    client = store["client"]
+    done, unrecorded, partial = (planned(s, epochs=2) for s in range(3))
+    mlflow = MlflowSink(_tracker(store, "killed"))
+    parquet = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher, run_id=mlflow.run_id)
+    adapter = TuneSinks([parquet, mlflow])
+    t = {trial.key: tune_trial(trial, f"t_{trial.config.seed}") for trial in (done, unrecorded, partial)}
+    for trial, epochs in ((done, 2), (unrecorded, 2), (partial, 1)):
+        for epoch in range(1, epochs + 1):
+            adapter.on_trial_result(0, [], t[trial.key], report(epoch, COMPLETED if epoch == 2 else RUNNING))
+        adapter.on_checkpoint(0, [], t[trial.key], checkpoint=None)
+    # `done` gets its final row, but the driver stops before its child run is ended
+    parquet.trial_ended(done, "t_0", COMPLETED, None)
+    runs = {trial.key: mlflow.run_id(trial.key) for trial in (done, unrecorded, partial)}
+
+    # the next invocation: Tune holds `done` and `unrecorded` as finished and runs nothing
+    again = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher)
+    adapter = TuneSinks([again], skip=again.finished_keys())
+    adapter.on_experiment_end([
+        tune_trial(trial, f"t_{trial.config.seed}", status="TERMINATED", last_result=report(2, COMPLETED))
+        for trial in (done, unrecorded)
+    ])
+    again.reconcile(adapter.ended_in_tune)
+    MlflowSink(_tracker(store, "killed-2")).reconcile(again.statuses())  # another sweep's store: no effect
+    assert client.get_run(runs[done.key]).info.status == "RUNNING"
+    MlflowSink(mlflow.tracker).reconcile(again.statuses())
+
+    rows = pd.read_parquet(tmp_path / TRIALS_FILE).set_index("trial_key")
+    assert sorted(rows.index) == sorted([done.key, unrecorded.key])
+    assert rows.loc[unrecorded.key, "status"] == "completed" and rows.loc[unrecorded.key, "epoch"] == 2
+    assert rows.loc[done.key, "mlflow_run_id"] == runs[done.key]
+    status = {key: client.get_run(run).info.status for key, run in runs.items()}
+    assert status == {done.key: "FINISHED", unrecorded.key: "FINISHED", partial.key: "RUNNING"}

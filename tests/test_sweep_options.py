@@ -1,0 +1,44 @@
+"""SweepOptions: every problem with how and where a sweep runs, found before anything starts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kd_tune.sweep_options import CACHE_MODES, SweepOptions
+
+
+def test_defaults_are_valid_and_storage_is_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    options = SweepOptions(name="s", storage=Path("results"))
+    assert options.problems() == []
+    assert options.storage == tmp_path / "results"
+    assert options.sweep_dir == tmp_path / "results" / "s"
+    assert options.noise_dir == tmp_path / "results" / "s" / "noise"
+
+
+@pytest.mark.parametrize("cpus", [0, -1, -0.5])
+def test_cpus_per_trial_must_be_positive(cpus):
+    assert SweepOptions(name="s", storage=Path("r"), cpus_per_trial=cpus).problems() == [
+        f"--cpus-per-trial must be > 0, got {cpus:g}"]
+
+
+@pytest.mark.parametrize("changes, text", [
+    ({"gpus_per_trial": -1}, "--gpus-per-trial must be >= 0, got -1"),
+    ({"max_concurrent": 0}, "--max-concurrent must be >= 1"),
+    ({"checkpoint_every": 0}, "--checkpoint-every must be >= 1 epoch"),
+    ({"max_failures": -1}, "--max-failures must be >= 0"),
+    ({"teacher_cache": "bfloat16"}, "--teacher-cache 'bfloat16' must be one of float32, float16, off"),
+    ({"name": "teachers"}, "--name 'teachers' must be a plain folder name"),
+    ({"name": "a/b"}, "--name 'a/b' must be a plain folder name"),
+    ({"storage": "s3://bucket/x"}, "URIs are not supported"),
+])
+def test_each_problem_is_named(changes, text):
+    problems = SweepOptions(**{"name": "s", "storage": Path("r"), **changes}).problems()
+    assert len(problems) == 1 and text in problems[0], problems
+
+
+def test_cache_dtype_follows_the_cache_mode():
+    assert CACHE_MODES == ("float32", "float16", "off")
+    assert [SweepOptions(name="s", storage=Path("r"), teacher_cache=m).cache_dtype for m in CACHE_MODES] == [
+        "float32", "float16", None]

@@ -1,0 +1,63 @@
+"""Whole-run validation: field checks plus the names the registries know."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kd_tune.config import ConfigError, RunConfig
+from kd_tune.search_space import expand
+from kd_tune.validation import run_problems, validate_all, validate_run
+
+BASE = RunConfig()
+
+
+# -- validate_all ------------------------------------------------------------------------
+
+
+def test_validate_all_passes_valid_configs():
+    assert validate_all(expand(BASE, [{"tau": [1, math.inf]}, {"loss": ["ce"]}])) is None
+
+
+def test_validate_all_collects_distinct_problems_of_all_configs_in_order():
+    configs = [
+        BASE.replace(alpha=1.5),
+        BASE.replace(epochs=0),
+        BASE.replace(alpha=1.5, seed=1),  # same problem as the first: listed once
+        BASE,
+        BASE.replace(epochs=0, batch_size=0),
+    ]
+    with pytest.raises(ConfigError) as err:
+        validate_all(configs)
+    problems = err.value.problems
+    assert len(problems) == len(set(problems)) == 3
+    assert "alpha" in problems[0] and "1.5" in problems[0]
+    assert problems[1] == "epochs=0 must be >= 1"
+    assert problems[2] == "batch_size=0 must be >= 1"
+
+
+def test_validate_run_reports_field_and_registry_problems_at_once():
+    cfg = RunConfig(loss="hinge", tau=0.0, alpha=1.5, noise_rate=1.0, epochs=0, teacher="wrn-15-2",
+                    dataset="mnist", schedule="step", device="tpu", seed=-1)
+    with pytest.raises(ConfigError) as err:
+        validate_run(cfg)
+    text = str(err.value)
+    for word in ["loss='hinge'", "tau=0.0", "alpha=1.5", "noise_rate=1.0", "epochs=0", "wrn-15-2",
+                 "dataset='mnist'", "milestones", "device='tpu'", "seed=-1"]:
+        assert word in text, word
+    assert len(err.value.problems) >= 10
+
+
+def test_a_valid_config_is_returned():
+    assert validate_run(BASE) is BASE and run_problems(BASE) == []
+
+
+def test_cifar_needs_a_data_dir():
+    with pytest.raises(ConfigError, match="data_dir"):
+        validate_run(RunConfig(dataset="cifar10"))
+    assert run_problems(RunConfig(dataset="cifar10", data_dir="/data")) == []
+
+
+def test_a_model_name_that_does_not_build_is_named_with_its_role():
+    problems = run_problems(BASE.replace(student="resnet-21"))
+    assert len(problems) == 1 and problems[0].startswith("student='resnet-21'")
