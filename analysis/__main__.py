@@ -10,6 +10,7 @@ from analysis.render import FORMATS, render
 from analysis.results_io import TRIALS_FILE, load_trials
 from analysis.tables import TABLE_HELP, TABLES, build_tables
 from kd_tune.atomic import write_text
+from kd_tune.status import TrialStatus
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         parser.error(str(exc))
     if not tables:
-        n_done = int((trials["status"] == "completed").sum())
+        n_done = int((trials["status"] == TrialStatus.COMPLETED).sum())
         parser.error(f"no completed trials fit the {args.table} table in {args.results_dir} "
                      f"({len(trials)} trials, {n_done} completed)")
     text = render(tables, args.fmt)

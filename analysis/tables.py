@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.reference import fmt_number, reference_value
+from kd_tune.status import TrialStatus
 
 TABLES = ("tau_alpha", "loss", "noise")
 METRIC = "test_acc"
@@ -318,7 +319,7 @@ def build_tables(trials: pd.DataFrame, table: str, *, reference: bool = True) ->
     if table not in _BUILDERS:
         raise ValueError(f"unknown table {table!r}; choose one of: {', '.join(TABLES)}")
     _check_columns(trials)
-    completed = trials["status"] == "completed"
+    completed = trials["status"] == TrialStatus.COMPLETED
     done = _records(trials[completed])
     other = _records(trials[~completed])
     return _BUILDERS[table](done, other, reference)

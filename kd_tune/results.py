@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kd_tune.atomic import atomic_write
-from kd_tune.config import RunConfig
+from kd_tune.config import RunConfig, field_types
 from kd_tune.status import TrialStatus
 
 TRIALS_FILE = "trials.parquet"
@@ -49,18 +47,14 @@ FINAL_METRICS = ("train_loss", "train_acc", "val_acc", "test_acc", "test_logit_m
 _TIME = pa.timestamp("us", tz="UTC")
 
 
-def _config_field_type(kind: Any) -> pa.DataType:
-    args = [a for a in typing.get_args(kind) if a is not type(None)]
-    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
-        kind = args[0]
-    if typing.get_origin(kind) is tuple:
-        return pa.list_(pa.int64())
-    return {str: pa.string(), bool: pa.bool_(), int: pa.int64(), float: pa.float64()}[kind]
+# Parquet types of RunConfig's field types (tuple[int, ...] is the milestones list).
+_ARROW_TYPES = {str: pa.string(), bool: pa.bool_(), int: pa.int64(), float: pa.float64(),
+                tuple[int, ...]: pa.list_(pa.int64())}
 
 
 def _config_fields() -> list[pa.Field]:
-    hints = typing.get_type_hints(RunConfig)
-    return [pa.field(f.name, _config_field_type(hints[f.name])) for f in dataclasses.fields(RunConfig)]
+    types = field_types()
+    return [pa.field(f.name, _ARROW_TYPES[types[f.name][0]]) for f in dataclasses.fields(RunConfig)]
 
 
 TRIALS_SCHEMA = pa.schema(

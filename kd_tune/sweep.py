@@ -153,7 +153,7 @@ def run_sweep(
         interrupted = counts["missing"] > 0
         artifacts = tuple(finalize(sweep_dir)) if finalize is not None else ()
         tracker.log_artifacts(list(artifacts))
-        status = "KILLED" if interrupted else ("FINISHED" if counts["failed"] == 0 else "FAILED")
+        status = "KILLED" if interrupted else ("FINISHED" if counts[TrialStatus.FAILED] == 0 else "FAILED")
         return SweepOutcome(sweep_dir, tracking_uri, parent, counts, time.perf_counter() - started,
                             fit_seconds, interrupted, artifacts)
     except KeyboardInterrupt:
@@ -229,7 +229,8 @@ def _fit(plan: Plan, options: SweepOptions, callback: Any) -> None:
 
 
 def _counts(statuses: dict[str, TrialStatus], keys: list[str]) -> dict[str, int]:
-    counts = {"completed": 0, "diverged": 0, "stopped": 0, "failed": 0, "missing": 0}
+    ended = (TrialStatus.COMPLETED, TrialStatus.DIVERGED, TrialStatus.STOPPED, TrialStatus.FAILED)
+    counts = {**{status.value: 0 for status in ended}, "missing": 0}
     for key in keys:
         status = statuses.get(key)
         counts[status.value if status is not None else "missing"] += 1

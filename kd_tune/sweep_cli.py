@@ -27,6 +27,7 @@ from kd_tune.data import DataError
 from kd_tune.losses import loss_names
 from kd_tune.plan import Plan
 from kd_tune.search_space import SearchSpace, expand
+from kd_tune.status import TrialStatus
 from kd_tune.sweep_options import SweepError, SweepOptions
 from kd_tune.teacher_store import TeacherError, TeacherStore
 
@@ -179,7 +180,7 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None, *, prog: str | None
         print(f"error: {err}", file=sys.stderr)
         return 1
     _print_summary(outcome, spec.table)
-    return 0 if not outcome.interrupted and outcome.counts.get("failed", 0) == 0 else 1
+    return 0 if not outcome.interrupted and outcome.counts.get(TrialStatus.FAILED, 0) == 0 else 1
 
 
 def _write_tables(sweep_dir: Path, table: str) -> list[Path]:
