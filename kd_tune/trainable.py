@@ -62,8 +62,10 @@ def distill_trial(config: dict[str, Any], *, teachers_dir: str, logits_dir: str,
     teacher = logits = None
     if trial.cache_key is not None:
         cache = LogitCache(logits_dir)
-        ensure_cached(trial, data, store, cache, device=run.device, token=check_token)
-        logits = _held_or_load("logits", (logits_dir, trial.cache_key), lambda: cache.load(trial.cache_key))
+        meta = ensure_cached(trial, data, store, cache, device=run.device, token=check_token)
+        # Held per build: a cache rebuilt during the sweep is mapped afresh, not served from the old map.
+        logits = _held_or_load("logits", (logits_dir, trial.cache_key, meta["created_at"]),
+                               lambda: cache.load(trial.cache_key))
     elif trial.distils or store.has(trial.teacher_key):
         # A CE trial with a stored teacher reports its agreement with it; it does without a damaged one.
         try:
