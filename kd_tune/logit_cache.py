@@ -81,6 +81,11 @@ class CacheError(ValueError):
     """A teacher-logit cache's files do not match its ``meta.json`` (the message names the file)."""
 
 
+def print_warning(message: str) -> None:
+    """The default ``warn``: one ``warning:`` line on stderr (in a worker, its log)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 class LogitCache:
     """Reads and builds cached teacher logits under ``root`` (an absolute, shared path)."""
 
@@ -209,7 +214,7 @@ def ensure_cached(
     *,
     device: torch.device | str = "cpu",
     token: str | None = None,
-    warn: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] = print_warning,
 ) -> dict[str, Any]:
     """The meta of ``trial``'s teacher-logit cache, checked, building it when missing or unusable.
 
@@ -228,11 +233,11 @@ def ensure_cached(
 
 
 def intact_meta(trial: Trial, store: TeacherStore, cache: LogitCache, *, token: str | None = None,
-                warn: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+                warn: Callable[[str], None] = print_warning) -> dict[str, Any] | None:
     """The meta of ``trial``'s cache when it exists and :meth:`LogitCache.problem` finds nothing.
 
-    A cache with a problem (stale or damaged) is removed, after ``warn`` (default: a
-    line on stderr) is told the problem; then, as when there is no cache, None.
+    A cache with a problem (stale or damaged) is removed, after ``warn`` is told the
+    problem; then, as when there is no cache, None.
     ``token`` is the sweep invocation's token for the once-per-node checksum.
     """
     key = trial.cache_key
@@ -243,7 +248,7 @@ def intact_meta(trial: Trial, store: TeacherStore, cache: LogitCache, *, token: 
     problem = cache.problem(key, teacher_sha256=store.weights_digest(trial.teacher_key), token=token)
     if problem is None:
         return cache.meta(key)
-    (warn or _warn_stderr)(f"{problem}; computing it again")
+    warn(f"{problem}; computing it again")
     cache.remove(key)
     return None
 
@@ -338,7 +343,3 @@ def _locked(path: Path) -> Iterator[None]:
 def _sha256(path: Path) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def _warn_stderr(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kd_tune.logit_cache import LogitCache, intact_meta
+from kd_tune.logit_cache import LogitCache, intact_meta, print_warning
 from kd_tune.plan import Plan
 from kd_tune.sweep_options import SweepOptions
 from kd_tune.teacher_store import TeacherError, TeacherStore, at_chance
@@ -28,7 +28,7 @@ PROGRESS_S = 30.0  # how often the stages report work in progress
 
 
 def ensure_teachers(plan: Plan, store: TeacherStore, options: SweepOptions, *, log: Callable[[str], None] = print,
-                    warn: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+                    warn: Callable[[str], None] = print_warning) -> dict[str, dict[str, Any]]:
     """Make sure every teacher the plan's distilling trials need is in ``store``, intact; return their records.
 
     Every stored teacher a trial of the plan may load is verified first (CE trials load
@@ -74,7 +74,7 @@ def ensure_teachers(plan: Plan, store: TeacherStore, options: SweepOptions, *, l
 
 def ensure_teacher_logits(plan: Plan, store: TeacherStore, options: SweepOptions, *, token: str | None = None,
                           log: Callable[[str], None] = print,
-                          warn: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+                          warn: Callable[[str], None] = print_warning) -> dict[str, dict[str, Any]]:
     """Fill the teacher-logit cache once per cache key of the plan; return the metas that exist.
 
     Every teacher must be in ``store``. Existing caches are checked here, on the driver's

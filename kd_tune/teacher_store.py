@@ -97,7 +97,7 @@ class TeacherStore:
     def verify(self, key: str) -> str | None:
         """Why stored teacher ``key`` must not be used (a sentence naming its file), or None if it is intact.
 
-        Reads the whole file and hashes its weights: about 0.1 s for WRN-28-4.
+        Reads the whole file and hashes its weights: about 0.06 s for WRN-28-4 (24 MB) on 2 cores.
         """
         try:
             self._read(key)
