@@ -5,7 +5,8 @@ Layout under the cache root (``<storage>/teacher_logits`` in sweeps)::
     <key>/train.npy   (V, N, K) logits on the training views (see kd_tune.teacher_logits)
     <key>/val.npy     (N_val, K)
     <key>/test.npy    (N_test, K)
-    <key>/meta.json   key, teacher key, shapes, dtype, seconds, teacher forward samples
+    <key>/meta.json   key, teacher key, shapes, dtype, each file's size and sha256,
+                      seconds, teacher forward samples
 
 A folder is built under a temporary name and renamed into place whole: a key folder
 that exists is complete, and two builders of one key cannot mix their files (the first
@@ -26,14 +27,32 @@ off, and with it the seed, epoch count and batch size that fix views and batches
 and the storage dtype. ``meta.json`` records the sha256 of the teacher weights the
 logits came from; :func:`ensure_cached` uses a cache only with those very weights and
 rebuilds it otherwise, so a stale cache is never read.
+
+Integrity: nothing is mapped that does not match ``meta.json``. Every load checks each
+file's ``.npy`` header (shape, dtype) and size against it (microseconds), and
+:meth:`LogitCache.problem` also checks each file's sha256, computed when the cache was
+built. The checksum reads every byte (about 0.1 s per 160 MB, 2.5 s for the paper's
+4 GB, on this project's 2-core machine), so a sweep checks it once per node: the
+driver before the trials start (its cache stage), and on every other node the first
+trial that maps the cache, under a node-wide file lock, leaving a marker in the node's
+temporary folder keyed by the cache folder, its checksums and a token drawn once per
+sweep invocation; later trials on that node with that token find the marker and skip
+the read. A damaged cache (rows reordered, payload overwritten, a file truncated or
+replaced) is derived data: it is removed, with a warning naming it, and built again.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
+import math
 import os
 import shutil
+import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,10 +69,21 @@ from kd_tune.plan import Trial
 from kd_tune.teacher_logits import TeacherLogits, compute_teacher_logits, forward_count, train_shape
 from kd_tune.teacher_store import TeacherStore
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: meta.json records each file's size and sha256
 DTYPES = {name: getattr(torch, name) for name in CACHE_DTYPES}
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16}
 _SPLITS = ("train", "val", "test")
+_MARKS_KEPT_S = 7 * 24 * 3600  # markers and locks untouched this long are removed
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+class CacheError(ValueError):
+    """A teacher-logit cache's files do not match its ``meta.json`` (the message names the file)."""
+
+
+def print_warning(message: str) -> None:
+    """The default ``warn``: one ``warning:`` line on stderr (in a worker, its log)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 class LogitCache:
@@ -80,10 +110,38 @@ class LogitCache:
         os.rename(self.path(key), aside / key)
         shutil.rmtree(aside, ignore_errors=True)
 
+    def problem(self, key: str, *, teacher_sha256: str | None = None, token: str | None = None) -> str | None:
+        """Why cache ``key`` must not be used (a sentence naming the folder or file), or None.
+
+        Checks, in order: ``meta.json`` can be read and is of this format; the logits
+        came from the teacher weights ``teacher_sha256`` (when given); every file's
+        header and size match ``meta.json``; every file's sha256 is the one recorded at
+        build. With ``token`` (drawn once per sweep invocation) the sha256 is checked
+        once per node and token (see the module docstring); without, on every call.
+        """
+        folder = self.path(key)
+        try:
+            meta = self.meta(key)
+        except (OSError, ValueError) as err:
+            return f"teacher-logit cache {folder}: meta.json cannot be read ({err})"
+        if meta.get("format") != CACHE_FORMAT:
+            return (f"teacher-logit cache {folder} has format {meta.get('format')!r}, not {CACHE_FORMAT} "
+                    "(made by an older kd-tune, without checksums)")
+        if teacher_sha256 is not None and meta.get("teacher_weights_sha256") != teacher_sha256:
+            return f"teacher-logit cache {folder} was made from other teacher weights than the stored teacher's"
+        return _layout_problem(folder, meta) or _checksum_problem_once(folder, meta, token)
+
     def load(self, key: str) -> TeacherLogits:
-        """The cached logits of ``key``, memory-mapped (pages are read on first use, never copied)."""
+        """The cached logits of ``key``, memory-mapped (pages are read on first use, never copied).
+
+        Raises :class:`CacheError` when a file's header or size does not match ``meta.json``
+        (the content checksum is :meth:`problem`'s job).
+        """
         if not self.has(key):
             raise FileNotFoundError(f"no teacher-logit cache {key} under {self.root}")
+        problem = _layout_problem(self.path(key), self.meta(key))
+        if problem is not None:
+            raise CacheError(problem)
         # Copy-on-write maps are writable for torch.from_numpy, yet share the page cache
         # with every other reader as long as nobody writes (nobody does).
         arrays = {s: np.load(self.path(key) / f"{s}.npy", mmap_mode="c") for s in _SPLITS}
@@ -99,11 +157,14 @@ class LogitCache:
         dtype: str = "float32",
         device: torch.device | str = "cpu",
         extra: dict[str, Any] | None = None,
+        token: str | None = None,
     ) -> dict[str, Any]:
         """Compute ``teacher``'s logits for ``config``'s views into folder ``key``; return its meta.
 
         Does nothing but return the meta when the key is already complete. The training
-        logits are written straight into a memory-mapped file, view by view.
+        logits are written straight into a memory-mapped file, view by view; each file's
+        size and sha256 are recorded in ``meta.json`` (read back from the written file).
+        With ``token``, this node counts the new cache as checked for that token.
         """
         if self.has(key):
             return self.meta(key)
@@ -120,12 +181,13 @@ class LogitCache:
             del train
             np.save(tmp / "val.npy", logits.val.numpy())
             np.save(tmp / "test.npy", logits.test.numpy())
+            files = {f"{s}.npy": {"bytes": (tmp / f"{s}.npy").stat().st_size, "sha256": _sha256(tmp / f"{s}.npy")}
+                     for s in _SPLITS}
             meta = {
                 "key": key, "format": CACHE_FORMAT, "dtype": dtype, "augment": data.augment,
                 "views": shape[0], "train_shape": list(shape), "val_shape": list(logits.val.shape),
-                "test_shape": list(logits.test.shape), "bytes": int(sum(
-                    (tmp / f"{s}.npy").stat().st_size for s in _SPLITS)),
-                "teacher_forward_samples": forward_count(data, config.epochs),
+                "test_shape": list(logits.test.shape), "bytes": sum(f["bytes"] for f in files.values()),
+                "files": files, "teacher_forward_samples": forward_count(data, config.epochs),
                 "build_seconds": time.perf_counter() - started, "device": str(device),
                 "created_at": datetime.now(UTC).isoformat(), **(extra or {}),
             }
@@ -136,7 +198,9 @@ class LogitCache:
                 if not self.has(key):
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)  # another builder finished first
-            return self.meta(key)
+                return self.meta(key)
+            _mark_checked(self.path(key), meta, token)
+            return meta
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -149,22 +213,133 @@ def ensure_cached(
     cache: LogitCache,
     *,
     device: torch.device | str = "cpu",
+    token: str | None = None,
+    warn: Callable[[str], None] = print_warning,
 ) -> dict[str, Any]:
-    """The meta of ``trial``'s teacher-logit cache, building it when it is missing.
+    """The meta of ``trial``'s teacher-logit cache, checked, building it when missing or unusable.
 
-    The trial's teacher must be in ``store``. A cache made from other weights than the
-    stored teacher's (the teacher was trained again) is stale: it is removed and built
-    again from the stored teacher.
+    The trial's teacher must be in ``store``. A cache that :func:`intact_meta` rejects
+    (made from other weights than the stored teacher's, or damaged) is removed and built
+    again from the stored teacher. ``token`` and ``warn`` as in :func:`intact_meta`.
+    """
+    meta = intact_meta(trial, store, cache, token=token, warn=warn)
+    if meta is not None:
+        return meta
+    teacher, _ = store.load(trial.teacher_key, trial.config, data)
+    return cache.build(trial.cache_key, teacher, data, trial.config, dtype=trial.cache_dtype, device=device,
+                       extra={"teacher_key": trial.teacher_key,
+                              "teacher_weights_sha256": store.weights_digest(trial.teacher_key)},
+                       token=token)
+
+
+def intact_meta(trial: Trial, store: TeacherStore, cache: LogitCache, *, token: str | None = None,
+                warn: Callable[[str], None] = print_warning) -> dict[str, Any] | None:
+    """The meta of ``trial``'s cache when it exists and :meth:`LogitCache.problem` finds nothing.
+
+    A cache with a problem (stale or damaged) is removed, after ``warn`` is told the
+    problem; then, as when there is no cache, None.
+    ``token`` is the sweep invocation's token for the once-per-node checksum.
     """
     key = trial.cache_key
     if key is None:
         raise ValueError(f"trial {trial.key} ({trial.label}) reads no teacher-logit cache")
-    digest = store.weights_digest(trial.teacher_key)
-    if cache.has(key):
-        meta = cache.meta(key)
-        if meta.get("teacher_weights_sha256") == digest:
-            return meta
-        cache.remove(key)
-    teacher, _ = store.load(trial.teacher_key, trial.config, data)
-    return cache.build(key, teacher, data, trial.config, dtype=trial.cache_dtype, device=device,
-                       extra={"teacher_key": trial.teacher_key, "teacher_weights_sha256": digest})
+    if not cache.has(key):
+        return None
+    problem = cache.problem(key, teacher_sha256=store.weights_digest(trial.teacher_key), token=token)
+    if problem is None:
+        return cache.meta(key)
+    warn(f"{problem}; computing it again")
+    cache.remove(key)
+    return None
+
+
+def _layout_problem(folder: Path, meta: dict[str, Any]) -> str | None:
+    """Whether each array file's header (shape, dtype) and size are what ``meta.json`` records."""
+    for split in _SPLITS:
+        path = folder / f"{split}.npy"
+        try:
+            want = tuple(meta[f"{split}_shape"]), np.dtype(meta["dtype"])
+            recorded = meta["files"][path.name]["bytes"]
+            with open(path, "rb") as handle:
+                version = np.lib.format.read_magic(handle)
+                if version not in _NPY_HEADERS:
+                    raise ValueError(f".npy version {version} is not one the cache writes")
+                shape, fortran, dtype = _NPY_HEADERS[version](handle)
+                data_at = handle.tell()
+            size = path.stat().st_size
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            return f"teacher-logit cache file {path} cannot be read ({type(err).__name__}: {err})"
+        if (shape, dtype) != want or fortran:
+            return (f"teacher-logit cache file {path} holds {dtype} {shape}, its meta.json records "
+                    f"{want[1]} {want[0]}")
+        if size != recorded or size != data_at + math.prod(shape) * dtype.itemsize:
+            return f"teacher-logit cache file {path} is {size} bytes, its meta.json records {recorded}"
+    return None
+
+
+def _checksum_problem(folder: Path, meta: dict[str, Any]) -> str | None:
+    for name, record in meta["files"].items():
+        digest = _sha256(folder / name)
+        if digest != record["sha256"]:
+            return (f"teacher-logit cache file {folder / name} does not hold what was written "
+                    f"(sha256 {digest[:12]}..., recorded {record['sha256'][:12]}...)")
+    return None
+
+
+def _checksum_problem_once(folder: Path, meta: dict[str, Any], token: str | None) -> str | None:
+    """:func:`_checksum_problem`, skipped when this node already checked these files with ``token``."""
+    marks = _marks_dir() if token is not None else None
+    if marks is None:
+        return _checksum_problem(folder, meta)
+    marker, lock = _marker_paths(marks, folder, meta, token)
+    with _locked(lock):  # other trials on this node wait for the one check, then find its marker
+        if marker.exists():
+            return None
+        problem = _checksum_problem(folder, meta)
+        if problem is None:
+            _mark_checked(folder, meta, token)
+        return problem
+
+
+def _mark_checked(folder: Path, meta: dict[str, Any], token: str | None) -> None:
+    """Leave this node's marker: ``folder`` holds ``meta``'s checksums, checked for ``token``."""
+    marks = _marks_dir() if token is not None else None
+    if marks is None:
+        return
+    marker, _ = _marker_paths(marks, folder, meta, token)
+    for old in marks.glob(marker.name.split(".")[0] + ".*.ok"):  # one marker per folder, the newest
+        old.unlink(missing_ok=True)
+    marker.touch()
+    for old in marks.iterdir():  # folders long gone; at worst a cache is checked once more
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > _MARKS_KEPT_S:
+                old.unlink()
+
+
+def _marker_paths(marks: Path, folder: Path, meta: dict[str, Any], token: str) -> tuple[Path, Path]:
+    place = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+    sums = json.dumps({n: f["sha256"] for n, f in meta["files"].items()}, sort_keys=True)
+    check = hashlib.sha256(f"{sums}|{token}".encode()).hexdigest()[:16]
+    return marks / f"{place}.{check}.ok", marks / f"{place}.lock"
+
+
+def _marks_dir() -> Path | None:
+    """This node's folder of checked-cache markers (None when it cannot be made: check every time)."""
+    marks = Path(tempfile.gettempdir()) / f"kd_tune-{os.getuid()}" / "checked-caches"
+    try:
+        marks.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return marks
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

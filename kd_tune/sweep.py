@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,8 @@ class SweepOutcome:
 
     ``counts`` maps each final status (and ``missing``: no final row) to a number of
     trials; ``seconds`` is the whole run, ``fit_seconds`` the Tune phase (after the
-    teacher and cache stages).
+    teacher and cache stages); ``warnings`` are the stages' warnings (a teacher at
+    chance, a damaged teacher or cache made again), to be said again under the table.
     """
 
     sweep_dir: Path
@@ -61,6 +63,7 @@ class SweepOutcome:
     fit_seconds: float = 0.0
     interrupted: bool = False
     artifacts: tuple[Path, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 def prepare(configs: Sequence[RunConfig], options: SweepOptions) -> Plan:
@@ -130,6 +133,14 @@ def run_sweep(
         {"kd_tune.sweep_dir": str(sweep_dir)},
     )
     status = "FAILED"
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        log(f"warning: {message}")
+        warnings.append(message)
+
+    # Stored caches are checksummed once per node and invocation: the token names this one.
+    check_token = uuid.uuid4().hex
     try:
         store = TeacherStore(options.teachers_dir)
         mlflow_sink = MlflowSink(tracker)
@@ -137,15 +148,15 @@ def run_sweep(
         finished = parquet.finished_keys() & set(plan.keys)
         log(f"sweep {options.name!r}: {len(plan.trials)} trials ({len(finished)} already finished), "
             f"up to {_concurrency(info, options)} at a time; results in {sweep_dir}")
-        ensure_teachers(plan, store, options, log=log)
+        ensure_teachers(plan, store, options, log=log, warn=warn)
         if options.cache_dtype is not None:
-            ensure_teacher_logits(plan, store, options, log=log)
+            ensure_teacher_logits(plan, store, options, token=check_token, log=log, warn=warn)
         console = ConsoleProgress(total=len(plan.trials), done=len(finished), log=log)
         # The row is written before the MLflow run is ended: a driver killed in between leaves
         # a RUNNING run, which reconcile() ends, never a finished run without its row.
         callback = TuneSinks([parquet, mlflow_sink, console], skip=finished)
         fit_started = time.perf_counter()
-        _fit(plan, options, callback)
+        _fit(plan, options, callback, check_token)
         fit_seconds = time.perf_counter() - fit_started
         parquet.reconcile(callback.ended_in_tune)
         mlflow_sink.reconcile(parquet.statuses())
@@ -155,7 +166,7 @@ def run_sweep(
         tracker.log_artifacts(list(artifacts))
         status = "KILLED" if interrupted else ("FINISHED" if counts[TrialStatus.FAILED] == 0 else "FAILED")
         return SweepOutcome(sweep_dir, tracking_uri, parent, counts, time.perf_counter() - started,
-                            fit_seconds, interrupted, artifacts)
+                            fit_seconds, interrupted, artifacts, tuple(warnings))
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -186,7 +197,7 @@ def _check_manifest(plan: Plan, options: SweepOptions) -> None:
         )
 
 
-def _fit(plan: Plan, options: SweepOptions, callback: Any) -> None:
+def _fit(plan: Plan, options: SweepOptions, callback: Any, check_token: str) -> None:
     """Run the Tune experiment, or resume it when the sweep folder holds one."""
     # Tune's own console table and default loggers are replaced by the sinks; the JSON
     # logger stays for Tune's own result bookkeeping.
@@ -202,6 +213,7 @@ def _fit(plan: Plan, options: SweepOptions, callback: Any) -> None:
         tune.with_parameters(
             distill_trial, teachers_dir=str(options.teachers_dir), logits_dir=str(options.logits_dir),
             noise_dir=str(options.noise_dir), checkpoint_every=options.checkpoint_every,
+            check_token=check_token,
         ),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
     )

@@ -207,6 +207,8 @@ def _print_summary(outcome: Any, table: str) -> None:
     if md:
         print()
         print(md[0].read_text())
+    for warning in outcome.warnings:
+        print(f"warning: {warning}")
     print(f"Parquet:  {outcome.sweep_dir / 'trials.parquet'}\n          {outcome.sweep_dir / 'epochs.parquet'}")
     for path in outcome.artifacts:
         if path.suffix == ".csv":

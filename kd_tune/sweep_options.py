@@ -72,6 +72,8 @@ class SweepOptions:
         if _is_uri(str(self.storage)):
             p.append(f"--storage {str(self.storage)!r}: URIs are not supported; mount the bucket or share a file "
                      "system and give its path")
+        else:
+            p += _storage_problems(self.storage, (self.sweep_dir, self.teachers_dir, self.logits_dir))
         if self.cpus_per_trial <= 0:
             p.append(f"--cpus-per-trial must be > 0, got {self.cpus_per_trial:g}")
         if self.gpus_per_trial < 0:
@@ -86,6 +88,32 @@ class SweepOptions:
             p.append(f"--teacher-cache {self.teacher_cache!r} must be one of {', '.join(CACHE_MODES)} "
                      "(on means float32)")
         return p
+
+
+def _storage_problems(storage: Path, inside: tuple[Path, ...]) -> list[str]:
+    """Whether a sweep can write ``storage`` and the folders ``inside`` it that exist; writes nothing.
+
+    A missing ``storage`` must be creatable: its nearest existing parent must be a
+    writable folder. Writable means writable by this process (a read-only mount is
+    not, for any user).
+    """
+    flag = f"--storage {str(storage)!r}"
+    existing = storage
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing != storage:
+        if not existing.is_dir():
+            return [f"{flag} cannot be created: {str(existing)!r} is a file, not a folder"]
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return [f"{flag} cannot be created: {str(existing)!r} is not writable"]
+        return []
+    for folder in (storage, *inside):
+        what = flag if folder == storage else f"{flag}: {str(folder)!r}"
+        if folder.exists() and not folder.is_dir():
+            return [f"{what} is a file, not a folder"]
+        if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
+            return [f"{what} is not writable"]
+    return []
 
 
 def _is_uri(text: str) -> bool:

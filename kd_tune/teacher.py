@@ -43,7 +43,13 @@ def load_teacher(path: str | os.PathLike, config: RunConfig, data: Dataset) -> t
     Returns the network (eval mode, no gradients) and the stored metadata. Raises
     ValueError when the file's architecture, data set or class count do not fit.
     """
-    state = load_state(path)
+    return teacher_from_state(load_state(path), config, data, path=path)
+
+
+def teacher_from_state(state: dict[str, Any], config: RunConfig, data: Dataset,
+                       *, path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """The teacher held in ``state``, a :func:`save_teacher` file already read from ``path``
+    (named in errors); see :func:`load_teacher`."""
     if state.get("format") != TEACHER_FORMAT:
         raise ValueError(f"{path}: not a kd-tune teacher file (format {state.get('format')!r})")
     saved_dataset = state["config"].get("dataset")

@@ -6,28 +6,44 @@ distinct teacher keys of distilling trials, and the distinct teacher-logit cache
 What exists already (in the teacher store, in the cache) is reused, by every later
 sweep too. The task functions (in :mod:`kd_tune.trainable`) run in workers and take
 plain values only.
+
+Both check what they reuse before a trial uses it: a stored teacher whose file does not
+hold the weights its record names, and a cache whose files do not match their record
+(:meth:`kd_tune.logit_cache.LogitCache.problem`), are derived data: ``warn`` is told
+(naming the path), they are removed and made again. A teacher no better than chance
+is kept, with a warning.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from kd_tune.logit_cache import LogitCache
+from kd_tune.logit_cache import LogitCache, intact_meta, print_warning
 from kd_tune.plan import Plan
 from kd_tune.sweep_options import SweepOptions
-from kd_tune.teacher_store import TeacherError, TeacherStore
+from kd_tune.teacher_store import TeacherError, TeacherStore, at_chance
 from kd_tune.trainable import build_logits_task, train_teacher_task
 
 PROGRESS_S = 30.0  # how often the stages report work in progress
 
 
-def ensure_teachers(plan: Plan, store: TeacherStore, options: SweepOptions,
-                    *, log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-    """Make sure every teacher the plan's distilling trials need is in ``store``; return their records.
+def ensure_teachers(plan: Plan, store: TeacherStore, options: SweepOptions, *, log: Callable[[str], None] = print,
+                    warn: Callable[[str], None] = print_warning) -> dict[str, dict[str, Any]]:
+    """Make sure every teacher the plan's distilling trials need is in ``store``, intact; return their records.
 
-    Raises :class:`TeacherError` when a teacher cannot be trained.
+    Every stored teacher a trial of the plan may load is verified first (CE trials load
+    theirs for the agreement metrics): a damaged one is discarded, and trained again
+    when a distilling trial needs it. ``warn`` gets each damaged teacher and each needed
+    teacher at chance accuracy (:func:`~kd_tune.teacher_store.at_chance`). Raises
+    :class:`TeacherError` when a teacher cannot be trained.
     """
     needed = plan.teachers()
+    for key in dict.fromkeys(t.teacher_key for t in plan.trials):
+        problem = store.verify(key) if store.has(key) else None
+        if problem is not None:
+            warn(f"{problem}; " + ("training it again" if key in needed else
+                                   "removed from the store (this sweep does not need it)"))
+            store.discard(key)
     missing = {k: t for k, t in needed.items() if not store.has(k)}
     log(f"teachers: {len(needed)} needed, {len(needed) - len(missing)} in the store, {len(missing)} to train")
     pending = {_task(train_teacher_task, options).remote(str(store.root), k, t.config.to_dict(),
@@ -48,24 +64,32 @@ def ensure_teachers(plan: Plan, store: TeacherStore, options: SweepOptions,
         raise TeacherError(f"training teacher {key} failed: {cause}") from None
 
     _await_tasks(pending, on_done=trained, on_wait=still_training, on_error=failed)
-    return {k: store.meta(k) for k in needed}
+    records = {k: store.meta(k) for k in needed}
+    for record in records.values():
+        chance = at_chance(record)
+        if chance is not None:
+            warn(chance)
+    return records
 
 
-def ensure_teacher_logits(plan: Plan, store: TeacherStore, options: SweepOptions,
-                          *, log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+def ensure_teacher_logits(plan: Plan, store: TeacherStore, options: SweepOptions, *, token: str | None = None,
+                          log: Callable[[str], None] = print,
+                          warn: Callable[[str], None] = print_warning) -> dict[str, dict[str, Any]]:
     """Fill the teacher-logit cache once per cache key of the plan; return the metas that exist.
 
-    Every teacher must be in ``store``. A build that fails is reported and not fatal: the
-    trials that need it try again themselves, and fail and are recorded one by one if it
-    still fails.
+    Every teacher must be in ``store``. Existing caches are checked here, on the driver's
+    node, checksum included (``token``: the sweep invocation's, so that trials on this
+    node do not check again); a stale or damaged one is removed (``warn`` says why) and
+    built again. A build that fails is reported and not fatal: the trials that need it
+    try again themselves, and fail and are recorded one by one if it still fails.
     """
     cache = LogitCache(options.logits_dir)
     needed = plan.caches()
-    missing = {k: t for k, t in needed.items() if not cache.has(k)}
+    missing = {k: t for k, t in needed.items() if intact_meta(t, store, cache, token=token, warn=warn) is None}
     log(f"teacher logits ({options.teacher_cache}): {len(needed)} view set(s) needed, "
         f"{len(needed) - len(missing)} cached, {len(missing)} to compute")
     pending = {_task(build_logits_task, options).remote(str(store.root), str(cache.root), t.to_dict(),
-                                                        str(options.noise_dir)): k
+                                                        str(options.noise_dir), token): k
                for k, t in missing.items()}
 
     def built(key: str, meta: dict[str, Any]) -> None:

@@ -11,6 +11,12 @@ Layout under the store root (``<storage>/teachers`` in sweeps)::
 is a hash of everything that decides the trained teacher
 (:func:`kd_tune.identity.teacher_key`, computed once by the planner), so every trial and
 every later sweep that needs the same teacher finds it.
+
+Every read of ``teacher.pt`` is checked against the ``weights_sha256`` that ``meta.json``
+recorded (:meth:`TeacherStore.load`, :meth:`TeacherStore.verify`): a truncated,
+replaced or altered file raises :class:`DamagedTeacher` naming the file, never a bare
+zip-reader error, and is never used. A teacher is derived data: the sweep's teacher
+stage discards a damaged one and trains it again.
 """
 from __future__ import annotations
 
@@ -29,12 +35,16 @@ from kd_tune.config import RunConfig
 from kd_tune.data import Dataset
 from kd_tune.identity import weights_digest
 from kd_tune.status import TrialStatus
-from kd_tune.teacher import load_teacher, save_teacher, train_teacher
+from kd_tune.teacher import save_teacher, teacher_from_state, train_teacher
 from kd_tune.trainer import EpochEnd, load_data
 
 
 class TeacherError(RuntimeError):
-    """A teacher could not be trained (it diverged) or is missing from the store."""
+    """A teacher could not be trained (it diverged), is missing from the store or is damaged."""
+
+
+class DamagedTeacher(TeacherError):
+    """A stored ``teacher.pt`` cannot be read, or holds other weights than its ``meta.json`` records."""
 
 
 class TeacherStore:
@@ -73,13 +83,47 @@ class TeacherStore:
     def weights_digest(self, key: str) -> str:
         """sha256 of teacher ``key``'s weights (recorded at training; computed for older stores)."""
         digest = self.meta(key).get("weights_sha256")
-        return digest if digest else weights_digest(load_state(self.weights_path(key))["model"])
+        return digest if digest else weights_digest(self._read(key)["model"])
 
     def load(self, key: str, config: RunConfig, data: Dataset) -> tuple[nn.Module, dict[str, Any]]:
-        """Teacher ``key`` of ``config`` (eval mode, no gradients) and its record."""
-        meta = self.meta(key)
-        model, _ = load_teacher(self.weights_path(key), config, data)
-        return model, meta
+        """Teacher ``key`` of ``config`` (eval mode, no gradients) and its record.
+
+        Raises :class:`DamagedTeacher` when the file is not the teacher ``meta.json`` records.
+        """
+        state = self._read(key)
+        model, _ = teacher_from_state(state, config, data, path=self.weights_path(key))
+        return model, self.meta(key)
+
+    def verify(self, key: str) -> str | None:
+        """Why stored teacher ``key`` must not be used (a sentence naming its file), or None if it is intact.
+
+        Reads the whole file and hashes its weights: about 0.06 s for WRN-28-4 (24 MB) on 2 cores.
+        """
+        try:
+            self._read(key)
+        except DamagedTeacher as err:
+            return str(err)
+        return None
+
+    def discard(self, key: str) -> None:
+        """Remove teacher ``key`` from the store; ``meta.json`` goes first, so the key is incomplete at once."""
+        for path in (self.meta_path(key), self.weights_path(key), self.root / key / "progress.json"):
+            path.unlink(missing_ok=True)
+
+    def _read(self, key: str) -> dict[str, Any]:
+        """The state in ``teacher.pt``, checked against the digest ``meta.json`` records."""
+        recorded = self.meta(key).get("weights_sha256")
+        path = self.weights_path(key)
+        try:
+            state = load_state(path)
+            digest = weights_digest(state["model"])
+        except Exception as err:  # torch's errors (zip reader, unpickler) name no file
+            first = str(err).split(". ")[0]  # torch's zip error goes on for five sentences
+            raise DamagedTeacher(f"teacher file {path} cannot be read ({type(err).__name__}: {first})") from None
+        if recorded and digest != recorded:
+            raise DamagedTeacher(f"teacher file {path} holds other weights than its meta.json records "
+                                 f"(sha256 {digest[:12]}..., recorded {recorded[:12]}...)")
+        return state
 
     def train(self, key: str, config: RunConfig, *, noise_dir: str | None = None) -> dict[str, Any]:
         """Train ``config``'s teacher, store it under ``key`` (its teacher key) and return its record.
@@ -110,10 +154,32 @@ class TeacherStore:
             "metrics": {k: _finite(v) for k, v in result.final.items()},
             "train_seconds": seconds,
             "weights_sha256": weights_digest(result.model),
+            # What chance accuracy is for this teacher (see at_chance).
+            "num_classes": data.num_classes,
+            "test_samples": len(data.test),
             "created_at": datetime.now(UTC).isoformat(),
         }
         write_text(self.meta_path(key), json.dumps(meta, indent=2))
         return meta
+
+
+def at_chance(meta: dict[str, Any]) -> str | None:
+    """A warning when a stored teacher's test accuracy is no better than chance, else None.
+
+    Chance is 1/K for K classes; "no better" means within three standard errors of it on
+    the teacher's test set (sqrt(p(1-p)/n) for p = 1/K and n test images): 14.7% for
+    digits (10 classes, 360 images), 1.3% for CIFAR-100 (10,000 images). Records written
+    before K and n were kept are not judged.
+    """
+    acc, classes, samples = meta["metrics"].get("test_acc"), meta.get("num_classes"), meta.get("test_samples")
+    if acc is None or not classes or not samples:
+        return None
+    chance = 1.0 / classes
+    if acc > chance + 3.0 * math.sqrt(chance * (1.0 - chance) / samples):
+        return None
+    return (f"teacher {meta['config']['student']} ({meta['key']}) is at chance: test acc {100 * acc:.2f}% "
+            f"on {samples} images of {classes} classes (chance {100 * chance:.2f}%); its students learn nothing "
+            "from it: check its learning rate, epochs and data")
 
 
 def _finite(value: float) -> float | None:

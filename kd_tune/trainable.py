@@ -34,7 +34,7 @@ from kd_tune.config import RunConfig
 from kd_tune.logit_cache import LogitCache, ensure_cached
 from kd_tune.plan import Trial
 from kd_tune.status import STATUS_KEY, TrialStatus
-from kd_tune.teacher_store import TeacherStore
+from kd_tune.teacher_store import TeacherError, TeacherStore
 from kd_tune.trainer import EpochEnd, load_data, train
 
 STATE_FILE = "state.pt"
@@ -46,8 +46,12 @@ _held: dict[str, OrderedDict[Hashable, Any]] = {"data": OrderedDict(), "teacher"
 
 
 def distill_trial(config: dict[str, Any], *, teachers_dir: str, logits_dir: str, noise_dir: str,
-                  checkpoint_every: int) -> None:
-    """Run one planned sweep trial (called by Ray Tune in a worker)."""
+                  checkpoint_every: int, check_token: str | None = None) -> None:
+    """Run one planned sweep trial (called by Ray Tune in a worker).
+
+    ``check_token`` is the sweep invocation's token: a cached-logit checksum is read
+    once per node and token (:meth:`kd_tune.logit_cache.LogitCache.problem`).
+    """
     from ray import tune
 
     trial = Trial.from_dict(config["trial"])
@@ -58,12 +62,18 @@ def distill_trial(config: dict[str, Any], *, teachers_dir: str, logits_dir: str,
     teacher = logits = None
     if trial.cache_key is not None:
         cache = LogitCache(logits_dir)
-        ensure_cached(trial, data, store, cache, device=run.device)
-        logits = _held_or_load("logits", (logits_dir, trial.cache_key), lambda: cache.load(trial.cache_key))
+        meta = ensure_cached(trial, data, store, cache, device=run.device, token=check_token)
+        # Held per build: a cache rebuilt during the sweep is mapped afresh, not served from the old map.
+        logits = _held_or_load("logits", (logits_dir, trial.cache_key, meta["created_at"]),
+                               lambda: cache.load(trial.cache_key))
     elif trial.distils or store.has(trial.teacher_key):
-        # A CE trial with a stored teacher reports its agreement with it.
-        teacher, _ = _held_or_load("teacher", (trial.teacher_key, run.device),
-                                   lambda: store.load(trial.teacher_key, run, data))
+        # A CE trial with a stored teacher reports its agreement with it; it does without a damaged one.
+        try:
+            teacher, _ = _held_or_load("teacher", (trial.teacher_key, run.device),
+                                       lambda: store.load(trial.teacher_key, run, data))
+        except TeacherError:
+            if trial.distils:
+                raise
 
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -96,13 +106,15 @@ def train_teacher_task(teachers_dir: str, key: str, config: dict[str, Any], nois
     return TeacherStore(teachers_dir).train(key, run, noise_dir=noise_dir)
 
 
-def build_logits_task(teachers_dir: str, logits_dir: str, trial: dict[str, Any], noise_dir: str) -> dict[str, Any]:
+def build_logits_task(teachers_dir: str, logits_dir: str, trial: dict[str, Any], noise_dir: str,
+                      check_token: str | None = None) -> dict[str, Any]:
     """Fill the teacher-logit cache of one planned trial (a Ray task of the cache stage); return the cache's meta."""
     planned = Trial.from_dict(trial)
     device = assigned_device(planned.config.device)
     torch.set_num_threads(cpu_share())
     data = load_data(planned.config, noise_dir=noise_dir)
-    return ensure_cached(planned, data, TeacherStore(teachers_dir), LogitCache(logits_dir), device=device)
+    return ensure_cached(planned, data, TeacherStore(teachers_dir), LogitCache(logits_dir), device=device,
+                         token=check_token)
 
 
 def assigned_device(device: str) -> str:

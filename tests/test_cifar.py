@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
+import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +141,86 @@ def test_labels_out_of_range(cifar10_dir):
         cifar_files.py2_pickle({b"data": written["test_data"], b"labels": [10] * 6}))
     with pytest.raises(DataError, match=r"labels span \[10, 10\]"):
         load_dataset("cifar10", str(root))
+
+
+# -- safe loading: a crafted file runs nothing; a full copy must be the official one --------
+
+
+class _WritesAFile:
+    """Unpickling this with pickle.load runs its reduce: it writes ``path``."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.path!r}, 'w').write('ran')",))
+
+
+class _CallsOsSystem:
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+@pytest.mark.parametrize("name, payload", [
+    ("data_batch_1", lambda ran: {"data": _WritesAFile(ran), "labels": [0]}),
+    ("test_batch", lambda ran: [_CallsOsSystem(ran)]),
+    ("batches.meta", lambda ran: {"label_names": _WritesAFile(ran)}),
+    ("data_batch_3", lambda ran: collections.OrderedDict(data=np.zeros((1, 3072), np.uint8), labels=[0])),
+])
+def test_a_crafted_pickle_is_refused_and_runs_nothing(cifar10_dir, tmp_path, name, payload):
+    root, written = cifar10_dir
+    ran = tmp_path / "ran"
+    (written["folder"] / name).write_bytes(pickle.dumps(payload(ran), protocol=2))
+    with pytest.raises(DataError, match=rf"refused to load '.*{name}': it names .*, which CIFAR data never "
+                                        "contains.*none of it was run"):
+        load_dataset("cifar10", str(root))
+    assert not ran.exists()
+    # The way torchvision reads the files would have run it: the test can fail.
+    if name != "data_batch_3":
+        with open(written["folder"] / name, "rb") as handle:
+            pickle.load(handle, encoding="latin1")
+        assert ran.exists()
+
+
+def test_a_crafted_pickle_is_refused_by_the_sweep_command_before_anything_runs(cifar10_dir, tmp_path, capsys):
+    from test_sweep_cli import TAU_GRID
+
+    from kd_tune.sweep_cli import main
+
+    root, written = cifar10_dir
+    ran = tmp_path / "ran"
+    (written["folder"] / "data_batch_2").write_bytes(pickle.dumps({"data": _WritesAFile(ran)}, protocol=2))
+    storage = tmp_path / "results"
+    for extra in (["--dry-run"], []):
+        with pytest.raises(SystemExit) as exit_info:
+            main(TAU_GRID, ["--dataset", "cifar10", "--data-dir", str(root), "--storage", str(storage), *extra])
+        assert exit_info.value.code == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert len(errors) == 1 and "refused to load" in errors[0] and "data_batch_2" in errors[0]
+        assert not ran.exists() and not storage.exists()
+
+
+@pytest.mark.parametrize("dataset, title, write, first, test_file", [
+    ("cifar10", "CIFAR-10", lambda root: write_cifar10(root, per_batch=10_000, test_size=10_000),
+     "data_batch_1", "test_batch"),
+    ("cifar100", "CIFAR-100", lambda root: write_cifar100(root, train_size=50_000, test_size=10_000),
+     "train", "test"),
+])
+def test_a_full_copy_must_be_the_official_one(tmp_path, dataset, title, write, first, test_file):
+    import cifar_files
+
+    # 50,000 training and 10,000 test images in the official format, but not the official
+    # bytes: a damaged or modified copy, refused by md5.
+    written = write(tmp_path)
+    with pytest.raises(DataError, match=rf"'.*{first}' is not the official {title} file {first}: "
+                                        r"md5 [0-9a-f]{32}, the official one is [0-9a-f]{32}.*--download"):
+        load_dataset(dataset, str(tmp_path))
+    # One test image fewer is a subset, not a copy of the official archive: it loads.
+    labels = written["test_labels"][1:].tolist()
+    label_keys = {b"labels": labels} if dataset == "cifar10" else {b"fine_labels": labels, b"coarse_labels": labels}
+    (written["folder"] / test_file).write_bytes(
+        cifar_files.py2_pickle({b"data": written["test_data"][1:], **label_keys}))
+    assert len(load_dataset(dataset, str(tmp_path)).test) == 9_999

@@ -4,6 +4,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,6 +82,8 @@ def test_label_noise_space_shares_the_clean_runs():
          "--teacher-cache 'bf16' must be one of float32, float16, off (on means float32)"),
         (TAU_GRID, ["--name", "teacher_logits"], "must be a plain folder name (not 'teachers' or 'teacher_logits'"),
         (TAU_GRID, ["--mlflow-uri", "http://127.0.0.1:9"], "cannot reach the MLflow tracking server at http://127.0.0.1:9"),
+        (TAU_GRID, ["--val-size", "100000"], "digits: val_size=100000 must be in [0, 1436]"),
+        (TAU_GRID, ["--val-size", "100000", "--dry-run"], "digits: val_size=100000 must be in [0, 1436]"),
         (LABEL_NOISE, ["--noise-rates", "0.2,1.0"], "noise_rate=1.0"),
         (LABEL_NOISE, ["--noise-types", "gaussian"], "noise_type='gaussian'"),
     ],
@@ -90,6 +95,59 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, spec, argv, mess
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not storage.exists()
+
+
+def a_file(root: Path) -> tuple[Path, str]:
+    (root / "results").write_text("not a folder")
+    return root / "results", f"--storage '{root / 'results'}' is a file, not a folder"
+
+
+def inside_a_file(root: Path) -> tuple[Path, str]:
+    (root / "file").write_text("not a folder")
+    return root / "file" / "results", f"--storage '{root / 'file' / 'results'}' cannot be created: " \
+                                      f"'{root / 'file'}' is a file, not a folder"
+
+
+def read_only(root: Path) -> tuple[Path, str]:
+    (root / "results").mkdir(mode=0o555)
+    return root / "results", f"--storage '{root / 'results'}' is not writable"
+
+
+def inside_read_only(root: Path) -> tuple[Path, str]:
+    (root / "ro").mkdir(mode=0o555)
+    return root / "ro" / "results", f"--storage '{root / 'ro' / 'results'}' cannot be created: " \
+                                    f"'{root / 'ro'}' is not writable"
+
+
+def sweep_folder_read_only(root: Path) -> tuple[Path, str]:
+    (root / "results").mkdir()
+    (root / "results" / "tau_grid").mkdir(mode=0o555)
+    return root / "results", f"--storage '{root / 'results'}': '{root / 'results' / 'tau_grid'}' is not writable"
+
+
+def as_unprivileged(cmd: list[str]) -> list[str]:
+    """``cmd`` run so that mode bits bind it: root writes through them, but not from a user
+    namespace of its own (where it is an unprivileged user)."""
+    if os.geteuid() != 0:
+        return cmd
+    if subprocess.run(["unshare", "--user", "true"], capture_output=True).returncode != 0:
+        pytest.skip("running as root without unprivileged user namespaces: no folder is read-only to root")
+    return ["unshare", "--user", *cmd]
+
+
+@pytest.mark.parametrize("make", [a_file, inside_a_file, read_only, inside_read_only, sweep_folder_read_only])
+def test_unusable_storage_exits_2_before_ray_starts(tmp_path, make):
+    storage, message = make(tmp_path)
+    cmd = [sys.executable, str(ROOT / "sweeps" / "tau_grid.py"), "--storage", str(storage), "--epochs", "1"]
+    if "read_only" in make.__name__:
+        cmd = as_unprivileged(cmd)
+    before = sorted(tmp_path.rglob("*"))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].endswith(f"error: {message}"), proc.stderr
+    assert "Ray" not in proc.stdout  # it stopped before connecting
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_a_name_reused_with_other_trials_is_refused(tmp_path, capsys):

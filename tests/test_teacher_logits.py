@@ -1,9 +1,13 @@
 """The teacher-logit cache: exact views, equivalence with the online teacher, keys, files."""
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
+import uuid
 
+import numpy as np
 import pytest
 import torch
 from cifar_files import tiny_cifar10_run
@@ -11,7 +15,7 @@ from cifar_files import tiny_cifar10_run
 from kd_tune import models
 from kd_tune.config import RunConfig
 from kd_tune.identity import cache_key, teacher_key, weights_digest
-from kd_tune.logit_cache import LogitCache, ensure_cached
+from kd_tune.logit_cache import CacheError, LogitCache, ensure_cached
 from kd_tune.losses import make_loss
 from kd_tune.plan import plan_trial
 from kd_tune.teacher_logits import TeacherLogits, compute_teacher_logits, forward_count
@@ -175,3 +179,105 @@ def test_a_cache_made_from_other_weights_is_rebuilt_from_the_stored_teacher(tmp_
     assert torch.equal(fresh, compute_teacher_logits(teacher, data, config).test)
     assert not torch.equal(fresh, stale)
     assert sorted(os.listdir(cache.root)) == [trial.cache_key]
+
+
+# -- a damaged cache is found before a trial maps it, and built again ------------------------
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory, cifar):
+    """(trial, data, store, cache): a stored teacher and the cache ensure_cached built from it."""
+    config, data, _ = cifar
+    trial = plan_trial(config.replace(loss="mse", alpha=1.0))
+    root = tmp_path_factory.mktemp("stored")
+    store = TeacherStore(root / "teachers")
+    store.train(trial.teacher_key, trial.config)
+    cache = LogitCache(root / "logits")
+    ensure_cached(trial, data, store, cache)
+    return trial, data, store, cache
+
+
+def copy_of(cache: LogitCache, root) -> LogitCache:
+    shutil.copytree(cache.root, root)
+    return LogitCache(root)
+
+
+def reorder_rows(folder):
+    rows = np.load(folder / "train.npy", mmap_mode="r+")
+    rows[:, [0, 1]] = rows[:, [1, 0]]
+    rows.flush()
+
+
+def random_payload(folder):
+    # A valid header of the right shape and dtype, and the right size: only the checksum sees it.
+    shape = np.load(folder / "train.npy", mmap_mode="r").shape
+    np.save(folder / "train.npy", np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
+
+
+def truncate(folder):
+    path = folder / "train.npy"
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def replace_val(folder):
+    np.save(folder / "val.npy", np.zeros((3, 10), dtype=np.float32))
+
+
+def older_format(folder):
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["format"] = 2
+    del meta["files"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("damage, named, message, loads", [
+    (reorder_rows, "train.npy", "does not hold what was written", True),
+    (random_payload, "train.npy", "does not hold what was written", True),
+    (truncate, "train.npy", "is 21628 bytes, its meta.json records 21728", False),
+    (replace_val, "val.npy", "holds float32 (3, 10), its meta.json records float32 (20, 10)", False),
+    (older_format, "", "has format 2, not 3 (made by an older kd-tune, without checksums)", False),
+])
+def test_a_damaged_cache_is_named_and_built_again(tmp_path, stored, damage, named, message, loads):
+    trial, data, store, original = stored
+    cache = copy_of(original, tmp_path / "logits")
+    fresh = {split: getattr(cache.load(trial.cache_key), split).clone() for split in ("train", "val", "test")}
+    folder = cache.path(trial.cache_key)
+    assert cache.problem(trial.cache_key) is None
+    damage(folder)
+
+    problem = cache.problem(trial.cache_key)
+    assert problem is not None and message in problem and str(folder / named) in problem
+    if loads:  # the layout still matches meta.json: only the checksum finds it
+        cache.load(trial.cache_key)
+    elif named:
+        with pytest.raises(CacheError, match=f"teacher-logit cache file {folder / named}"):
+            cache.load(trial.cache_key)
+
+    said = []
+    meta = ensure_cached(trial, data, store, cache, warn=said.append)
+    assert said == [f"{problem}; computing it again"]
+    assert cache.problem(trial.cache_key) is None and meta == cache.meta(trial.cache_key)
+    rebuilt = cache.load(trial.cache_key)
+    for split, logits in fresh.items():
+        assert torch.equal(getattr(rebuilt, split), logits)
+    assert sorted(os.listdir(cache.root)) == [trial.cache_key]
+
+
+def test_the_checksum_is_read_once_per_node_and_token(tmp_path, stored):
+    trial, data, store, original = stored
+    cache = LogitCache(tmp_path / "logits")
+    token, other = uuid.uuid4().hex, uuid.uuid4().hex
+    # The builder counts the cache it wrote as checked for its token.
+    ensure_cached(trial, data, store, cache, token=token)
+    reorder_rows(cache.path(trial.cache_key))
+    assert cache.problem(trial.cache_key, token=token) is None  # not read again on this node
+    assert "does not hold what was written" in cache.problem(trial.cache_key, token=other)
+    assert "does not hold what was written" in cache.problem(trial.cache_key)  # no token: every time
+
+    # A check that passes leaves the marker too; layout is checked on every call regardless.
+    checked = copy_of(original, tmp_path / "checked")
+    assert checked.problem(trial.cache_key, token=other) is None
+    random_payload(checked.path(trial.cache_key))
+    assert checked.problem(trial.cache_key, token=other) is None
+    truncate(checked.path(trial.cache_key))
+    assert "is 21628 bytes" in checked.problem(trial.cache_key, token=other)

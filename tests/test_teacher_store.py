@@ -12,7 +12,7 @@ from kd_tune.checkpoint import load_state
 from kd_tune.config import RunConfig
 from kd_tune.evaluation import accuracy, predict_logits
 from kd_tune.identity import teacher_key
-from kd_tune.teacher_store import TeacherError, TeacherStore
+from kd_tune.teacher_store import DamagedTeacher, TeacherError, TeacherStore, at_chance
 from kd_tune.trainer import load_data
 
 STUDENT = RunConfig(teacher="cnn-8", student="cnn-4", loss="kl", tau=4.0, alpha=0.9, epochs=1, device="cpu")
@@ -106,3 +106,59 @@ def test_training_the_same_teacher_again_gives_the_same_weights(trained, tmp_pat
     second = load_state(TeacherStore(tmp_path).weights_path(meta["key"]))["model"]
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+# -- a damaged teacher is found before anything uses it ------------------------------------
+
+
+def damaged_copy(store: TeacherStore, root) -> TeacherStore:
+    """A copy of ``store`` to damage, leaving the module's store intact."""
+    shutil.copytree(store.root, root)
+    return TeacherStore(root)
+
+
+def test_a_truncated_teacher_is_named_and_never_loaded(trained, tmp_path):
+    store, _, data = trained
+    key = teacher_key(STUDENT)
+    copy = damaged_copy(store, tmp_path / "store")
+    assert copy.verify(key) is None
+    path = copy.weights_path(key)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    problem = copy.verify(key)
+    assert problem is not None and str(path) in problem and "cannot be read" in problem
+    with pytest.raises(DamagedTeacher, match=f"teacher file {path} cannot be read"):
+        copy.load(key, STUDENT, data)
+    copy.discard(key)
+    assert not copy.has(key) and not path.exists()
+
+
+def test_a_teacher_file_holding_other_weights_is_refused(trained, tmp_path):
+    # A valid teacher file, but not the one meta.json records (e.g. copied from another key).
+    store, _, data = trained
+    key = teacher_key(STUDENT)
+    copy = damaged_copy(store, tmp_path / "store")
+    state = load_state(copy.weights_path(key))
+    state["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, copy.weights_path(key))
+    problem = copy.verify(key)
+    assert problem is not None and "holds other weights than its meta.json records" in problem
+    assert str(copy.weights_path(key)) in problem
+    with pytest.raises(DamagedTeacher, match="holds other weights"):
+        copy.load(key, STUDENT, data)
+
+
+def record(acc: float, classes: int = 10, samples: int = 360) -> dict:
+    return {"key": "k", "config": {"student": "cnn-8"}, "metrics": {"test_acc": acc},
+            "num_classes": classes, "test_samples": samples}
+
+
+def test_a_teacher_at_chance_is_named_and_a_trained_one_is_not(trained):
+    _, meta, _ = trained
+    assert (meta["num_classes"], meta["test_samples"]) == (10, 360)
+    assert meta["metrics"]["test_acc"] > 0.15 and at_chance(meta) is None  # one epoch: 19% on digits
+    warning = at_chance(record(0.1028))
+    assert warning.startswith("teacher cnn-8 (k) is at chance: test acc 10.28% on 360 images of 10 classes")
+    # Three standard errors above chance: 14.7% for 360 digits, 1.3% for CIFAR-100's 10,000 images.
+    assert at_chance(record(0.146)) is not None and at_chance(record(0.148)) is None
+    assert at_chance(record(0.0129, 100, 10_000)) is not None and at_chance(record(0.0131, 100, 10_000)) is None
+    assert at_chance({"key": "k", "config": {}, "metrics": {"test_acc": 0.1}}) is None  # an older record

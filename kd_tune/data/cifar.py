@@ -1,78 +1,91 @@
 """CIFAR-10 and CIFAR-100 read from torchvision's on-disk layout into uint8 tensors.
 
-Files are parsed by torchvision's own ``CIFAR10``/``CIFAR100`` classes. Their md5 check is
-relaxed to "file present" (every per-file md5 is set to None, which torchvision's
-``check_integrity`` treats as "exists"): it would reject any copy that is not byte-for-byte
-the official archive, and the shape/label checks below catch damaged files with a clearer
-message. A download still verifies the archive's md5.
+The layout is the extracted official archive (``cifar-10-batches-py/``,
+``cifar-100-python/``); its batch files are Python pickles. They are parsed with
+:func:`kd_tune.data.safe_pickle.load_cifar_pickle`, which admits plain containers and
+numpy arrays only, so a crafted file is refused before any code of it runs
+(torchvision's own loader unpickles without restriction). Then every file is checked:
+a dict with a uint8 ``data`` array of shape (N, 3072) and N labels in range, and the
+class names in the meta file.
+
+Checksums: a full copy (50,000 training and 10,000 test images, as both official
+archives hold) must be the official one: each file's md5 is compared with the one
+torchvision lists for it, and a damaged or modified copy is refused, naming the file.
+Smaller copies in the same format (subsets, the tests' files) cannot be official and
+are parsed and checked only. ``download`` fetches the official archive with
+torchvision (the archive's md5 checked) when files are missing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from .base import DataError, SourceData, Split
+from .safe_pickle import RefusedPickle, load_cifar_pickle
 
-IMAGE_SHAPE = (32, 32, 3)  # torchvision keeps HWC after parsing
-
-
-class _CIFAR10Present(CIFAR10):
-    """torchvision's CIFAR10 with the per-file md5 check reduced to an existence check."""
-
-    train_list = [[name, None] for name, _ in CIFAR10.train_list]
-    test_list = [[name, None] for name, _ in CIFAR10.test_list]
-    meta = dict(CIFAR10.meta, md5=None)
-
-
-class _CIFAR100Present(CIFAR100):
-    """torchvision's CIFAR100 with the per-file md5 check reduced to an existence check."""
-
-    train_list = [[name, None] for name, _ in CIFAR100.train_list]
-    test_list = [[name, None] for name, _ in CIFAR100.test_list]
-    meta = dict(CIFAR100.meta, md5=None)
+ROW = 3 * 32 * 32  # one image per row: 1024 red, then 1024 green, then 1024 blue values
+OFFICIAL_SIZES = (50_000, 10_000)  # training and test images of both official archives
 
 
 @dataclass(frozen=True)
 class _Spec:
+    """One CIFAR variant; file names, md5s and the archive come from torchvision's tables."""
+
     title: str
-    dataset_class: type
+    tables: type  # torchvision's dataset class, read for its constants only
     num_classes: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    archive: str
     label_key: str
 
     @property
     def folder(self) -> str:
-        return self.dataset_class.base_folder
+        return self.tables.base_folder
+
+    @property
+    def train_files(self) -> list[str]:
+        return [name for name, _ in self.tables.train_list]
+
+    @property
+    def test_files(self) -> list[str]:
+        return [name for name, _ in self.tables.test_list]
+
+    @property
+    def meta_file(self) -> str:
+        return self.tables.meta["filename"]
 
     @property
     def files(self) -> list[str]:
-        cls = self.dataset_class
-        return [n for n, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+        return self.train_files + self.test_files + [self.meta_file]
+
+    @property
+    def official_md5(self) -> dict[str, str]:
+        tables = self.tables
+        return {**dict(tables.train_list + tables.test_list), tables.meta["filename"]: tables.meta["md5"]}
 
 
 CIFAR10_SPEC = _Spec(
     title="CIFAR-10",
-    dataset_class=_CIFAR10Present,
+    tables=CIFAR10,
     num_classes=10,
     mean=(0.4914, 0.4822, 0.4465),
     std=(0.2470, 0.2435, 0.2616),
-    archive="cifar-10-python.tar.gz",
     label_key="labels",
 )
 CIFAR100_SPEC = _Spec(
     title="CIFAR-100",
-    dataset_class=_CIFAR100Present,
+    tables=CIFAR100,
     num_classes=100,
     mean=(0.5071, 0.4865, 0.4409),
     std=(0.2673, 0.2564, 0.2762),
-    archive="cifar-100-python.tar.gz",
     label_key="fine_labels",
 )
 
@@ -83,7 +96,7 @@ def expected_layout(spec: _Spec, data_dir: str | None) -> str:
     files = ", ".join(spec.files)
     return (
         f"{spec.title} is expected in torchvision's layout: {os.path.join(root, spec.folder)}/ "
-        f"holding {files} (the extracted {spec.archive}). Pass --download (download=True) on a "
+        f"holding {files} (the extracted {spec.tables.filename}). Pass --download (download=True) on a "
         f"machine with internet access, or put the extracted files there yourself."
     )
 
@@ -104,25 +117,22 @@ def _load(spec: _Spec, data_dir: str | None, download: bool) -> SourceData:
         raise DataError(f"no data_dir given. {expected_layout(spec, None)}")
     data_dir = os.fspath(data_dir)
     folder = os.path.join(data_dir, spec.folder)
-    if not download:
-        if not os.path.isdir(folder):
-            raise DataError(f"folder {folder!r} not found. {expected_layout(spec, data_dir)}")
-        missing = [f for f in spec.files if not os.path.isfile(os.path.join(folder, f))]
-        if missing:
-            raise DataError(f"missing {', '.join(missing)} in {folder!r}. {expected_layout(spec, data_dir)}")
+    missing = [f for f in spec.files if not os.path.isfile(os.path.join(folder, f))]
+    if missing and download:
+        _download(spec, data_dir)
+    elif not os.path.isdir(folder):
+        raise DataError(f"folder {folder!r} not found. {expected_layout(spec, data_dir)}")
+    elif missing:
+        raise DataError(f"missing {', '.join(missing)} in {folder!r}. {expected_layout(spec, data_dir)}")
 
-    train = _parse(spec, data_dir, train=True, download=download)
-    test = _parse(spec, data_dir, train=False, download=False)
-    class_names = tuple(str(n) for n in train.classes)
-    if len(class_names) != spec.num_classes:
-        raise DataError(
-            f"{spec.dataset_class.meta['filename']} in {folder!r} lists {len(class_names)} class names "
-            f"under {spec.dataset_class.meta['key']!r}, expected {spec.num_classes}. "
-            f"{expected_layout(spec, data_dir)}"
-        )
+    train = _read_split(spec, folder, data_dir, spec.train_files)
+    test = _read_split(spec, folder, data_dir, spec.test_files)
+    class_names = _read_names(spec, folder, data_dir)
+    if (len(train), len(test)) == OFFICIAL_SIZES:
+        _check_official(spec, folder)
     return SourceData(
-        train=_to_split(spec, train, folder, data_dir),
-        test=_to_split(spec, test, folder, data_dir),
+        train=train,
+        test=test,
         num_classes=spec.num_classes,
         max_value=255.0,
         mean=spec.mean,
@@ -131,36 +141,83 @@ def _load(spec: _Spec, data_dir: str | None, download: bool) -> SourceData:
     )
 
 
-def _parse(spec: _Spec, data_dir: str, *, train: bool, download: bool):
+def _download(spec: _Spec, data_dir: str) -> None:
+    from torchvision.datasets.utils import download_and_extract_archive
+
     try:
-        return spec.dataset_class(root=data_dir, train=train, download=download)
-    except DataError:
-        raise
-    except Exception as exc:  # pickle, key, reshape and network errors all mean unusable data
-        what = "download or read" if download else "read"
-        raise DataError(
-            f"could not {what} {spec.title} from {os.path.join(data_dir, spec.folder)!r} "
-            f"({type(exc).__name__}: {exc}). Each batch file must be a pickled dict with a uint8 "
-            f"'data' array of shape (N, 3072) and a list {spec.label_key!r} of N labels. "
-            f"{expected_layout(spec, data_dir)}"
-        ) from exc
+        download_and_extract_archive(spec.tables.url, data_dir, filename=spec.tables.filename,
+                                     md5=spec.tables.tgz_md5)
+    except Exception as exc:  # network errors and a bad archive md5 alike
+        raise DataError(f"could not download {spec.title} into {data_dir!r} ({type(exc).__name__}: {exc}). "
+                        f"{expected_layout(spec, data_dir)}") from exc
 
 
-def _to_split(spec: _Spec, parsed, folder: str, data_dir: str) -> Split:
-    data = np.asarray(parsed.data)
-    labels = np.asarray(parsed.targets)
-    split = "training" if parsed.train else "test"
-    problem = None
-    if data.dtype != np.uint8 or data.ndim != 4 or data.shape[1:] != IMAGE_SHAPE:
-        problem = f"images have dtype {data.dtype} and shape {data.shape}, expected uint8 (N, 32, 32, 3)"
-    elif labels.shape != (data.shape[0],) or (labels.size and labels.dtype.kind not in "iu"):
-        problem = f"{labels.size} labels of dtype {labels.dtype} for {data.shape[0]} images"
-    elif labels.size and (labels.min() < 0 or labels.max() >= spec.num_classes):
-        problem = f"labels span [{labels.min()}, {labels.max()}], expected [0, {spec.num_classes})"
-    elif data.shape[0] == 0:
-        problem = "no images"
-    if problem is not None:
-        raise DataError(f"{spec.title} {split} files in {folder!r}: {problem}. {expected_layout(spec, data_dir)}")
-    # One contiguous NCHW copy up front; training then indexes whole batches of it.
-    images = torch.from_numpy(np.ascontiguousarray(data.transpose(0, 3, 1, 2)))
-    return Split(images, torch.from_numpy(labels.astype(np.int64)))
+def _unpickle(spec: _Spec, path: str, data_dir: str) -> Any:
+    try:
+        return load_cifar_pickle(path)
+    except RefusedPickle as exc:
+        raise DataError(f"refused to load {path!r}: {exc}; a CIFAR file holds only dicts, lists, strings, "
+                        f"numbers and numpy arrays, so this file is not CIFAR data (or was tampered with) "
+                        f"and none of it was run. {expected_layout(spec, data_dir)}") from None
+    except (OSError, EOFError, ValueError, TypeError, pickle.UnpicklingError) as exc:
+        raise DataError(f"could not read {path!r} ({type(exc).__name__}: {exc}). "
+                        f"{expected_layout(spec, data_dir)}") from None
+
+
+def _read_split(spec: _Spec, folder: str, data_dir: str, names: list[str]) -> Split:
+    images, labels = [], []
+    for name in names:
+        path = os.path.join(folder, name)
+        entry = _unpickle(spec, path, data_dir)
+        problem = _batch_problem(spec, entry)
+        if problem is not None:
+            raise DataError(f"{spec.title} file {path!r}: {problem}. {expected_layout(spec, data_dir)}")
+        images.append(entry["data"])
+        labels.append(np.asarray(entry[spec.label_key], dtype=np.int64))
+    # One contiguous NCHW array up front: the rows are already channel-major.
+    stacked = np.ascontiguousarray(np.concatenate(images).reshape(-1, 3, 32, 32))
+    return Split(torch.from_numpy(stacked), torch.from_numpy(np.concatenate(labels)))
+
+
+def _batch_problem(spec: _Spec, entry: Any) -> str | None:
+    """What is wrong with one unpickled batch, or None."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("data"), np.ndarray) or spec.label_key not in entry:
+        return (f"each batch file must be a pickled dict with a uint8 'data' array of shape (N, {ROW}) and a "
+                f"list {spec.label_key!r} of N labels")
+    data, labels = entry["data"], np.asarray(entry[spec.label_key])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != ROW:
+        return f"images have dtype {data.dtype} and shape {data.shape}, expected uint8 (N, {ROW})"
+    if labels.shape != (data.shape[0],) or (labels.size and labels.dtype.kind not in "iu"):
+        return f"{labels.size} labels of dtype {labels.dtype} for {data.shape[0]} images"
+    if labels.size and (labels.min() < 0 or labels.max() >= spec.num_classes):
+        return f"labels span [{labels.min()}, {labels.max()}], expected [0, {spec.num_classes})"
+    if data.shape[0] == 0:
+        return "no images"
+    return None
+
+
+def _read_names(spec: _Spec, folder: str, data_dir: str) -> tuple[str, ...]:
+    path = os.path.join(folder, spec.meta_file)
+    entry = _unpickle(spec, path, data_dir)
+    key = spec.tables.meta["key"]
+    names = entry.get(key) if isinstance(entry, dict) else None
+    if not isinstance(names, list) or len(names) != spec.num_classes or not all(isinstance(n, str) for n in names):
+        count = len(names) if isinstance(names, list) else 0
+        raise DataError(f"{spec.meta_file} in {folder!r} lists {count} class names under {key!r}, expected "
+                        f"{spec.num_classes}. {expected_layout(spec, data_dir)}")
+    return tuple(names)
+
+
+def _check_official(spec: _Spec, folder: str) -> None:
+    """A full copy must be byte-for-byte the official files (md5 as torchvision lists it)."""
+    for name, official in spec.official_md5.items():
+        path = os.path.join(folder, name)
+        with open(path, "rb") as handle:
+            digest = hashlib.file_digest(handle, "md5").hexdigest()
+        if digest != official:
+            raise DataError(
+                f"{path!r} is not the official {spec.title} file {name}: md5 {digest}, the official one is "
+                f"{official}. A copy with the official archive's 50,000 training and 10,000 test images must "
+                f"be the official one; this one is damaged or modified. Delete {folder!r} and download it "
+                f"again (--download)."
+            )

@@ -138,7 +138,7 @@ def load_dataset(
     noise type, rate, seed, val_size, split_seed) and later calls reload that file (hash
     verified) instead of drawing again. Raises ValueError for bad arguments (an unknown
     name: ``unknown dataset 'name'; known: ...``) and :class:`DataError` for missing or
-    malformed data.
+    malformed data, or a ``val_size`` the training pool cannot hold.
     """
     loader = DATASETS.get(name)
     rate = validate_noise(noise_type, noise_rate, noise_seed)
@@ -146,7 +146,10 @@ def load_dataset(
     if not isinstance(source, SourceData):
         raise TypeError(f"loader of {name!r} returned {type(source).__name__}, expected SourceData")
 
-    train_idx, val_idx = stratified_split(source.train.labels.numpy(), val_size, split_seed)
+    try:
+        train_idx, val_idx = stratified_split(source.train.labels.numpy(), val_size, split_seed)
+    except ValueError as err:  # a validation split the files cannot hold is a data problem
+        raise DataError(f"{name}: {err}") from None
     train = source.train.subset(torch.from_numpy(train_idx))
     val = source.train.subset(torch.from_numpy(val_idx))
     clean = train.labels
