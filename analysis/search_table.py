@@ -15,8 +15,10 @@ did not complete (stopped early by the scheduler, diverged, failed).
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -63,6 +65,14 @@ def search_tables(trials: pd.DataFrame, records: Mapping[str, SearchRecord]) -> 
             excluded=dict(sorted(excluded.items())), note=note,
         ))
     return tables
+
+
+def load_records(path: str | os.PathLike) -> dict[str, SearchRecord]:
+    """The search records of a sweep folder, or of the sweep folders directly under ``path``: sweep name -> record."""
+    path = Path(path)
+    folders = [path, *sorted(p for p in path.iterdir() if p.is_dir())] if path.is_dir() else []
+    records = (SearchRecord.read(folder) for folder in folders)
+    return {record.sweep: record for record in records if record is not None}
 
 
 def _completed(rows: pd.DataFrame, keys: Sequence[str]) -> Any:

@@ -89,15 +89,18 @@ def importances(study: Any) -> pd.DataFrame:
 
 
 def history(study: Any) -> pd.DataFrame:
-    """One row per trial in drawing order: number, trial key, setting label, state, value and best so far (percent)."""
-    out, best = [], -math.inf
+    """One row per trial in drawing order: number, trial key, setting, state, the epoch it ended at,
+    its validation accuracy there and the best of the completed trials so far (percent)."""
+    out, best = [], math.nan
     for trial in study.trials:
-        value = 100.0 * trial.value if trial.value is not None else math.nan
-        best = max(best, value) if math.isfinite(value) else best
+        ended = trial.value if trial.value is not None else next(iter(trial.intermediate_values.values()), None)
+        if trial.value is not None and not trial.value * 100.0 <= best:
+            best = 100.0 * trial.value
         out.append({"number": trial.number, "trial_key": trial.user_attrs["trial_key"],
                     "setting": trial.user_attrs["label"], "state": trial.state.name.lower(),
-                    "val_acc": value, "best_val_acc": best if math.isfinite(best) else math.nan})
-    return pd.DataFrame(out, columns=["number", "trial_key", "setting", "state", "val_acc", "best_val_acc"])
+                    "epoch": trial.user_attrs["epoch"], "val_acc": 100.0 * ended if ended is not None else math.nan,
+                    "best_val_acc": best})
+    return pd.DataFrame(out, columns=["number", "trial_key", "setting", "state", "epoch", "val_acc", "best_val_acc"])
 
 
 def write_study_views(sweep_dir: str | Path, *, storage: str | None = None) -> list[Path]:
@@ -112,9 +115,12 @@ def write_study_views(sweep_dir: str | Path, *, storage: str | None = None) -> l
         raise FileNotFoundError(f"{sweep_dir}: no search.json; not a searched sweep (--search optuna)")
     study = rebuild_study(load_trials(sweep_dir), record, storage=storage or study_storage(sweep_dir))
     paths, ranked = [], importances(study)
-    for name, frame in (("importances", ranked), ("history", history(study))):
+    views = (("importances", ranked, f"parameter importances for {record.objective} (Optuna, PED-ANOVA)"),
+             ("history", history(study), f"optimisation history ({record.objective} in %)"))
+    for name, frame, title in views:
         paths.append(write_text(sweep_dir / "tables" / f"{name}.csv", frame.to_csv(index=False)))
-        paths.append(write_text(sweep_dir / "tables" / f"{name}.md", markdown(frame)))
+        paths.append(write_text(sweep_dir / "tables" / f"{name}.md", f"### {record.sweep}: {title}\n\n"
+                                + markdown(frame)))
     if any(t.state.name == "COMPLETE" for t in study.trials):
         import optuna.visualization.matplotlib as plots
 

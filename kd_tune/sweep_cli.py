@@ -301,12 +301,10 @@ def _write_search_views(sweep_dir: Path) -> list[Path]:
 
 def _write_tables(sweep_dir: Path, table: str) -> list[Path]:
     import analysis
+    from analysis.search_table import load_records
     from kd_tune.atomic import write_text
-    from kd_tune.search_record import SearchRecord
 
-    record = SearchRecord.read(sweep_dir)
-    records = {record.sweep: record} if record is not None else {}
-    tables = analysis.build_tables(analysis.load_trials(sweep_dir), table, records=records)
+    tables = analysis.build_tables(analysis.load_trials(sweep_dir), table, records=load_records(sweep_dir))
     if not tables:
         return []
     out = sweep_dir / "tables"
