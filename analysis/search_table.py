@@ -25,6 +25,7 @@ import pandas as pd
 
 from analysis.tables import CellStats, Table, _stats
 from kd_tune.search_record import SearchRecord
+from kd_tune.status import TrialStatus
 
 COLUMNS = ("val (search)", "val (confirmation)", "test (confirmation)")
 
@@ -58,7 +59,7 @@ def search_tables(trials: pd.DataFrame, records: Mapping[str, SearchRecord]) -> 
                 f"{len(drawn)} search trials; each rerun at full epochs with {seeds} new seeds; reported: test "
                 f"accuracy ({{percent}}) at the last epoch, mean {{pm}} std (n seeds). Test accuracy steered "
                 "neither the search nor the early stopping.")
-        excluded = Counter(str(s) for s in drawn["status"] if s != "completed")
+        excluded = Counter(str(s) for s in drawn["status"] if s != TrialStatus.COMPLETED)
         tables.append(Table(
             name="search", title=f"{sweep}: {setting['dataset']} {setting['teacher']} -> {setting['student']}",
             setting=setting, rows=labels, columns=list(COLUMNS), cells=cells,
@@ -77,4 +78,4 @@ def load_records(path: str | os.PathLike) -> dict[str, SearchRecord]:
 
 def _completed(rows: pd.DataFrame, keys: Sequence[str]) -> Any:
     frame = rows.loc[[k for k in keys if k in rows.index]]
-    return frame[frame["status"] == "completed"]
+    return frame[frame["status"] == TrialStatus.COMPLETED]

@@ -34,6 +34,7 @@ import pandas as pd
 from analysis.results_io import load_trials
 from kd_tune.atomic import atomic_write, write_text
 from kd_tune.search_record import SearchRecord
+from kd_tune.status import TrialStatus
 
 STUDY_DB = "optuna.db"
 
@@ -62,9 +63,9 @@ def rebuild_study(trials: pd.DataFrame, record: SearchRecord, *, storage: str | 
         value, status = float(row[record.objective]), row["status"]
         attrs = {"trial_key": drawn.key, "status": status, "label": record.space.label(row), "epoch": int(row["epoch"])}
         state, intermediate = optuna.trial.TrialState.FAIL, None
-        if status == "completed" and math.isfinite(value):
+        if status == TrialStatus.COMPLETED and math.isfinite(value):
             state = optuna.trial.TrialState.COMPLETE
-        elif status == "stopped" and math.isfinite(value):
+        elif status == TrialStatus.STOPPED and math.isfinite(value):
             state, intermediate = optuna.trial.TrialState.PRUNED, {int(row["epoch"]): value}
         made.append(optuna.trial.create_trial(
             state=state, value=value if state == optuna.trial.TrialState.COMPLETE else None, params=params,

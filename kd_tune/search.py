@@ -14,7 +14,9 @@ One sweep, after the checks of :func:`prepare_search`:
 2. the search: each draw becomes a planned :class:`~kd_tune.plan.Trial` in one place,
    :class:`SamplePlanner`, Optuna's define-by-run space, called by the searcher in the
    driver; the trial travels as ``{"trial": Trial.to_dict(), "search": {...}}`` like a
-   grid's. A setting drawn again trains the next seed, so no run is trained twice;
+   grid's. Trial n trains seed n mod ``seeds`` (the training seeds 0..seeds-1, so no
+   seed's luck steers the search), or the next seed its setting has not trained yet, so
+   no run is trained twice;
 3. selection: the ``confirm_top`` settings with the best mean last-epoch validation
    accuracy over their completed search trials (ASHA-stopped trials never compete);
 4. confirmation: each selected setting rerun at full epochs with ``confirm_seeds``
@@ -44,6 +46,7 @@ from kd_tune.config import ConfigError, RunConfig
 from kd_tune.plan import Plan, Trial, plan_trial, plan_trials
 from kd_tune.search_record import SearchRecord, SearchTrial, Selected
 from kd_tune.search_space import SampledSpace, canonical
+from kd_tune.status import TrialStatus
 from kd_tune.sweep import (
     SweepOutcome,
     TuneRun,
@@ -63,6 +66,7 @@ SCHEDULERS = ("asha", "none")
 SEARCHES = ("grid", "optuna")
 # Optuna user attribute of a drawn trial: its setting key (identity.setting_key).
 SETTING_ATTR = "kd_tune.setting"
+SEED_ATTR = "kd_tune.seed"
 # Seconds between Tune's saves of the experiment state; a trial's end is recorded after the next save.
 STATE_SAVE_S = "2"
 
@@ -73,9 +77,9 @@ class SearchSettings:
 
     ``num_samples`` trials are drawn; ``scheduler`` ``asha`` stops trials early at
     rungs ``grace_period`` x ``reduction_factor``^k epochs, keeping the top
-    1/``reduction_factor`` of each rung; ``search_seed`` seeds the TPE sampler;
-    ``confirm_top`` settings are rerun with ``confirm_seeds`` new seeds each (0: no
-    confirmation).
+    1/``reduction_factor`` of each rung; ``search_seed`` seeds the TPE sampler; the
+    drawn trials train seeds 0..``seeds``-1 in turn; ``confirm_top`` settings are
+    rerun with ``confirm_seeds`` new seeds each (0: no confirmation).
     """
 
     num_samples: int = 60
@@ -83,6 +87,7 @@ class SearchSettings:
     grace_period: int = 2
     reduction_factor: float = 3.0
     search_seed: int = 0
+    seeds: int = 3
     confirm_top: int = 3
     confirm_seeds: int = 3
 
@@ -101,6 +106,8 @@ class SearchSettings:
                 p.append(f"--reduction-factor must be > 1, got {self.reduction_factor:g}")
         if self.search_seed < 0:
             p.append(f"--search-seed must be >= 0, got {self.search_seed}")
+        if self.seeds < 1:
+            p.append(f"--seeds must be >= 1, got {self.seeds}")
         if self.confirm_top < 0:
             p.append(f"--confirm-top must be >= 0, got {self.confirm_top}")
         if self.confirm_seeds < 1:
@@ -133,21 +140,27 @@ class SamplePlanner:
 
     Called by the searcher (in the driver) with an Optuna trial; draws a config from
     ``space`` on top of ``base`` and plans it (:func:`kd_tune.plan.plan_trial`, which
-    computes its keys). A setting drawn before trains the next seed. Returns the Tune
-    config: ``{"trial": Trial.to_dict(), "search": {"number": n, "setting": key}}``.
+    computes its keys). Trial ``n`` trains seed ``n % seeds``, or, when its setting
+    trained that seed already, the next seed (cycling through 0..seeds-1, then beyond)
+    it has not. Returns the Tune config: ``{"trial": Trial.to_dict(), "search":
+    {"number": n, "setting": key}}``.
     """
 
     space: SampledSpace
     base: RunConfig
     cache_dtype: str | None
+    seeds: int = 1
 
     def __call__(self, ot_trial: Any) -> dict[str, Any]:
         config = self.space.sample(ot_trial, self.base)
         setting = identity.setting_key(config)
+        used = {t.user_attrs[SEED_ATTR] for t in ot_trial.study.get_trials(deepcopy=False)
+                if t.number != ot_trial.number and t.user_attrs.get(SETTING_ATTR) == setting}
+        turn = ((ot_trial.number + i) % self.seeds for i in range(self.seeds))
+        seed = next(s for s in itertools.chain(turn, itertools.count(self.seeds)) if s not in used)
         ot_trial.set_user_attr(SETTING_ATTR, setting)
-        repeats = sum(1 for t in ot_trial.study.get_trials(deepcopy=False)
-                      if t.number != ot_trial.number and t.user_attrs.get(SETTING_ATTR) == setting)
-        trial = plan_trial(config.replace(seed=repeats), cache_dtype=self.cache_dtype)
+        ot_trial.set_user_attr(SEED_ATTR, seed)
+        trial = plan_trial(config.replace(seed=seed), cache_dtype=self.cache_dtype)
         return {"trial": trial.to_dict(), "search": {"number": ot_trial.number, "setting": setting}}
 
 
@@ -166,7 +179,8 @@ def prepare_search(search: Search, options: SweepOptions) -> Plan:
                         "(the paper preset holds none out)")
     if problems:
         raise SweepError("; ".join(problems))
-    corners = search.space.corners(search.base)
+    # The training seeds matter to the caches of an augmented data set.
+    corners = [c.replace(seed=s) for c in search.space.corners(search.base) for s in range(search.settings.seeds)]
     validate_all(corners)
     _check_one_teacher_per_range(search, options.cache_dtype)
     plan = plan_trials(corners, cache_dtype=options.cache_dtype)
@@ -224,11 +238,8 @@ def run_search(
             log(f"confirmation: the top {len(selected)} setting(s) by {OBJECTIVE}, {settings.confirm_seeds} new "
                 f"seed(s) each, {search.base.epochs} epochs: {len(plan.trials)} trials")
             recorder.stages(plan)
-            from ray import tune
-
-            recorder.fit(TuneRun(options.sweep_dir / "confirm",
-                                 {"trial": tune.grid_search([t.to_dict() for t in plan.trials])}),
-                         total=len(plan.trials), done=len(recorder.finished(plan.keys)))
+            recorder.fit(TuneRun.grid(options.sweep_dir / "confirm", plan), total=len(plan.trials),
+                         done=len(recorder.finished(plan.keys)))
         record.write(options.sweep_dir)
         return recorder.finish(record.search_keys + record.confirm_keys, finalize, started,
                                time.perf_counter() - fit_started, undrawn=settings.num_samples - len(drawn))
@@ -252,7 +263,7 @@ def _searcher(search: Search, cache_dtype: str | None, slots: int) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=search.settings.search_seed, multivariate=True, group=True)
-    planner = SamplePlanner(search.space, search.base, cache_dtype)
+    planner = SamplePlanner(search.space, search.base, cache_dtype, search.settings.seeds)
     return ConcurrencyLimiter(OptunaSearch(planner, metric=OBJECTIVE, mode="max", sampler=sampler),
                               max_concurrent=slots)
 
@@ -279,7 +290,7 @@ def _select(record: SearchRecord, trials: Mapping[str, Trial], sweep_dir: Path,
     rows = load_trials(sweep_dir).set_index("trial_key")
     scores: dict[str, list[tuple[str, float]]] = {}
     for drawn in record.trials:
-        if drawn.key in rows.index and rows.at[drawn.key, "status"] == "completed":
+        if drawn.key in rows.index and rows.at[drawn.key, "status"] == TrialStatus.COMPLETED:
             value = float(rows.at[drawn.key, OBJECTIVE])
             if math.isfinite(value):
                 scores.setdefault(drawn.setting, []).append((drawn.key, value))

@@ -99,7 +99,7 @@ def expand(base: RunConfig, space: SearchSpace, *, seeds: Iterable[int] = (0,)) 
 
 # The value of a range's "<field>_point" parameter that means "drawn from the range".
 IN_RANGE = "range"
-# Fields a search does not draw: the seed follows from repeats of a setting (kd_tune.search).
+# Fields a search does not draw: the seed follows from the trial's number (kd_tune.search).
 _NOT_SAMPLED = ("seed",)
 # What each loss does not use: a block of that loss may not draw it.
 _UNUSED = {"ce": ("tau", "alpha"), "mse": ("tau",)}
@@ -448,7 +448,7 @@ def _dist_problems(name: str, dist: Distribution) -> list[str]:
     if name not in _FIELDS:
         return [f"search field {name!r} is not a config field"]
     if name in _NOT_SAMPLED:
-        return [f"{name} is not drawn: a search trains a new setting with seed 0 and a repeated one with the next seed"]
+        return [f"{name} is not drawn: a search's trials take the training seeds in turn (--seeds)"]
     if isinstance(dist, Choice):
         if not dist.values:
             return [f"{name}: the choice has no values"]

@@ -123,10 +123,8 @@ def run_sweep(
         log(f"sweep {options.name!r}: {len(plan.trials)} trials ({len(recorder.finished(plan.keys))} already "
             f"finished), up to {concurrency(info, options)} at a time; results in {options.sweep_dir}")
         fit_started = time.perf_counter()
-        from ray import tune
-
-        recorder.fit(TuneRun(options.sweep_dir, {"trial": tune.grid_search([t.to_dict() for t in plan.trials])}),
-                     total=len(plan.trials), done=len(recorder.finished(plan.keys)))
+        recorder.fit(TuneRun.grid(options.sweep_dir, plan), total=len(plan.trials),
+                     done=len(recorder.finished(plan.keys)))
         return recorder.finish(plan.keys, finalize, started, time.perf_counter() - fit_started)
 
 
@@ -165,6 +163,13 @@ class TuneRun:
     scheduler: Any = None
     num_samples: int = 1
     metric: str | None = None
+
+    @classmethod
+    def grid(cls, path: Path, plan: Plan) -> TuneRun:
+        """Every planned trial of ``plan`` once: ``{"trial": grid_search([Trial.to_dict(), ...])}``."""
+        from ray import tune
+
+        return cls(path, {"trial": tune.grid_search([t.to_dict() for t in plan.trials])})
 
 
 class Recorder:
@@ -231,7 +236,7 @@ class Recorder:
         artifacts = tuple(finalize(self.options.sweep_dir)) if finalize is not None else ()
         for folder in dict.fromkeys(path.parent.name for path in artifacts):
             self.tracker.log_artifacts([p for p in artifacts if p.parent.name == folder], artifact_path=folder)
-        self.status = "KILLED" if interrupted else ("FINISHED" if counts["failed"] == 0 else "FAILED")
+        self.status = "KILLED" if interrupted else ("FINISHED" if counts[TrialStatus.FAILED] == 0 else "FAILED")
         return SweepOutcome(self.options.sweep_dir, self.tracker.tracking_uri, self.tracker.parent_id, counts,
                             time.perf_counter() - started, fit_seconds, interrupted, artifacts)
 
@@ -341,7 +346,8 @@ def _fit(options: SweepOptions, callback: Any, run: TuneRun) -> Any:
 
 
 def _counts(statuses: dict[str, TrialStatus], keys: list[str]) -> dict[str, int]:
-    counts = {"completed": 0, "diverged": 0, "stopped": 0, "failed": 0, "missing": 0}
+    ended = (TrialStatus.COMPLETED, TrialStatus.DIVERGED, TrialStatus.STOPPED, TrialStatus.FAILED)
+    counts = {**{status.value: 0 for status in ended}, "missing": 0}
     for key in keys:
         status = statuses.get(key)
         counts[status.value if status is not None else "missing"] += 1

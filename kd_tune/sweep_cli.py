@@ -32,6 +32,7 @@ from kd_tune.losses import loss_names
 from kd_tune.plan import Plan
 from kd_tune.search import SCHEDULERS, SEARCHES, Search, SearchSettings
 from kd_tune.search_space import Choice, Distribution, SampledSpace, SearchSpace, expand, parse_distribution
+from kd_tune.status import TrialStatus
 from kd_tune.sweep_options import SweepError, SweepOptions
 from kd_tune.teacher_store import TeacherError, TeacherStore
 
@@ -156,8 +157,8 @@ def build_parser(spec: SweepSpec, prog: str | None = None) -> argparse.ArgumentP
                       help=f"grid: train every setting of the grid; optuna: TPE draws --num-samples settings, "
                       f"early stopping, selection, confirmation (default: {spec.search})")
     grid.add_argument("--seeds", type=int, metavar="N",
-                      help=f"grid: seeds 0..N-1 per setting (default: {spec.seeds}); a search trains each new "
-                      "setting with seed 0 and confirms with --confirm-seeds")
+                      help=f"training seeds 0..N-1: a grid trains each setting with each; a search's trials take "
+                      f"them in turn (default: {spec.seeds})")
     grid.add_argument("--losses", type=parse_name_list, metavar="LIST",
                       help=f"losses to run, from {','.join(_losses(spec))} (default: all)")
     for axis in axes:
@@ -186,7 +187,8 @@ def build_parser(spec: SweepSpec, prog: str | None = None) -> argparse.ArgumentP
                         help=f"rerun the K best settings by validation accuracy; 0: none "
                         f"(default: {defaults.confirm_top})")
     search.add_argument("--confirm-seeds", type=int, metavar="N",
-                        help=f"seeds per rerun, none of them used in the search (default: {defaults.confirm_seeds})")
+                        help=f"seeds per rerun, none of them used by that setting in the search "
+                        f"(default: {defaults.confirm_seeds})")
     excluded = ("loss", "seed", *(a.field for a in axes))
     add_config_arguments(parser, exclude=excluded)
     return parser
@@ -213,9 +215,6 @@ def expand_args(spec: SweepSpec, args: argparse.Namespace) -> list[RunConfig]:
 
 def search_args(spec: SweepSpec, args: argparse.Namespace) -> Search:
     """The search the parsed flags describe (the space checked; settings checked by the runner)."""
-    if args.seeds is not None:
-        raise ConfigError(["--seeds is for --search grid: a search trains each new setting with seed 0 (a setting "
-                           "drawn again with the next seed) and reruns the selected ones with --confirm-seeds seeds"])
     space = spec.sampled()
     if args.losses is not None:
         _check_losses(args.losses, space.losses())
@@ -231,7 +230,8 @@ def search_args(spec: SweepSpec, args: argparse.Namespace) -> Search:
             raise ConfigError(["--search-space loss=...: choose the losses with --losses"])
         space = space.replace(name, dist)
     chosen = {dest: getattr(args, dest) for dest, _ in _SEARCH_FLAGS[:-1] if getattr(args, dest) is not None}
-    settings = SearchSettings(**{"num_samples": spec.num_samples, **chosen})
+    seeds = spec.seeds if args.seeds is None else args.seeds
+    settings = SearchSettings(**{"num_samples": spec.num_samples, "seeds": seeds, **chosen})
     return Search(space, _base(spec, args), settings)
 
 
@@ -290,7 +290,7 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None, *, prog: str | None
         print(f"error: {err}", file=sys.stderr)
         return 1
     _print_summary(outcome, table)
-    return 0 if not outcome.interrupted and outcome.counts.get("failed", 0) == 0 else 1
+    return 0 if not outcome.interrupted and outcome.counts.get(TrialStatus.FAILED, 0) == 0 else 1
 
 
 def _write_search_views(sweep_dir: Path) -> list[Path]:
@@ -374,7 +374,7 @@ def _apply_axes(space: SearchSpace, args: argparse.Namespace, extra: tuple[Axis,
 def _print_search(stages: Plan, search: Search, options: SweepOptions) -> None:
     settings = search.settings
     print(f"search {options.name!r}: {settings.num_samples} trials drawn by TPE (seed {settings.search_seed}) from "
-          f"{search.space.text()}; scheduler {settings.scheduler}"
+          f"{search.space.text()}, training seeds 0-{settings.seeds - 1} in turn; scheduler {settings.scheduler}"
           + (f" (grace {settings.grace_period} epochs, factor {settings.reduction_factor:g})"
              if settings.scheduler == "asha" else "")
           + f"; then the top {settings.confirm_top} rerun with {settings.confirm_seeds} new seeds each; "

@@ -29,7 +29,7 @@ SPACE = SampledSpace.of({"loss": ["kl"], "tau": loguniform(0.25, 64, points=[mat
 
 def test_the_planner_plans_each_draw_once_and_a_repeated_setting_trains_the_next_seed():
     space = SampledSpace.of({"loss": ["kl", "mse"], "alpha": [0.5, 1.0]})  # 4 settings
-    planner = SamplePlanner(space, BASE, "float32")
+    planner = SamplePlanner(space, BASE, "float32", seeds=1)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     drawn = []
     for number in range(12):
@@ -43,6 +43,17 @@ def test_the_planner_plans_each_draw_once_and_a_repeated_setting_trains_the_next
         seeds.setdefault(setting, []).append(trial.config.seed)
     assert len(seeds) == 4 and all(s == list(range(len(s))) for s in seeds.values())
     assert len({t.key for t, _ in drawn}) == 12
+
+
+def test_drawn_trials_take_the_training_seeds_in_turn():
+    planner = SamplePlanner(SPACE, BASE, None, seeds=3)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=2))
+    seeds = [Trial.from_dict(planner(study.ask())["trial"]).config.seed for _ in range(7)]
+    assert seeds == [0, 1, 2, 0, 1, 2, 0]  # a continuous space: every setting is new
+    one = SamplePlanner(SampledSpace.of({"alpha": [0.5]}), BASE, None, seeds=3)  # a single setting
+    study = optuna.create_study(direction="maximize")
+    seeds = [Trial.from_dict(one(study.ask())["trial"]).config.seed for _ in range(5)]
+    assert seeds == [0, 1, 2, 3, 4]
 
 
 def test_a_draw_of_mse_carries_no_tau_parameter():

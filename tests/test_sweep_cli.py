@@ -92,7 +92,7 @@ def test_label_noise_space_shares_the_clean_runs():
         (TAU_SEARCH, ["--epochs", "4", "--grace-period", "5"], "--grace-period 5 must be in [1, --epochs 4]"),
         (TAU_SEARCH, ["--reduction-factor", "1"], "--reduction-factor must be > 1"),
         (TAU_SEARCH, ["--scheduler", "pbt"], "invalid choice: 'pbt'"),
-        (TAU_SEARCH, ["--seeds", "2"], "--seeds is for --search grid"),
+        (TAU_SEARCH, ["--seeds", "0"], "--seeds must be >= 1, got 0"),
         (TAU_SEARCH, ["--search", "grid"], "this sweep is a search and has no grid"),
         (TAU_SEARCH, ["--preset", "paper", "--data-dir", "/nonexistent"], "needs a validation split"),
         (TAU_SEARCH, ["--search-space", "lr=loguniform:0.005,0.1"], "lr is drawn from a range, and the teacher"),
