@@ -17,8 +17,10 @@ line or input (nothing was run or written).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,16 +166,16 @@ def build_parser(spec: SweepSpec, prog: str | None = None) -> argparse.ArgumentP
     for axis in axes:
         grid.add_argument(axis.flag, type=axis.parse, dest=f"axis_{axis.field}", metavar="LIST",
                           help=f"{axis.help}; a search draws from these values (default: {_axis_default(spec, axis)})")
-    search = parser.add_argument_group(
-        "search (--search optuna)",
-        f"Optuna's TPE (through Ray Tune) draws trials from the space, maximising validation accuracy; ASHA stops "
-        f"weak trials early; the top settings are rerun with new seeds. Space: {spec.sampled().text()}")
+    search = parser.add_argument_group("search (--search optuna)", textwrap.fill(
+        "Optuna's TPE (through Ray Tune) draws trials from the space, maximising validation accuracy; ASHA stops "
+        f"weak trials early; the top settings are rerun with new seeds. Space: {spec.sampled().text()}",
+        width=88, initial_indent="  ", subsequent_indent="  "))
     search.add_argument("--num-samples", type=int, metavar="N",
                         help=f"trials the search draws (default: {spec.num_samples})")
     search.add_argument("--search-space", type=parse_space_flag, action="append", metavar="FIELD=DIST",
                         help="draw FIELD from DIST in every block that has it (or in all blocks): choice:V1,V2,..., "
                         "uniform:LOW,HIGH, loguniform:LOW,HIGH; +V adds the value V, e.g. tau=loguniform:0.25,64+inf, "
-                        "lr=loguniform:0.005,0.1 (repeatable)")
+                        "lr=choice:0.01,0.02,0.05 (repeatable)")
     search.add_argument("--scheduler", choices=SCHEDULERS,
                         help=f"asha: stop trials early (ASHA); none: run every trial to the end "
                         f"(default: {defaults.scheduler})")
@@ -229,9 +231,9 @@ def search_args(spec: SweepSpec, args: argparse.Namespace) -> Search:
         if name == "loss":
             raise ConfigError(["--search-space loss=...: choose the losses with --losses"])
         space = space.replace(name, dist)
-    chosen = {dest: getattr(args, dest) for dest, _ in _SEARCH_FLAGS[:-1] if getattr(args, dest) is not None}
-    seeds = spec.seeds if args.seeds is None else args.seeds
-    settings = SearchSettings(**{"num_samples": spec.num_samples, "seeds": seeds, **chosen})
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchSettings)
+             if getattr(args, f.name, None) is not None}
+    settings = SearchSettings(**{"num_samples": spec.num_samples, "seeds": spec.seeds, **given})
     return Search(space, _base(spec, args), settings)
 
 
