@@ -159,8 +159,8 @@ def build_parser(spec: SweepSpec, prog: str | None = None) -> argparse.ArgumentP
                       help=f"grid: train every setting of the grid; optuna: TPE draws --num-samples settings, "
                       f"early stopping, selection, confirmation (default: {spec.search})")
     grid.add_argument("--seeds", type=int, metavar="N",
-                      help=f"training seeds 0..N-1: a grid trains each setting with each; a search's trials take "
-                      f"them in turn (default: {spec.seeds})")
+                      help=f"training seeds 0..N-1: a grid trains each setting with each (default: {spec.seeds}); a "
+                      "search's trials take them in turn (default: 1, so that ASHA compares settings, not seeds)")
     grid.add_argument("--losses", type=parse_name_list, metavar="LIST",
                       help=f"losses to run, from {','.join(_losses(spec))} (default: all)")
     for axis in axes:
@@ -233,7 +233,7 @@ def search_args(spec: SweepSpec, args: argparse.Namespace) -> Search:
         space = space.replace(name, dist)
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchSettings)
              if getattr(args, f.name, None) is not None}
-    settings = SearchSettings(**{"num_samples": spec.num_samples, "seeds": spec.seeds, **given})
+    settings = SearchSettings(**{"num_samples": spec.num_samples, **given})
     return Search(space, _base(spec, args), settings)
 
 
@@ -376,7 +376,7 @@ def _apply_axes(space: SearchSpace, args: argparse.Namespace, extra: tuple[Axis,
 def _print_search(stages: Plan, search: Search, options: SweepOptions) -> None:
     settings = search.settings
     print(f"search {options.name!r}: {settings.num_samples} trials drawn by TPE (seed {settings.search_seed}) from "
-          f"{search.space.text()}, training seeds 0-{settings.seeds - 1} in turn; scheduler {settings.scheduler}"
+          f"{search.space.text()}, {_seeds(settings.seeds)}; scheduler {settings.scheduler}"
           + (f" (grace {settings.grace_period} epochs, factor {settings.reduction_factor:g})"
              if settings.scheduler == "asha" else "")
           + f"; then the top {settings.confirm_top} rerun with {settings.confirm_seeds} new seeds each; "
@@ -387,6 +387,10 @@ def _print_search(stages: Plan, search: Search, options: SweepOptions) -> None:
     print(f"teachers: {len(teachers)} ({sum(store.has(k) for k in teachers)} already in {store.root}); "
           f"teacher cache: {options.teacher_cache}")
     print("dry run: nothing was run or written")
+
+
+def _seeds(seeds: int) -> str:
+    return "every trial seed 0" if seeds == 1 else f"training seeds 0-{seeds - 1} in turn"
 
 
 def _losses(spec: SweepSpec) -> list[str]:

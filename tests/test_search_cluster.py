@@ -55,8 +55,7 @@ def test_search_with_asha_then_confirmation(ray_cluster, tmp_path):
     assert (searched.loc[searched["loss"] == "mse", "tau"] == 1.0).all()
     kl = searched.loc[searched["loss"] == "kl", "tau"]
     assert all(t == math.inf or 0.25 <= t <= 64 for t in kl)
-    assert searched["alpha"].between(0, 1).all()
-    assert searched["seed"].tolist() == [n % 3 for n in range(10)]  # the training seeds in turn
+    assert searched["alpha"].between(0, 1).all() and (searched["seed"] == 0).all()
 
     # Selection on validation accuracy, then new seeds at full epochs, as ordinary trials of the sweep.
     assert [s.rank for s in record.selected] == [1, 2]
@@ -65,10 +64,7 @@ def test_search_with_asha_then_confirmation(ray_cluster, tmp_path):
     for chosen in record.selected:
         confirm = trials.loc[list(chosen.confirm_keys)]
         origin = trials.loc[chosen.search_keys[0]]
-        used = set(trials.loc[list(chosen.search_keys), "seed"])
-        assert len(set(confirm["seed"])) == 2 and not used & set(confirm["seed"])
-        assert sorted(confirm["seed"]) == [s for s in range(3) if s not in used][:2]
-        assert set(confirm["status"]) == {"completed"}
+        assert sorted(confirm["seed"]) == [1, 2] and set(confirm["status"]) == {"completed"}
         assert (confirm["epoch"] == 3).all()
         for column in ("loss", "tau", "alpha", "lr", "student", "teacher"):
             assert (confirm[column] == origin[column]).all()
