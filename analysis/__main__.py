@@ -8,6 +8,7 @@ from pathlib import Path
 
 from analysis.render import FORMATS, render
 from analysis.results_io import TRIALS_FILE, load_trials
+from analysis.search_table import load_records
 from analysis.tables import TABLE_HELP, TABLES, build_tables
 from kd_tune.atomic import write_text
 from kd_tune.status import TrialStatus
@@ -52,9 +53,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         trials = load_trials(args.results_dir)
-        tables = build_tables(trials, args.table, reference=not args.no_reference)
+        records = load_records(args.results_dir) if args.table == "search" else None
+        tables = build_tables(trials, args.table, reference=not args.no_reference, records=records)
     except (FileNotFoundError, ValueError) as exc:
         parser.error(str(exc))
+    if not tables and args.table == "search":
+        parser.error(f"no searched sweep with a selection in {args.results_dir} (its search.json lists the "
+                     "selected settings once the search has finished)")
     if not tables:
         n_done = int((trials["status"] == TrialStatus.COMPLETED).sum())
         parser.error(f"no completed trials fit the {args.table} table in {args.results_dir} "

@@ -42,6 +42,8 @@ def _excluded_text(table: Table) -> str:
 
 
 def _note(table: Table, pm: str, percent: str) -> str:
+    if table.note:
+        return table.note.format(pm=pm, percent=percent)
     note = f"Test accuracy ({percent}) at the last epoch: mean {pm} std (n seeds), completed trials"
     if table.reference:
         note += "; [published value]"

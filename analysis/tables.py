@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,14 +34,15 @@ import pandas as pd
 from analysis.reference import fmt_number, reference_value
 from kd_tune.status import TrialStatus
 
-TABLES = ("tau_alpha", "loss", "noise")
+TABLES = ("tau_alpha", "loss", "noise", "search")
 METRIC = "test_acc"
 SETTING_COLUMNS: dict[str, tuple[str, ...]] = {
     "tau_alpha": ("dataset", "teacher", "student", "noise_type", "noise_rate"),
     "loss": ("dataset", "noise_type", "noise_rate"),
     "noise": ("dataset", "teacher", "student", "noise_type"),
+    "search": ("sweep", "dataset", "teacher", "student"),
 }
-ROW_HEADERS = {"tau_alpha": "method", "loss": "teacher -> student", "noise": "method"}
+ROW_HEADERS = {"tau_alpha": "method", "loss": "teacher -> student", "noise": "method", "search": "selected setting"}
 TABLE_HELP = {
     "tau_alpha": "rows 'kl tau=T' (inf last), 'mse', 'ce' x columns 'alpha=A'; one table per "
                  "(dataset, teacher, student, noise_type, noise_rate); the ce row repeats the "
@@ -51,6 +52,9 @@ TABLE_HELP = {
     "noise": "rows 'ce', 'kl tau=T alpha=A', 'mse alpha=A' x columns 'rate=R'; one table per "
              "(dataset, teacher, student, noise_type); clean runs (noise none) form the rate=0 "
              "column of every noisy table",
+    "search": "a searched sweep's selected settings (rank. setting) x columns 'val (search)', "
+              "'val (confirmation)', 'test (confirmation)'; the protocol in a line under it; needs the "
+              "sweep's search.json",
 }
 REQUIRED_COLUMNS = ("status", "dataset", "teacher", "student", "noise_type", "noise_rate",
                     "loss", "tau", "alpha", METRIC)
@@ -86,6 +90,7 @@ class Table:
     reference: dict[tuple[str, str], float] = field(default_factory=dict)
     excluded: dict[str, int] = field(default_factory=dict)
     metric: str = METRIC
+    note: str = ""
 
     def stats(self, row: str, column: str) -> CellStats | None:
         """The cell's statistics, or None when it has no completed trial."""
@@ -307,18 +312,24 @@ def _build_noise(done: list[dict], other: list[dict], reference: bool) -> list[T
 _BUILDERS = {"tau_alpha": _build_tau_alpha, "loss": _build_loss, "noise": _build_noise}
 
 
-def build_tables(trials: pd.DataFrame, table: str, *, reference: bool = True) -> list[Table]:
+def build_tables(trials: pd.DataFrame, table: str, *, reference: bool = True,
+                 records: Mapping[str, Any] | None = None) -> list[Table]:
     """The tables of kind ``table`` (one of :data:`TABLES`), one per distinct setting.
 
     ``trials`` is a frame as :func:`analysis.load_trials` returns it. Cells use the
     completed trials only (see the module docstring for units and conventions); an
     empty list means no completed trial fits the table. ``reference=True`` attaches the
-    published values where a clean-label cell matches one. Raises ValueError for an
-    unknown table or missing columns.
+    published values where a clean-label cell matches one. The ``search`` table needs
+    ``records``: sweep name -> its :class:`~kd_tune.search_record.SearchRecord` (see
+    :mod:`analysis.search_table`). Raises ValueError for an unknown table or missing columns.
     """
-    if table not in _BUILDERS:
+    if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; choose one of: {', '.join(TABLES)}")
     _check_columns(trials)
+    if table == "search":
+        from analysis.search_table import search_tables
+
+        return search_tables(trials, records or {})
     completed = trials["status"] == TrialStatus.COMPLETED
     done = _records(trials[completed])
     other = _records(trials[~completed])

@@ -5,6 +5,8 @@ give equal keys on every machine, in every process and across restarts:
 
 - :func:`trial_key`: one run (every config field but ``device``); names a trial's rows in
   Parquet and its MLflow child run;
+- :func:`setting_key`: a run without its seed; a search groups the trials of one sampled
+  setting (its repeats and its confirmation seeds) by it;
 - :func:`teacher_key`: the teacher a run distils from (its architecture, seed, recipe,
   and the data and label noise it trains on); names its folder in the teacher store;
 - :func:`data_key`: the data a run sees (data set, files, split, label noise);
@@ -53,6 +55,18 @@ def trial_key(config: RunConfig) -> str:
     """
     values = config.to_dict()
     values.pop("device")
+    return config_hash(values)
+
+
+def setting_key(config: RunConfig) -> str:
+    """The identity of a run's setting: every field but ``seed`` and ``device``.
+
+    The runs of one setting with different seeds share it: a search reruns a selected
+    setting with new seeds and groups its trials by this key.
+    """
+    values = config.to_dict()
+    values.pop("device")
+    values.pop("seed")
     return config_hash(values)
 
 

@@ -28,7 +28,8 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,14 +67,8 @@ class SweepOutcome:
     warnings: tuple[str, ...] = ()
 
 
-def prepare(configs: Sequence[RunConfig], options: SweepOptions) -> Plan:
-    """Plan the trials of ``configs`` and run every check that needs no cluster; write nothing.
-
-    Checks the options (and that a tracking server answers), every config, each distinct
-    data setting (loaded once, which finds a missing or broken data dir), and that a
-    reused ``--name`` holds the same trials. Raises :class:`~kd_tune.config.ConfigError`,
-    :class:`SweepError` or :class:`~kd_tune.data.DataError`.
-    """
+def check_options(options: SweepOptions) -> None:
+    """Raise :class:`SweepError` listing every problem of the options (and an unreachable tracking server)."""
     from kd_tune.tracking import check_reachable, resolve_tracking_uri
 
     problems = options.problems()
@@ -82,14 +77,30 @@ def prepare(configs: Sequence[RunConfig], options: SweepOptions) -> Plan:
         problems.append(unreachable)
     if problems:
         raise SweepError("; ".join(problems))
+
+
+def prepare(configs: Sequence[RunConfig], options: SweepOptions) -> Plan:
+    """Plan the trials of ``configs`` and run every check that needs no cluster; write nothing.
+
+    Checks the options (and that a tracking server answers), every config, each distinct
+    data setting (loaded once, which finds a missing or broken data dir), and that a
+    reused ``--name`` holds the same trials. Raises :class:`~kd_tune.config.ConfigError`,
+    :class:`SweepError` or :class:`~kd_tune.data.DataError`.
+    """
+    check_options(options)
     if not configs:
         raise SweepError("the search space is empty: no trial to run")
     validate_all(configs)
     plan = plan_trials(configs, cache_dtype=options.cache_dtype)
+    load_plan_data(plan)
+    check_manifest(options, _grid_manifest(plan))
+    return plan
+
+
+def load_plan_data(plan: Plan) -> None:
+    """Load each distinct data setting of ``plan`` once: a missing or broken data dir fails here."""
     for config in plan.data().values():
         load_data(config)
-    _check_manifest(plan, options)
-    return plan
 
 
 def run_sweep(
@@ -102,92 +113,197 @@ def run_sweep(
     """Run every config as a Tune trial and record the results; return where they are.
 
     ``finalize(sweep_dir)`` runs after the trials, before the MLflow parent run ends,
-    and returns files (tables) to attach to it. Raises the errors of :func:`prepare`
+    and returns files (tables, figures) to attach to it. Raises the errors of :func:`prepare`
     and :class:`~kd_tune.cluster.ClusterError` before writing anything;
     :class:`~kd_tune.teacher_store.TeacherError` when a teacher fails.
     """
     started = time.perf_counter()
     plan = prepare(configs, options)
+    info = connect_checked(options, log)
+    write_manifest(options, _grid_manifest(plan))
+    with recording(options, info, {"trials": len(plan.trials)}, log) as recorder:
+        recorder.stages(plan)
+        log(f"sweep {options.name!r}: {len(plan.trials)} trials ({len(recorder.finished(plan.keys))} already "
+            f"finished), up to {concurrency(info, options)} at a time; results in {options.sweep_dir}")
+        fit_started = time.perf_counter()
+        recorder.fit(TuneRun.grid(options.sweep_dir, plan), total=len(plan.trials),
+                     done=len(recorder.finished(plan.keys)))
+        return recorder.finish(plan.keys, finalize, started, time.perf_counter() - fit_started)
+
+
+def _grid_manifest(plan: Plan) -> dict[str, Any]:
+    return {"trials": {t.key: t.config.to_dict() for t in plan.trials}}
+
+
+def connect_checked(options: SweepOptions, log: Callable[[str], None]) -> ClusterInfo:
+    """Join Ray as ``options.address`` says and check that a trial fits and the storage is shared."""
     info = connect(options.address)
     log(node_summary(info))
     check_resources(info, cpus_per_trial=options.cpus_per_trial, gpus_per_trial=options.gpus_per_trial)
     check_shared_storage(info, options.storage)
+    return info
 
-    from kd_tune.sinks import ConsoleProgress, MlflowSink, ParquetSink, TuneSinks
-    from kd_tune.teacher_stage import ensure_teacher_logits, ensure_teachers
-    from kd_tune.teacher_store import TeacherStore
+
+def write_manifest(options: SweepOptions, content: dict[str, Any]) -> None:
+    """Write ``sweep.json`` (name, teacher cache and ``content``: the trials, or a search's settings)."""
+    options.sweep_dir.mkdir(parents=True, exist_ok=True)
+    write_text(options.sweep_dir / MANIFEST, json.dumps(
+        {"name": options.name, "teacher_cache": options.teacher_cache, **content}, indent=1))
+
+
+@dataclass(frozen=True)
+class TuneRun:
+    """One Tune experiment of a sweep: its folder, what it samples, and how trials are stopped.
+
+    ``path`` is the experiment folder (resumed when it holds one). A grid gives
+    ``param_space``; a search gives ``search_alg`` (already limited in concurrency),
+    ``num_samples``, the maximised ``metric`` and optionally a ``scheduler``.
+    """
+
+    path: Path
+    param_space: dict[str, Any] = field(default_factory=dict)
+    search_alg: Any = None
+    scheduler: Any = None
+    num_samples: int = 1
+    metric: str | None = None
+
+    @classmethod
+    def grid(cls, path: Path, plan: Plan) -> TuneRun:
+        """Every planned trial of ``plan`` once: ``{"trial": grid_search([Trial.to_dict(), ...])}``."""
+        from ray import tune
+
+        return cls(path, {"trial": tune.grid_search([t.to_dict() for t in plan.trials])})
+
+
+class Recorder:
+    """What one invocation writes through: the sinks (Parquet, MLflow, console) and the teacher store.
+
+    Made by :func:`recording`, which opens and ends the MLflow parent run; ``status`` is
+    the parent's end status (FAILED until :meth:`finish` decides).
+    """
+
+    def __init__(self, options: SweepOptions, tracker: Any, log: Callable[[str], None]):
+        from kd_tune.sinks import MlflowSink, ParquetSink
+        from kd_tune.teacher_store import TeacherStore
+
+        self.options = options
+        self.tracker = tracker
+        self.log = log
+        self.status = "FAILED"
+        self.warnings: list[str] = []
+        # Stored caches are checksummed once per node and invocation: the token names this one.
+        self.check_token = uuid.uuid4().hex
+        self.store = TeacherStore(options.teachers_dir)
+        self.mlflow = MlflowSink(tracker)
+        self.parquet = ParquetSink(options.sweep_dir, sweep=options.name, teacher_acc=self.store.test_acc,
+                                   run_id=self.mlflow.run_id)
+
+    def warn(self, message: str) -> None:
+        """Say ``message`` now and keep it for the closing summary."""
+        self.log(f"warning: {message}")
+        self.warnings.append(message)
+
+    def finished(self, keys: Sequence[str]) -> set[str]:
+        """The keys among ``keys`` whose trials finished before this invocation."""
+        return self.parquet.finished_keys() & set(keys)
+
+    def stages(self, plan: Plan) -> None:
+        """Train the plan's missing teachers, then fill its missing teacher-logit caches."""
+        from kd_tune.teacher_stage import ensure_teacher_logits, ensure_teachers
+
+        ensure_teachers(plan, self.store, self.options, log=self.log, warn=self.warn)
+        if self.options.cache_dtype is not None:
+            ensure_teacher_logits(plan, self.store, self.options, token=self.check_token, log=self.log,
+                                  warn=self.warn)
+
+    def fit(self, run: TuneRun, *, total: int, done: int, hold_new: bool = False) -> list[dict[str, Any]]:
+        """Run (or resume) one Tune experiment, recording every trial; return its trials' Tune configs
+        (``{"trial": Trial.to_dict(), ...}``) in Tune's order.
+
+        ``total`` and ``done`` (finished before) count the experiment's trials for the
+        progress lines. ``hold_new``: a
+        trial's end is recorded only once Tune's experiment state holds the trial (a
+        search draws trials as it goes; see :class:`~kd_tune.sinks.TuneSinks`).
+        """
+        from kd_tune.sinks import ConsoleProgress, TuneSinks
+
+        finished = self.parquet.finished_keys()
+        console = ConsoleProgress(total=total, done=done, log=self.log)
+        # The row is written before the MLflow run is ended: a driver killed in between leaves
+        # a RUNNING run, which finish() ends, never a finished run without its row.
+        callback = TuneSinks([self.parquet, self.mlflow, console], skip=finished, hold_new=hold_new)
+        results = _fit(self.options, callback, run, self.check_token)
+        self.parquet.reconcile(callback.ended_in_tune)
+        return [result.config for result in results]
+
+    def finish(self, keys: Sequence[str], finalize: Callable[[Path], list[Path]] | None, started: float,
+               fit_seconds: float, *, undrawn: int = 0) -> SweepOutcome:
+        """End what a killed driver left open, count ``keys`` by status (and ``undrawn`` trials a
+        search has yet to draw as missing), finalize; the outcome."""
+        statuses = self.parquet.statuses()
+        self.mlflow.reconcile(statuses)
+        counts = _counts(statuses, list(keys))
+        counts["missing"] += undrawn
+        interrupted = counts["missing"] > 0
+        artifacts = tuple(finalize(self.options.sweep_dir)) if finalize is not None else ()
+        for folder in dict.fromkeys(path.parent.name for path in artifacts):
+            self.tracker.log_artifacts([p for p in artifacts if p.parent.name == folder], artifact_path=folder)
+        self.status = "KILLED" if interrupted else ("FINISHED" if counts[TrialStatus.FAILED] == 0 else "FAILED")
+        return SweepOutcome(self.options.sweep_dir, self.tracker.tracking_uri, self.tracker.parent_id, counts,
+                            time.perf_counter() - started, fit_seconds, interrupted, artifacts,
+                            tuple(self.warnings))
+
+
+@contextmanager
+def recording(options: SweepOptions, info: ClusterInfo, params: Mapping[str, Any],
+              log: Callable[[str], None]) -> Iterator[Recorder]:
+    """Open the invocation's MLflow parent run (``params`` beside the resources) and end it with
+    the recorder's status (KILLED on Ctrl-C)."""
     from kd_tune.tracking import SweepTracker, resolve_tracking_uri
 
-    sweep_dir = options.sweep_dir
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_text(sweep_dir / MANIFEST, json.dumps(
-        {"name": options.name, "teacher_cache": options.teacher_cache,
-         "trials": {t.key: t.config.to_dict() for t in plan.trials}}, indent=1))
-    tracking_uri = resolve_tracking_uri(options.mlflow_uri, options.storage)
-    tracker = SweepTracker(tracking_uri, options.name, artifact_root=options.storage / "mlartifacts")
-    parent = tracker.start_parent(
+    tracker = SweepTracker(resolve_tracking_uri(options.mlflow_uri, options.storage), options.name,
+                           artifact_root=options.storage / "mlartifacts")
+    tracker.start_parent(
         f"{options.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-        {"trials": len(plan.trials), "cpus_per_trial": options.cpus_per_trial,
-         "gpus_per_trial": options.gpus_per_trial, "cluster": info.address,
-         "storage": str(options.storage), "teacher_cache": options.teacher_cache},
-        {"kd_tune.sweep_dir": str(sweep_dir)},
+        {**params, "cpus_per_trial": options.cpus_per_trial, "gpus_per_trial": options.gpus_per_trial,
+         "cluster": info.address, "storage": str(options.storage), "teacher_cache": options.teacher_cache},
+        {"kd_tune.sweep_dir": str(options.sweep_dir)},
     )
-    status = "FAILED"
-    warnings: list[str] = []
-
-    def warn(message: str) -> None:
-        log(f"warning: {message}")
-        warnings.append(message)
-
-    # Stored caches are checksummed once per node and invocation: the token names this one.
-    check_token = uuid.uuid4().hex
+    recorder = Recorder(options, tracker, log)
     try:
-        store = TeacherStore(options.teachers_dir)
-        mlflow_sink = MlflowSink(tracker)
-        parquet = ParquetSink(sweep_dir, sweep=options.name, teacher_acc=store.test_acc, run_id=mlflow_sink.run_id)
-        finished = parquet.finished_keys() & set(plan.keys)
-        log(f"sweep {options.name!r}: {len(plan.trials)} trials ({len(finished)} already finished), "
-            f"up to {_concurrency(info, options)} at a time; results in {sweep_dir}")
-        ensure_teachers(plan, store, options, log=log, warn=warn)
-        if options.cache_dtype is not None:
-            ensure_teacher_logits(plan, store, options, token=check_token, log=log, warn=warn)
-        console = ConsoleProgress(total=len(plan.trials), done=len(finished), log=log)
-        # The row is written before the MLflow run is ended: a driver killed in between leaves
-        # a RUNNING run, which reconcile() ends, never a finished run without its row.
-        callback = TuneSinks([parquet, mlflow_sink, console], skip=finished)
-        fit_started = time.perf_counter()
-        _fit(plan, options, callback, check_token)
-        fit_seconds = time.perf_counter() - fit_started
-        parquet.reconcile(callback.ended_in_tune)
-        mlflow_sink.reconcile(parquet.statuses())
-        counts = _counts(parquet.statuses(), plan.keys)
-        interrupted = counts["missing"] > 0
-        artifacts = tuple(finalize(sweep_dir)) if finalize is not None else ()
-        tracker.log_artifacts(list(artifacts))
-        status = "KILLED" if interrupted else ("FINISHED" if counts[TrialStatus.FAILED] == 0 else "FAILED")
-        return SweepOutcome(sweep_dir, tracking_uri, parent, counts, time.perf_counter() - started,
-                            fit_seconds, interrupted, artifacts, tuple(warnings))
+        yield recorder
     except KeyboardInterrupt:
-        status = "KILLED"
+        recorder.status = "KILLED"
         raise
     finally:
-        tracker.end_parent(status)
+        tracker.end_parent(recorder.status)
 
 
-def _check_manifest(plan: Plan, options: SweepOptions) -> None:
-    """A reused name must hold the same trials, and float16 logits must not be mixed with float32."""
+def check_manifest(options: SweepOptions, wanted: Mapping[str, Any]) -> None:
+    """A reused name must hold the same sweep, and float16 logits must not be mixed with float32.
+
+    ``wanted`` is what :func:`write_manifest` will record: ``trials`` (trial key -> config)
+    for a grid, ``search`` (its settings as plain values) for a search.
+    """
     manifest = options.sweep_dir / MANIFEST
     if not manifest.is_file():
         return
     recorded = json.loads(manifest.read_text())
-    stored = set(recorded["trials"])
-    wanted = set(plan.keys)
-    if stored != wanted:
-        raise SweepError(
-            f"sweep {options.name!r} in {options.storage} was started with other trials "
-            f"({len(wanted - stored)} new, {len(stored - wanted)} left out); rerun it with the same "
-            "flags to resume it, or pick another --name"
-        )
+    where = f"sweep {options.name!r} in {options.storage}"
+    again = "rerun it with the same flags to resume it, or pick another --name"
+    if ("search" in recorded) != ("search" in wanted):
+        kind = "a search" if "search" in recorded else "a grid"
+        raise SweepError(f"{where} was started as {kind}; {again}")
+    if "search" in wanted:
+        before, now = recorded["search"], json.loads(json.dumps(wanted["search"]))
+        changed = sorted(k for k in {*before, *now} if before.get(k) != now.get(k))
+        if changed:
+            raise SweepError(f"{where} was started with other search settings ({', '.join(changed)}); {again}")
+    else:
+        stored, keys = set(recorded["trials"]), set(wanted["trials"])
+        if stored != keys:
+            raise SweepError(f"{where} was started with other trials ({len(keys - stored)} new, "
+                             f"{len(stored - keys)} left out); {again}")
     # float32 logits and the online teacher give the same students; float16 does not.
     before = recorded.get("teacher_cache", "off")
     if before != options.teacher_cache and "float16" in (before, options.teacher_cache):
@@ -197,8 +313,11 @@ def _check_manifest(plan: Plan, options: SweepOptions) -> None:
         )
 
 
-def _fit(plan: Plan, options: SweepOptions, callback: Any, check_token: str) -> None:
-    """Run the Tune experiment, or resume it when the sweep folder holds one."""
+def _fit(options: SweepOptions, callback: Any, run: TuneRun, check_token: str) -> Any:
+    """Run the Tune experiment ``run``, or resume it when its folder holds one; return Tune's ResultGrid.
+
+    ``check_token`` names this invocation for the once-per-node cache checks of the trials.
+    """
     # Tune's own console table and default loggers are replaced by the sinks; the JSON
     # logger stays for Tune's own result bookkeeping.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -217,27 +336,30 @@ def _fit(plan: Plan, options: SweepOptions, callback: Any, check_token: str) -> 
         ),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
     )
-    param_space = {"trial": tune.grid_search([t.to_dict() for t in plan.trials])}
-    path = str(options.sweep_dir)
+    path = str(run.path)
     if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space,
+        # Tune restores the searcher's state with the experiment (what it drew and learnt).
+        tuner = tune.Tuner.restore(path, trainable=trainable, param_space=run.param_space or None,
                                    resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space,
+            param_space=run.param_space,
             tune_config=tune.TuneConfig(
-                reuse_actors=True, max_concurrent_trials=options.max_concurrent,
-                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+                reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+                # A searcher comes limited already (ConcurrencyLimiter); a grid is limited here.
+                max_concurrent_trials=None if run.search_alg is not None else options.max_concurrent,
+                search_alg=run.search_alg, scheduler=run.scheduler, num_samples=run.num_samples,
+                metric=run.metric, mode="max" if run.metric else None,
             ),
             run_config=tune.RunConfig(
-                name=options.name, storage_path=str(options.storage), verbose=0,
+                name=run.path.name, storage_path=str(run.path.parent), verbose=0,
                 callbacks=[callback, JsonLoggerCallback()],
                 failure_config=tune.FailureConfig(max_failures=options.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             ),
         )
-    tuner.fit()
+    return tuner.fit()
 
 
 def _counts(statuses: dict[str, TrialStatus], keys: list[str]) -> dict[str, int]:
@@ -249,9 +371,11 @@ def _counts(statuses: dict[str, TrialStatus], keys: list[str]) -> dict[str, int]
     return counts
 
 
-def _concurrency(info: ClusterInfo, options: SweepOptions) -> int:
+def concurrency(info: ClusterInfo, options: SweepOptions) -> int:
+    """How many trials run at once: what the cluster holds, at most ``--max-concurrent``."""
     fit = concurrent_trials(info, cpus_per_trial=options.cpus_per_trial, gpus_per_trial=options.gpus_per_trial)
     return min(fit, options.max_concurrent) if options.max_concurrent else fit
 
 
-__all__ = ["SweepError", "SweepOptions", "SweepOutcome", "prepare", "run_sweep"]
+__all__ = ["Recorder", "SweepError", "SweepOptions", "SweepOutcome", "TuneRun", "check_manifest", "check_options",
+           "concurrency", "connect_checked", "load_plan_data", "prepare", "recording", "run_sweep", "write_manifest"]

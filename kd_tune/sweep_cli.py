@@ -6,6 +6,10 @@ A sweep script is a search space and defaults handed to :func:`main`::
     if __name__ == "__main__":
         sys.exit(main(SPEC))
 
+``--search grid`` (the default of a grid sweep) trains every config of the grid;
+``--search optuna`` searches the spec's sampled space (``search_space``; without one,
+the grid's values as choices) with :mod:`kd_tune.search`.
+
 Exit codes: 0 every trial ended (completed or diverged), 1 trials failed, a teacher
 failed or the sweep was interrupted (rerun the same command to resume), 2 bad command
 line or input (nothing was run or written).
@@ -13,8 +17,10 @@ line or input (nothing was run or written).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +32,8 @@ from kd_tune.config import ConfigError, RunConfig
 from kd_tune.data import DataError
 from kd_tune.losses import loss_names
 from kd_tune.plan import Plan
-from kd_tune.search_space import SearchSpace, expand
+from kd_tune.search import SCHEDULERS, SEARCHES, Search, SearchSettings
+from kd_tune.search_space import Choice, Distribution, SampledSpace, SearchSpace, expand, parse_distribution
 from kd_tune.status import TrialStatus
 from kd_tune.sweep_options import SweepError, SweepOptions
 from kd_tune.teacher_store import TeacherError, TeacherStore
@@ -73,6 +80,9 @@ class SweepSpec:
 
     ``space`` is a sequence of blocks (see :mod:`kd_tune.search_space`); ``defaults``
     override the preset before the user's flags; ``axes`` are extra list flags.
+    ``search_space`` is what ``--search optuna`` draws from (default: ``space``, each
+    axis a choice of its values), ``search`` the default of ``--search`` and
+    ``num_samples`` that of ``--num-samples``.
     """
 
     name: str
@@ -82,6 +92,32 @@ class SweepSpec:
     table: str = "tau_alpha"
     defaults: Mapping[str, Any] = field(default_factory=dict)
     axes: tuple[Axis, ...] = ()
+    search_space: SampledSpace | None = None
+    search: str = "grid"
+    num_samples: int = 60
+
+    def sampled(self) -> SampledSpace:
+        """The space ``--search optuna`` draws from."""
+        return self.search_space if self.search_space is not None else SampledSpace.from_grid(self.space)
+
+
+# Flags of --search optuna only: (dest, flag). Their argparse default is None, so that
+# giving one to a grid sweep is an error rather than silently ignored.
+_SEARCH_FLAGS = (("num_samples", "--num-samples"), ("scheduler", "--scheduler"), ("grace_period", "--grace-period"),
+                 ("reduction_factor", "--reduction-factor"), ("search_seed", "--search-seed"),
+                 ("confirm_top", "--confirm-top"), ("confirm_seeds", "--confirm-seeds"),
+                 ("search_space", "--search-space"))
+
+
+def parse_space_flag(text: str) -> tuple[str, Distribution]:
+    """``FIELD=DIST`` of ``--search-space``, e.g. ``lr=loguniform:0.005,0.1`` (see :func:`parse_distribution`)."""
+    name, sep, dist = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIELD=DISTRIBUTION, e.g. alpha=uniform:0,1")
+    try:
+        return name.strip().replace("-", "_"), parse_distribution(name.strip().replace("-", "_"), dist.strip())
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError("; ".join(err.problems)) from None
 
 
 def build_parser(spec: SweepSpec, prog: str | None = None) -> argparse.ArgumentParser:
@@ -117,14 +153,44 @@ def build_parser(spec: SweepSpec, prog: str | None = None) -> argparse.ArgumentP
                      "changes losses by rounding; off = the teacher runs online in every trial (default: float32)")
     run.add_argument("--dry-run", action="store_true",
                      help="list the trials, teachers and resources; run and write nothing")
+    defaults = SearchSettings()
     grid = parser.add_argument_group("search space")
-    grid.add_argument("--seeds", type=int, default=spec.seeds, metavar="N",
-                      help=f"seeds 0..N-1 per setting (default: {spec.seeds})")
+    grid.add_argument("--search", choices=SEARCHES, default=spec.search,
+                      help=f"grid: train every setting of the grid; optuna: TPE draws --num-samples settings, "
+                      f"early stopping, selection, confirmation (default: {spec.search})")
+    grid.add_argument("--seeds", type=int, metavar="N",
+                      help=f"training seeds 0..N-1: a grid trains each setting with each (default: {spec.seeds}); a "
+                      "search's trials take them in turn (default: 1, so that ASHA compares settings, not seeds)")
     grid.add_argument("--losses", type=parse_name_list, metavar="LIST",
-                      help=f"losses to run, from {','.join(_space_losses(spec.space))} (default: all)")
+                      help=f"losses to run, from {','.join(_losses(spec))} (default: all)")
     for axis in axes:
         grid.add_argument(axis.flag, type=axis.parse, dest=f"axis_{axis.field}", metavar="LIST",
-                          help=f"{axis.help} (default: {_default_values(spec.space, axis.field)})")
+                          help=f"{axis.help}; a search draws from these values (default: {_axis_default(spec, axis)})")
+    search = parser.add_argument_group("search (--search optuna)", textwrap.fill(
+        "Optuna's TPE (through Ray Tune) draws trials from the space, maximising validation accuracy; ASHA stops "
+        f"weak trials early; the top settings are rerun with new seeds. Space: {spec.sampled().text()}",
+        width=88, initial_indent="  ", subsequent_indent="  "))
+    search.add_argument("--num-samples", type=int, metavar="N",
+                        help=f"trials the search draws (default: {spec.num_samples})")
+    search.add_argument("--search-space", type=parse_space_flag, action="append", metavar="FIELD=DIST",
+                        help="draw FIELD from DIST in every block that has it (or in all blocks): choice:V1,V2,..., "
+                        "uniform:LOW,HIGH, loguniform:LOW,HIGH; +V adds the value V, e.g. tau=loguniform:0.25,64+inf, "
+                        "lr=choice:0.01,0.02,0.05 (repeatable)")
+    search.add_argument("--scheduler", choices=SCHEDULERS,
+                        help=f"asha: stop trials early (ASHA); none: run every trial to the end "
+                        f"(default: {defaults.scheduler})")
+    search.add_argument("--grace-period", type=int, metavar="EPOCHS",
+                        help=f"ASHA's first rung, in epochs (default: {defaults.grace_period})")
+    search.add_argument("--reduction-factor", type=float, metavar="F",
+                        help=f"ASHA keeps the top 1/F at each rung; rungs at grace x F^k epochs "
+                        f"(default: {defaults.reduction_factor:g})")
+    search.add_argument("--search-seed", type=int, metavar="N", help="seed of the TPE sampler (default: 0)")
+    search.add_argument("--confirm-top", type=int, metavar="K",
+                        help=f"rerun the K best settings by validation accuracy; 0: none "
+                        f"(default: {defaults.confirm_top})")
+    search.add_argument("--confirm-seeds", type=int, metavar="N",
+                        help=f"seeds per rerun, none of them used by that setting in the search "
+                        f"(default: {defaults.confirm_seeds})")
     excluded = ("loss", "seed", *(a.field for a in axes))
     add_config_arguments(parser, exclude=excluded)
     return parser
@@ -132,30 +198,65 @@ def build_parser(spec: SweepSpec, prog: str | None = None) -> argparse.ArgumentP
 
 def expand_args(spec: SweepSpec, args: argparse.Namespace) -> list[RunConfig]:
     """The run configs the parsed flags describe (canonical, unique; not yet validated)."""
-    given = vars(args)
-    defaults = {k: v for k, v in spec.defaults.items() if k not in given}
-    base = config_from_args(argparse.Namespace(**defaults, **given))
+    base = _base(spec, args)
+    given = [flag for dest, flag in _SEARCH_FLAGS if getattr(args, dest, None) is not None]
+    if given:
+        raise ConfigError([f"{', '.join(given)}: for --search optuna only"])
+    if not spec.space:
+        raise ConfigError(["this sweep is a search and has no grid: use --search optuna"])
     space = _apply_axes(spec.space, args, spec.axes)
     if args.losses is not None:
-        unknown = [name for name in args.losses if name not in loss_names()]
-        if unknown:
-            raise ConfigError([f"--losses: {', '.join(map(repr, unknown))} unknown; "
-                               f"allowed: {', '.join(loss_names())}"])
-        absent = [name for name in args.losses if name not in _space_losses(space)]
-        if absent:
-            raise ConfigError([f"--losses: this sweep has no {', '.join(absent)} runs; "
-                               f"it has {', '.join(_space_losses(space))}"])
+        _check_losses(args.losses, _space_losses(space))
         space = [b for b in space if set(b.get("loss", [base.loss])) & set(args.losses)]
         space = [{**b, "loss": [x for x in b["loss"] if x in args.losses]} if "loss" in b else b for b in space]
-    if args.seeds < 1:
-        raise ConfigError([f"--seeds must be >= 1, got {args.seeds}"])
-    return expand(base, space, seeds=range(args.seeds))
+    seeds = spec.seeds if args.seeds is None else args.seeds
+    if seeds < 1:
+        raise ConfigError([f"--seeds must be >= 1, got {seeds}"])
+    return expand(base, space, seeds=range(seeds))
+
+
+def search_args(spec: SweepSpec, args: argparse.Namespace) -> Search:
+    """The search the parsed flags describe (the space checked; settings checked by the runner)."""
+    space = spec.sampled()
+    if args.losses is not None:
+        _check_losses(args.losses, space.losses())
+        space = space.with_losses(args.losses)
+    for axis in COMMON_AXES + spec.axes:
+        values = getattr(args, f"axis_{axis.field}", None)
+        if values is not None:
+            if not space.values(axis.field):
+                raise ConfigError([f"{axis.flag}: this sweep has no {axis.field} axis"])
+            space = space.replace(axis.field, Choice(tuple(values)))
+    for name, dist in args.search_space or ():
+        if name == "loss":
+            raise ConfigError(["--search-space loss=...: choose the losses with --losses"])
+        space = space.replace(name, dist)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchSettings)
+             if getattr(args, f.name, None) is not None}
+    settings = SearchSettings(**{"num_samples": spec.num_samples, **given})
+    return Search(space, _base(spec, args), settings)
+
+
+def _base(spec: SweepSpec, args: argparse.Namespace) -> RunConfig:
+    given = vars(args)
+    defaults = {k: v for k, v in spec.defaults.items() if k not in given}
+    return config_from_args(argparse.Namespace(**defaults, **given))
+
+
+def _check_losses(wanted: Sequence[str], present: Sequence[str]) -> None:
+    unknown = [name for name in wanted if name not in loss_names()]
+    if unknown:
+        raise ConfigError([f"--losses: {', '.join(map(repr, unknown))} unknown; allowed: {', '.join(loss_names())}"])
+    absent = [name for name in wanted if name not in present]
+    if absent:
+        raise ConfigError([f"--losses: this sweep has no {', '.join(absent)} runs; it has {', '.join(present)}"])
 
 
 def main(spec: SweepSpec, argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
-    """Parse flags, check, run the sweep, print the table and where everything is."""
+    """Parse flags, check, run the sweep (a grid or a search), print the table and where everything is."""
     parser = build_parser(spec, prog)
     args = parser.parse_args(argv)
+    from kd_tune.search import prepare_search, run_search
     from kd_tune.sweep import prepare, run_sweep
 
     options = SweepOptions(
@@ -164,30 +265,48 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None, *, prog: str | None
         max_concurrent=args.max_concurrent, checkpoint_every=args.checkpoint_every,
         max_failures=args.max_failures, teacher_cache=args.teacher_cache,
     )
+    searching = args.search == "optuna"
+    table = "search" if searching else spec.table
     try:
-        configs = expand_args(spec, args)
-        if args.dry_run:
-            _print_plan(prepare(configs, options), options)
-            return 0
+        if searching:
+            search = search_args(spec, args)
+            if args.dry_run:
+                _print_search(prepare_search(search, options), search, options)
+                return 0
+        else:
+            configs = expand_args(spec, args)
+            if args.dry_run:
+                _print_plan(prepare(configs, options), options)
+                return 0
     except (ConfigError, SweepError, DataError) as err:
         parser.error(str(err))
     try:
-        # run_sweep repeats every check of the dry run before it writes anything.
-        outcome = run_sweep(configs, options, finalize=lambda folder: _write_tables(folder, spec.table))
+        # The runners repeat every check of the dry run before they write anything.
+        if searching:
+            outcome = run_search(search, options, finalize=_write_search_views)
+        else:
+            outcome = run_sweep(configs, options, finalize=lambda folder: _write_tables(folder, spec.table))
     except (ClusterError, SweepError, ConfigError, DataError) as err:
         parser.error(str(err))
     except TeacherError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    _print_summary(outcome, spec.table)
+    _print_summary(outcome, table)
     return 0 if not outcome.interrupted and outcome.counts.get(TrialStatus.FAILED, 0) == 0 else 1
+
+
+def _write_search_views(sweep_dir: Path) -> list[Path]:
+    from analysis.study import write_study_views
+
+    return _write_tables(sweep_dir, "search") + write_study_views(sweep_dir)
 
 
 def _write_tables(sweep_dir: Path, table: str) -> list[Path]:
     import analysis
+    from analysis.search_table import load_records
     from kd_tune.atomic import write_text
 
-    tables = analysis.build_tables(analysis.load_trials(sweep_dir), table)
+    tables = analysis.build_tables(analysis.load_trials(sweep_dir), table, records=load_records(sweep_dir))
     if not tables:
         return []
     out = sweep_dir / "tables"
@@ -203,16 +322,20 @@ def _print_summary(outcome: Any, table: str) -> None:
     counts = ", ".join(f"{n} {what}" for what, n in outcome.counts.items() if n)
     print(f"\nsweep finished in {outcome.seconds:.0f}s: {counts}" if not outcome.interrupted
           else f"\nsweep stopped after {outcome.seconds:.0f}s: {counts}; rerun the same command to resume it")
-    md = [p for p in outcome.artifacts if p.suffix == ".md"]
-    if md:
-        print()
-        print(md[0].read_text())
+    for path in outcome.artifacts:
+        if path.suffix == ".md" and path.stem in (table, "importances"):
+            print()
+            print(path.read_text())
     for warning in outcome.warnings:
         print(f"warning: {warning}")
     print(f"Parquet:  {outcome.sweep_dir / 'trials.parquet'}\n          {outcome.sweep_dir / 'epochs.parquet'}")
     for path in outcome.artifacts:
-        if path.suffix == ".csv":
-            print(f"CSV:      {path}")
+        if path.suffix in (".csv", ".png"):
+            print(f"{'CSV:' if path.suffix == '.csv' else 'Figure:':<10}{path}")
+    if table == "search":
+        from analysis.study import study_storage
+
+        print(f"Optuna:   {study_storage(outcome.sweep_dir)} (study {outcome.sweep_dir.name!r})")
     print(f"MLflow:   {outcome.tracking_uri} (experiment {outcome.sweep_dir.name!r})")
     print(f"          {ui_command(outcome.tracking_uri)}")
     print(f"Tables:   python -m analysis {outcome.sweep_dir} --table {table} --format csv --out {table}.csv")
@@ -252,6 +375,36 @@ def _apply_axes(space: SearchSpace, args: argparse.Namespace, extra: tuple[Axis,
     return blocks
 
 
+def _print_search(stages: Plan, search: Search, options: SweepOptions) -> None:
+    settings = search.settings
+    print(f"search {options.name!r}: {settings.num_samples} trials drawn by TPE (seed {settings.search_seed}) from "
+          f"{search.space.text()}, {_seeds(settings.seeds)}; scheduler {settings.scheduler}"
+          + (f" (grace {settings.grace_period} epochs, factor {settings.reduction_factor:g})"
+             if settings.scheduler == "asha" else "")
+          + f"; then the top {settings.confirm_top} rerun with {settings.confirm_seeds} new seeds each; "
+          f"{search.base.epochs} epochs, each trial {options.cpus_per_trial:g} CPU and {options.gpus_per_trial:g} GPU; "
+          f"storage {options.sweep_dir}")
+    store = TeacherStore(options.teachers_dir)
+    teachers = stages.teachers()
+    print(f"teachers: {len(teachers)} ({sum(store.has(k) for k in teachers)} already in {store.root}); "
+          f"teacher cache: {options.teacher_cache}")
+    print("dry run: nothing was run or written")
+
+
+def _seeds(seeds: int) -> str:
+    return "every trial seed 0" if seeds == 1 else f"training seeds 0-{seeds - 1} in turn"
+
+
+def _losses(spec: SweepSpec) -> list[str]:
+    return _space_losses(spec.space) if spec.space else spec.sampled().losses()
+
+
+def _axis_default(spec: SweepSpec, axis: Axis) -> str:
+    if spec.space:
+        return _default_values(spec.space, axis.field)
+    return spec.sampled().values(axis.field)
+
+
 def _space_losses(space: SearchSpace) -> list[str]:
     names: list[str] = []
     for block in space:
@@ -272,6 +425,10 @@ def _default_values(space: SearchSpace, name: str) -> str:
 
 
 _EPILOG = """\
+A search (--search optuna) maximises validation accuracy; test accuracy is only reported.
+It ends with the search table (selected settings, confirmation), parameter importances
+and the optimisation history (NAME/tables/, NAME/figures/, STORAGE/optuna.db).
+
 Results: STORAGE/NAME/trials.parquet (one row per trial) and epochs.parquet (one row per
 trial and epoch), tables in STORAGE/NAME/tables/, MLflow runs in sqlite:///STORAGE/mlflow.db
 (one parent run per invocation, one child run per trial). Interrupted? Rerun the same

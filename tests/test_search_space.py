@@ -2,12 +2,24 @@
 from __future__ import annotations
 
 import math
+import re
 
+import optuna
 import pytest
 
 from kd_tune.config import ConfigError, RunConfig
 from kd_tune.identity import trial_key
-from kd_tune.search_space import canonical, expand
+from kd_tune.search_space import (
+    Choice,
+    Range,
+    SampledSpace,
+    canonical,
+    describe,
+    expand,
+    loguniform,
+    parse_distribution,
+    uniform,
+)
 
 BASE = RunConfig()
 
@@ -141,3 +153,106 @@ def test_milestones_axis_with_list_values():
 def test_an_iterator_axis_is_expanded():
     configs = expand(BASE, [{"alpha": iter([0.1, 0.5])}])
     assert [c.alpha for c in configs] == [0.1, 0.5]
+
+
+# -- sampled spaces ------------------------------------------------------------------------
+
+TAU_SEARCH = SampledSpace.of(
+    {"loss": ["kl"], "tau": loguniform(0.25, 64, points=[math.inf]), "alpha": uniform(0, 1)},
+    {"loss": ["mse"], "alpha": uniform(0, 1)},
+)
+
+
+def test_command_line_distributions():
+    assert parse_distribution("tau", "loguniform:0.25,64+inf") == Range(0.25, 64.0, True, (math.inf,))
+    assert parse_distribution("alpha", "uniform:0,1") == Range(0.0, 1.0)
+    assert parse_distribution("tau", "choice:1,3,inf") == Choice((1.0, 3.0, math.inf))
+    assert parse_distribution("batch_size", "choice:32,64") == Choice((32, 64))
+    assert parse_distribution("student", "choice:cnn-4,mlp-16") == Choice(("cnn-4", "mlp-16"))
+    for dist in (Range(0.25, 64.0, True, (math.inf,)), Choice((1.0, math.inf)), Range(0.0, 1.0)):
+        assert parse_distribution("tau", describe(dist)) == dist
+
+
+@pytest.mark.parametrize(("field", "text", "message"), [
+    ("tau", "normal:1,2", "unknown distribution 'normal'; use choice:V1,V2,..., uniform:LOW,HIGH"),
+    ("tau", "uniform:1", "a range needs LOW,HIGH"),
+    ("tau", "uniform:1,x", "'x' is not a number"),
+    ("alpha", "choice:", "a choice needs at least one value"),
+    ("batch_size", "choice:32,64.5", "'64.5' is not an integer"),
+    ("temperature", "uniform:1,2", "'temperature' is not a config field"),
+])
+def test_bad_command_line_distributions(field, text, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_distribution(field, text)
+
+
+@pytest.mark.parametrize(("blocks", "message"), [
+    ([{"alpha": uniform(1, 0)}], "alpha: the range [1, 0] is empty (LOW must be < HIGH)"),
+    ([{"alpha": uniform(0.5, 0.5)}], "alpha: the range [0.5, 0.5] is empty"),
+    ([{"tau": loguniform(0, 4)}], "tau: a log-uniform range needs LOW > 0, got 0"),
+    ([{"tau": uniform(1, math.inf)}], "needs finite ends (add inf as a point: +inf)"),
+    ([{"loss": uniform(0, 1)}], "loss: a range needs a numeric field (loss is str)"),
+    ([{"batch_size": uniform(16.5, 64)}], "an integer range needs integer ends"),
+    ([{"seed": [0, 1]}], "seed is not drawn"),
+    ([{"alpha": []}], "alpha: the choice has no values"),
+    ([{"loss": ["mse"], "tau": uniform(1, 2)}], "the mse block draws tau, which mse does not use"),
+    ([{"loss": ["ce"], "alpha": uniform(0, 1)}], "the ce block draws alpha, which ce does not use"),
+    ([{"loss": ["kl"], "alpha": uniform(0, 1)}, {"loss": ["kl", "mse"]}], "loss 'kl' is in blocks 1 and 2"),
+    ([{"loss": ["kl"], "alpha": uniform(0, 1)}, {"loss": ["mse"], "alpha": uniform(0, 0.5)}],
+     "alpha has two distributions (uniform:0,1 and uniform:0,0.5)"),
+    ([{"loss": ["kl"]}, {"alpha": [0.5]}], "block 2 names no loss"),
+    ([{"alpha": 0.5}], "alpha: 0.5 is not a distribution"),
+])
+def test_bad_sampled_spaces_list_their_problems(blocks, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        SampledSpace.of(*blocks)
+
+
+def test_a_draw_is_canonical_and_its_parameters_read_back_from_the_config():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        ot_trial = study.ask()
+        config = TAU_SEARCH.sample(ot_trial, BASE)
+        assert canonical(config) == config and config.seed == BASE.seed
+        assert TAU_SEARCH.params(config.to_dict()) == ot_trial.params
+        assert set(ot_trial.params) == ({"loss", "tau_point", "alpha"} | ({"tau"} if config.tau != math.inf else set())
+                                        if config.loss == "kl" else {"loss", "alpha"})
+        assert config.loss == "mse" or config.tau == math.inf or 0.25 <= config.tau <= 64
+        seen.add((config.loss, config.tau == math.inf))
+    assert seen == {("kl", True), ("kl", False), ("mse", False)}
+    assert set(TAU_SEARCH.distributions()) == {"loss", "tau_point", "tau", "alpha"}
+
+
+def test_integer_fields_draw_integers_and_a_single_choice_is_fixed():
+    space = SampledSpace.of({"batch_size": uniform(16, 128), "alpha": [0.5]})
+    ot_trial = optuna.create_study().ask()
+    config = space.sample(ot_trial, BASE)
+    assert isinstance(config.batch_size, int) and 16 <= config.batch_size <= 128 and config.alpha == 0.5
+    assert list(ot_trial.params) == ["batch_size"]
+
+
+def test_a_grid_is_a_sampled_space_of_choices():
+    grid = [{"loss": ["kl"], "tau": [1, 3, math.inf], "alpha": [0.1, 1.0]}, {"loss": ["mse"], "alpha": [0.1, 1.0]},
+            {"loss": ["ce"]}]
+    space = SampledSpace.from_grid(grid)
+    assert space.losses() == ["kl", "mse", "ce"]
+    assert space.values("tau") == "choice:1,3,inf" and space.values("alpha") == "choice:0.1,1"
+    assert space.text() == "kl: tau=choice:1,3,inf alpha=choice:0.1,1 | mse: alpha=choice:0.1,1 | ce:"
+    assert SampledSpace.from_json(space.to_json()) == space
+
+
+def test_corners_reach_every_end_and_choice_per_loss():
+    corners = TAU_SEARCH.corners(BASE)
+    assert {(c.loss, c.tau, c.alpha) for c in corners} == {
+        ("kl", 0.25, 0.0), ("kl", 64.0, 0.0), ("kl", math.inf, 0.0), ("kl", 0.25, 1.0), ("mse", 1.0, 0.0),
+        ("mse", 1.0, 1.0)}
+    assert {c.seed for c in corners} == {0}
+
+
+def test_replace_and_with_losses():
+    space = TAU_SEARCH.replace("alpha", Choice((0.5,))).replace("lr", loguniform(0.005, 0.1))
+    assert space.values("alpha") == "choice:0.5" and space.values("lr") == "loguniform:0.005,0.1"
+    assert all(dict(block)["lr"] == loguniform(0.005, 0.1) for block in space.blocks)
+    assert space.with_losses(["mse"]).losses() == ["mse"] and not space.with_losses(["mse"]).values("tau")
+    assert space.label({**BASE.to_dict(), "loss": "kl", "tau": math.inf, "lr": 0.0123}) == "kl tau=inf lr=0.0123"

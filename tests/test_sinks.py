@@ -492,3 +492,23 @@ def test_reconcile_closes_what_a_killed_driver_left_open(store, tmp_path):
     assert rows.loc[done.key, "mlflow_run_id"] == runs[done.key]
     status = {key: client.get_run(run).info.status for key, run in runs.items()}
     assert status == {done.key: "FINISHED", unrecorded.key: "FINISHED", partial.key: "RUNNING"}
+
+
+def test_a_search_records_a_trial_end_once_tune_has_saved_the_trial():
+    events: list = []
+    adapter = TuneSinks([Recorder(events)], hold_new=True)
+    early, late = planned(0), planned(1)
+    a, b = tune_trial(early, "t_a"), tune_trial(late, "t_b")
+    adapter.on_trial_start(0, [], a)
+    assert adapter.get_state() is None  # Tune saved its state: trial a is in it
+    adapter.on_trial_start(0, [], b)
+    for trial in (a, b):
+        adapter.on_trial_result(0, [], trial, report(1, COMPLETED))
+        adapter.on_trial_complete(0, [], trial)
+    # b is not in any saved state yet: a driver killed now leaves no row of it.
+    assert [e for e in events if e[0] == "ended"] == [("ended", early.key, COMPLETED, None)]
+    adapter.get_state()
+    assert [e for e in events if e[0] == "ended"] == [("ended", early.key, COMPLETED, None),
+                                                      ("ended", late.key, COMPLETED, None)]
+    adapter.get_state()
+    assert len([e for e in events if e[0] == "ended"]) == 2

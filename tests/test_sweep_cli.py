@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from kd_tune.identity import trial_key
-from kd_tune.sweep_cli import build_parser, expand_args, main
+from kd_tune.search import SearchSettings
+from kd_tune.sweep_cli import build_parser, expand_args, main, search_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,6 +27,7 @@ def load_spec(name: str):
 
 TAU_GRID = load_spec("tau_grid")
 LABEL_NOISE = load_spec("label_noise")
+TAU_SEARCH = load_spec("tau_search")
 
 
 def configs_of(spec, *argv: str):
@@ -86,6 +88,22 @@ def test_label_noise_space_shares_the_clean_runs():
         (TAU_GRID, ["--val-size", "100000", "--dry-run"], "digits: val_size=100000 must be in [0, 1436]"),
         (LABEL_NOISE, ["--noise-rates", "0.2,1.0"], "noise_rate=1.0"),
         (LABEL_NOISE, ["--noise-types", "gaussian"], "noise_type='gaussian'"),
+        (TAU_SEARCH, ["--search-space", "tau=normal:1,4"], "tau=normal:1,4: unknown distribution 'normal'"),
+        (TAU_SEARCH, ["--search-space", "alpha=uniform:0.8,0.2"], "alpha: the range [0.8, 0.2] is empty"),
+        (TAU_SEARCH, ["--search-space", "alpha"], "'alpha' is not FIELD=DISTRIBUTION"),
+        (TAU_SEARCH, ["--search-space", "alpha=uniform:0,2"], "alpha=2.0 is not allowed"),
+        (TAU_SEARCH, ["--search-space", "loss=choice:kl"], "choose the losses with --losses"),
+        (TAU_SEARCH, ["--num-samples", "0"], "--num-samples must be >= 1, got 0"),
+        (TAU_SEARCH, ["--epochs", "4", "--grace-period", "5"], "--grace-period 5 must be in [1, --epochs 4]"),
+        (TAU_SEARCH, ["--reduction-factor", "1"], "--reduction-factor must be > 1"),
+        (TAU_SEARCH, ["--scheduler", "pbt"], "invalid choice: 'pbt'"),
+        (TAU_SEARCH, ["--seeds", "0"], "--seeds must be >= 1, got 0"),
+        (TAU_SEARCH, ["--search", "grid"], "this sweep is a search and has no grid"),
+        (TAU_SEARCH, ["--preset", "paper", "--data-dir", "/nonexistent"], "needs a validation split"),
+        (TAU_SEARCH, ["--search-space", "lr=loguniform:0.005,0.1"], "lr is drawn from a range, and the teacher"),
+        (TAU_SEARCH, ["--losses", "ce"], "this sweep has no ce runs; it has kl, mse"),
+        (TAU_GRID, ["--num-samples", "10", "--grace-period", "2"], "--num-samples, --grace-period: for --search "
+         "optuna only"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, spec, argv, message):
@@ -193,3 +211,28 @@ def test_help_explains_the_flags(capsys):
                  "--teacher-cache"):
         assert flag in out
     assert "rerun the same" in out.lower() or "rerun with the same name" in out
+
+
+def test_search_flags_shape_the_space_and_the_settings():
+    args = build_parser(TAU_SEARCH).parse_args(
+        ["--taus", "1,inf", "--search-space", "alpha=uniform:0.5,1", "--losses", "kl", "--num-samples", "7",
+         "--scheduler", "none", "--search-seed", "4", "--confirm-top", "0", "--epochs", "5"])
+    search = search_args(TAU_SEARCH, args)
+    assert search.space.text() == "kl: tau=choice:1,inf alpha=uniform:0.5,1"
+    assert search.settings == SearchSettings(num_samples=7, scheduler="none", search_seed=4, confirm_top=0)
+    assert search.base.epochs == 5 and search.base.student == "cnn-4"
+    # A grid sweep searches its grid's values with --search optuna.
+    grid = search_args(TAU_GRID, build_parser(TAU_GRID).parse_args(["--search", "optuna"]))
+    assert grid.space.text() == ("kl: tau=choice:1,3,5,20,inf alpha=choice:0.1,0.5,1 | mse: alpha=choice:0.1,0.5,1 "
+                                 "| ce:")
+    assert grid.settings.num_samples == 60
+
+
+def test_search_dry_run_writes_nothing(tmp_path, capsys):
+    storage = tmp_path / "results"
+    assert main(TAU_SEARCH, ["--storage", str(storage), "--dry-run", "--num-samples", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "search 'tau_search': 30 trials drawn by TPE (seed 0) from kl: tau=loguniform:0.25,64+inf" in out
+    assert "scheduler asha (grace 2 epochs, factor 3); then the top 3 rerun with 3 new seeds each" in out
+    assert "teachers: 1 (0 already in" in out and "dry run: nothing was run or written" in out
+    assert not storage.exists()

@@ -12,6 +12,12 @@ A restored sweep replays the final checkpoint of a trial that was recorded befor
 driver stopped; every event of a trial in ``skip`` (trial keys) is skipped, so nothing
 is written twice.
 
+With ``hold_new`` (a search, whose trials are drawn as it goes) a trial's end reaches
+the sinks only once Tune's experiment state, saved with the searcher's, holds the trial:
+Tune saves it every few seconds and calls :meth:`TuneSinks.get_state` as it does. A
+driver killed in between leaves no row of a trial the restored search does not know,
+so the search draws a replacement and the results keep exactly its trials.
+
 Tune pickles its callbacks into the experiment and unpickles them when a sweep is
 restored; a pickled adapter unpickles as the adapter of the current invocation (the one
 constructed last in this process), so a resumed sweep writes through this
@@ -51,14 +57,17 @@ class TuneSinks(tune.Callback):
     for :meth:`kd_tune.sinks.parquet_sink.ParquetSink.reconcile`.
     """
 
-    def __init__(self, sinks: Sequence[TrialSink], *, skip: Collection[str] = ()):
+    def __init__(self, sinks: Sequence[TrialSink], *, skip: Collection[str] = (), hold_new: bool = False):
         global _current
         self.sinks = tuple(sinks)
         self.skip = frozenset(skip)
+        self.hold_new = hold_new
         self.ended_in_tune: tuple[EndedTrial, ...] = ()
         self._trials: dict[str, Trial] = {}  # Tune trial id -> the trial, while it runs
         self._status: dict[str, TrialStatus] = {}  # Tune trial id -> last reported status
         self._ignored: set[str] = set()  # Tune trial ids: recorded before, or ended here
+        self._unsaved: set[str] = set()  # Tune trial ids first seen after Tune last saved its state
+        self._held: list[tuple[Any, TrialStatus, str | None]] = []  # ends waiting for that save
         _current = self
 
     def __reduce__(self) -> tuple[Callable[[], tune.Callback], tuple[()]]:
@@ -99,6 +108,14 @@ class TuneSinks(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, TrialStatus.FAILED, _error_text(trial))
 
+    def get_state(self) -> None:
+        """Tune saves its experiment state (trials and searcher) and then calls this: the
+        trials seen so far are in it, and their held ends are recorded now."""
+        self._unsaved.clear()
+        held, self._held = self._held, []
+        for tune_trial, status, error in held:
+            self._end(tune_trial, status, error)
+
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for sink in self.sinks:
             sink.experiment_ended()
@@ -120,6 +137,8 @@ class TuneSinks(tune.Callback):
             return None
         self._trials[trial_id] = planned
         self._status[trial_id] = TrialStatus.RUNNING
+        if self.hold_new:
+            self._unsaved.add(trial_id)
         for sink in self.sinks:
             sink.trial_started(planned, trial_id)
         return planned
@@ -127,6 +146,9 @@ class TuneSinks(tune.Callback):
     def _end(self, tune_trial: Any, status: TrialStatus, error: str | None) -> None:
         planned = self._trial(tune_trial)
         if planned is None:
+            return
+        if tune_trial.trial_id in self._unsaved:
+            self._held.append((tune_trial, status, error))
             return
         for sink in self.sinks:
             sink.trial_ended(planned, tune_trial.trial_id, status, error)

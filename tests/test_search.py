@@ -1,0 +1,195 @@
+"""The search's parts without a cluster: the planner of drawn trials (a real Optuna study),
+the settings' checks, the study rebuilt from real Parquet rows, and the search table."""
+from __future__ import annotations
+
+import math
+
+import optuna
+import pandas as pd
+import pytest
+
+from analysis import build_tables, render
+from analysis.study import history, importances, rebuild_study, write_study_views
+from kd_tune.config import ConfigError, RunConfig
+from kd_tune.identity import setting_key, trial_key
+from kd_tune.plan import Trial, plan_trial
+from kd_tune.search import OBJECTIVE, SamplePlanner, Search, SearchSettings, prepare_search
+from kd_tune.search_record import SearchRecord, SearchTrial, Selected
+from kd_tune.search_space import SampledSpace, loguniform, uniform
+from kd_tune.sinks import ParquetSink
+from kd_tune.status import TrialStatus
+from kd_tune.sweep import write_manifest
+from kd_tune.sweep_options import SweepError, SweepOptions
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+BASE = RunConfig(epochs=3, teacher="cnn-8", teacher_epochs=1)
+SPACE = SampledSpace.of({"loss": ["kl"], "tau": loguniform(0.25, 64, points=[math.inf]), "alpha": uniform(0, 1)},
+                        {"loss": ["mse"], "alpha": uniform(0, 1)})
+
+
+def test_the_planner_plans_each_draw_once_and_a_repeated_setting_trains_the_next_seed():
+    space = SampledSpace.of({"loss": ["kl", "mse"], "alpha": [0.5, 1.0]})  # 4 settings
+    planner = SamplePlanner(space, BASE, "float32", seeds=1)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = []
+    for number in range(12):
+        config = planner(study.ask())
+        assert config["search"]["number"] == number
+        drawn.append((Trial.from_dict(config["trial"]), config["search"]["setting"]))
+    seeds: dict[str, list[int]] = {}
+    for trial, setting in drawn:
+        assert trial.key == trial_key(trial.config) and setting == setting_key(trial.config)
+        assert trial.cache_key is not None and trial.distils
+        seeds.setdefault(setting, []).append(trial.config.seed)
+    assert len(seeds) == 4 and all(s == list(range(len(s))) for s in seeds.values())
+    assert len({t.key for t, _ in drawn}) == 12
+
+
+def test_drawn_trials_take_the_training_seeds_in_turn():
+    planner = SamplePlanner(SPACE, BASE, None, seeds=3)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=2))
+    seeds = [Trial.from_dict(planner(study.ask())["trial"]).config.seed for _ in range(7)]
+    assert seeds == [0, 1, 2, 0, 1, 2, 0]  # a continuous space: every setting is new
+    one = SamplePlanner(SampledSpace.of({"alpha": [0.5]}), BASE, None, seeds=3)  # a single setting
+    study = optuna.create_study(direction="maximize")
+    seeds = [Trial.from_dict(one(study.ask())["trial"]).config.seed for _ in range(5)]
+    assert seeds == [0, 1, 2, 3, 4]
+
+
+def test_a_draw_of_mse_carries_no_tau_parameter():
+    planner = SamplePlanner(SPACE, BASE, None)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(20):
+        ot_trial = study.ask()
+        trial = Trial.from_dict(planner(ot_trial)["trial"])
+        assert ("tau" in ot_trial.params or "tau_point" in ot_trial.params) == (trial.config.loss == "kl")
+        assert trial.cache_key is None  # the teacher runs online without a cache
+        assert SPACE.params(trial.config.to_dict()) == ot_trial.params
+
+
+@pytest.mark.parametrize(("settings", "epochs", "message"), [
+    (SearchSettings(num_samples=0), 3, "--num-samples must be >= 1, got 0"),
+    (SearchSettings(grace_period=4), 3, "--grace-period 4 must be in [1, --epochs 3]"),
+    (SearchSettings(reduction_factor=1), 3, "--reduction-factor must be > 1"),
+    (SearchSettings(scheduler="hyperband"), 3, "--scheduler 'hyperband' must be one of asha, none"),
+    (SearchSettings(confirm_seeds=0), 3, "--confirm-seeds must be >= 1"),
+])
+def test_settings_problems(settings, epochs, message):
+    assert any(message in p for p in settings.problems(epochs))
+    assert SearchSettings(grace_period=4, scheduler="none").problems(3) == []
+
+
+def test_a_search_needs_validation_data_and_one_teacher_per_range(tmp_path):
+    options = SweepOptions(name="s", storage=tmp_path)
+    with pytest.raises(SweepError, match="needs a validation split"):
+        prepare_search(Search(SPACE, BASE.replace(val_size=0), SearchSettings()), options)
+    with pytest.raises(ConfigError, match="lr is drawn from a range, and the teacher depends on it"):
+        prepare_search(Search(SPACE.replace("lr", loguniform(0.005, 0.1)), BASE, SearchSettings()), options)
+    # A choice of lr values is fine: each gets its teacher; a CE-only space needs no teacher.
+    plan = prepare_search(Search(SPACE.replace("lr", SampledSpace.of({"lr": [0.01, 0.05]}).blocks[0][0][1]),
+                                 BASE, SearchSettings()), options)
+    assert len(plan.teachers()) == 2
+    ce = SampledSpace.of({"loss": ["ce"], "lr": loguniform(0.005, 0.1)})
+    assert prepare_search(Search(ce, BASE, SearchSettings()), options).teachers() == {}
+    assert not tmp_path.joinpath("s").exists()
+
+
+def test_a_name_reused_for_another_search_is_refused(tmp_path):
+    options = SweepOptions(name="s", storage=tmp_path)
+    search = Search(SPACE, BASE, SearchSettings(num_samples=10))
+    write_manifest(options, search.manifest())
+    prepare_search(search, options)  # the same search resumes
+    with pytest.raises(SweepError, match=r"was started with other search settings \(num_samples\)"):
+        prepare_search(Search(SPACE, BASE, SearchSettings(num_samples=20)), options)
+    with pytest.raises(SweepError, match="was started with other search settings \\(base\\)"):
+        prepare_search(Search(SPACE, BASE.replace(lr=0.05), SearchSettings(num_samples=10)), options)
+
+
+# -- the study and the table, from real Parquet rows -------------------------------------------
+
+
+def _history(epochs: int, val: float, test: float) -> list[dict]:
+    return [{"epoch": e, "train_loss": 0.5, "train_acc": 0.8, "val_acc": val * e / epochs, "test_acc": test,
+             "test_logit_mse": 0.1, "test_agreement": 0.9, "lr": 0.02, "epoch_time_s": 0.1,
+             "teacher_forward_samples": 0.0} for e in range(1, epochs + 1)]
+
+
+def recorded_search(folder):
+    """A finished search written through the Parquet sink: 5 drawn trials, one confirmed setting."""
+    sink = ParquetSink(folder, sweep="s", teacher_acc=lambda key: 0.99)
+    draws = [  # (config, status, epochs run, last val acc, test acc)
+        (BASE.replace(loss="kl", tau=3.0, alpha=0.4), TrialStatus.COMPLETED, 3, 0.90, 0.80),
+        (BASE.replace(loss="mse", tau=1.0, alpha=0.7), TrialStatus.STOPPED, 1, 0.60, 0.50),
+        (BASE.replace(loss="kl", tau=math.inf, alpha=0.9), TrialStatus.COMPLETED, 3, 0.95, 0.70),
+        (BASE.replace(loss="mse", tau=1.0, alpha=0.2), TrialStatus.DIVERGED, 2, math.nan, math.nan),
+        (BASE.replace(loss="kl", tau=20.0, alpha=0.1), TrialStatus.COMPLETED, 3, 0.85, 0.90),
+    ]
+    confirm = [draws[2][0].replace(seed=s) for s in (1, 2)]
+    for i, (config, status, epochs, val, test) in enumerate(draws + [(c, TrialStatus.COMPLETED, 3, 0.9 + c.seed / 100,
+                                                                       0.75 + c.seed / 100) for c in confirm]):
+        trial = plan_trial(config)
+        for row in _history(epochs, val, test):
+            sink.epoch_reported(trial, f"t{i}", row, TrialStatus.RUNNING)
+        sink.trial_ended(trial, f"t{i}", status, None)
+    keys = [trial_key(c) for c, *_ in draws]
+    best = Selected(rank=1, setting=setting_key(draws[2][0]), label="kl tau=inf alpha=0.9", val_acc=0.95,
+                    search_keys=(keys[2],), confirm_keys=tuple(trial_key(c) for c in confirm))
+    record = SearchRecord("s", OBJECTIVE, SPACE, {"confirm_seeds": 2, "confirm_top": 1},
+                          tuple(SearchTrial(n, k, setting_key(c)) for n, (k, (c, *_)) in enumerate(zip(keys, draws))),
+                          (best,))
+    record.write(folder)
+    return record, keys
+
+
+def test_the_rebuilt_study_holds_the_search_and_its_best_trial_is_the_best_row(tmp_path):
+    record, keys = recorded_search(tmp_path / "s")
+    rows = pd.read_parquet(tmp_path / "s" / "trials.parquet")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = rebuild_study(rows, record, storage=storage)
+    study = rebuild_study(rows, record, storage=storage)  # rebuilt again: replaced, not doubled
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert [t.user_attrs["trial_key"] for t in study.trials] == keys  # drawing order; no confirmation trials
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "COMPLETE", "FAIL", "COMPLETE"]
+    search_rows = rows.set_index("trial_key").loc[keys]
+    best = search_rows[search_rows["status"] == "completed"]["val_acc"].idxmax()
+    assert study.best_trial.user_attrs["trial_key"] == best == keys[2]
+    assert study.best_value == pytest.approx(0.95)
+    assert study.trials[2].params == {"loss": "kl", "tau_point": math.inf, "alpha": 0.9}
+    assert study.trials[0].params == {"loss": "kl", "tau_point": "range", "tau": 3.0, "alpha": 0.4}
+    assert study.trials[1].params == {"loss": "mse", "alpha": 0.7}  # an MSE trial has no tau
+    assert study.trials[1].intermediate_values == {1: pytest.approx(0.6)}
+
+    table = history(study)
+    assert list(table["state"]) == ["complete", "pruned", "complete", "fail", "complete"]
+    assert table["best_val_acc"].tolist() == pytest.approx([90, 90, 95, 95, 95])
+    assert table.loc[1, "epoch"] == 1 and table.loc[1, "val_acc"] == pytest.approx(60)
+    assert set(importances(study)["parameter"]) <= {"loss", "tau_point", "tau", "alpha"}
+
+
+def test_study_views_are_written_as_tables_and_figures(tmp_path):
+    recorded_search(tmp_path / "s")
+    paths = write_study_views(tmp_path / "s")
+    names = {p.relative_to(tmp_path / "s").as_posix() for p in paths}
+    assert {"tables/importances.csv", "tables/importances.md", "tables/history.csv", "tables/history.md",
+            "figures/optimization_history.png"} <= names
+    assert (tmp_path / "s" / "figures" / "optimization_history.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "optuna.db").is_file()
+    with pytest.raises(FileNotFoundError, match="not a searched sweep"):
+        write_study_views(tmp_path)
+
+
+def test_the_search_table_reports_confirmation_test_accuracy_under_its_protocol(tmp_path):
+    record, keys = recorded_search(tmp_path / "s")
+    rows = pd.read_parquet(tmp_path / "s" / "trials.parquet")
+    (table,) = build_tables(rows, "search", records={"s": record})
+    assert table.rows == ["1. kl tau=inf alpha=0.9"]
+    assert table.stats(table.rows[0], "val (search)").mean == pytest.approx(95)
+    confirm = table.stats(table.rows[0], "test (confirmation)")
+    assert (confirm.mean, confirm.n) == (pytest.approx(76.5), 2) and confirm.std == pytest.approx(0.7071, abs=1e-4)
+    assert table.excluded == {"diverged": 1, "stopped": 1}
+    text = render([table], "md")
+    assert "| 1. kl tau=inf alpha=0.9 | 95.00 (1) | 91.50 ± 0.71 (2) | 76.50 ± 0.71 (2) |" in text
+    assert "Protocol: the top 1 settings by validation accuracy (last epoch) over 5 search trials" in text
+    assert "mean ± std (n seeds)" in text and "excluded: 1 diverged, 1 stopped" in text
+    assert "mean $\\pm$ std" in render([table], "latex")
+    assert build_tables(rows, "search", records={}) == []
