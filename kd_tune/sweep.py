@@ -17,6 +17,9 @@ Folder layout under ``storage`` (absolute; a shared file system on a multi-node 
     <name>/sweep.json           the sweep's trials (config per trial key)
     <name>/trials.parquet       one row per trial       (see kd_tune.results)
     <name>/epochs.parquet       one row per trial and epoch
+    <name>/samples.parquet/     per-sample end measurements, one part file per trial and teacher
+    <name>/features.parquet/    penultimate features of the feature classes, likewise (kd_tune.samples)
+    <name>/figures/             figures written at the end (PNG, PDF)
     <name>/noise/               the persisted noisy labels
     <name>/tables/              tables written at the end (CSV, Markdown)
     <name>/...                  Ray Tune's experiment state and trial checkpoints
@@ -84,7 +87,10 @@ def prepare(configs: Sequence[RunConfig], options: SweepOptions) -> Plan:
     validate_all(configs)
     plan = plan_trials(configs, cache_dtype=options.cache_dtype)
     for config in plan.data().values():
-        load_data(config)
+        classes = load_data(config).num_classes
+        if options.feature_classes and max(options.feature_classes) >= classes:
+            raise SweepError(f"--feature-classes {','.join(map(str, options.feature_classes))}: {config.dataset} "
+                             f"has classes 0..{classes - 1}")
     _check_manifest(plan, options)
     return plan
 
@@ -99,8 +105,9 @@ def run_sweep(
     """Run every config as a Tune trial and record the results; return where they are.
 
     ``finalize(sweep_dir)`` runs after the trials, before the MLflow parent run ends,
-    and returns files (tables) to attach to it. Raises the errors of :func:`prepare`
-    and :class:`~kd_tune.cluster.ClusterError` before writing anything;
+    and returns files (tables, figures) to attach to it, each under its folder's name.
+    Raises the errors of :func:`prepare` and :class:`~kd_tune.cluster.ClusterError`
+    before writing anything;
     :class:`~kd_tune.teacher_store.TeacherError` when a teacher fails.
     """
     started = time.perf_counter()
@@ -110,7 +117,7 @@ def run_sweep(
     check_resources(info, cpus_per_trial=options.cpus_per_trial, gpus_per_trial=options.gpus_per_trial)
     check_shared_storage(info, options.storage)
 
-    from kd_tune.sinks import ConsoleProgress, MlflowSink, ParquetSink, TuneSinks
+    from kd_tune.sinks import ConsoleProgress, MlflowSink, ParquetSink, SamplesSink, TeacherRecord, TuneSinks
     from kd_tune.teacher_stage import ensure_teacher_logits, ensure_teachers
     from kd_tune.teacher_store import TeacherStore
     from kd_tune.tracking import SweepTracker, resolve_tracking_uri
@@ -132,8 +139,10 @@ def run_sweep(
     status = "FAILED"
     try:
         store = TeacherStore(options.teachers_dir)
-        mlflow_sink = MlflowSink(tracker)
+        # The MLflow sink logs a trial's final row, which the Parquet sink (before it) has just written.
+        mlflow_sink = MlflowSink(tracker, trial_row=lambda key: parquet.trial_row(key))
         parquet = ParquetSink(sweep_dir, sweep=options.name, teacher_acc=store.test_acc, run_id=mlflow_sink.run_id)
+        samples = SamplesSink(sweep_dir, options.feature_classes)
         finished = parquet.finished_keys() & set(plan.keys)
         log(f"sweep {options.name!r}: {len(plan.trials)} trials ({len(finished)} already finished), "
             f"up to {_concurrency(info, options)} at a time; results in {sweep_dir}")
@@ -141,9 +150,14 @@ def run_sweep(
         if options.cache_dtype is not None:
             ensure_teacher_logits(plan, store, options, log=log)
         console = ConsoleProgress(total=len(plan.trials), done=len(finished), log=log)
+        sinks = [parquet, samples, mlflow_sink, console]
+        for key, trial in plan.teachers().items():
+            teacher = TeacherRecord(key, trial, store.meta(key), store.measurements(key))
+            for sink in sinks:
+                sink.teacher_ready(teacher)
         # The row is written before the MLflow run is ended: a driver killed in between leaves
         # a RUNNING run, which reconcile() ends, never a finished run without its row.
-        callback = TuneSinks([parquet, mlflow_sink, console], skip=finished)
+        callback = TuneSinks(sinks, skip=finished)
         fit_started = time.perf_counter()
         _fit(plan, options, callback)
         fit_seconds = time.perf_counter() - fit_started
@@ -152,7 +166,7 @@ def run_sweep(
         counts = _counts(parquet.statuses(), plan.keys)
         interrupted = counts["missing"] > 0
         artifacts = tuple(finalize(sweep_dir)) if finalize is not None else ()
-        tracker.log_artifacts(list(artifacts))
+        mlflow_sink.sweep_ended(parquet.trial_rows(), artifacts)
         status = "KILLED" if interrupted else ("FINISHED" if counts["failed"] == 0 else "FAILED")
         return SweepOutcome(sweep_dir, tracking_uri, parent, counts, time.perf_counter() - started,
                             fit_seconds, interrupted, artifacts)
@@ -202,6 +216,7 @@ def _fit(plan: Plan, options: SweepOptions, callback: Any) -> None:
         tune.with_parameters(
             distill_trial, teachers_dir=str(options.teachers_dir), logits_dir=str(options.logits_dir),
             noise_dir=str(options.noise_dir), checkpoint_every=options.checkpoint_every,
+            feature_classes=options.feature_classes, log_models=options.log_models,
         ),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
     )

@@ -427,7 +427,8 @@ def test_adapter_passes_the_trainer_metrics_only(store, tmp_path):
     adapter.on_trial_result(0, [], t, report(1, COMPLETED, pid=123, timestamp=1.7e9))
     adapter.on_trial_complete(0, [], t)
     run = store["client"].get_run(mlflow.run_id(trial.key))
-    assert set(run.data.metrics) == {"epoch", *EPOCH_METRICS}
+    # Tune's own keys (pid, timestamp) are not logged; inv_tau is the KL trial's temperature.
+    assert set(run.data.metrics) == {"epoch", *EPOCH_METRICS, "inv_tau"}
     assert read(tmp_path, TRIALS_FILE)[0]["mlflow_run_id"] == run.info.run_id
 
 

@@ -33,7 +33,8 @@ def trained(tmp_path_factory):
 def test_train_writes_weights_and_meta(trained):
     store, meta, _ = trained
     key = teacher_key(STUDENT)
-    assert sorted(p.name for p in (store.root / key).iterdir()) == ["meta.json", "progress.json", "teacher.pt"]
+    assert sorted(p.name for p in (store.root / key).iterdir()) == ["measurements.npz", "meta.json", "progress.json",
+                                                                   "teacher.pt"]
     assert store.progress(key) == {"epoch": 1, "epochs": 1, "test_acc": meta["metrics"]["test_acc"]}
     assert store.progress("0" * 16) is None
     assert store.weights_path(key) == store.root / key / "teacher.pt"
