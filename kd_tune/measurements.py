@@ -104,7 +104,7 @@ def summarize(values: Mapping[str, Any], ece: float) -> dict[str, float]:
 
 
 @dataclass(frozen=True, eq=False)
-class TestMeasurements:
+class EndMeasurements:
     """A network's end-of-run measurements on the test set (numpy, on the host).
 
     ``labels``: int64 ``(N,)`` test labels; ``values``: the per-sample quantities
@@ -119,7 +119,7 @@ class TestMeasurements:
     features: np.ndarray
     summary: dict[str, float]
 
-    def of_classes(self, classes: Iterable[int]) -> TestMeasurements:
+    def of_classes(self, classes: Iterable[int]) -> EndMeasurements:
         """The same measurements with the features of the test samples of ``classes`` only."""
         keep = np.isin(self.labels[self.feature_index], np.asarray(list(classes), dtype=np.int64))
         return replace(self, feature_index=self.feature_index[keep], features=self.features[keep])
@@ -130,7 +130,7 @@ class TestMeasurements:
                 "features": self.features, "summary": dict(self.summary)}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TestMeasurements:
+    def from_dict(cls, values: Mapping[str, Any]) -> EndMeasurements:
         """Inverse of :meth:`to_dict`."""
         return cls(labels=values["labels"], values=dict(values["values"]), feature_index=values["feature_index"],
                    features=values["features"], summary=dict(values["summary"]))
@@ -147,7 +147,7 @@ class TestMeasurements:
             np.savez(handle, **arrays)
 
     @classmethod
-    def load(cls, path: str) -> TestMeasurements:
+    def load(cls, path: str) -> EndMeasurements:
         """Read a file written by :meth:`save`."""
         with np.load(path, allow_pickle=False) as f:
             values = {k.removeprefix("value_"): f[k] for k in f.files if k.startswith("value_")}
@@ -161,14 +161,14 @@ def measure(
     labels: torch.Tensor,
     features: torch.Tensor,
     teacher_logits: torch.Tensor | None = None,
-) -> TestMeasurements:
+) -> EndMeasurements:
     """Every measurement of the module docstring for one network's test outputs, moved to the host.
 
-    Keeps the features of every test sample; :meth:`TestMeasurements.of_classes` selects.
+    Keeps the features of every test sample; :meth:`EndMeasurements.of_classes` selects.
     """
     values = per_sample(logits, labels, features, teacher_logits)
     host = {k: v.cpu().numpy().astype(bool if k == "correct" else np.float32) for k, v in values.items()}
     summary = summarize(host, expected_calibration_error(logits, labels))
-    return TestMeasurements(labels=labels.cpu().numpy().astype(np.int64), values=host,
+    return EndMeasurements(labels=labels.cpu().numpy().astype(np.int64), values=host,
                             feature_index=np.arange(len(labels), dtype=np.int64),
                             features=features.float().cpu().numpy(), summary=summary)

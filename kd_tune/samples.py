@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kd_tune.atomic import atomic_write
-from kd_tune.measurements import PER_SAMPLE, TestMeasurements
+from kd_tune.measurements import PER_SAMPLE, EndMeasurements
 
 SAMPLES_DIR = "samples.parquet"
 FEATURES_DIR = "features.parquet"
@@ -50,10 +50,10 @@ def part_name(role: str, key: str) -> str:
     return f"part-{role}-{key}.parquet"
 
 
-def write_parts(sweep_dir: str | Path, role: str, key: str, measured: TestMeasurements) -> tuple[Path, Path]:
+def write_parts(sweep_dir: str | Path, role: str, key: str, measured: EndMeasurements) -> tuple[Path, Path]:
     """Write the samples part and the features part of one trial or teacher; return their paths.
 
-    ``measured`` holds the features to keep (:meth:`TestMeasurements.of_classes`).
+    ``measured`` holds the features to keep (:meth:`EndMeasurements.of_classes`).
     """
     sweep_dir = Path(sweep_dir)
     name = part_name(role, key)

@@ -64,6 +64,7 @@ class SweepOutcome:
     fit_seconds: float = 0.0
     interrupted: bool = False
     artifacts: tuple[Path, ...] = ()
+    experiment_id: str | None = None
 
 
 def prepare(configs: Sequence[RunConfig], options: SweepOptions) -> Plan:
@@ -169,7 +170,7 @@ def run_sweep(
         mlflow_sink.sweep_ended(parquet.trial_rows(), artifacts)
         status = "KILLED" if interrupted else ("FINISHED" if counts["failed"] == 0 else "FAILED")
         return SweepOutcome(sweep_dir, tracking_uri, parent, counts, time.perf_counter() - started,
-                            fit_seconds, interrupted, artifacts)
+                            fit_seconds, interrupted, artifacts, tracker.experiment_id)
     except KeyboardInterrupt:
         status = "KILLED"
         raise

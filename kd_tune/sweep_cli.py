@@ -216,7 +216,7 @@ def _write_figures(sweep_dir: Path) -> list[Path]:
 
 
 def _print_summary(outcome: Any, table: str) -> None:
-    from kd_tune.tracking import ui_command
+    from kd_tune.tracking import experiment_url, ui_command
 
     counts = ", ".join(f"{n} {what}" for what, n in outcome.counts.items() if n)
     print(f"\nsweep finished in {outcome.seconds:.0f}s: {counts}" if not outcome.interrupted
@@ -231,6 +231,8 @@ def _print_summary(outcome: Any, table: str) -> None:
             print(f"CSV:      {path}")
     print(f"MLflow:   {outcome.tracking_uri} (experiment {outcome.sweep_dir.name!r})")
     print(f"          {ui_command(outcome.tracking_uri)}")
+    if outcome.experiment_id is not None:
+        print(f"          {experiment_url(outcome.tracking_uri, outcome.experiment_id)}")
     figures = [p for p in outcome.artifacts if p.suffix == ".png"]
     if figures:
         print(f"Figures:  {figures[0].parent} ({len(figures)} PNG + PDF)")

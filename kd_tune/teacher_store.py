@@ -31,7 +31,7 @@ from kd_tune.checkpoint import load_state
 from kd_tune.config import RunConfig
 from kd_tune.data import Dataset
 from kd_tune.identity import weights_digest
-from kd_tune.measurements import TestMeasurements
+from kd_tune.measurements import EndMeasurements
 from kd_tune.runtime import resolve_device
 from kd_tune.status import TrialStatus
 from kd_tune.teacher import load_teacher, save_teacher, train_teacher
@@ -65,11 +65,11 @@ class TeacherStore:
     def measurements_path(self, key: str) -> Path:
         return self.root / key / "measurements.npz"
 
-    def measurements(self, key: str) -> TestMeasurements | None:
+    def measurements(self, key: str) -> EndMeasurements | None:
         """Teacher ``key``'s end-of-run test measurements, None when the store has none
         (a teacher stored before kd-tune measured teachers: see :meth:`measure`)."""
         path = self.measurements_path(key)
-        return TestMeasurements.load(str(path)) if path.is_file() else None
+        return EndMeasurements.load(str(path)) if path.is_file() else None
 
     def measure(self, key: str, config: RunConfig, *, noise_dir: str | None = None) -> dict[str, Any]:
         """Measure a stored teacher that has no measurements yet; return its record."""

@@ -82,6 +82,18 @@ def ui_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
+def experiment_url(tracking_uri: str, experiment_id: str) -> str:
+    """The UI address of an experiment, in the Model training view.
+
+    MLflow 3.17's UI picks its GenAI or Model training view from its own switch (kept per
+    browser, GenAI at first), not from the experiment's ``mlflow.experimentKind`` tag;
+    ``workflowType=machine_learning`` in the address sets that switch. For a local store
+    the address is that of ``mlflow ui``'s default ``http://127.0.0.1:5000``.
+    """
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
 def _millis() -> int:
     return int(time.time() * 1000)
 

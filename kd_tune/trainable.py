@@ -37,7 +37,7 @@ import torch
 from kd_tune.checkpoint import load_state, save_state
 from kd_tune.config import RunConfig
 from kd_tune.logit_cache import LogitCache, ensure_cached
-from kd_tune.measurements import TestMeasurements
+from kd_tune.measurements import EndMeasurements
 from kd_tune.plan import Trial
 from kd_tune.status import STATUS_KEY, TrialStatus
 from kd_tune.teacher import TEACHER_FORMAT
@@ -74,7 +74,7 @@ def distill_trial(config: dict[str, Any], *, teachers_dir: str, logits_dir: str,
         teacher, _ = _held_or_load("teacher", (trial.teacher_key, run.device),
                                    lambda: store.load(trial.teacher_key, run, data))
 
-    def trial_end(measurements: TestMeasurements, weights: Callable[[], dict[str, torch.Tensor]]) -> TrialEnd:
+    def trial_end(measurements: EndMeasurements, weights: Callable[[], dict[str, torch.Tensor]]) -> TrialEnd:
         record = None
         if log_models:
             # The teacher file format: a logged student can be distilled from (--teacher-checkpoint).

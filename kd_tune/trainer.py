@@ -42,7 +42,7 @@ from kd_tune.config import RunConfig
 from kd_tune.data import Dataset, epoch_batches, load_dataset
 from kd_tune.evaluation import evaluate, predict_outputs
 from kd_tune.losses import make_loss
-from kd_tune.measurements import TestMeasurements, measure
+from kd_tune.measurements import EndMeasurements, measure
 from kd_tune.optim import build_optimizer, build_scheduler
 from kd_tune.runtime import amp_dtype, autocast, resolve_device, rng_state, seed_everything, set_rng_state
 from kd_tune.status import TrialStatus
@@ -71,7 +71,7 @@ class EpochEnd:
     metrics: dict[str, float]
     status: TrialStatus
     state: Callable[[], dict[str, Any]] = field(repr=False)
-    measurements: TestMeasurements | None = field(default=None, repr=False)
+    measurements: EndMeasurements | None = field(default=None, repr=False)
 
 
 EpochHook = Callable[[EpochEnd], None]
@@ -91,7 +91,7 @@ class TrainResult:
     history: tuple[dict[str, float], ...]
     model: nn.Module = field(repr=False)
     diverged_epoch: int | None = None
-    measurements: TestMeasurements | None = field(default=None, repr=False)
+    measurements: EndMeasurements | None = field(default=None, repr=False)
 
     @property
     def final(self) -> dict[str, float]:
@@ -166,7 +166,7 @@ def train(
     # Small data sets live on the device whole: no loader, no per-item Python.
     train_x = data.train.images.to(device)
     train_y = data.train.labels.to(device)
-    measured: TestMeasurements | None = None
+    measured: EndMeasurements | None = None
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -221,7 +221,7 @@ def train(
 
 
 def measure_model(model: nn.Module, data: Dataset, teacher_test: torch.Tensor | None, *,
-                  device: torch.device, amp: bool = False) -> TestMeasurements:
+                  device: torch.device, amp: bool = False) -> EndMeasurements:
     """The end-of-run measurements of ``model`` on ``data``'s test set (see :mod:`kd_tune.measurements`)."""
     logits, features = predict_outputs(model, data.test.images, data.normalize, device=device, amp=amp,
                                        features=True)

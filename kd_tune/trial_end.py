@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kd_tune.measurements import TestMeasurements
+from kd_tune.measurements import EndMeasurements
 
 # The key of a Tune result that carries the trial's TrialEnd (its last report only).
 END_KEY = "kd_end"
@@ -30,7 +30,7 @@ class TrialEnd:
     without noise) and ``weights`` (the student's weights file content, a dict for
     ``torch.save`` in the :func:`kd_tune.teacher.save_teacher` format, or None)."""
 
-    measurements: TestMeasurements
+    measurements: EndMeasurements
     noise_hash: str | None = None
     weights: dict[str, Any] | None = None
 
@@ -40,5 +40,5 @@ class TrialEnd:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrialEnd:
-        return cls(TestMeasurements.from_dict(values["measurements"]), values.get("noise_hash"),
+        return cls(EndMeasurements.from_dict(values["measurements"]), values.get("noise_hash"),
                    values.get("weights"))

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kd_tune.measurements import TestMeasurements
+from kd_tune.measurements import EndMeasurements
 from kd_tune.plan import Trial
 from kd_tune.status import TrialStatus
 from kd_tune.trial_end import TrialEnd
@@ -50,7 +50,7 @@ class TeacherRecord:
     key: str
     trial: Trial
     meta: Mapping[str, Any]
-    measurements: TestMeasurements | None
+    measurements: EndMeasurements | None
 
 
 class TrialSink:
