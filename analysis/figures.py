@@ -259,6 +259,7 @@ def _distributions(trials: pd.DataFrame, samples: pd.DataFrame, quantity: str, y
         for line in ("cmedians", "cmins", "cmaxes", "cbars"):
             parts[line].set_color("black")
             parts[line].set_linewidth(1.0)
+        parts["cmedians"].set_gid("medians")
         ax.set_xticks(range(1, len(series) + 1), [name for name, _ in series], rotation=30, ha="right")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{title}{': ' + panel if panel else ''}\n(KL and MSE at their largest α, seeds pooled)",
