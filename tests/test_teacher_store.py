@@ -5,6 +5,7 @@ import json
 import shutil
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,3 +108,26 @@ def test_training_the_same_teacher_again_gives_the_same_weights(trained, tmp_pat
     second = load_state(TeacherStore(tmp_path).weights_path(meta["key"]))["model"]
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_teacher_is_stored_with_its_history_and_measurements(trained):
+    store, meta, data = trained
+    key = teacher_key(STUDENT)
+    assert [h["epoch"] for h in store.meta(key)["history"]] == [1]
+    measured = store.measurements(key)
+    assert measured is not None and len(measured.labels) == len(data.test)
+    assert measured.features.shape[0] == len(data.test)  # every test sample: sweeps pick their classes
+    assert measured.values["correct"].mean() == pytest.approx(meta["metrics"]["test_acc"])
+
+
+def test_a_teacher_stored_without_measurements_is_measured_not_retrained(trained, tmp_path):
+    store, _, _ = trained
+    key = teacher_key(STUDENT)
+    copy = TeacherStore(tmp_path)
+    shutil.copytree(store.root / key, copy.root / key)
+    copy.measurements_path(key).unlink()
+    assert copy.measurements(key) is None
+    weights = copy.weights_path(key).read_bytes()
+    copy.measure(key, STUDENT)
+    assert copy.weights_path(key).read_bytes() == weights
+    assert np.array_equal(copy.measurements(key).values["tld"], store.measurements(key).values["tld"])
