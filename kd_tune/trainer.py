@@ -206,7 +206,7 @@ def train(
                                                          amp=use_amp, features=status.ended)
             metrics.update(evaluate(model, data, signal.test_logits(), device=device, amp=use_amp,
                                     test_logits=test_logits))
-            if status.ended:
+            if status.ended and len(data.test):
                 measured = measure(test_logits, data.test.labels, test_features, signal.test_logits())
         metrics["epoch_time_s"] = time.perf_counter() - started
         history.append(metrics)
@@ -214,7 +214,7 @@ def train(
             on_epoch(EpochEnd(dict(metrics), status, state, measured))
         if diverged:
             return TrainResult(status, tuple(history), model.eval(), diverged_epoch=epoch + 1)
-    if measured is None and history:
+    if measured is None and history and len(data.test):
         # Resumed from the state of a finished run: no epoch ran here, the weights are final.
         measured = measure_model(model, data, signal.test_logits(), device=device, amp=use_amp)
     return TrainResult(TrialStatus.COMPLETED, tuple(history), model.eval(), measurements=measured)
