@@ -74,9 +74,11 @@ def settings(trials: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     for values, group in trials.groupby(varying, sort=True, dropna=False):
         values = values if isinstance(values, tuple) else (values,)
         parts = []
+        clean = dict(zip(varying, values)).get("noise_type") == "none"
         for column, value in zip(varying, values):
             if column == "noise_rate":
-                parts.append(f"rate {value:g}")
+                if not clean:
+                    parts.append(f"rate {value:g}")
             elif column == "noise_type":
                 parts.append("clean" if value == "none" else f"{value} noise")
             else:

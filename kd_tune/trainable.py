@@ -80,7 +80,8 @@ def distill_trial(config: dict[str, Any], *, teachers_dir: str, logits_dir: str,
             # The teacher file format: a logged student can be distilled from (--teacher-checkpoint).
             record = {"format": TEACHER_FORMAT, "arch": run.student, "num_classes": data.num_classes,
                       "in_channels": data.in_channels, "config": trial.config.to_dict(),
-                      "model": {k: v.detach().cpu() for k, v in weights().items()}}
+                      # numpy, not tensors: Ray Tune refuses tensors in reported results.
+                      "model": {k: v.detach().cpu().numpy() for k, v in weights().items()}}
         return TrialEnd(measurements.of_classes(feature_classes), data.noise_hash, record)
 
     resume = None

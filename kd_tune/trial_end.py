@@ -27,8 +27,8 @@ END_KEY = "kd_end"
 class TrialEnd:
     """A trial's end: ``measurements`` (features of the feature classes only),
     ``noise_hash`` (:attr:`kd_tune.data.Dataset.noise_hash` of its training labels; None
-    without noise) and ``weights`` (the student's weights file content, a dict for
-    ``torch.save`` in the :func:`kd_tune.teacher.save_teacher` format, or None)."""
+    without noise) and ``weights`` (the student's weights file content in the
+    :func:`kd_tune.teacher.save_teacher` format, its state dict as numpy arrays, or None)."""
 
     measurements: EndMeasurements
     noise_hash: str | None = None

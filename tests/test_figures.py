@@ -149,7 +149,7 @@ def test_tau_has_a_panel_per_noise_setting(results, tmp_path):
     both.mkdir()
     pd.concat([trials, noisy]).to_parquet(both / "trials.parquet")
     titles = [ax.get_title() for ax in draw("tau", both).axes if ax.get_visible()]
-    assert titles == ["Test accuracy: clean, rate 0", "Test accuracy: symmetric noise, rate 0.4"]
+    assert titles == ["Test accuracy: clean", "Test accuracy: symmetric noise, rate 0.4"]
 
 
 def test_logit_mean_gap_is_the_trial_mean_against_tau(results):

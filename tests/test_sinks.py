@@ -566,7 +566,7 @@ def test_mlflow_runs_hold_final_numbers_data_set_weights_and_teacher(store, tmp_
     tracker = _tracker(store, "comparing")
     parquet = ParquetSink(tmp_path, sweep="s", teacher_acc=lambda key: 0.93)
     mlflow = MlflowSink(tracker, trial_row=parquet.trial_row)
-    weights = {"format": 1, "arch": "cnn-4", "model": {"w": torch.ones(2)}}
+    weights = {"format": 1, "arch": "cnn-4", "model": {"w": np.ones(2, dtype=np.float32)}}
     for sink in (parquet, mlflow):
         sink.trial_started(trial, "t_0")
         for epoch in (1, 2):
@@ -589,7 +589,8 @@ def test_mlflow_runs_hold_final_numbers_data_set_weights_and_teacher(store, tmp_
     (moved,) = client.get_run(other.run_id(trial.key)).inputs.dataset_inputs
     assert moved.dataset.digest != dataset.dataset.digest
     path = client.download_artifacts(run.info.run_id, "model/student.pt", str(tmp_path / "dl"))
-    assert torch.load(path, weights_only=True)["arch"] == "cnn-4"
+    saved = torch.load(path, weights_only=True)
+    assert saved["arch"] == "cnn-4" and torch.equal(saved["model"]["w"], torch.ones(2))
 
     teacher = TeacherRecord("tkey", trial, {"metrics": {"test_acc": 0.9, "epoch": 2},
                                             "history": [metrics(1), metrics(2)], "noise_hash": None},

@@ -86,9 +86,10 @@ class MlflowSink(TrialSink):
         if end.weights is not None:
             import torch
 
+            weights = {**end.weights, "model": {k: torch.as_tensor(v) for k, v in end.weights["model"].items()}}
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "student.pt"
-                torch.save(end.weights, path)
+                torch.save(weights, path)
                 self.tracker.log_file(run_id, path, "model")
 
     def trial_ended(self, trial: Trial, trial_id: str, status: TrialStatus, error: str | None) -> None:
