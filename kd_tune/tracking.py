@@ -139,8 +139,10 @@ class SweepTracker:
             self._log(self.parent_id, metrics=metrics, step=0)
         self.client.set_terminated(self.parent_id, status=status)
 
-    def start_trial(self, trial_key: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-        """The child run of a trial: the unfinished one of an earlier invocation, or a new one."""
+    def start_trial(self, trial_key: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
+                    metrics: Mapping[str, float] | None = None) -> str:
+        """The child run of a trial: the unfinished one of an earlier invocation, or a new one
+        (logged with ``params`` and, at step 0, ``metrics``)."""
         assert self.parent_id is not None, "start_parent first"
         for run in self._search(f"tags.`{KEY_TAG}` = '{trial_key}'"):
             if run.info.status != "FINISHED":
@@ -156,7 +158,7 @@ class SweepTracker:
             tags={ROLE_TAG: "trial", PARENT_TAG: self.parent_id, KEY_TAG: trial_key, SWEEP_TAG: self.experiment,
                   **self.source, **tags},
         )
-        self._log(run.info.run_id, params=params)
+        self._log(run.info.run_id, params=params, metrics=metrics)
         self._last_step[run.info.run_id] = 0
         return run.info.run_id
 
@@ -210,11 +212,12 @@ class SweepTracker:
         self._log(run_id, metrics=metrics, step=step)
         self._last_step[run_id] = step
 
-    def end_trial(self, run_id: str, status: TrialStatus, tags: Mapping[str, str] | None = None) -> None:
+    def end_trial(self, run_id: str, status: TrialStatus, tags: Mapping[str, str] | None = None,
+                  metrics: Mapping[str, float] | None = None, step: int = 0) -> None:
         """Mirror the trial's end: ``failed`` -> FAILED, any other status -> FINISHED; the
-        status goes in tag ``kd_tune.status`` (with ``tags``)."""
+        status goes in tag ``kd_tune.status`` (with ``tags``); ``metrics`` are logged at ``step``."""
         status = TrialStatus(status)
-        self._log(run_id, tags={**(tags or {}), STATUS_TAG: status.value})
+        self._log(run_id, tags={**(tags or {}), STATUS_TAG: status.value}, metrics=metrics, step=step)
         self.client.set_terminated(run_id, status="FAILED" if status is TrialStatus.FAILED else "FINISHED")
 
     def end_recorded_trials(self, statuses: Mapping[str, TrialStatus]) -> int:

@@ -70,12 +70,10 @@ class MlflowSink(TrialSink):
 
     def trial_started(self, trial: Trial, trial_id: str) -> None:
         # An unfinished run of an earlier invocation is continued (see SweepTracker.start_trial).
-        run_id = self.tracker.start_trial(
-            trial.key, trial.label, trial.config.to_dict(), {TRIAL_ID_TAG: trial_id, TEACHER_TAG: trial.teacher_key}
+        self._runs[trial.key] = self.tracker.start_trial(
+            trial.key, trial.label, trial.config.to_dict(), {TRIAL_ID_TAG: trial_id, TEACHER_TAG: trial.teacher_key},
+            metrics={"inv_tau": inv_tau(trial.config.tau)} if trial.config.loss == "kl" else None,
         )
-        self._runs[trial.key] = run_id
-        if trial.config.loss == "kl":
-            self.tracker.log_values(run_id, metrics={"inv_tau": inv_tau(trial.config.tau)})
 
     def epoch_reported(self, trial: Trial, trial_id: str, metrics: Mapping[str, Any], status: TrialStatus) -> None:
         self.tracker.log_epoch(self._runs[trial.key], metrics)
@@ -93,12 +91,9 @@ class MlflowSink(TrialSink):
                 self.tracker.log_file(run_id, path, "model")
 
     def trial_ended(self, trial: Trial, trial_id: str, status: TrialStatus, error: str | None) -> None:
-        run_id = self._runs[trial.key]
-        row = self._trial_row(trial.key)
-        if row is not None:
-            self.tracker.log_values(run_id, metrics={m: row.get(m) for m in ROW_METRICS},
-                                    step=int(row.get("epoch") or 0))
-        self.tracker.end_trial(run_id, status)
+        row = self._trial_row(trial.key) or {}
+        self.tracker.end_trial(self._runs[trial.key], status, metrics={m: row.get(m) for m in ROW_METRICS},
+                               step=int(row.get("epoch") or 0))
 
     def teacher_ready(self, teacher: TeacherRecord) -> None:
         config = teacher.trial.config.teacher_config()
