@@ -222,7 +222,10 @@ def _against_tau(trials: pd.DataFrame, column: str, scale: float, ylabel: str, t
         ax.set_ylabel(ylabel)
         ax.set_title(f"{title}{': ' + panel if panel else ''}", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="best")
+    # Outside the panels (the figure grows for it): a legend inside would cover lines.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.set_figwidth(fig.get_figwidth() + 1.9)
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
     return fig
 
 
@@ -382,6 +385,7 @@ def curves(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, **_: Any) -
                          fontsize=10)
             ax.grid(alpha=0.3)
     handles, labels = axes[1].get_legend_handles_labels()
+    fig.set_figwidth(fig.get_figwidth() + 1.5)
     fig.legend(handles, labels, loc="outside right upper", fontsize=8,
                title="KL and MSE at\ntheir largest α", title_fontsize=8)
     return fig
