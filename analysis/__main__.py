@@ -1,4 +1,5 @@
-"""``python -m analysis RESULTS_DIR``: print or write the paper's tables for sweep results."""
+"""``python -m analysis RESULTS_DIR``: print or write the paper's tables (or, with
+``--plot``, draw its figures) for sweep results."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from analysis.figures import FIGURE_HELP, FIGURES
 from analysis.render import FORMATS, render
 from analysis.results_io import TRIALS_FILE, load_trials
 from analysis.search_table import load_records
@@ -19,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
         return textwrap.fill(text, width=88, initial_indent=indent, subsequent_indent=indent + "    ")
 
     tables = "\n".join(fill(f"{name}: {TABLE_HELP[name]}", "  ") for name in TABLES)
+    figures = "\n".join(fill(f"{name}: {FIGURE_HELP[name]}", "  ") for name in FIGURES)
     return argparse.ArgumentParser(
         prog="python -m analysis",
         description=fill(
@@ -31,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
             fill("csv: wide and lossless: setting columns, 'row', then per column label c "
                  "'c mean', 'c std', 'c n' (and 'c paper'); percent, full precision", "  "),
             fill("md: Markdown, cells 'mean ± std (n) [paper]', 2 decimals", "  "),
-            fill("latex: a booktabs table environment per table", "  ")]),
+            fill("latex: a booktabs table environment per table", "  ")])
+        + f"\n\nfigures (--plot NAME|all --out DIR; NAME.png and NAME.pdf):\n{figures}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
@@ -46,10 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", default="md", choices=FORMATS, dest="fmt",
                         help="output format (default: md)")
     parser.add_argument("--out", type=Path, metavar="FILE",
-                        help="write to FILE (atomically) instead of standard output")
+                        help="write to FILE (atomically) instead of standard output; with --plot, the folder "
+                             "the figures go to (required)")
+    parser.add_argument("--plot", metavar="NAME", choices=(*FIGURES, "all"),
+                        help="draw a figure (or all that the results fit) instead of a table; see below")
     parser.add_argument("--no-reference", action="store_true",
                         help="do not show the published reference numbers next to the cells")
     args = parser.parse_args(argv)
+    if args.plot is not None:
+        return _plot(parser, args)
 
     try:
         trials = load_trials(args.results_dir)
@@ -70,6 +79,26 @@ def main(argv: list[str] | None = None) -> int:
     else:
         write_text(args.out, text)
         print(f"wrote {len(tables)} {args.table} table(s) to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _plot(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from analysis.figures import write_figures
+
+    if args.out is None:
+        parser.error("--plot needs --out DIR, the folder the figures go to")
+    try:
+        load_trials(args.results_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        parser.error(str(exc))
+    names = FIGURES if args.plot == "all" else (args.plot,)
+    skipped: list[str] = []
+    written = write_figures(args.results_dir, args.out, names,
+                            log=lambda line: (skipped.append(line), print(line, file=sys.stderr)))
+    if not written:
+        parser.error(f"no figure could be drawn from {args.results_dir}: " + "; ".join(skipped))
+    for path in written:
+        print(path)
     return 0
 
 

@@ -1,4 +1,8 @@
-"""Loading sweep results: the ``trials.parquet`` file(s) the sweep writer produces."""
+"""Loading sweep results: the Parquet files a sweep writes (the only thing analysis reads).
+
+``trials.parquet`` and ``epochs.parquet`` (:mod:`kd_tune.results`), and the part-file
+data sets ``samples.parquet/`` and ``features.parquet/`` (:mod:`kd_tune.samples`).
+"""
 from __future__ import annotations
 
 import os
@@ -7,6 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+SAMPLES_DIR = "samples.parquet"
+FEATURES_DIR = "features.parquet"
 
 
 def find_trial_files(path: str | os.PathLike) -> list[Path]:
@@ -42,3 +49,41 @@ def load_trials(path: str | os.PathLike) -> pd.DataFrame:
     if len(frames) == 1:
         return frames[0]
     return pd.concat(frames, ignore_index=True)
+
+
+def sweep_dirs(path: str | os.PathLike) -> list[Path]:
+    """The sweep folders of ``path`` (see :func:`find_trial_files`)."""
+    return [p.parent for p in find_trial_files(path)]
+
+
+def load_epochs(path: str | os.PathLike) -> pd.DataFrame:
+    """The ``epochs.parquet`` rows of the sweep folder(s) of ``path`` (empty frame when none)."""
+    files = [d / EPOCHS_FILE for d in sweep_dirs(path) if (d / EPOCHS_FILE).is_file()]
+    return _concat([pd.read_parquet(f) for f in files])
+
+
+def load_samples(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
+    """The per-sample end measurements of the sweep folder(s) of ``path``: every part of
+    ``samples.parquet/`` (``columns`` only, when given; empty frame when there is none)."""
+    return _load_parts(path, SAMPLES_DIR, columns)
+
+
+def load_features(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
+    """The penultimate features of the sweep folder(s) of ``path`` (``features.parquet/``)."""
+    return _load_parts(path, FEATURES_DIR, columns)
+
+
+def _load_parts(path: str | os.PathLike, folder: str, columns: list[str] | None) -> pd.DataFrame:
+    import pyarrow.dataset as ds
+
+    frames = []
+    for sweep in sweep_dirs(path):
+        if (sweep / folder).is_dir() and any((sweep / folder).glob("part-*.parquet")):
+            frames.append(ds.dataset(sweep / folder, format="parquet").to_table(columns=columns).to_pandas())
+    return _concat(frames)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    if not frames:
+        return pd.DataFrame()
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)

@@ -14,7 +14,10 @@ column (``tau`` float64 with inf for infinity, ``milestones`` list<int64>);
 ``train_loss``, ``train_acc``, ``val_acc``, ``test_acc``, ``test_logit_mse``,
 ``test_agreement``); ``best_val_acc``, ``best_val_epoch``, ``test_acc_at_best_val``
 (selected on validation, never on test); ``train_time_s`` (sum of epoch times,
-seconds); ``started_at``, ``finished_at`` (UTC); ``mlflow_run_id``.
+seconds); the end-of-run test measurements of :mod:`kd_tune.measurements` (``ece``,
+``<quantity>_mean`` and ``<quantity>_median``; NaN when the trial was not measured:
+diverged, stopped, failed, or written by the Parquet sink's reconcile after a killed driver);
+``started_at``, ``finished_at`` (UTC); ``mlflow_run_id``.
 
 ``epochs.parquet``: one row per (trial_key, epoch): ``sweep``, ``trial_key``,
 ``trial_id``, ``epoch`` and the per-epoch metrics of :mod:`kd_tune.trainer`
@@ -36,6 +39,7 @@ import pyarrow.parquet as pq
 
 from kd_tune.atomic import atomic_write
 from kd_tune.config import RunConfig, field_types
+from kd_tune.measurements import SUMMARY
 from kd_tune.status import TrialStatus
 
 TRIALS_FILE = "trials.parquet"
@@ -74,6 +78,7 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("best_val_epoch", pa.int64()),
         pa.field("test_acc_at_best_val", pa.float64()),
         pa.field("train_time_s", pa.float64()),
+        *(pa.field(m, pa.float64()) for m in SUMMARY),
         pa.field("started_at", _TIME),
         pa.field("finished_at", _TIME),
         pa.field("mlflow_run_id", pa.string()),
@@ -117,10 +122,12 @@ def trial_row(
     started_at: datetime | None,
     error: str | None = None,
     mlflow_run_id: str | None = None,
+    measured: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The ``trials.parquet`` row of a finished trial from its epoch history (oldest first).
 
     ``diverged_epoch`` is the last epoch of a ``diverged`` trial (the trainer stops there).
+    ``measured`` is the summary of the trial's end measurements (NaN columns without).
     """
     status = TrialStatus(status)
     last = history[-1] if history else {}
@@ -139,6 +146,7 @@ def trial_row(
     row["best_val_epoch"] = int(best["epoch"]) if best else None
     row["test_acc_at_best_val"] = float(best["test_acc"]) if best else None
     row["train_time_s"] = float(sum(float(h.get("epoch_time_s", 0.0)) for h in history))
+    row.update({m: float((measured or {}).get(m, math.nan)) for m in SUMMARY})
     row.update(started_at=started_at, finished_at=utc_now(), mlflow_run_id=mlflow_run_id)
     return row
 

@@ -187,7 +187,7 @@ def prepare_search(search: Search, options: SweepOptions) -> Plan:
     validate_all(corners)
     _check_one_teacher_per_range(search, options.cache_dtype)
     plan = plan_trials(corners, cache_dtype=options.cache_dtype)
-    load_plan_data(plan)
+    load_plan_data(plan, options)
     check_manifest(options, search.manifest())
     return plan
 

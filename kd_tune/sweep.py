@@ -17,6 +17,9 @@ Folder layout under ``storage`` (absolute; a shared file system on a multi-node 
     <name>/sweep.json           the sweep's trials (config per trial key)
     <name>/trials.parquet       one row per trial       (see kd_tune.results)
     <name>/epochs.parquet       one row per trial and epoch
+    <name>/samples.parquet/     per-sample end measurements, one part file per trial and teacher
+    <name>/features.parquet/    penultimate features of the feature classes, likewise (kd_tune.samples)
+    <name>/figures/             figures written at the end (PNG, PDF)
     <name>/noise/               the persisted noisy labels
     <name>/tables/              tables written at the end (CSV, Markdown)
     <name>/...                  Ray Tune's experiment state and trial checkpoints
@@ -65,6 +68,7 @@ class SweepOutcome:
     interrupted: bool = False
     artifacts: tuple[Path, ...] = ()
     warnings: tuple[str, ...] = ()
+    experiment_id: str | None = None
 
 
 def check_options(options: SweepOptions) -> None:
@@ -92,15 +96,19 @@ def prepare(configs: Sequence[RunConfig], options: SweepOptions) -> Plan:
         raise SweepError("the search space is empty: no trial to run")
     validate_all(configs)
     plan = plan_trials(configs, cache_dtype=options.cache_dtype)
-    load_plan_data(plan)
+    load_plan_data(plan, options)
     check_manifest(options, _grid_manifest(plan))
     return plan
 
 
-def load_plan_data(plan: Plan) -> None:
-    """Load each distinct data setting of ``plan`` once: a missing or broken data dir fails here."""
+def load_plan_data(plan: Plan, options: SweepOptions) -> None:
+    """Load each distinct data setting of ``plan`` once: a missing or broken data dir fails here,
+    and so do ``--feature-classes`` the data set does not have."""
     for config in plan.data().values():
-        load_data(config)
+        classes = load_data(config).num_classes
+        if options.feature_classes and max(options.feature_classes) >= classes:
+            raise SweepError(f"--feature-classes {','.join(map(str, options.feature_classes))}: {config.dataset} "
+                             f"has classes 0..{classes - 1}")
 
 
 def run_sweep(
@@ -113,8 +121,9 @@ def run_sweep(
     """Run every config as a Tune trial and record the results; return where they are.
 
     ``finalize(sweep_dir)`` runs after the trials, before the MLflow parent run ends,
-    and returns files (tables, figures) to attach to it. Raises the errors of :func:`prepare`
-    and :class:`~kd_tune.cluster.ClusterError` before writing anything;
+    and returns files (tables, figures) to attach to it, each under its folder's name.
+    Raises the errors of :func:`prepare` and :class:`~kd_tune.cluster.ClusterError`
+    before writing anything;
     :class:`~kd_tune.teacher_store.TeacherError` when a teacher fails.
     """
     started = time.perf_counter()
@@ -183,7 +192,7 @@ class Recorder:
     """
 
     def __init__(self, options: SweepOptions, tracker: Any, log: Callable[[str], None]):
-        from kd_tune.sinks import MlflowSink, ParquetSink
+        from kd_tune.sinks import MlflowSink, ParquetSink, SamplesSink
         from kd_tune.teacher_store import TeacherStore
 
         self.options = options
@@ -194,9 +203,11 @@ class Recorder:
         # Stored caches are checksummed once per node and invocation: the token names this one.
         self.check_token = uuid.uuid4().hex
         self.store = TeacherStore(options.teachers_dir)
-        self.mlflow = MlflowSink(tracker)
+        # The MLflow sink logs a trial's final row, which the Parquet sink (before it) has just written.
+        self.mlflow = MlflowSink(tracker, trial_row=lambda key: self.parquet.trial_row(key))
         self.parquet = ParquetSink(options.sweep_dir, sweep=options.name, teacher_acc=self.store.test_acc,
                                    run_id=self.mlflow.run_id)
+        self.samples = SamplesSink(options.sweep_dir, options.feature_classes)
 
     def warn(self, message: str) -> None:
         """Say ``message`` now and keep it for the closing summary."""
@@ -208,13 +219,19 @@ class Recorder:
         return self.parquet.finished_keys() & set(keys)
 
     def stages(self, plan: Plan) -> None:
-        """Train the plan's missing teachers, then fill its missing teacher-logit caches."""
+        """Train the plan's missing teachers, then fill its missing teacher-logit caches; record
+        each teacher (its row, measurements and MLflow run)."""
+        from kd_tune.sinks import TeacherRecord
         from kd_tune.teacher_stage import ensure_teacher_logits, ensure_teachers
 
         ensure_teachers(plan, self.store, self.options, log=self.log, warn=self.warn)
         if self.options.cache_dtype is not None:
             ensure_teacher_logits(plan, self.store, self.options, token=self.check_token, log=self.log,
                                   warn=self.warn)
+        for key, trial in plan.teachers().items():
+            teacher = TeacherRecord(key, trial, self.store.meta(key), self.store.measurements(key))
+            for sink in (self.parquet, self.samples, self.mlflow):
+                sink.teacher_ready(teacher)
 
     def fit(self, run: TuneRun, *, total: int, done: int, hold_new: bool = False) -> list[dict[str, Any]]:
         """Run (or resume) one Tune experiment, recording every trial; return its trials' Tune configs
@@ -231,7 +248,7 @@ class Recorder:
         console = ConsoleProgress(total=total, done=done, log=self.log)
         # The row is written before the MLflow run is ended: a driver killed in between leaves
         # a RUNNING run, which finish() ends, never a finished run without its row.
-        callback = TuneSinks([self.parquet, self.mlflow, console], skip=finished, hold_new=hold_new)
+        callback = TuneSinks([self.parquet, self.samples, self.mlflow, console], skip=finished, hold_new=hold_new)
         results = _fit(self.options, callback, run, self.check_token)
         self.parquet.reconcile(callback.ended_in_tune)
         return [result.config for result in results]
@@ -246,12 +263,11 @@ class Recorder:
         counts["missing"] += undrawn
         interrupted = counts["missing"] > 0
         artifacts = tuple(finalize(self.options.sweep_dir)) if finalize is not None else ()
-        for folder in dict.fromkeys(path.parent.name for path in artifacts):
-            self.tracker.log_artifacts([p for p in artifacts if p.parent.name == folder], artifact_path=folder)
+        self.mlflow.sweep_ended(self.parquet.trial_rows(), artifacts)
         self.status = "KILLED" if interrupted else ("FINISHED" if counts[TrialStatus.FAILED] == 0 else "FAILED")
         return SweepOutcome(self.options.sweep_dir, self.tracker.tracking_uri, self.tracker.parent_id, counts,
                             time.perf_counter() - started, fit_seconds, interrupted, artifacts,
-                            tuple(self.warnings))
+                            tuple(self.warnings), self.tracker.experiment_id)
 
 
 @contextmanager
@@ -332,7 +348,7 @@ def _fit(options: SweepOptions, callback: Any, run: TuneRun, check_token: str) -
         tune.with_parameters(
             distill_trial, teachers_dir=str(options.teachers_dir), logits_dir=str(options.logits_dir),
             noise_dir=str(options.noise_dir), checkpoint_every=options.checkpoint_every,
-            check_token=check_token,
+            check_token=check_token, feature_classes=options.feature_classes, log_models=options.log_models,
         ),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
     )

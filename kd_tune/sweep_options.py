@@ -23,7 +23,9 @@ class SweepOptions:
     requests per trial and per teacher task (GPUs may be fractional);
     ``checkpoint_every`` is in epochs; ``max_failures`` retries per trial;
     ``teacher_cache`` is how distilling trials get the teacher's outputs: ``float32``
-    or ``float16`` logits from the shared cache, or ``off`` (the teacher runs online).
+    or ``float16`` logits from the shared cache, or ``off`` (the teacher runs online);
+    ``feature_classes`` are the classes whose test samples' penultimate features are kept
+    (``features.parquet``); ``log_models`` puts each trial's final weights in its MLflow run.
     """
 
     name: str
@@ -36,6 +38,8 @@ class SweepOptions:
     checkpoint_every: int = 5
     max_failures: int = 2
     teacher_cache: str = "float32"
+    feature_classes: tuple[int, ...] = (0, 1, 2)
+    log_models: bool = False
 
     def __post_init__(self) -> None:
         if _is_uri(str(self.storage)):
@@ -84,6 +88,9 @@ class SweepOptions:
             p.append(f"--checkpoint-every must be >= 1 epoch, got {self.checkpoint_every}")
         if self.max_failures < 0:
             p.append(f"--max-failures must be >= 0, got {self.max_failures}")
+        if any(c < 0 for c in self.feature_classes) or len(set(self.feature_classes)) != len(self.feature_classes):
+            p.append(f"--feature-classes {','.join(map(str, self.feature_classes))}: class indices must be distinct "
+                     "and >= 0")
         if self.teacher_cache not in CACHE_MODES:
             p.append(f"--teacher-cache {self.teacher_cache!r} must be one of {', '.join(CACHE_MODES)} "
                      "(on means float32)")

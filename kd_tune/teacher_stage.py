@@ -29,7 +29,8 @@ PROGRESS_S = 30.0  # how often the stages report work in progress
 
 def ensure_teachers(plan: Plan, store: TeacherStore, options: SweepOptions, *, log: Callable[[str], None] = print,
                     warn: Callable[[str], None] = print_warning) -> dict[str, dict[str, Any]]:
-    """Make sure every teacher the plan's distilling trials need is in ``store``, intact; return their records.
+    """Make sure every teacher the plan's distilling trials need is in ``store``, intact and with
+    its end measurements; return their records.
 
     Every stored teacher a trial of the plan may load is verified first (CE trials load
     theirs for the agreement metrics): a damaged one is discarded, and trained again
@@ -45,10 +46,13 @@ def ensure_teachers(plan: Plan, store: TeacherStore, options: SweepOptions, *, l
                                    "removed from the store (this sweep does not need it)"))
             store.discard(key)
     missing = {k: t for k, t in needed.items() if not store.has(k)}
-    log(f"teachers: {len(needed)} needed, {len(needed) - len(missing)} in the store, {len(missing)} to train")
+    # Teachers stored before kd-tune measured them are measured once, not trained again.
+    unmeasured = {k: t for k, t in needed.items() if store.has(k) and not store.measurements_path(k).is_file()}
+    log(f"teachers: {len(needed)} needed, {len(needed) - len(missing)} in the store, {len(missing)} to train"
+        + (f", {len(unmeasured)} to measure" if unmeasured else ""))
     pending = {_task(train_teacher_task, options).remote(str(store.root), k, t.config.to_dict(),
                                                          str(options.noise_dir)): k
-               for k, t in missing.items()}
+               for k, t in {**missing, **unmeasured}.items()}
 
     def still_training(key: str) -> None:
         done = store.progress(key)
@@ -57,6 +61,9 @@ def ensure_teachers(plan: Plan, store: TeacherStore, options: SweepOptions, *, l
             log(f"teacher {needed[key].teacher} ({key}): epoch {done['epoch']}/{done['epochs']}{acc}")
 
     def trained(key: str, meta: dict[str, Any]) -> None:
+        if key in unmeasured:
+            log(f"teacher {needed[key].teacher} ({key}) measured on the test set")
+            return
         log(f"teacher {needed[key].teacher} ({key}) trained: test acc {100 * meta['metrics']['test_acc']:.2f}% "
             f"in {meta['train_seconds']:.1f}s")
 

@@ -3,8 +3,11 @@
 Layout under the store root (``<storage>/teachers`` in sweeps)::
 
     <key>/teacher.pt   weights and config (kd_tune.teacher format)
-    <key>/meta.json    key, teacher config, final metrics, training seconds, time stamp,
-                       sha256 of the weights (the teacher-logit cache is keyed by it)
+    <key>/meta.json    key, teacher config, final metrics, epoch history, training seconds,
+                       time stamp, sha256 of the weights (the teacher-logit cache is keyed by it),
+                       hash of the training labels when they are noisy
+    <key>/measurements.npz  its end-of-run test measurements (kd_tune.measurements), every
+                       test sample's features included
     <key>/progress.json the last finished epoch while it trains (for progress lines)
 
 ``meta.json`` is written last, so a key whose ``meta.json`` exists is complete. The key
@@ -34,9 +37,11 @@ from kd_tune.checkpoint import load_state
 from kd_tune.config import RunConfig
 from kd_tune.data import Dataset
 from kd_tune.identity import weights_digest
+from kd_tune.measurements import EndMeasurements
+from kd_tune.runtime import resolve_device
 from kd_tune.status import TrialStatus
 from kd_tune.teacher import save_teacher, teacher_from_state, train_teacher
-from kd_tune.trainer import EpochEnd, load_data
+from kd_tune.trainer import EpochEnd, load_data, measure_model
 
 
 class TeacherError(RuntimeError):
@@ -66,6 +71,24 @@ class TeacherStore:
             return json.loads(path.read_text())
         except (OSError, ValueError):
             return None
+
+    def measurements_path(self, key: str) -> Path:
+        return self.root / key / "measurements.npz"
+
+    def measurements(self, key: str) -> EndMeasurements | None:
+        """Teacher ``key``'s end-of-run test measurements, None when the store has none
+        (a teacher stored before kd-tune measured teachers: see :meth:`measure`)."""
+        path = self.measurements_path(key)
+        return EndMeasurements.load(str(path)) if path.is_file() else None
+
+    def measure(self, key: str, config: RunConfig, *, noise_dir: str | None = None) -> dict[str, Any]:
+        """Measure a stored teacher that has no measurements yet; return its record."""
+        tconfig = config.teacher_config()
+        data = load_data(tconfig, noise_dir=noise_dir)
+        model, meta = self.load(key, config, data)
+        device = resolve_device(tconfig.device)
+        measure_model(model.to(device), data, None, device=device).save(str(self.measurements_path(key)))
+        return meta
 
     def has(self, key: str) -> bool:
         return self.meta_path(key).is_file() and self.weights_path(key).is_file()
@@ -147,16 +170,19 @@ class TeacherStore:
                 "lower the learning rate or check the data"
             )
         save_teacher(self.weights_path(key), config, result, data)
+        result.measurements.save(str(self.measurements_path(key)))
         meta = {
             "key": key,
             "config": tconfig.to_dict(),
             # NaN (metrics a teacher has no partner for) as null: meta.json stays strict JSON.
             "metrics": {k: _finite(v) for k, v in result.final.items()},
+            "history": [{k: _finite(v) for k, v in epoch.items()} for epoch in result.history],
             "train_seconds": seconds,
             "weights_sha256": weights_digest(result.model),
             # What chance accuracy is for this teacher (see at_chance).
             "num_classes": data.num_classes,
             "test_samples": len(data.test),
+            "noise_hash": data.noise_hash,
             "created_at": datetime.now(UTC).isoformat(),
         }
         write_text(self.meta_path(key), json.dumps(meta, indent=2))

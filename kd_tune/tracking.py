@@ -9,6 +9,13 @@ per-epoch metrics with ``step`` = epoch, and whose status mirrors the trial
 run is FINISHED with ``kd_tune.status=diverged`` or ``stopped``). Tags
 ``kd_tune.trial_id`` and ``kd_tune.teacher_key`` name Tune's trial and the teacher.
 
+Every run created carries the source tags of the invocation (``mlflow.source.name``:
+the script; ``mlflow.source.git.commit`` and ``.branch`` when it runs from a git
+checkout). The experiment carries ``mlflow.experimentKind`` =
+``custom_model_development``, which makes the MLflow UI open it in its Model training
+view. What else the runs hold (final metrics, data sets, teacher runs, the parent's
+summary) is the MLflow sink's business (:mod:`kd_tune.sinks.mlflow_sink`).
+
 A resumed sweep starts a new parent run, ends the parent runs that an interrupted
 invocation left RUNNING as KILLED, and continues an unfinished trial's child run
 (moved under the new parent) instead of opening a second one; epochs it had logged
@@ -22,6 +29,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +47,8 @@ ROLE_TAG = "kd_tune.role"
 STATUS_TAG = "kd_tune.status"
 TRIAL_ID_TAG = "kd_tune.trial_id"
 TEACHER_TAG = "kd_tune.teacher_key"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"  # the UI's Model training view (not its GenAI view)
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 
 
@@ -71,6 +82,18 @@ def ui_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
+def experiment_url(tracking_uri: str, experiment_id: str) -> str:
+    """The UI address of an experiment, in the Model training view.
+
+    MLflow 3.17's UI picks its GenAI or Model training view from its own switch (kept per
+    browser, GenAI at first), not from the experiment's ``mlflow.experimentKind`` tag;
+    ``workflowType=machine_learning`` in the address sets that switch. For a local store
+    the address is that of ``mlflow ui``'s default ``http://127.0.0.1:5000``.
+    """
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
 def _millis() -> int:
     return int(time.time() * 1000)
 
@@ -91,8 +114,10 @@ class SweepTracker:
             if artifact_root is not None and tracking_uri.startswith("sqlite:"):
                 location = Path(artifact_root).absolute().as_uri()
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         self.experiment = experiment
         self.parent_id: str | None = None
+        self.source = source_tags()
         self._last_step: dict[str, int] = {}
 
     def start_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
@@ -100,7 +125,8 @@ class SweepTracker:
         for run in self._search(f"tags.`{ROLE_TAG}` = 'sweep' and attributes.status = 'RUNNING'"):
             self.client.set_terminated(run.info.run_id, status="KILLED")
         run = self.client.create_run(
-            self.experiment_id, run_name=run_name, tags={ROLE_TAG: "sweep", SWEEP_TAG: self.experiment, **tags}
+            self.experiment_id, run_name=run_name,
+            tags={ROLE_TAG: "sweep", SWEEP_TAG: self.experiment, **self.source, **tags},
         )
         self.parent_id = run.info.run_id
         self._log(self.parent_id, params=params)
@@ -113,8 +139,10 @@ class SweepTracker:
             self._log(self.parent_id, metrics=metrics, step=0)
         self.client.set_terminated(self.parent_id, status=status)
 
-    def start_trial(self, trial_key: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-        """The child run of a trial: the unfinished one of an earlier invocation, or a new one."""
+    def start_trial(self, trial_key: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
+                    metrics: Mapping[str, float] | None = None) -> str:
+        """The child run of a trial: the unfinished one of an earlier invocation, or a new one
+        (logged with ``params`` and, at step 0, ``metrics``)."""
         assert self.parent_id is not None, "start_parent first"
         for run in self._search(f"tags.`{KEY_TAG}` = '{trial_key}'"):
             if run.info.status != "FINISHED":
@@ -128,11 +156,53 @@ class SweepTracker:
             self.experiment_id,
             run_name=run_name,
             tags={ROLE_TAG: "trial", PARENT_TAG: self.parent_id, KEY_TAG: trial_key, SWEEP_TAG: self.experiment,
-                  **tags},
+                  **self.source, **tags},
         )
-        self._log(run.info.run_id, params=params)
+        self._log(run.info.run_id, params=params, metrics=metrics)
         self._last_step[run.info.run_id] = 0
         return run.info.run_id
+
+    def start_teacher(self, teacher_key: str, run_name: str, params: Mapping[str, Any]) -> tuple[str, bool]:
+        """The run of a teacher (tag ``kd_tune.role=teacher``) under this invocation's parent:
+        the experiment's run of that teacher moved here, or a new one. Returns (run id, new)."""
+        assert self.parent_id is not None, "start_parent first"
+        for run in self._search(f"tags.`{ROLE_TAG}` = 'teacher' and tags.`{TEACHER_TAG}` = '{teacher_key}'"):
+            self.client.set_tag(run.info.run_id, PARENT_TAG, self.parent_id)
+            return run.info.run_id, False
+        run = self.client.create_run(
+            self.experiment_id, run_name=run_name,
+            tags={ROLE_TAG: "teacher", PARENT_TAG: self.parent_id, TEACHER_TAG: teacher_key,
+                  SWEEP_TAG: self.experiment, **self.source},
+        )
+        self._log(run.info.run_id, params=params)
+        return run.info.run_id, True
+
+    def log_values(self, run_id: str, *, metrics: Mapping[str, float] | None = None,
+                   params: Mapping[str, Any] | None = None, step: int = 0) -> None:
+        """Log metrics (non-numbers skipped) at ``step`` and params (inf as ``inf``, lists comma-joined)."""
+        self._log(run_id, metrics=metrics, params=params, step=step)
+
+    def log_dataset(self, run_id: str, name: str, digest: str, source: Mapping[str, Any],
+                    profile: Mapping[str, Any] | None = None, context: str = "training") -> None:
+        """Record a data set as an input of a run (``log_inputs``): its name, digest, source
+        (JSON of ``source``), optional profile, and the context tag ``mlflow.data.context``."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps(source, default=str),
+                          profile=json.dumps(profile, default=str) if profile else None)
+        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
+    def log_table(self, run_id: str, frame: Any, artifact_file: str) -> None:
+        """A pandas frame as an MLflow table artifact (the UI shows it as a table)."""
+        self.client.log_table(run_id, data=frame, artifact_file=artifact_file)
+
+    def log_file(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
 
     def log_epoch(self, run_id: str, metrics: Mapping[str, float]) -> None:
         """Log one epoch's metrics at step = epoch (skipped if that step was logged)."""
@@ -142,11 +212,12 @@ class SweepTracker:
         self._log(run_id, metrics=metrics, step=step)
         self._last_step[run_id] = step
 
-    def end_trial(self, run_id: str, status: TrialStatus, tags: Mapping[str, str] | None = None) -> None:
+    def end_trial(self, run_id: str, status: TrialStatus, tags: Mapping[str, str] | None = None,
+                  metrics: Mapping[str, float] | None = None, step: int = 0) -> None:
         """Mirror the trial's end: ``failed`` -> FAILED, any other status -> FINISHED; the
-        status goes in tag ``kd_tune.status`` (with ``tags``)."""
+        status goes in tag ``kd_tune.status`` (with ``tags``); ``metrics`` are logged at ``step``."""
         status = TrialStatus(status)
-        self._log(run_id, tags={**(tags or {}), STATUS_TAG: status.value})
+        self._log(run_id, tags={**(tags or {}), STATUS_TAG: status.value}, metrics=metrics, step=step)
         self.client.set_terminated(run_id, status="FAILED" if status is TrialStatus.FAILED else "FINISHED")
 
     def end_recorded_trials(self, statuses: Mapping[str, TrialStatus]) -> int:
@@ -194,6 +265,30 @@ class SweepTracker:
                 params=param_list if i == 0 else [],
                 tags=tag_list if i == 0 else [],
             )
+
+
+def source_tags(script: str | None = None) -> dict[str, str]:
+    """MLflow's source tags for a run started by ``script`` (default: this process's
+    ``sys.argv[0]``): its path, and the git commit and branch of the checkout it is in."""
+    path = Path(script or sys.argv[0] or ".").absolute()
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": str(path)}
+    folder = path if path.is_dir() else path.parent
+    commit = _git(folder, "rev-parse", "HEAD")
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        branch = _git(folder, "rev-parse", "--abbrev-ref", "HEAD")
+        if branch and branch != "HEAD":
+            tags["mlflow.source.git.branch"] = branch
+    return tags
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    """Output of ``git -C folder ARGS``, or None outside a checkout or without git."""
+    try:
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 def _is_number(value: Any) -> bool:

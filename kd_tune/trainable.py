@@ -10,6 +10,11 @@ and at the end, and resumes from ``ray.tune.get_checkpoint()`` after a failure o
 restored sweep. A checkpoint of the last epoch makes a restarted trial report its final
 metrics again without training.
 
+The last report of a completed trial also carries its :class:`~kd_tune.trial_end.TrialEnd`
+(under ``kd_end``): the trainer's end-of-run test measurements, with the penultimate
+features of the test samples of ``feature_classes`` only, the hash of its training
+labels, and with ``log_models`` its final weights. The driver's sinks write them.
+
 A distilling trial takes the teacher's outputs from the teacher-logit cache
 (:mod:`kd_tune.logit_cache`, memory-mapped, built by the driver's cache stage and, if it
 is missing, by the trial) when its plan names a cache; otherwise it runs the teacher
@@ -32,10 +37,13 @@ import torch
 from kd_tune.checkpoint import load_state, save_state
 from kd_tune.config import RunConfig
 from kd_tune.logit_cache import LogitCache, ensure_cached
+from kd_tune.measurements import EndMeasurements
 from kd_tune.plan import Trial
 from kd_tune.status import STATUS_KEY, TrialStatus
+from kd_tune.teacher import TEACHER_FORMAT
 from kd_tune.teacher_store import TeacherError, TeacherStore
 from kd_tune.trainer import EpochEnd, load_data, train
+from kd_tune.trial_end import END_KEY, TrialEnd
 
 STATE_FILE = "state.pt"
 _CACHE_ENTRIES = 3
@@ -46,7 +54,8 @@ _held: dict[str, OrderedDict[Hashable, Any]] = {"data": OrderedDict(), "teacher"
 
 
 def distill_trial(config: dict[str, Any], *, teachers_dir: str, logits_dir: str, noise_dir: str,
-                  checkpoint_every: int, check_token: str | None = None) -> None:
+                  checkpoint_every: int, check_token: str | None = None,
+                  feature_classes: tuple[int, ...] = (0, 1, 2), log_models: bool = False) -> None:
     """Run one planned sweep trial (called by Ray Tune in a worker).
 
     ``check_token`` is the sweep invocation's token: a cached-logit checksum is read
@@ -75,6 +84,16 @@ def distill_trial(config: dict[str, Any], *, teachers_dir: str, logits_dir: str,
             if trial.distils:
                 raise
 
+    def trial_end(measurements: EndMeasurements, weights: Callable[[], dict[str, torch.Tensor]]) -> TrialEnd:
+        record = None
+        if log_models:
+            # The teacher file format: a logged student can be distilled from (--teacher-checkpoint).
+            record = {"format": TEACHER_FORMAT, "arch": run.student, "num_classes": data.num_classes,
+                      "in_channels": data.in_channels, "config": trial.config.to_dict(),
+                      # numpy, not tensors: Ray Tune refuses tensors in reported results.
+                      "model": {k: v.detach().cpu().numpy() for k, v in weights().items()}}
+        return TrialEnd(measurements.of_classes(feature_classes), data.noise_hash, record)
+
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -82,11 +101,16 @@ def distill_trial(config: dict[str, Any], *, teachers_dir: str, logits_dir: str,
             resume = load_state(os.path.join(folder, STATE_FILE))
         if resume["epoch"] >= run.epochs:
             # The trial had finished; the driver may not have recorded it before it stopped.
-            tune.report({**resume["history"][-1], STATUS_KEY: TrialStatus.COMPLETED.value})
+            # Training from the final state runs no epoch; it measures the final weights again.
+            result = train(run, data=data, teacher=teacher, teacher_logits=logits, resume_state=resume)
+            tune.report({**result.final, STATUS_KEY: TrialStatus.COMPLETED.value,
+                         END_KEY: trial_end(result.measurements, result.model.state_dict).to_dict()})
             return
 
     def on_epoch(end: EpochEnd) -> None:
         report = {**end.metrics, STATUS_KEY: end.status.value}
+        if end.measurements is not None:
+            report[END_KEY] = trial_end(end.measurements, lambda: end.state()["model"]).to_dict()
         epoch = int(end.metrics["epoch"])
         if end.status is TrialStatus.DIVERGED or not (epoch % checkpoint_every == 0 or end.status.ended):
             tune.report(report)
@@ -99,11 +123,15 @@ def distill_trial(config: dict[str, Any], *, teachers_dir: str, logits_dir: str,
 
 
 def train_teacher_task(teachers_dir: str, key: str, config: dict[str, Any], noise_dir: str) -> dict[str, Any]:
-    """Train teacher ``key`` of one run config into the store (a Ray task of the teacher stage); return its record."""
+    """Train teacher ``key`` of one run config into the store (a Ray task of the teacher stage),
+    or only measure it when the store has it without measurements; return its record."""
     run = RunConfig.from_dict(config)
     run = run.replace(device=assigned_device(run.device))
     torch.set_num_threads(cpu_share())
-    return TeacherStore(teachers_dir).train(key, run, noise_dir=noise_dir)
+    store = TeacherStore(teachers_dir)
+    if store.has(key):
+        return store.measure(key, run, noise_dir=noise_dir)
+    return store.train(key, run, noise_dir=noise_dir)
 
 
 def build_logits_task(teachers_dir: str, logits_dir: str, trial: dict[str, Any], noise_dir: str,

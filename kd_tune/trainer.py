@@ -19,6 +19,12 @@ teacher on the test set), ``lr`` (learning rate used during the epoch),
 epoch: its training views, plus the test set in a run's first epoch; 0 when cached
 :class:`~kd_tune.teacher_logits.TeacherLogits` supply the teacher's outputs).
 Metrics that need a missing part (no validation split, no teacher) are NaN.
+
+A run that completes is measured once on the test set after its last epoch
+(:mod:`kd_tune.measurements`: logit distance to the teacher, logit-mean gap, feature
+norm, entropy, top-logit difference, ECE), from the last epoch's own test pass (its
+logits and penultimate features) and the teacher's test logits; the last
+:class:`EpochEnd` and the :class:`TrainResult` carry them. A diverged run is not measured.
 """
 from __future__ import annotations
 
@@ -34,8 +40,9 @@ from torch import nn
 from kd_tune import models
 from kd_tune.config import RunConfig
 from kd_tune.data import Dataset, epoch_batches, load_dataset
-from kd_tune.evaluation import evaluate
+from kd_tune.evaluation import evaluate, predict_outputs
 from kd_tune.losses import make_loss
+from kd_tune.measurements import EndMeasurements, measure
 from kd_tune.optim import build_optimizer, build_scheduler
 from kd_tune.runtime import amp_dtype, autocast, resolve_device, rng_state, seed_everything, set_rng_state
 from kd_tune.status import TrialStatus
@@ -57,11 +64,14 @@ class EpochEnd:
     the last one, ``DIVERGED`` when this epoch's training loss is NaN or infinite
     (the run stops there). ``state()`` returns the full training state, for a
     checkpoint that a later ``train(..., resume_state=...)`` continues from.
+    ``measurements``: the end-of-run test measurements, after the last epoch of a
+    completed run only (None otherwise).
     """
 
     metrics: dict[str, float]
     status: TrialStatus
     state: Callable[[], dict[str, Any]] = field(repr=False)
+    measurements: EndMeasurements | None = field(default=None, repr=False)
 
 
 EpochHook = Callable[[EpochEnd], None]
@@ -73,13 +83,15 @@ class TrainResult:
 
     ``status`` is ``COMPLETED`` or ``DIVERGED``; ``diverged_epoch`` is the 1-based epoch
     whose loss was NaN or infinite (None otherwise); ``history`` has one metrics dict
-    per epoch run; ``model`` is the trained network (in eval mode).
+    per epoch run; ``model`` is the trained network (in eval mode); ``measurements``
+    the end-of-run test measurements of a completed run (None when it diverged).
     """
 
     status: TrialStatus
     history: tuple[dict[str, float], ...]
     model: nn.Module = field(repr=False)
     diverged_epoch: int | None = None
+    measurements: EndMeasurements | None = field(default=None, repr=False)
 
     @property
     def final(self) -> dict[str, float]:
@@ -154,6 +166,7 @@ def train(
     # Small data sets live on the device whole: no loader, no per-item Python.
     train_x = data.train.images.to(device)
     train_y = data.train.labels.to(device)
+    measured: EndMeasurements | None = None
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -183,19 +196,36 @@ def train(
         metrics: dict[str, float] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr,
                                      "teacher_forward_samples": signal.take_forward_samples()}
         diverged = not math.isfinite(train_loss)
+        status = _epoch_status(diverged, epoch + 1, config.epochs)
         if diverged:
             metrics.update(dict.fromkeys(_EVAL_METRICS, math.nan))
         else:
             metrics["train_acc"] = correct.item() / len(train_y)
-            metrics.update(evaluate(model, data, signal.test_logits(), device=device, amp=use_amp))
+            # The last epoch's test pass also gives the features the end measurements need.
+            test_logits, test_features = predict_outputs(model, data.test.images, data.normalize, device=device,
+                                                         amp=use_amp, features=status.ended)
+            metrics.update(evaluate(model, data, signal.test_logits(), device=device, amp=use_amp,
+                                    test_logits=test_logits))
+            if status.ended and len(data.test):
+                measured = measure(test_logits, data.test.labels, test_features, signal.test_logits())
         metrics["epoch_time_s"] = time.perf_counter() - started
         history.append(metrics)
-        status = _epoch_status(diverged, epoch + 1, config.epochs)
         if on_epoch is not None:
-            on_epoch(EpochEnd(dict(metrics), status, state))
+            on_epoch(EpochEnd(dict(metrics), status, state, measured))
         if diverged:
             return TrainResult(status, tuple(history), model.eval(), diverged_epoch=epoch + 1)
-    return TrainResult(TrialStatus.COMPLETED, tuple(history), model.eval())
+    if measured is None and history and len(data.test):
+        # Resumed from the state of a finished run: no epoch ran here, the weights are final.
+        measured = measure_model(model, data, signal.test_logits(), device=device, amp=use_amp)
+    return TrainResult(TrialStatus.COMPLETED, tuple(history), model.eval(), measurements=measured)
+
+
+def measure_model(model: nn.Module, data: Dataset, teacher_test: torch.Tensor | None, *,
+                  device: torch.device, amp: bool = False) -> EndMeasurements:
+    """The end-of-run measurements of ``model`` on ``data``'s test set (see :mod:`kd_tune.measurements`)."""
+    logits, features = predict_outputs(model, data.test.images, data.normalize, device=device, amp=amp,
+                                       features=True)
+    return measure(logits, data.test.labels, features, teacher_test)
 
 
 def _epoch_status(diverged: bool, epochs_done: int, epochs: int) -> TrialStatus:

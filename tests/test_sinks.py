@@ -2,19 +2,34 @@
 Tune adapter driven by stand-in Tune trials; real Parquet files and a real MLflow store."""
 from __future__ import annotations
 
+import json
 import math
 import pickle
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from kd_tune.config import RunConfig
+from kd_tune.measurements import measure
 from kd_tune.plan import plan_trial
 from kd_tune.results import EPOCH_METRICS, EPOCHS_FILE, TRIALS_FILE
-from kd_tune.sinks import ConsoleProgress, EndedTrial, MlflowSink, ParquetSink, TrialSink, TuneSinks
+from kd_tune.samples import FEATURES_DIR, SAMPLES_DIR
+from kd_tune.sinks import (
+    ConsoleProgress,
+    EndedTrial,
+    MlflowSink,
+    ParquetSink,
+    SamplesSink,
+    TeacherRecord,
+    TrialSink,
+    TuneSinks,
+)
+from kd_tune.sinks.mlflow_sink import best_setting
 from kd_tune.status import TrialStatus
 from kd_tune.tracking import (
     KEY_TAG,
@@ -25,6 +40,7 @@ from kd_tune.tracking import (
     SweepTracker,
     default_tracking_uri,
 )
+from kd_tune.trial_end import TrialEnd
 
 COMPLETED, DIVERGED, STOPPED, FAILED, RUNNING = (TrialStatus.COMPLETED, TrialStatus.DIVERGED, TrialStatus.STOPPED,
                                                  TrialStatus.FAILED, TrialStatus.RUNNING)
@@ -427,7 +443,8 @@ def test_adapter_passes_the_trainer_metrics_only(store, tmp_path):
     adapter.on_trial_result(0, [], t, report(1, COMPLETED, pid=123, timestamp=1.7e9))
     adapter.on_trial_complete(0, [], t)
     run = store["client"].get_run(mlflow.run_id(trial.key))
-    assert set(run.data.metrics) == {"epoch", *EPOCH_METRICS}
+    # Tune's own keys (pid, timestamp) are not logged; inv_tau is the KL trial's temperature.
+    assert set(run.data.metrics) == {"epoch", *EPOCH_METRICS, "inv_tau"}
     assert read(tmp_path, TRIALS_FILE)[0]["mlflow_run_id"] == run.info.run_id
 
 
@@ -512,3 +529,109 @@ def test_a_search_records_a_trial_end_once_tune_has_saved_the_trial():
                                                       ("ended", late.key, COMPLETED, None)]
     adapter.get_state()
     assert len([e for e in events if e[0] == "ended"]) == 2
+# -- end measurements: the adapter, the samples sink, the MLflow runs ---------------------
+
+
+def measured_end(seed: int = 0, weights=None) -> TrialEnd:
+    gen = torch.Generator().manual_seed(seed)
+    logits, teacher = torch.randn(12, 4, generator=gen), torch.randn(12, 4, generator=gen)
+    m = measure(logits, torch.arange(12) % 4, torch.randn(12, 3, generator=gen), teacher)
+    return TrialEnd(m.of_classes([0, 1]), noise_hash="abc123", weights=weights)
+
+
+class EndRecorder(Recorder):
+    def trial_measured(self, trial, trial_id, end):
+        self.events.append(("measured", trial.key, end.measurements.summary["ece"]))
+
+
+def test_adapter_takes_the_end_payload_out_of_the_result_and_sends_it(tmp_path):
+    events: list = []
+    trial = planned(0, epochs=1)
+    end = measured_end()
+    result = report(1, COMPLETED, kd_end=end.to_dict())
+    adapter = TuneSinks([EndRecorder(events)])
+    adapter.on_trial_result(0, [], tune_trial(trial, "t_0"), result)
+    assert "kd_end" not in result  # Tune stores the result after its callbacks: the arrays never reach it
+    assert events[-2:] == [("epoch", trial.key, 1, COMPLETED), ("measured", trial.key, end.measurements.summary["ece"])]
+
+
+def test_measured_trials_get_summary_columns_and_part_files(tmp_path):
+    trial, unmeasured = planned(0, epochs=1), planned(1, epochs=1)
+    end = measured_end()
+    parquet = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher)
+    samples = SamplesSink(tmp_path, feature_classes=[0, 1])
+    sinks = [parquet, samples]
+    for sink in sinks:
+        sink.trial_started(trial, "t_0")
+        sink.epoch_reported(trial, "t_0", metrics(1), COMPLETED)
+        sink.trial_measured(trial, "t_0", end)
+        sink.trial_ended(trial, "t_0", COMPLETED, None)
+    run_trial(sinks, unmeasured, "t_1", [metrics(1)], DIVERGED)
+    rows = {r["trial_key"]: r for r in read(tmp_path, TRIALS_FILE)}
+    assert rows[trial.key]["ece"] == end.measurements.summary["ece"]
+    assert rows[trial.key]["tld_median"] == pytest.approx(float(np.median(end.measurements.values["tld"])))
+    assert math.isnan(rows[unmeasured.key]["ece"])
+    frame = pd.read_parquet(tmp_path / SAMPLES_DIR)
+    assert frame["key"].unique().tolist() == [trial.key] and len(frame) == 12
+    teacher = TeacherRecord("tk", trial, {"metrics": {"test_acc": 0.9}}, measured_end(3).measurements)
+    samples.teacher_ready(teacher)
+    features = pd.read_parquet(tmp_path / FEATURES_DIR)
+    assert set(features.loc[features["role"] == "teacher", "label"]) == {0, 1}
+
+
+def test_mlflow_runs_hold_final_numbers_data_set_weights_and_teacher(store, tmp_path):
+    trial = planned(0, epochs=2)
+    tracker = _tracker(store, "comparing")
+    parquet = ParquetSink(tmp_path, sweep="s", teacher_acc=lambda key: 0.93)
+    mlflow = MlflowSink(tracker, trial_row=parquet.trial_row)
+    weights = {"format": 1, "arch": "cnn-4", "model": {"w": np.ones(2, dtype=np.float32)}}
+    for sink in (parquet, mlflow):
+        sink.trial_started(trial, "t_0")
+        for epoch in (1, 2):
+            sink.epoch_reported(trial, "t_0", metrics(epoch, val_acc=0.5 + epoch / 10), RUNNING)
+        sink.trial_measured(trial, "t_0", measured_end(weights=weights))
+        sink.trial_ended(trial, "t_0", COMPLETED, None)
+    client = store["client"]
+    run = client.get_run(mlflow.run_id(trial.key))
+    row = parquet.trial_row(trial.key)
+    for name in ("best_val_acc", "test_acc_at_best_val", "teacher_test_acc", "ece", "entropy_median"):
+        assert run.data.metrics[name] == pytest.approx(row[name]), name
+    assert run.data.metrics["inv_tau"] == pytest.approx(1 / trial.config.tau)
+    assert run.info.run_name == trial.label
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.name == "digits" and json.loads(dataset.dataset.profile)["train_labels_sha256"] == "abc123"
+    # Other training labels, another data set digest.
+    other = MlflowSink(_tracker(store, "comparing-2"))
+    other.trial_started(trial, "t_0")
+    other.trial_measured(trial, "t_0", TrialEnd(measured_end().measurements, noise_hash="different"))
+    (moved,) = client.get_run(other.run_id(trial.key)).inputs.dataset_inputs
+    assert moved.dataset.digest != dataset.dataset.digest
+    path = client.download_artifacts(run.info.run_id, "model/student.pt", str(tmp_path / "dl"))
+    saved = torch.load(path, weights_only=True)
+    assert saved["arch"] == "cnn-4" and torch.equal(saved["model"]["w"], torch.ones(2))
+
+    teacher = TeacherRecord("tkey", trial, {"metrics": {"test_acc": 0.9, "epoch": 2},
+                                            "history": [metrics(1), metrics(2)], "noise_hash": None},
+                            measured_end(5).measurements)
+    mlflow.teacher_ready(teacher)
+    tracker.start_parent("again", {}, {})  # a resumed invocation: the teacher run moves, no second one
+    mlflow.teacher_ready(teacher)
+    found = client.search_runs([tracker.experiment_id], "tags.`kd_tune.role` = 'teacher'")
+    assert len(found) == 1 and found[0].data.tags[PARENT_TAG] == tracker.parent_id
+    assert _steps(client, found[0].info.run_id, "test_acc")[-1] == (2, 0.9)
+
+
+def test_best_setting_is_chosen_on_mean_validation_accuracy():
+    def row(loss, tau, alpha, seed, val, test):
+        return {**RunConfig(loss=loss, tau=tau, alpha=alpha, seed=seed).to_dict(), "status": "completed",
+                "best_val_acc": val, "test_acc_at_best_val": test, "test_acc": test}
+
+    rows = [row("kl", 4.0, 0.9, 0, 0.90, 0.70), row("kl", 4.0, 0.9, 1, 0.70, 0.70),  # mean val 0.80
+            row("mse", 1.0, 1.0, 0, 0.85, 0.99), row("mse", 1.0, 1.0, 1, 0.85, 0.99),  # mean val 0.85
+            {**row("kl", 1.0, 0.9, 0, 0.99, 0.5), "status": "diverged"}]
+    params, values = best_setting(rows)
+    # The diverged trial's higher validation accuracy does not count; seed is never a setting.
+    assert params == {"best.loss": "mse", "best.tau": 1.0, "best.alpha": 1.0}
+    assert values == {"best.val_acc": pytest.approx(0.85), "best.test_acc_at_best_val": pytest.approx(0.99),
+                      "best.test_acc": pytest.approx(0.99), "best.n": 2.0}
+    assert best_setting([rows[-1]]) is None

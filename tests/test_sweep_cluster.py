@@ -6,6 +6,7 @@ the MLflow store (through ``MlflowClient``) and the CSV table.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -14,13 +15,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 from processes import ray_env
 
+from kd_tune.checkpoint import load_state
+from kd_tune.config import RunConfig
 from kd_tune.results import EPOCHS_SCHEMA, TRIALS_SCHEMA
+from kd_tune.teacher import load_teacher
+from kd_tune.trainer import load_data
 
 ROOT = Path(__file__).resolve().parents[1]
 TAU_GRID = str(ROOT / "sweeps" / "tau_grid.py")
@@ -91,6 +97,7 @@ def test_tiny_grid_end_to_end(ray_cluster, tmp_path):
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(expected["test_acc"].tolist())
     artifacts = [a.path for a in client.list_artifacts(parents[0].info.run_id, "tables")]
     assert artifacts == ["tables/tau_alpha.csv", "tables/tau_alpha.md"]
+    check_measurements_and_mlflow_views(client, parents[0], children, sweep_dir, trials)
 
     # The CSV cells are the means over seeds computed from the Parquet rows, in percent.
     table = pd.read_csv(sweep_dir / "tables" / "tau_alpha.csv").set_index("row")
@@ -106,7 +113,7 @@ def test_tiny_grid_end_to_end(ray_cluster, tmp_path):
     # A later sweep in the same storage reuses the stored teacher instead of training it;
     # with the teacher online it trains the students the cache trained.
     again = run_sweep(sweep_cmd(tmp_path, "again", "--epochs", "2", "--seeds", "1", "--losses", "mse",
-                                "--alphas", "1", "--teacher-cache", "off"))
+                                "--alphas", "1", "--teacher-cache", "off", "--log-models"))
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "teachers: 1 needed, 1 in the store, 0 to train" in again.stdout
     assert "teacher logits" not in again.stdout
@@ -116,6 +123,62 @@ def test_tiny_grid_end_to_end(ray_cluster, tmp_path):
     cached = trials.set_index("trial_key").loc[online.index]
     assert online["train_loss"].tolist() == pytest.approx(cached["train_loss"].tolist(), rel=1e-4)
     assert online["test_acc"].tolist() == pytest.approx(cached["test_acc"].tolist(), abs=0.01)
+    # --log-models: the student's final weights, loadable as a teacher of a later run.
+    _, _, logged = mlflow_runs(tmp_path, "again")
+    path = client.download_artifacts(logged[0].info.run_id, "model/student.pt", str(tmp_path / "dl"))
+    config = RunConfig.from_dict(load_state(path)["config"]).replace(teacher="cnn-4")
+    model, _ = load_teacher(path, config, load_data(config))
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def check_measurements_and_mlflow_views(client, parent, children, sweep_dir, trials):
+    """End measurements in Parquet, figures, and the MLflow runs made for comparing trials."""
+    test_size = 360  # digits' test split
+    samples = pd.read_parquet(sweep_dir / "samples.parquet")
+    assert len(samples) == (len(trials) + 1) * test_size  # every trial and the teacher
+    assert set(samples["role"]) == {"trial", "teacher"} and set(samples.loc[samples["role"] == "trial", "key"]) \
+        == set(trials["trial_key"])
+    by_trial = samples[samples["role"] == "trial"].groupby("key")
+    # test_acc is a float32 mean: equal to the share of correct samples to float32 precision.
+    assert np.allclose(by_trial["correct"].mean(), trials.set_index("trial_key")["test_acc"]
+                       .loc[by_trial.size().index], atol=1e-6)
+    assert np.allclose(by_trial["logit_distance"].median(),
+                       trials.set_index("trial_key")["logit_distance_median"].loc[by_trial.size().index], rtol=1e-5)
+    assert trials["ece"].between(0, 1).all() and trials["feature_norm_mean"].gt(0).all()
+    features = pd.read_parquet(sweep_dir / "features.parquet")
+    assert set(features["label"]) == {0, 1, 2}
+    assert {p.name for p in (sweep_dir / "figures").iterdir()} >= {"heatmap.png", "heatmap.pdf", "tau.png",
+                                                                    "features.png", "curves.pdf"}
+
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    row = trials[(trials["loss"] == "kl") & (trials["tau"] == math.inf)].iloc[0]
+    child = next(c for c in children if c.data.tags["kd_tune.trial_key"] == row["trial_key"])
+    assert child.info.run_name == f"kl tau=inf alpha={row['alpha']:g} seed={row['seed']}"
+    for metric in ("test_acc_at_best_val", "best_val_acc", "teacher_test_acc", "ece", "logit_distance_mean",
+                   "feature_norm_median", "tld_mean"):
+        assert child.data.metrics[metric] == pytest.approx(row[metric]), metric
+    assert child.data.metrics["inv_tau"] == 0.0
+    assert child.data.tags["mlflow.source.name"].endswith("tau_grid.py")
+    assert len(child.data.tags["mlflow.source.git.commit"]) == 40
+    (dataset,) = child.inputs.dataset_inputs
+    assert dataset.dataset.name == "digits" and len(dataset.dataset.digest) == 16
+    teachers = client.search_runs([experiment.experiment_id], "tags.`kd_tune.role` = 'teacher'")
+    assert len(teachers) == 1 and teachers[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert teachers[0].data.metrics["test_acc"] == pytest.approx(trials["teacher_test_acc"].iloc[0])
+    assert [m.step for m in client.get_metric_history(teachers[0].info.run_id, "train_acc")] == [1, 2]
+    assert "feature_norm_mean" in teachers[0].data.metrics and "logit_distance_mean" not in teachers[0].data.metrics
+    parent = client.get_run(parent.info.run_id)
+    assert parent.data.params["best.loss"] in {"kl", "mse", "ce"} and parent.data.metrics["best.n"] == 2
+    best = trials.groupby(["loss", "tau", "alpha"])["best_val_acc"].mean().max()
+    assert parent.data.metrics["best.val_acc"] == pytest.approx(best)
+    # An MLflow table (the UI shows it as one): a JSON artifact listed as a table in the run's tags.
+    assert {"path": "trials.json", "type": "table"} in json.loads(parent.data.tags["mlflow.loggedArtifacts"])
+    table = pd.read_json(client.download_artifacts(parent.info.run_id, "trials.json", str(sweep_dir.parent / "t")),
+                         orient="split")
+    assert len(table) == len(trials) and set(table["trial_key"]) == set(trials["trial_key"])
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert {"figures/heatmap.png", "figures/heatmap.pdf"} <= figures
 
 
 def test_driver_killed_then_resumed(ray_cluster, tmp_path):

@@ -5,6 +5,7 @@ import json
 import shutil
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,7 +34,8 @@ def trained(tmp_path_factory):
 def test_train_writes_weights_and_meta(trained):
     store, meta, _ = trained
     key = teacher_key(STUDENT)
-    assert sorted(p.name for p in (store.root / key).iterdir()) == ["meta.json", "progress.json", "teacher.pt"]
+    assert sorted(p.name for p in (store.root / key).iterdir()) == ["measurements.npz", "meta.json", "progress.json",
+                                                                   "teacher.pt"]
     assert store.progress(key) == {"epoch": 1, "epochs": 1, "test_acc": meta["metrics"]["test_acc"]}
     assert store.progress("0" * 16) is None
     assert store.weights_path(key) == store.root / key / "teacher.pt"
@@ -162,3 +164,24 @@ def test_a_teacher_at_chance_is_named_and_a_trained_one_is_not(trained):
     assert at_chance(record(0.146)) is not None and at_chance(record(0.148)) is None
     assert at_chance(record(0.0129, 100, 10_000)) is not None and at_chance(record(0.0131, 100, 10_000)) is None
     assert at_chance({"key": "k", "config": {}, "metrics": {"test_acc": 0.1}}) is None  # an older record
+def test_a_teacher_is_stored_with_its_history_and_measurements(trained):
+    store, meta, data = trained
+    key = teacher_key(STUDENT)
+    assert [h["epoch"] for h in store.meta(key)["history"]] == [1]
+    measured = store.measurements(key)
+    assert measured is not None and len(measured.labels) == len(data.test)
+    assert measured.features.shape[0] == len(data.test)  # every test sample: sweeps pick their classes
+    assert measured.values["correct"].mean() == pytest.approx(meta["metrics"]["test_acc"])
+
+
+def test_a_teacher_stored_without_measurements_is_measured_not_retrained(trained, tmp_path):
+    store, _, _ = trained
+    key = teacher_key(STUDENT)
+    copy = TeacherStore(tmp_path)
+    shutil.copytree(store.root / key, copy.root / key)
+    copy.measurements_path(key).unlink()
+    assert copy.measurements(key) is None
+    weights = copy.weights_path(key).read_bytes()
+    copy.measure(key, STUDENT)
+    assert copy.weights_path(key).read_bytes() == weights
+    assert np.array_equal(copy.measurements(key).values["tld"], store.measurements(key).values["tld"])

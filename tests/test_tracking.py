@@ -23,7 +23,9 @@ from kd_tune.tracking import (
     SWEEP_TAG,
     SweepTracker,
     default_tracking_uri,
+    experiment_url,
     resolve_tracking_uri,
+    source_tags,
     ui_command,
 )
 
@@ -299,3 +301,20 @@ def test_sweep_tracked_on_a_tracking_server(tracking_server, tmp_path):
     assert client.get_run(parent).info.status == "FINISHED"  # ended properly: left alone
     assert resumed.start_trial("key-s", "kl tau=inf", CONFIG_PARAMS, {}) != child  # FINISHED: a new run
     assert client.get_run(p2).info.status == "RUNNING"
+
+
+def test_experiments_are_made_for_the_model_training_view(store):
+    tracker = SweepTracker(store["uri"], "kind")
+    assert store["client"].get_experiment(tracker.experiment_id).tags["mlflow.experimentKind"] == \
+        "custom_model_development"
+    assert experiment_url("sqlite:////r/mlflow.db", "7") == \
+        "http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning"
+    assert experiment_url("http://h:5000/", "7") == "http://h:5000/#/experiments/7?workflowType=machine_learning"
+
+
+def test_source_tags_name_the_script_and_its_checkout(tmp_path):
+    here = source_tags(__file__)
+    assert here["mlflow.source.name"] == str(Path(__file__).absolute())
+    assert len(here["mlflow.source.git.commit"]) == 40
+    outside = source_tags(str(tmp_path / "script.py"))
+    assert outside == {"mlflow.source.type": "LOCAL", "mlflow.source.name": str(tmp_path / "script.py")}

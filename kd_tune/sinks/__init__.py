@@ -2,8 +2,10 @@
 
 - :class:`~kd_tune.sinks.parquet_sink.ParquetSink`: ``epochs.parquet`` and
   ``trials.parquet`` (:mod:`kd_tune.results`);
-- :class:`~kd_tune.sinks.mlflow_sink.MlflowSink`: the trials' MLflow child runs
-  (:mod:`kd_tune.tracking`);
+- :class:`~kd_tune.sinks.samples_sink.SamplesSink`: ``samples.parquet/`` and
+  ``features.parquet/`` part files (:mod:`kd_tune.samples`);
+- :class:`~kd_tune.sinks.mlflow_sink.MlflowSink`: the trials' and teachers' MLflow runs
+  and the parent run's summary (:mod:`kd_tune.tracking`);
 - :class:`~kd_tune.sinks.console.ConsoleProgress`: progress lines;
 - :class:`~kd_tune.sinks.tune_callback.TuneSinks`: the Ray Tune callback that feeds
   them.
@@ -11,10 +13,12 @@
 Trials only report; these sinks, in the driver, write. Workers therefore need no access
 to the tracking store, and no two processes write one file.
 """
-from kd_tune.sinks.base import EndedTrial, TrialSink
+from kd_tune.sinks.base import EndedTrial, TeacherRecord, TrialSink
 from kd_tune.sinks.console import ConsoleProgress
 from kd_tune.sinks.mlflow_sink import MlflowSink
 from kd_tune.sinks.parquet_sink import ParquetSink
+from kd_tune.sinks.samples_sink import SamplesSink
 from kd_tune.sinks.tune_callback import TuneSinks
 
-__all__ = ["ConsoleProgress", "EndedTrial", "MlflowSink", "ParquetSink", "TrialSink", "TuneSinks"]
+__all__ = ["ConsoleProgress", "EndedTrial", "MlflowSink", "ParquetSink", "SamplesSink", "TeacherRecord", "TrialSink",
+           "TuneSinks"]

@@ -9,10 +9,16 @@ it was given them, with these events of one driver invocation:
   does not start it again);
 - ``epoch_reported``: per reported epoch. After a retry or in a resumed sweep a trial
   restarts from its last checkpoint and reports the epochs after it again;
+- ``trial_measured``: a completed trial's :class:`~kd_tune.trial_end.TrialEnd` (its end
+  measurements), right after the epoch report that carried it, before ``trial_ended``;
 - ``checkpointed``: the trial saved a checkpoint with its last reported epoch;
 - ``trial_retried``: Tune restarts the trial after an error (the error's text);
 - ``trial_ended``: once, with the final status (``failed`` with the error text);
 - ``experiment_ended``: Tune's experiment is over (also when it was interrupted).
+
+Outside Tune, the driver sends ``teacher_ready`` once per teacher of the sweep after the
+teacher stage, before any trial event (in every invocation: a resumed sweep sends it
+again).
 
 A trial whose final result was recorded before this invocation produces no events.
 Statuses are decided upstream (the trainer, and the adapter for ``failed`` and
@@ -24,8 +30,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kd_tune.measurements import EndMeasurements
 from kd_tune.plan import Trial
 from kd_tune.status import TrialStatus
+from kd_tune.trial_end import TrialEnd
+
+
+@dataclass(frozen=True, eq=False)
+class TeacherRecord:
+    """A teacher of the sweep as the teacher store holds it.
+
+    ``key``: its teacher key; ``trial``: the first planned trial that distils from it
+    (its config and teacher spec); ``meta``: the store's record (config, final metrics,
+    ``history`` when the store has it); ``measurements``: its end-of-run test
+    measurements on its own outputs, every test sample's features (None when the store
+    has none).
+    """
+
+    key: str
+    trial: Trial
+    meta: Mapping[str, Any]
+    measurements: EndMeasurements | None
 
 
 class TrialSink:
@@ -37,6 +62,9 @@ class TrialSink:
     def epoch_reported(self, trial: Trial, trial_id: str, metrics: Mapping[str, Any], status: TrialStatus) -> None:
         """``metrics``: ``epoch`` and the trainer's per-epoch metrics (None where not reported)."""
 
+    def trial_measured(self, trial: Trial, trial_id: str, end: TrialEnd) -> None:
+        pass
+
     def checkpointed(self, trial: Trial) -> None:
         pass
 
@@ -47,6 +75,9 @@ class TrialSink:
         pass
 
     def experiment_ended(self) -> None:
+        pass
+
+    def teacher_ready(self, teacher: TeacherRecord) -> None:
         pass
 
 

@@ -18,6 +18,7 @@ from kd_tune.plan import Trial
 from kd_tune.results import ResultsWriter, epoch_row, trial_row, utc_now
 from kd_tune.sinks.base import EndedTrial, TrialSink
 from kd_tune.status import TrialStatus
+from kd_tune.trial_end import TrialEnd
 
 FLUSH_EVERY_S = 5.0
 
@@ -50,9 +51,18 @@ class ParquetSink(TrialSink):
         self._run_id = run_id
         self._clock = clock
         self._started_at: dict[str, datetime] = {}
+        self._measured: dict[str, dict[str, float]] = {}
         self._last_flush = clock()
 
     # -- what is recorded ----------------------------------------------------------------
+
+    def trial_rows(self) -> list[dict[str, Any]]:
+        """Every final row (``trials.parquet``), in no particular order."""
+        return list(self.writer.trials.values())
+
+    def trial_row(self, trial_key: str) -> dict[str, Any] | None:
+        """The final row of one trial, or None."""
+        return self.writer.trials.get(trial_key)
 
     def statuses(self) -> dict[str, TrialStatus]:
         """Trial key -> status of every final row."""
@@ -72,6 +82,9 @@ class ParquetSink(TrialSink):
         self.writer.add_epoch(epoch_row(self.sweep, trial.key, trial_id, metrics))
         if self._clock() - self._last_flush > FLUSH_EVERY_S:
             self._flush()
+
+    def trial_measured(self, trial: Trial, trial_id: str, end: TrialEnd) -> None:
+        self._measured[trial.key] = end.measurements.summary
 
     def checkpointed(self, trial: Trial) -> None:
         self._flush()
@@ -112,7 +125,7 @@ class ParquetSink(TrialSink):
             sweep=self.sweep, trial_key=trial.key, trial_id=trial_id, config=trial.config, status=status,
             history=self.writer.history(trial.key), teacher_key=trial.teacher_key,
             teacher_test_acc=self._teacher_acc(trial.teacher_key), started_at=started_at, error=error,
-            mlflow_run_id=self._run_id(trial.key),
+            mlflow_run_id=self._run_id(trial.key), measured=self._measured.pop(trial.key, None),
         ))
 
     def _flush(self) -> None:

@@ -8,6 +8,12 @@ reads the planned :class:`~kd_tune.plan.Trial` from each Tune trial's config
 gave up on the trial after its retries) and ``stopped`` (Tune completed a trial whose
 last report was still ``running``: a scheduler stopped it early).
 
+A completed trial's last result carries its end measurements (``kd_end``, see
+:mod:`kd_tune.trial_end`); the adapter takes them out of the result, which Tune allows
+its callbacks to change before it stores it, and sends them as ``trial_measured``. The
+adapter must therefore be the first callback of the run: those after it (Tune's JSON
+logger) and Tune's own experiment state never see the arrays.
+
 A restored sweep replays the final checkpoint of a trial that was recorded before the
 driver stopped; every event of a trial in ``skip`` (trial keys) is skipped, so nothing
 is written twice.
@@ -36,6 +42,7 @@ from kd_tune.plan import Trial
 from kd_tune.results import EPOCH_METRICS
 from kd_tune.sinks.base import EndedTrial, TrialSink
 from kd_tune.status import STATUS_KEY, TrialStatus
+from kd_tune.trial_end import END_KEY, TrialEnd
 
 _TRAINER_ENDED = (TrialStatus.COMPLETED, TrialStatus.DIVERGED)
 _current: TuneSinks | None = None
@@ -79,6 +86,9 @@ class TuneSinks(tune.Callback):
         self._trial(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        # Tune lets callbacks change the result in place before it stores it: the end
+        # payload (per-sample arrays) leaves here and never reaches Tune's state files.
+        end = result.pop(END_KEY, None)
         planned = self._trial(trial)
         if planned is None:
             return
@@ -87,6 +97,10 @@ class TuneSinks(tune.Callback):
         metrics = {"epoch": result["epoch"], **{m: result.get(m) for m in EPOCH_METRICS}}
         for sink in self.sinks:
             sink.epoch_reported(planned, trial.trial_id, metrics, status)
+        if end is not None:
+            measured = TrialEnd.from_dict(end)
+            for sink in self.sinks:
+                sink.trial_measured(planned, trial.trial_id, measured)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         planned = self._trial(trial)
