@@ -3,7 +3,8 @@
 One table per searched sweep, from its ``trials.parquet`` rows and its record
 (``search.json``, :mod:`kd_tune.search_record`), which says which trials the search drew
 and which reran each selected setting. Rows are the selected settings in rank order
-(``1. kl tau=3.21 alpha=0.432``); columns, in percent, mean ± sample std (n):
+(``1. kl tau=3.21 alpha=0.432``, the final pick marked ``(final)``); columns, in percent,
+mean ± sample std (n):
 
 - ``val (search)``: last-epoch validation accuracy of the setting's completed search
   trials (what selected it; the best of many draws, so optimistic);
@@ -47,7 +48,7 @@ def search_tables(trials: pd.DataFrame, records: Mapping[str, SearchRecord]) -> 
         cells: dict[tuple[str, str], CellStats] = {}
         labels = []
         for chosen in record.selected:
-            label = f"{chosen.rank}. {chosen.label}"
+            label = f"{chosen.rank}. {chosen.label}" + (" (final)" if chosen.rank == record.pick else "")
             labels.append(label)
             confirm = _completed(rows, chosen.confirm_keys)
             for column, frame, metric in zip(COLUMNS, (_completed(rows, chosen.search_keys), confirm, confirm),
@@ -56,9 +57,9 @@ def search_tables(trials: pd.DataFrame, records: Mapping[str, SearchRecord]) -> 
                     cells[(label, column)] = _stats([100.0 * float(v) for v in frame[metric]])
         seeds = record.settings["confirm_seeds"]
         note = (f"Protocol: the top {len(record.selected)} settings by validation accuracy (last epoch) over "
-                f"{len(drawn)} search trials; each rerun at full epochs with {seeds} new seeds; reported: test "
-                f"accuracy ({{percent}}) at the last epoch, mean {{pm}} std (n seeds). Test accuracy steered "
-                "neither the search nor the early stopping.")
+                f"{len(drawn)} search trials; each rerun at full epochs with {seeds} new seeds; final: the best "
+                f"by mean validation accuracy over those seeds; reported: test accuracy ({{percent}}) at the last "
+                f"epoch, mean {{pm}} std (n seeds). Test accuracy chose nothing.")
         excluded = Counter(str(s) for s in drawn["status"] if s != TrialStatus.COMPLETED)
         tables.append(Table(
             name="search", title=f"{sweep}: {setting['dataset']} {setting['teacher']} -> {setting['student']}",

@@ -24,7 +24,10 @@ One sweep, after the checks of :func:`prepare_search`:
    accuracy over their completed search trials (ASHA-stopped trials never compete);
 4. confirmation: each selected setting rerun at full epochs with ``confirm_seeds``
    seeds it did not use in the search, as ordinary trials of the sweep (a grid in the
-   Tune experiment ``<sweep>/confirm``).
+   Tune experiment ``<sweep>/confirm``); the final pick is the selected setting with the
+   best mean validation accuracy over its confirmation seeds (a lucky seed in the
+   search does not decide alone). Test accuracy is reported for every selected
+   setting; it chose nothing.
 
 ``<sweep>/search.json`` (:mod:`kd_tune.search_record`) records the drawn trials and the
 selection. Rerunning the same command resumes: Tune restores the searcher's state with
@@ -243,6 +246,7 @@ def run_search(
             recorder.stages(plan)
             recorder.fit(TuneRun.grid(options.sweep_dir / "confirm", plan), total=len(plan.trials),
                          done=len(recorder.finished(plan.keys)))
+            record = dataclasses.replace(record, pick=_pick(record, options.sweep_dir))
         record.write(options.sweep_dir)
         return recorder.finish(record.search_keys + record.confirm_keys, finalize, started,
                                time.perf_counter() - fit_started, undrawn=settings.num_samples - len(drawn))
@@ -285,27 +289,48 @@ def _select(record: SearchRecord, trials: Mapping[str, Trial], sweep_dir: Path,
             log: Callable[[str], None]) -> tuple[Selected, ...]:
     """The ``confirm_top`` settings by mean last-epoch validation accuracy of their completed search trials.
 
-    Ties go to the setting drawn first. Only completed trials compete: a stopped trial's
-    accuracy is from an earlier epoch.
+    Ties (accuracy on a small validation set comes in steps) go to the better mean best
+    validation accuracy over the epochs, then to the setting drawn first. Only completed
+    trials compete: a stopped trial's accuracy is from an earlier epoch.
     """
     from analysis import load_trials
 
     rows = load_trials(sweep_dir).set_index("trial_key")
-    scores: dict[str, list[tuple[str, float]]] = {}
+    scores: dict[str, list[tuple[str, float, float]]] = {}
     for drawn in record.trials:
         if drawn.key in rows.index and rows.at[drawn.key, "status"] == TrialStatus.COMPLETED:
             value = float(rows.at[drawn.key, OBJECTIVE])
             if math.isfinite(value):
-                scores.setdefault(drawn.setting, []).append((drawn.key, value))
-    # dicts keep the order of drawing: sorted() is stable, so ties go to the earlier draw.
-    ranked = sorted(scores.items(), key=lambda item: -_mean(v for _, v in item[1]))[:record.settings["confirm_top"]]
+                scores.setdefault(drawn.setting, []).append((drawn.key, value, float(rows.at[drawn.key,
+                                                                                          "best_val_acc"])))
+    # dicts keep the order of drawing: sorted() is stable, so full ties go to the earlier draw.
+    ranked = sorted(scores.items(), key=lambda item: (-_mean(v for _, v, _ in item[1]),
+                                                       -_mean(b for *_, b in item[1])))
+    ranked = ranked[:record.settings["confirm_top"]]
     if len(ranked) < record.settings["confirm_top"]:
         log(f"only {len(ranked)} setting(s) completed the search; confirming those")
     return tuple(
         Selected(rank=rank, setting=setting, label=record.space.label(trials[group[0][0]].config.to_dict()),
-                 val_acc=_mean(v for _, v in group), search_keys=tuple(k for k, _ in group), confirm_keys=())
+                 val_acc=_mean(v for _, v, _ in group), search_keys=tuple(k for k, *_ in group), confirm_keys=())
         for rank, (setting, group) in enumerate(ranked, 1)
     )
+
+
+def _pick(record: SearchRecord, sweep_dir: Path) -> int | None:
+    """The rank of the selected setting with the best mean validation accuracy over its completed
+    confirmation trials (ties: the better rank); None until every confirmation trial has ended."""
+    from analysis import load_trials
+
+    rows = load_trials(sweep_dir).set_index("trial_key")
+    if not all(key in rows.index for key in record.confirm_keys):
+        return None
+    means = {}
+    for chosen in record.selected:
+        confirm = rows.loc[list(chosen.confirm_keys)]
+        values = confirm.loc[confirm["status"] == TrialStatus.COMPLETED, OBJECTIVE].dropna()
+        if len(values):
+            means[chosen.rank] = float(values.mean())
+    return max(means, key=lambda rank: (means[rank], -rank)) if means else None
 
 
 def _confirm(record: SearchRecord, trials: Mapping[str, Trial], seeds: int,

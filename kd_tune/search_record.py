@@ -52,8 +52,10 @@ class SearchRecord:
     """A searched sweep's record (see the module docstring).
 
     ``settings`` are the search's settings as plain values (``num_samples``,
-    ``scheduler``, ``grace_period``, ``reduction_factor``, ``search_seed``,
+    ``scheduler``, ``grace_period``, ``reduction_factor``, ``search_seed``, ``seeds``,
     ``confirm_top``, ``confirm_seeds``); ``objective`` is the maximised metric.
+    ``pick`` is the rank of the final pick among ``selected`` (the best mean validation
+    accuracy over its confirmation seeds), None until the confirmation has ended.
     """
 
     sweep: str
@@ -62,6 +64,7 @@ class SearchRecord:
     settings: dict[str, Any]
     trials: tuple[SearchTrial, ...]
     selected: tuple[Selected, ...] = ()
+    pick: int | None = None
 
     def write(self, folder: str | Path) -> Path:
         return write_text(Path(folder) / RECORD_FILE, json.dumps({
@@ -70,6 +73,7 @@ class SearchRecord:
             "trials": [vars(t) for t in self.trials],
             "selected": [{**vars(s), "search_keys": list(s.search_keys), "confirm_keys": list(s.confirm_keys)}
                          for s in self.selected],
+            "pick": self.pick,
         }, indent=1))
 
     @classmethod
@@ -86,6 +90,7 @@ class SearchRecord:
             settings=data["settings"], trials=tuple(SearchTrial(**t) for t in data["trials"]),
             selected=tuple(Selected(**{**s, "search_keys": tuple(s["search_keys"]),
                                        "confirm_keys": tuple(s["confirm_keys"])}) for s in data["selected"]),
+            pick=data["pick"],
         )
 
     @property
@@ -95,3 +100,8 @@ class SearchRecord:
     @property
     def confirm_keys(self) -> list[str]:
         return [k for s in self.selected for k in s.confirm_keys]
+
+    @property
+    def final(self) -> Selected | None:
+        """The final pick (see ``pick``), or None."""
+        return next((s for s in self.selected if s.rank == self.pick), None)

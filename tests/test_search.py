@@ -136,7 +136,7 @@ def recorded_search(folder):
                     search_keys=(keys[2],), confirm_keys=tuple(trial_key(c) for c in confirm))
     record = SearchRecord("s", OBJECTIVE, SPACE, {"confirm_seeds": 2, "confirm_top": 1},
                           tuple(SearchTrial(n, k, setting_key(c)) for n, (k, (c, *_)) in enumerate(zip(keys, draws))),
-                          (best,))
+                          (best,), pick=1)
     record.write(folder)
     return record, keys
 
@@ -182,13 +182,14 @@ def test_the_search_table_reports_confirmation_test_accuracy_under_its_protocol(
     record, keys = recorded_search(tmp_path / "s")
     rows = pd.read_parquet(tmp_path / "s" / "trials.parquet")
     (table,) = build_tables(rows, "search", records={"s": record})
-    assert table.rows == ["1. kl tau=inf alpha=0.9"]
+    assert table.rows == ["1. kl tau=inf alpha=0.9 (final)"]
     assert table.stats(table.rows[0], "val (search)").mean == pytest.approx(95)
     confirm = table.stats(table.rows[0], "test (confirmation)")
     assert (confirm.mean, confirm.n) == (pytest.approx(76.5), 2) and confirm.std == pytest.approx(0.7071, abs=1e-4)
     assert table.excluded == {"diverged": 1, "stopped": 1}
     text = render([table], "md")
-    assert "| 1. kl tau=inf alpha=0.9 | 95.00 (1) | 91.50 ± 0.71 (2) | 76.50 ± 0.71 (2) |" in text
+    assert "| 1. kl tau=inf alpha=0.9 (final) | 95.00 (1) | 91.50 ± 0.71 (2) | 76.50 ± 0.71 (2) |" in text
+    assert SearchRecord.read(tmp_path / "s") == record
     assert "Protocol: the top 1 settings by validation accuracy (last epoch) over 5 search trials" in text
     assert "mean ± std (n seeds)" in text and "excluded: 1 diverged, 1 stopped" in text
     assert "mean $\\pm$ std" in render([table], "latex")

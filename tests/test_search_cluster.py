@@ -69,6 +69,9 @@ def test_search_with_asha_then_confirmation(ray_cluster, tmp_path):
         for column in ("loss", "tau", "alpha", "lr", "student", "teacher"):
             assert (confirm[column] == origin[column]).all()
     assert len(trials) == 10 + 4
+    # The final pick: the selected setting with the best mean validation accuracy over its new seeds.
+    means = {s.rank: trials.loc[list(s.confirm_keys), "val_acc"].mean() for s in record.selected}
+    assert means[record.pick] == max(means.values())
 
     # The search table from the command line, with the protocol and the stopped trials counted apart.
     table = subprocess.run([sys.executable, "-m", "analysis", str(sweep_dir), "--table", "search"],
