@@ -252,7 +252,7 @@ def _distributions(trials: pd.DataFrame, samples: pd.DataFrame, quantity: str, y
             values = values[np.isfinite(values)]
             if len(values):
                 series.append((label, values))
-        if series and (teacher or len(series) > 0):
+        if series:
             panels.append((panel, series))
     if not panels:
         raise NoData(f"no measured trial has {quantity}")
