@@ -71,7 +71,10 @@ def settings(trials: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     if not varying:
         return [("", trials)]
     out = []
-    for values, group in trials.groupby(varying, sort=True, dropna=False):
+    # Clean labels first (noise type "none" sorts after the noise types by name).
+    trials = trials.assign(_noisy=trials["noise_type"] != "none").sort_values(["_noisy", *varying], kind="stable")
+    for values, group in trials.groupby(varying, sort=False, dropna=False):
+        group = group.drop(columns="_noisy")
         values = values if isinstance(values, tuple) else (values,)
         parts = []
         clean = dict(zip(varying, values)).get("noise_type") == "none"
@@ -249,7 +252,7 @@ def _distributions(trials: pd.DataFrame, samples: pd.DataFrame, quantity: str, y
             values = values[np.isfinite(values)]
             if len(values):
                 series.append((label, values))
-        if series and (teacher or len(series) > 0):
+        if series:
             panels.append((panel, series))
     if not panels:
         raise NoData(f"no measured trial has {quantity}")
