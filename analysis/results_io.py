@@ -1,7 +1,8 @@
 """Loading sweep results: the Parquet files a sweep writes (the only thing analysis reads).
 
-``trials.parquet`` and ``epochs.parquet`` (:mod:`kd_tune.results`), and the part-file
-data sets ``samples.parquet/`` and ``features.parquet/`` (:mod:`kd_tune.samples`).
+``trials.parquet`` and ``epochs.parquet`` (:mod:`kd_tune.results`), ``teachers.parquet``
+(:mod:`kd_tune.teacher_table`), and the part-file data sets ``samples.parquet/`` and
+``features.parquet/`` (:mod:`kd_tune.samples`).
 """
 from __future__ import annotations
 
@@ -60,6 +61,21 @@ def load_epochs(path: str | os.PathLike) -> pd.DataFrame:
     """The ``epochs.parquet`` rows of the sweep folder(s) of ``path`` (empty frame when none)."""
     files = [d / EPOCHS_FILE for d in sweep_dirs(path) if (d / EPOCHS_FILE).is_file()]
     return _concat([pd.read_parquet(f) for f in files])
+
+
+def load_teachers(sweep_dir: str | os.PathLike) -> pd.DataFrame:
+    """The teacher nodes one sweep used, one row each (``teachers.parquet``; columns in
+    :mod:`kd_tune.teacher_table`, ``epochs_trained`` as pandas' nullable Int64); an empty
+    frame with those columns when the file is absent."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kd_tune.teacher_table import TEACHERS_FILE, TEACHERS_SCHEMA
+
+    path = Path(sweep_dir) / TEACHERS_FILE
+    table = pq.read_table(path) if path.is_file() else TEACHERS_SCHEMA.empty_table()
+    # epochs_trained stays an integer column with an ensemble's null (pandas' Int64).
+    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
 
 
 def load_samples(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:

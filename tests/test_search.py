@@ -88,9 +88,9 @@ def test_a_search_needs_validation_data_and_one_teacher_per_range(tmp_path):
     # A choice of lr values is fine: each gets its teacher; a CE-only space needs no teacher.
     plan = prepare_search(Search(SPACE.replace("lr", SampledSpace.of({"lr": [0.01, 0.05]}).blocks[0][0][1]),
                                  BASE, SearchSettings()), options)
-    assert len(plan.teachers()) == 2
+    assert len(plan.teacher_nodes) == 2
     ce = SampledSpace.of({"loss": ["ce"], "lr": loguniform(0.005, 0.1)})
-    assert prepare_search(Search(ce, BASE, SearchSettings()), options).teachers() == {}
+    assert prepare_search(Search(ce, BASE, SearchSettings()), options).teacher_nodes == {}
     assert not tmp_path.joinpath("s").exists()
 
 

@@ -14,8 +14,11 @@ the trials and ends it after them. What the runs hold:
   data set it trained on as an input (:meth:`SweepTracker.log_dataset`: name, a digest
   of the data settings and the training labels' hash); with ``--log-models`` its final
   weights as ``model/student.pt``.
-- **Teacher run** per teacher (tag ``kd_tune.role=teacher``): its config, per-epoch
-  curves, final metrics and end measurements, its data set.
+- **Teacher run** per teacher node (tag ``kd_tune.role=teacher``; every member of an
+  ensemble, every step of a chain and the composite teacher itself): the run that
+  trained it with ``teacher_kind`` and ``teacher_spec`` as params, per-epoch curves,
+  final metrics (``train_acc``, ``test_acc``, ``train_time_s``) and end measurements,
+  its data set.
 - **Parent run** at the end: the trials as an MLflow table (``trials.json``), the best
   setting by mean validation accuracy over seeds (params ``best.<field>``, metrics
   ``best.val_acc`` and more), and the sweep's tables and figures as artifacts.
@@ -96,9 +99,10 @@ class MlflowSink(TrialSink):
                                step=int(row.get("epoch") or 0))
 
     def teacher_ready(self, teacher: TeacherRecord) -> None:
-        config = teacher.trial.config.teacher_config()
-        run_id, new = self.tracker.start_teacher(teacher.key, f"teacher {teacher.trial.teacher} ({teacher.key})",
-                                                 config.to_dict())
+        node = teacher.node
+        run_id, new = self.tracker.start_teacher(node.key, f"teacher {node.spec} ({node.key})",
+                                                 {**node.run.to_dict(), "teacher_kind": node.kind,
+                                                  "teacher_spec": node.spec})
         if not new:
             return
         for epoch in teacher.meta.get("history", []):
@@ -107,9 +111,11 @@ class MlflowSink(TrialSink):
         # A teacher has no teacher: its logit distance and mean gap are NaN, left out here.
         measured = {k: v for k, v in (teacher.measurements.summary if teacher.measurements else {}).items()
                     if math.isfinite(v)}
-        self.tracker.log_values(run_id, metrics={**measured, "test_acc": final.get("test_acc")},
+        self.tracker.log_values(run_id, metrics={**measured, "test_acc": final.get("test_acc"),
+                                                 "train_acc": final.get("train_acc"),
+                                                 "train_time_s": teacher.meta.get("train_seconds")},
                                 step=int(final.get("epoch") or 0))
-        _log_dataset(self.tracker, run_id, config, teacher.meta.get("noise_hash"))
+        _log_dataset(self.tracker, run_id, node.run, teacher.meta.get("noise_hash"))
         self.tracker.end_run(run_id)
 
     def sweep_ended(self, rows: Sequence[Mapping[str, Any]], artifacts: Iterable[Path]) -> None:
