@@ -58,8 +58,8 @@ from kd_tune.logit_cache import LogitCache
 from kd_tune.losses import make_loss
 from kd_tune.search_space import expand
 from kd_tune.sweep import SweepOptions, run_sweep
-from kd_tune.teacher_logits import compute_teacher_logits
 from kd_tune.teacher_dag import teacher_dag
+from kd_tune.teacher_logits import compute_teacher_logits
 from kd_tune.teacher_store import TeacherStore
 from kd_tune.trainer import load_data, train
 
