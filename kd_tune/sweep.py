@@ -15,8 +15,8 @@ Folder layout under ``storage`` (absolute; a shared file system on a multi-node 
     teachers/<teacher key>/     teacher.pt + meta.json, shared by all sweeps in storage
     teacher_logits/<cache key>/ cached teacher logits (kd_tune.logit_cache), shared likewise
     <name>/sweep.json           the sweep's trials (config per trial key)
-    <name>/trials.parquet       one row per trial       (see kd_tune.results)
-    <name>/epochs.parquet       one row per trial and epoch
+    <name>/results/trials/      one row per trial (Parquet part files; see kd_tune.results)
+    <name>/results/epochs/      one row per trial and epoch
     <name>/noise/               the persisted noisy labels
     <name>/tables/              tables written at the end (CSV, Markdown)
     <name>/...                  Ray Tune's experiment state and trial checkpoints

@@ -197,6 +197,7 @@ def _write_tables(sweep_dir: Path, table: str) -> list[Path]:
 
 
 def _print_summary(outcome: Any, table: str) -> None:
+    from kd_tune.results import epochs_table, trials_table
     from kd_tune.tracking import ui_command
 
     counts = ", ".join(f"{n} {what}" for what, n in outcome.counts.items() if n)
@@ -206,7 +207,7 @@ def _print_summary(outcome: Any, table: str) -> None:
     if md:
         print()
         print(md[0].read_text())
-    print(f"Parquet:  {outcome.sweep_dir / 'trials.parquet'}\n          {outcome.sweep_dir / 'epochs.parquet'}")
+    print(f"Parquet:  {trials_table(outcome.sweep_dir).folder}/\n          {epochs_table(outcome.sweep_dir).folder}/")
     for path in outcome.artifacts:
         if path.suffix == ".csv":
             print(f"CSV:      {path}")
@@ -269,10 +270,11 @@ def _default_values(space: SearchSpace, name: str) -> str:
 
 
 _EPILOG = """\
-Results: STORAGE/NAME/trials.parquet (one row per trial) and epochs.parquet (one row per
-trial and epoch), tables in STORAGE/NAME/tables/, MLflow runs in sqlite:///STORAGE/mlflow.db
-(one parent run per invocation, one child run per trial). Interrupted? Rerun the same
-command: finished trials are kept, unfinished ones continue from their last checkpoint.
+Results: STORAGE/NAME/results/trials/ (one row per trial) and results/epochs/ (one row per
+trial and epoch), folders of Parquet files; tables in STORAGE/NAME/tables/, MLflow runs in
+sqlite:///STORAGE/mlflow.db (one parent run per invocation, one child run per trial).
+Interrupted? Rerun the same command: finished trials are kept, unfinished ones continue
+from their last checkpoint.
 
 On a cluster: `ray start --head` on one node, `ray start --address HEAD:6379` on the
 others, then run this with --address auto and --storage on a shared file system.

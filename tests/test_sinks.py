@@ -6,14 +6,12 @@ import math
 import pickle
 from types import SimpleNamespace
 
-import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
 from kd_tune.config import RunConfig
 from kd_tune.plan import plan_trial
-from kd_tune.results import EPOCH_METRICS, EPOCHS_FILE, TRIALS_FILE
+from kd_tune.results import EPOCH_METRICS, epochs_table, read_epochs, read_trials
 from kd_tune.sinks import ConsoleProgress, EndedTrial, MlflowSink, ParquetSink, TrialSink, TuneSinks
 from kd_tune.status import TrialStatus
 from kd_tune.tracking import (
@@ -65,9 +63,13 @@ def run_trial(sinks, trial, trial_id, history, status, error=None):
         sink.trial_ended(trial, trial_id, status, error)
 
 
-def read(folder, name):
-    path = folder / name
-    return pq.read_table(path).to_pylist() if path.is_file() else []
+def trial_rows(folder):
+    return read_trials(folder).to_pylist()
+
+
+def epoch_rows(folder):
+    """The stored epoch rows, by trial key and epoch."""
+    return sorted(read_epochs(folder).to_pylist(), key=lambda r: (r["trial_key"], r["epoch"]))
 
 
 # -- ParquetSink -----------------------------------------------------------------------------
@@ -82,7 +84,7 @@ def test_parquet_final_rows_and_epoch_rows(tmp_path):
     run_trial([sink], diverged, "t_1", [metrics(1), metrics(2, math.nan, 0.1, loss=math.nan)], DIVERGED)
     run_trial([sink], failed, "t_2", [], FAILED, "RuntimeError: boom")
 
-    rows = {r["trial_key"]: r for r in read(tmp_path, TRIALS_FILE)}
+    rows = {r["trial_key"]: r for r in trial_rows(tmp_path)}
     assert set(rows) == {done.key, diverged.key, failed.key}
     row = rows[done.key]
     assert (row["status"], row["trial_id"], row["sweep"], row["epoch"]) == ("completed", "t_0", "s", 3)
@@ -97,7 +99,7 @@ def test_parquet_final_rows_and_epoch_rows(tmp_path):
     assert rows[failed.key]["status"] == "failed" and rows[failed.key]["error"] == "RuntimeError: boom"
     assert rows[failed.key]["epoch"] is None and rows[failed.key]["diverged_epoch"] is None
 
-    epochs = read(tmp_path, EPOCHS_FILE)
+    epochs = epoch_rows(tmp_path)
     assert [(r["epoch"], r["trial_id"]) for r in epochs if r["trial_key"] == done.key] == \
         [(1, "t_0"), (2, "t_0"), (3, "t_0")]
     assert [r["epoch"] for r in epochs if r["trial_key"] == diverged.key] == [1, 2]
@@ -118,13 +120,13 @@ def test_parquet_keeps_one_row_per_key_after_a_retry(tmp_path):
         sink.epoch_reported(trial, "t_0", metrics(epoch, val_acc=val_acc), RUNNING)
     sink.trial_ended(trial, "t_0", COMPLETED, None)
 
-    rows = read(tmp_path, TRIALS_FILE)
+    rows = trial_rows(tmp_path)
     assert len(rows) == 1 and (rows[0]["status"], rows[0]["epoch"], rows[0]["best_val_epoch"]) == ("completed", 4, 3)
-    epochs = read(tmp_path, EPOCHS_FILE)
+    epochs = epoch_rows(tmp_path)
     assert [(r["epoch"], r["val_acc"]) for r in epochs] == [(1, 0.7), (2, 0.7), (3, 0.95), (4, 0.6)]
 
 
-def test_parquet_flushes_on_checkpoint_end_and_at_most_every_5_s(tmp_path):
+def test_parquet_flushes_before_tune_saves_its_state_at_the_end_and_at_most_every_5_s(tmp_path):
     clock = Clock()
     trial, other = planned(0), planned(1)
     sink = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher, clock=clock)
@@ -132,21 +134,36 @@ def test_parquet_flushes_on_checkpoint_end_and_at_most_every_5_s(tmp_path):
     sink.epoch_reported(trial, "t_0", metrics(1), RUNNING)
     clock.now += 4.9
     sink.epoch_reported(trial, "t_0", metrics(2), RUNNING)
-    assert read(tmp_path, EPOCHS_FILE) == []  # within 5 s: held in memory
+    sink.checkpointed(trial)
+    assert epoch_rows(tmp_path) == []  # within 5 s: held in memory
     clock.now += 0.2
     sink.epoch_reported(trial, "t_0", metrics(3), RUNNING)
-    assert [r["epoch"] for r in read(tmp_path, EPOCHS_FILE)] == [1, 2, 3]
+    assert [r["epoch"] for r in epoch_rows(tmp_path)] == [1, 2, 3]
     sink.epoch_reported(trial, "t_0", metrics(4), RUNNING)
-    assert len(read(tmp_path, EPOCHS_FILE)) == 3  # the 5 s count again from that flush
-    sink.checkpointed(trial)
-    assert len(read(tmp_path, EPOCHS_FILE)) == 4
+    assert len(epoch_rows(tmp_path)) == 3  # the 5 s count again from that flush
+    sink.saving_state()  # Tune is about to save the checkpoint each trial resumes from
+    assert len(epoch_rows(tmp_path)) == 4
     sink.trial_started(other, "t_1")
     sink.epoch_reported(other, "t_1", metrics(1), RUNNING)
     sink.trial_ended(other, "t_1", STOPPED, None)
-    assert len(read(tmp_path, EPOCHS_FILE)) == 5 and len(read(tmp_path, TRIALS_FILE)) == 1
+    assert len(epoch_rows(tmp_path)) == 5 and len(trial_rows(tmp_path)) == 1
     sink.epoch_reported(trial, "t_0", metrics(5), RUNNING)
+    assert len(epochs_table(tmp_path).parts()) > 1
     sink.experiment_ended()
-    assert len(read(tmp_path, EPOCHS_FILE)) == 6
+    assert len(epoch_rows(tmp_path)) == 6
+    assert len(epochs_table(tmp_path).parts()) == 1  # compacted at the end
+
+
+def test_parquet_record_run_ids_sets_the_rows_that_differ(tmp_path):
+    a, b, c = planned(0), planned(1), planned(2)
+    sink = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher, run_id={a.key: "ra", b.key: "rb"}.get)
+    for trial in (a, b, c):
+        run_trial([sink], trial, f"t_{trial.config.seed}", [metrics(1)], COMPLETED)
+    assert {r["trial_key"]: r["mlflow_run_id"] for r in trial_rows(tmp_path)} == {a.key: "ra", b.key: "rb",
+                                                                                  c.key: None}
+    assert sink.record_run_ids({a.key: "ra", b.key: "rb-new", c.key: "rc", "unknown": "rx"}) == 2
+    assert {r["trial_key"]: r["mlflow_run_id"] for r in trial_rows(tmp_path)} == {a.key: "ra", b.key: "rb-new",
+                                                                                  c.key: "rc"}
 
 
 def test_parquet_statuses_and_finished_keys_of_a_resumed_sweep(tmp_path):
@@ -157,7 +174,7 @@ def test_parquet_statuses_and_finished_keys_of_a_resumed_sweep(tmp_path):
     running = planned(9)
     first.trial_started(running, "t_9")
     first.epoch_reported(running, "t_9", metrics(1), RUNNING)
-    first.checkpointed(running)
+    first.saving_state()
 
     again = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher)
     assert again.statuses() == {trial.key: status for status, trial in trials.items()}
@@ -175,7 +192,7 @@ def test_parquet_reconcile_writes_rows_tune_ended_but_a_killed_driver_did_not(tm
         first.trial_started(trial, f"t_{trial.config.seed}")
         for m in history:
             first.epoch_reported(trial, f"t_{trial.config.seed}", m, RUNNING)
-    first.checkpointed(done)  # flushes; the driver is killed before the other rows are written
+    first.saving_state()  # flushes; the driver is killed before the other rows are written
 
     again = ParquetSink(tmp_path, sweep="s", teacher_acc={done.teacher_key: 0.9}.get, run_id=lambda key: None)
     written = again.reconcile([
@@ -186,7 +203,7 @@ def test_parquet_reconcile_writes_rows_tune_ended_but_a_killed_driver_did_not(tm
         EndedTrial(partial, "t_3", COMPLETED, 2),  # epoch 2 was not flushed: no row
     ])
     assert written == [unrecorded.key, diverged.key]
-    rows = {r["trial_key"]: r for r in read(tmp_path, TRIALS_FILE)}
+    rows = {r["trial_key"]: r for r in trial_rows(tmp_path)}
     assert set(rows) == {done.key, failed.key, unrecorded.key, diverged.key}
     assert (rows[unrecorded.key]["status"], rows[unrecorded.key]["epoch"], rows[unrecorded.key]["trial_id"]) == \
         ("completed", 2, "t_1")
@@ -428,7 +445,7 @@ def test_adapter_passes_the_trainer_metrics_only(store, tmp_path):
     adapter.on_trial_complete(0, [], t)
     run = store["client"].get_run(mlflow.run_id(trial.key))
     assert set(run.data.metrics) == {"epoch", *EPOCH_METRICS}
-    assert read(tmp_path, TRIALS_FILE)[0]["mlflow_run_id"] == run.info.run_id
+    assert trial_rows(tmp_path)[0]["mlflow_run_id"] == run.info.run_id
 
 
 def test_ended_in_tune_lists_trials_the_trainer_ended(tmp_path):
@@ -469,7 +486,7 @@ def test_reconcile_closes_what_a_killed_driver_left_open(store, tmp_path):
     for trial, epochs in ((done, 2), (unrecorded, 2), (partial, 1)):
         for epoch in range(1, epochs + 1):
             adapter.on_trial_result(0, [], t[trial.key], report(epoch, COMPLETED if epoch == 2 else RUNNING))
-        adapter.on_checkpoint(0, [], t[trial.key], checkpoint=None)
+    assert adapter.get_state() is None  # Tune saves its state: the sinks flush, the adapter keeps nothing
     # `done` gets its final row, but the driver stops before its child run is ended
     parquet.trial_ended(done, "t_0", COMPLETED, None)
     runs = {trial.key: mlflow.run_id(trial.key) for trial in (done, unrecorded, partial)}
@@ -486,7 +503,7 @@ def test_reconcile_closes_what_a_killed_driver_left_open(store, tmp_path):
     assert client.get_run(runs[done.key]).info.status == "RUNNING"
     MlflowSink(mlflow.tracker).reconcile(again.statuses())
 
-    rows = pd.read_parquet(tmp_path / TRIALS_FILE).set_index("trial_key")
+    rows = read_trials(tmp_path).to_pandas().set_index("trial_key")
     assert sorted(rows.index) == sorted([done.key, unrecorded.key])
     assert rows.loc[unrecorded.key, "status"] == "completed" and rows.loc[unrecorded.key, "epoch"] == 2
     assert rows.loc[done.key, "mlflow_run_id"] == runs[done.key]

@@ -1,7 +1,7 @@
 """The driver's result sinks: one per output, each owning its client.
 
-- :class:`~kd_tune.sinks.parquet_sink.ParquetSink`: ``epochs.parquet`` and
-  ``trials.parquet`` (:mod:`kd_tune.results`);
+- :class:`~kd_tune.sinks.parquet_sink.ParquetSink`: the epochs and trials tables
+  (:mod:`kd_tune.results`);
 - :class:`~kd_tune.sinks.mlflow_sink.MlflowSink`: the trials' MLflow child runs
   (:mod:`kd_tune.tracking`);
 - :class:`~kd_tune.sinks.console.ConsoleProgress`: progress lines;

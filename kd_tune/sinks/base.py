@@ -10,6 +10,9 @@ it was given them, with these events of one driver invocation:
 - ``epoch_reported``: per reported epoch. After a retry or in a resumed sweep a trial
   restarts from its last checkpoint and reports the epochs after it again;
 - ``checkpointed``: the trial saved a checkpoint with its last reported epoch;
+- ``saving_state``: Tune is about to save its experiment state (which trials ended,
+  which checkpoint each one resumes from); what was reported before must be durable
+  now, since a resumed sweep does not report it again;
 - ``trial_retried``: Tune restarts the trial after an error (the error's text);
 - ``trial_ended``: once, with the final status (``failed`` with the error text);
 - ``experiment_ended``: Tune's experiment is over (also when it was interrupted).
@@ -38,6 +41,9 @@ class TrialSink:
         """``metrics``: ``epoch`` and the trainer's per-epoch metrics (None where not reported)."""
 
     def checkpointed(self, trial: Trial) -> None:
+        pass
+
+    def saving_state(self) -> None:
         pass
 
     def trial_retried(self, trial: Trial, error: str) -> None:

@@ -1,10 +1,12 @@
-"""The Parquet sink: epoch rows and final trial rows in the sweep folder.
+"""The Parquet sink: epoch rows and final trial rows in the sweep's result tables.
 
 It owns the sweep's :class:`~kd_tune.results.ResultsWriter` (schemas and files are
-described in :mod:`kd_tune.results`). The files are rewritten whole, so writes are
-batched: at every checkpoint (a resumed trial re-reports only the epochs after its
-checkpoint, so every epoch before it must be on disk), at every trial's end, at the
-experiment's end, and otherwise at most every 5 s.
+described in :mod:`kd_tune.results`). Each flush appends one part per table, so writes
+are batched: before Ray Tune saves its experiment state (a resumed trial re-reports only
+the epochs after the checkpoint that state names, so every epoch before it must be on
+disk first), at every trial's end (its row is on disk before its MLflow run is ended),
+and otherwise at most every 5 s. At the experiment's end each table is compacted into
+one part.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def _no_run_id(trial_key: str) -> str | None:  # a sweep without MLflow
 
 
 class ParquetSink(TrialSink):
-    """Writes one sweep's ``epochs.parquet`` and ``trials.parquet``.
+    """Writes one sweep's epochs and trials tables.
 
     ``teacher_acc(teacher_key)`` is a teacher's test accuracy or None (the rows'
     ``teacher_test_acc``) and ``run_id(trial_key)`` the trial's MLflow child run or None
@@ -56,7 +58,11 @@ class ParquetSink(TrialSink):
 
     def statuses(self) -> dict[str, TrialStatus]:
         """Trial key -> status of every final row."""
-        return {key: TrialStatus(row["status"]) for key, row in self.writer.trials.items()}
+        return self.writer.statuses()
+
+    def started_at(self, trial_key: str) -> datetime | None:
+        """When a trial running in this invocation started (UTC), else None."""
+        return self._started_at.get(trial_key)
 
     def finished_keys(self) -> set[str]:
         """Trial keys whose final row says the trial finished (see :attr:`TrialStatus.finished`):
@@ -73,7 +79,7 @@ class ParquetSink(TrialSink):
         if self._clock() - self._last_flush > FLUSH_EVERY_S:
             self._flush()
 
-    def checkpointed(self, trial: Trial) -> None:
+    def saving_state(self) -> None:
         self._flush()
 
     def trial_ended(self, trial: Trial, trial_id: str, status: TrialStatus, error: str | None) -> None:
@@ -81,7 +87,8 @@ class ParquetSink(TrialSink):
         self._flush()
 
     def experiment_ended(self) -> None:
-        self._flush()
+        self.writer.compact()
+        self._last_flush = self._clock()
 
     # -- after Tune returns ----------------------------------------------------------------
 
@@ -95,14 +102,26 @@ class ParquetSink(TrialSink):
         stays without a row). ``started_at`` is unknown there: None.
         """
         written = []
+        recorded = self.writer.statuses()
         for item in ended:
             history = self.writer.history(item.trial.key)
-            if item.trial.key in self.writer.trials or not history or history[-1]["epoch"] < item.epoch:
+            if item.trial.key in recorded or not history or history[-1]["epoch"] < item.epoch:
                 continue
             self._finish(item.trial, item.trial_id, item.status, None, None)
             written.append(item.trial.key)
         self._flush()
         return written
+
+    def record_run_ids(self, run_ids: Mapping[str, str]) -> int:
+        """Set ``mlflow_run_id`` of stored rows to ``run_ids`` (trial key -> MLflow run id)
+        where it differs: a run created after its row was written (tracking was behind)
+        or again (a refilled store). Returns how many rows changed."""
+        rows = self.writer.read_trials(run_ids)
+        changes = {r["trial_key"]: {"mlflow_run_id": run_ids[r["trial_key"]]} for r in rows
+                   if r["mlflow_run_id"] != run_ids[r["trial_key"]]}
+        if changes:
+            self.writer.update_trials(changes)
+        return len(changes)
 
     # -- helpers -----------------------------------------------------------------------------
 
