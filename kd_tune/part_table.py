@@ -73,6 +73,7 @@ class PartTable:
         self.folder = Path(folder)
         self.schema = schema
         self.key = tuple(key)
+        self._own: list[Part] | None = None  # the writer's parts, listed once and kept current
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -136,7 +137,7 @@ class PartTable:
         """
         wanted = list(dict.fromkeys([*self.key, *columns]))
         schema = pa.schema([self.schema.field(c) for c in wanted])
-        parts = self.parts()
+        parts = self._parts()
         pieces = []
         for i, part in enumerate(parts):
             table = pa.Table.from_batches([b.select(wanted) for b in self.batches(part)], schema)
@@ -170,7 +171,7 @@ class PartTable:
 
     def compact(self) -> None:
         """Merge every part into one (nothing to do with one part or none)."""
-        parts = self.parts()
+        parts = self._parts()
         if len(parts) > 1:
             self._merge(parts, level=max(p.level for p in parts) + 1)
 
@@ -179,8 +180,13 @@ class PartTable:
     def _key_schema(self) -> pa.Schema:
         return pa.schema([self.schema.field(c) for c in self.key])
 
+    def _parts(self) -> list[Part]:
+        if self._own is None:
+            self._own = self.parts()
+        return list(self._own)
+
     def _next_seq(self) -> int:
-        parts = self.parts()
+        parts = self._parts()
         return parts[-1].seq + 1 if parts else 1
 
     def _write(self, batch_lists: Iterable[Iterable[pa.RecordBatch]], level: int) -> Part:
@@ -191,19 +197,21 @@ class PartTable:
             for batches in batch_lists:
                 for batch in batches:
                     out.write_batch(batch, row_group_size=BATCH_ROWS)
-        return Part(path, seq, level)
+        part = Part(path, seq, level)
+        self._own = [*self._parts(), part]
+        return part
 
     def _merge(self, parts: list[Part], level: int) -> None:
         # The merged part is written before the merged ones are removed: a writer killed in
         # between leaves duplicate rows, which check() removes, never a lost row.
         self._write((self.batches(p) for p in parts), level)
         for part in parts:
-            part.path.unlink()
+            self._unlink(part)
 
     def _merge_full_levels(self) -> None:
         while True:
             levels: dict[int, list[Part]] = {}
-            for part in self.parts():
+            for part in self._parts():
                 levels.setdefault(part.level, []).append(part)
             full = [parts for parts in levels.values() if len(parts) >= FANOUT]
             if not full:
@@ -212,7 +220,7 @@ class PartTable:
             self._merge(parts, parts[0].level + 1)
 
     def _remove(self, keys: set[tuple], keep: Part) -> None:
-        for part in self.parts():
+        for part in self._parts():
             if part.seq != keep.seq:
                 self._rewrite_without(part, keys)
 
@@ -234,11 +242,16 @@ class PartTable:
         kept = table.filter(pa.array([i not in drop for i in range(table.num_rows)]))
         path = part.path
         if kept.num_rows == 0:
-            path.unlink()
+            self._unlink(part)
             return len(drop)
         with atomic_write(path) as handle:
             pq.write_table(kept, handle, row_group_size=BATCH_ROWS, write_page_checksum=True)
         return len(drop)
+
+
+    def _unlink(self, part: Part) -> None:
+        part.path.unlink()
+        self._own = [p for p in self._parts() if p.seq != part.seq]
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
