@@ -317,6 +317,16 @@ class ResultsWriter:
             row.update(changes[row["trial_key"]])
         self._trials.append(rows, replaces=[(row["trial_key"],) for row in rows])
 
+    def record_run_ids(self, run_ids: Mapping[str, str]) -> int:
+        """Set ``mlflow_run_id`` of stored rows to ``run_ids`` (trial key -> MLflow run id)
+        where it differs: a run made after its row was written (tracking was behind) or
+        made again (a refilled store). Returns how many rows changed."""
+        changes = {r["trial_key"]: {"mlflow_run_id": run_ids[r["trial_key"]]} for r in self.read_trials(run_ids)
+                   if r["mlflow_run_id"] != run_ids[r["trial_key"]]}
+        if changes:
+            self.update_trials(changes)
+        return len(changes)
+
     def _history(self, trial_key: str) -> dict[int, dict[str, Any]]:
         rows = self._live.get(trial_key)
         if rows is None:

@@ -24,10 +24,12 @@ Folder layout under ``storage`` (absolute; a shared file system on a multi-node 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,8 @@ from kd_tune.trainer import load_data
 from kd_tune.validation import validate_all
 
 MANIFEST = "sweep.json"
+START_SEND_S = 60.0  # at most this long sending an earlier run's queued MLflow writes before the trials
+END_SEND_S = 30.0  # at most this long sending queued MLflow writes after the trials
 
 
 @dataclass(frozen=True)
@@ -99,41 +103,80 @@ def run_sweep(
     """Run every config as a Tune trial and record the results; return where they are.
 
     ``finalize(sweep_dir)`` runs after the trials, before the MLflow parent run ends,
-    and returns files (tables) to attach to it. Raises the errors of :func:`prepare`
-    and :class:`~kd_tune.cluster.ClusterError` before writing anything;
+    and returns files (tables) to attach to it. Raises the errors of :func:`prepare`,
+    :class:`SweepError` when another driver runs the same sweep,
+    :class:`~kd_tune.results.ResultsError` when the stored results are damaged and
+    :class:`~kd_tune.cluster.ClusterError`, all before writing anything;
     :class:`~kd_tune.teacher_store.TeacherError` when a teacher fails.
     """
     started = time.perf_counter()
     plan = prepare(configs, options)
+    with sweep_lock(options.sweep_dir, log=log):
+        return _run(plan, options, finalize, log, started)
+
+
+@contextlib.contextmanager
+def sweep_lock(sweep_dir: Path, *, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Hold the lock of the sweep in ``sweep_dir`` (``<storage>/.locks/sweep-<name>.lock``)
+    for the block: one process at a time runs or repairs a sweep. Raises
+    :class:`SweepError` naming the process that holds it."""
+    from kd_tune.locks import FileLock, LockBusy, lock_path
+
+    name, storage = sweep_dir.name, sweep_dir.parent
+    lock = FileLock(lock_path(storage, f"sweep-{name}"), f"sweep {name}")
+    try:
+        lock.acquire()
+    except LockBusy as busy:
+        who = busy.holder.describe() if busy.holder else "another process"
+        raise SweepError(f"sweep {name!r} in {storage} is already running ({who}); wait for it to end, or pick "
+                         "another --name") from None
+    if lock.previous is not None:
+        log(f"sweep {name!r}: the process that held it before ({lock.previous.describe()}) stopped without "
+            "releasing it; taking over")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run(plan: Plan, options: SweepOptions, finalize: Callable[[Path], list[Path]] | None,
+         log: Callable[[str], None], started: float) -> SweepOutcome:
+    from kd_tune.sinks import ConsoleProgress, MlflowSink, ParquetSink, TuneSinks
+    from kd_tune.teacher_stage import ensure_teacher_logits, ensure_teachers
+    from kd_tune.teacher_store import TeacherStore
+    from kd_tune.tracking import resolve_tracking_uri
+    from kd_tune.tracking_queue import TrackingQueue
+
+    sweep_dir = options.sweep_dir
+    store = TeacherStore(options.teachers_dir)
+    # Opening the results checks them (a damaged file stops here, before Ray starts).
+    parquet = ParquetSink(sweep_dir, sweep=options.name, teacher_acc=store.test_acc,
+                          run_id=lambda key: mlflow_sink.run_id(key))
     info = connect(options.address)
     log(node_summary(info))
     check_resources(info, cpus_per_trial=options.cpus_per_trial, gpus_per_trial=options.gpus_per_trial)
     check_shared_storage(info, options.storage)
 
-    from kd_tune.sinks import ConsoleProgress, MlflowSink, ParquetSink, TuneSinks
-    from kd_tune.teacher_stage import ensure_teacher_logits, ensure_teachers
-    from kd_tune.teacher_store import TeacherStore
-    from kd_tune.tracking import SweepTracker, resolve_tracking_uri
-
-    sweep_dir = options.sweep_dir
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_text(sweep_dir / MANIFEST, json.dumps(
-        {"name": options.name, "teacher_cache": options.teacher_cache,
-         "trials": {t.key: t.config.to_dict() for t in plan.trials}}, indent=1))
     tracking_uri = resolve_tracking_uri(options.mlflow_uri, options.storage)
-    tracker = SweepTracker(tracking_uri, options.name, artifact_root=options.storage / "mlartifacts")
-    parent = tracker.start_parent(
-        f"{options.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-        {"trials": len(plan.trials), "cpus_per_trial": options.cpus_per_trial,
-         "gpus_per_trial": options.gpus_per_trial, "cluster": info.address,
-         "storage": str(options.storage), "teacher_cache": options.teacher_cache},
-        {"kd_tune.sweep_dir": str(sweep_dir)},
-    )
+    write_text(sweep_dir / MANIFEST, json.dumps(
+        {"name": options.name, "teacher_cache": options.teacher_cache, "mlflow_uri": tracking_uri,
+         "trials": {t.key: t.config.to_dict() for t in plan.trials}}, indent=1))
+    invocation = uuid.uuid4().hex
+    queue = TrackingQueue(sweep_dir, tracking_uri, options.name, artifact_root=options.storage / "mlartifacts",
+                          log=log)
+    queue.start_parent(invocation, f"{options.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                       {"trials": len(plan.trials), "cpus_per_trial": options.cpus_per_trial,
+                        "gpus_per_trial": options.gpus_per_trial, "cluster": info.address,
+                        "storage": str(options.storage), "teacher_cache": options.teacher_cache},
+                       {"kd_tune.sweep_dir": str(sweep_dir)})
+    mlflow_sink = MlflowSink(queue, invocation, started_at=parquet.started_at)
+    # Writes an earlier run left unsent go first; then MLflow is checked against the results.
+    if queue.send(timeout=START_SEND_S):
+        _mirror(mlflow_sink, parquet, log)
+    queue.start()
     status = "FAILED"
     try:
-        store = TeacherStore(options.teachers_dir)
-        mlflow_sink = MlflowSink(tracker)
-        parquet = ParquetSink(sweep_dir, sweep=options.name, teacher_acc=store.test_acc, run_id=mlflow_sink.run_id)
         finished = parquet.finished_keys() & set(plan.keys)
         log(f"sweep {options.name!r}: {len(plan.trials)} trials ({len(finished)} already finished), "
             f"up to {_concurrency(info, options)} at a time; results in {sweep_dir}")
@@ -142,25 +185,40 @@ def run_sweep(
             ensure_teacher_logits(plan, store, options, log=log)
         console = ConsoleProgress(total=len(plan.trials), done=len(finished), log=log)
         # The row is written before the MLflow run is ended: a driver killed in between leaves
-        # a RUNNING run, which reconcile() ends, never a finished run without its row.
+        # a RUNNING run, which the next run's mirror ends, never a finished run without its row.
         callback = TuneSinks([parquet, mlflow_sink, console], skip=finished)
         fit_started = time.perf_counter()
         _fit(plan, options, callback)
         fit_seconds = time.perf_counter() - fit_started
         parquet.reconcile(callback.ended_in_tune)
-        mlflow_sink.reconcile(parquet.statuses())
         counts = _counts(parquet.statuses(), plan.keys)
         interrupted = counts["missing"] > 0
         artifacts = tuple(finalize(sweep_dir)) if finalize is not None else ()
-        tracker.log_artifacts(list(artifacts))
+        queue.log_artifacts(invocation, list(artifacts))
         status = "KILLED" if interrupted else ("FINISHED" if counts["failed"] == 0 else "FAILED")
-        return SweepOutcome(sweep_dir, tracking_uri, parent, counts, time.perf_counter() - started,
-                            fit_seconds, interrupted, artifacts)
+        return SweepOutcome(sweep_dir, tracking_uri, queue.parent_id(invocation), counts,
+                            time.perf_counter() - started, fit_seconds, interrupted, artifacts)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        tracker.end_parent(status)
+        queue.end_parent(invocation, status)
+        if queue.stop(timeout=END_SEND_S):
+            _mirror(mlflow_sink, parquet, log)
+        else:
+            log(f"tracking is behind: {queue.unsent()} MLflow write(s) wait in {queue.outbox.path}; they are sent "
+                f"on the next run of this sweep, or now with `python -m kd_tune.recover sync {sweep_dir}`")
+        queue.close()
+
+
+def _mirror(mlflow_sink: Any, parquet: Any, log: Callable[[str], None]) -> None:
+    """MLflow made whole from the results (refilled, stale runs ended) and the run ids
+    recorded in the results; a store that fails meanwhile is left for the next run."""
+    try:
+        parquet.writer.record_run_ids(mlflow_sink.mirror(parquet.writer, log=log))
+    except Exception as err:  # MLflow is a view of the results: the sweep goes on without it
+        log(f"could not check MLflow against the results ({str(err).splitlines()[0][:200]}); it is checked "
+            "again on the next run of this sweep")
 
 
 def _check_manifest(plan: Plan, options: SweepOptions) -> None:

@@ -26,6 +26,7 @@ from kd_tune.config import ConfigError, RunConfig
 from kd_tune.data import DataError
 from kd_tune.losses import loss_names
 from kd_tune.plan import Plan
+from kd_tune.results import ResultsError
 from kd_tune.search_space import SearchSpace, expand
 from kd_tune.sweep_options import SweepError, SweepOptions
 from kd_tune.teacher_store import TeacherError, TeacherStore
@@ -173,7 +174,7 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None, *, prog: str | None
     try:
         # run_sweep repeats every check of the dry run before it writes anything.
         outcome = run_sweep(configs, options, finalize=lambda folder: _write_tables(folder, spec.table))
-    except (ClusterError, SweepError, ConfigError, DataError) as err:
+    except (ClusterError, SweepError, ConfigError, DataError, ResultsError) as err:
         parser.error(str(err))
     except TeacherError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -20,14 +20,16 @@ store, e.g. a tracking server ``http://host:5000``.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from kd_tune.locks import held, lock_path
 from kd_tune.netcheck import connect_error
 from kd_tune.status import TrialStatus
 
@@ -38,6 +40,9 @@ ROLE_TAG = "kd_tune.role"
 STATUS_TAG = "kd_tune.status"
 TRIAL_ID_TAG = "kd_tune.trial_id"
 TEACHER_TAG = "kd_tune.teacher_key"
+INVOCATION_TAG = "kd_tune.invocation"
+STARTED_TAG = "kd_tune.started_at"
+REFILL_TAG = "kd_tune.refilled"
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 
 
@@ -76,35 +81,55 @@ def _millis() -> int:
 
 
 class SweepTracker:
-    """Writes one sweep invocation to MLflow (see the module docstring for the layout)."""
+    """Writes a sweep to MLflow (see the module docstring for the layout); synchronous.
+
+    The driver's sinks never call it directly: they queue their writes through
+    :class:`kd_tune.tracking_queue.TrackingQueue`, which calls it from its own thread.
+    ``invocation`` (an id per sweep invocation, tag ``kd_tune.invocation``) makes
+    starting a parent or a trial run idempotent, so queued writes can be replayed.
+    """
 
     def __init__(self, tracking_uri: str, experiment: str, *, artifact_root: str | Path | None = None):
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is not None:
-            self.experiment_id = found.experiment_id
-        else:
-            location = None
-            if artifact_root is not None and tracking_uri.startswith("sqlite:"):
-                location = Path(artifact_root).absolute().as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        with _store_creation_lock(tracking_uri):
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            found = self.client.get_experiment_by_name(experiment)
+            if found is not None and found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)  # a deleted experiment keeps its name
+            if found is not None:
+                self.experiment_id = found.experiment_id
+            else:
+                location = None
+                if artifact_root is not None and tracking_uri.startswith("sqlite:"):
+                    location = Path(artifact_root).absolute().as_uri()
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         self.experiment = experiment
         self.parent_id: str | None = None
         self._last_step: dict[str, int] = {}
 
-    def start_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-        """End parents an interrupted invocation left RUNNING (as KILLED); open this one's."""
+    def start_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
+                     *, invocation: str | None = None) -> str:
+        """End parents an interrupted invocation left RUNNING (as KILLED); open this one's
+        (or return the one already opened for ``invocation``)."""
+        existing = self.find_parent(invocation) if invocation else None
+        if existing is not None:
+            self.parent_id = existing
+            return existing
         for run in self._search(f"tags.`{ROLE_TAG}` = 'sweep' and attributes.status = 'RUNNING'"):
             self.client.set_terminated(run.info.run_id, status="KILLED")
-        run = self.client.create_run(
-            self.experiment_id, run_name=run_name, tags={ROLE_TAG: "sweep", SWEEP_TAG: self.experiment, **tags}
-        )
+        invocation_tag = {INVOCATION_TAG: invocation} if invocation else {}
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={ROLE_TAG: "sweep", SWEEP_TAG: self.experiment, **invocation_tag, **tags})
         self.parent_id = run.info.run_id
         self._log(self.parent_id, params=params)
         return self.parent_id
+
+    def find_parent(self, invocation: str) -> str | None:
+        """The parent run opened for ``invocation``, if any."""
+        runs = self._search(f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{INVOCATION_TAG}` = '{invocation}'")
+        return runs[0].info.run_id if runs else None
 
     def end_parent(self, status: str = "FINISHED", metrics: Mapping[str, float] | None = None) -> None:
         if self.parent_id is None:
@@ -113,21 +138,26 @@ class SweepTracker:
             self._log(self.parent_id, metrics=metrics, step=0)
         self.client.set_terminated(self.parent_id, status=status)
 
-    def start_trial(self, trial_key: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-        """The child run of a trial: the unfinished one of an earlier invocation, or a new one."""
-        assert self.parent_id is not None, "start_parent first"
+    def start_trial(self, trial_key: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
+                    *, invocation: str | None = None) -> str:
+        """The child run of a trial: the one ``invocation`` started already, the unfinished
+        one of an earlier invocation (continued under this parent, ``tags`` set again), or a
+        new one."""
+        invocation_tag = {INVOCATION_TAG: invocation} if invocation else {}
+        parent_tag = {PARENT_TAG: self.parent_id} if self.parent_id else {}
         for run in self._search(f"tags.`{KEY_TAG}` = '{trial_key}'"):
-            if run.info.status != "FINISHED":
+            if run.info.status != "FINISHED" or (invocation and run.data.tags.get(INVOCATION_TAG) == invocation):
                 run_id = run.info.run_id
-                self.client.update_run(run_id, status="RUNNING")
-                self.client.set_tag(run_id, PARENT_TAG, self.parent_id)
+                if run.info.status != "RUNNING":
+                    self.client.update_run(run_id, status="RUNNING")
+                self._log(run_id, tags={**tags, **invocation_tag, **parent_tag})
                 history = self.client.get_metric_history(run_id, "epoch")
                 self._last_step[run_id] = max((int(m.step) for m in history), default=0)
                 return run_id
         run = self.client.create_run(
             self.experiment_id,
             run_name=run_name,
-            tags={ROLE_TAG: "trial", PARENT_TAG: self.parent_id, KEY_TAG: trial_key, SWEEP_TAG: self.experiment,
+            tags={ROLE_TAG: "trial", **parent_tag, KEY_TAG: trial_key, SWEEP_TAG: self.experiment, **invocation_tag,
                   **tags},
         )
         self._log(run.info.run_id, params=params)
@@ -136,11 +166,23 @@ class SweepTracker:
 
     def log_epoch(self, run_id: str, metrics: Mapping[str, float]) -> None:
         """Log one epoch's metrics at step = epoch (skipped if that step was logged)."""
-        step = int(metrics["epoch"])
-        if step <= self._last_step.get(run_id, 0):
-            return
-        self._log(run_id, metrics=metrics, step=step)
-        self._last_step[run_id] = step
+        self.log_epochs(run_id, [(metrics, _millis())])
+
+    def log_epochs(self, run_id: str, epochs: Sequence[tuple[Mapping[str, float], int]]) -> None:
+        """Log epochs in one request: (metrics with ``epoch``, when it was reported in ms),
+        oldest first, each at step = epoch; steps already logged are skipped. A write sent
+        again with its original time is stored once."""
+        from mlflow.entities import Metric
+
+        metrics = []
+        for values, ms in epochs:
+            step = int(values["epoch"])
+            if step <= self._last_step.get(run_id, 0):
+                continue
+            metrics += [Metric(k, float(v), ms, step) for k, v in values.items() if _is_number(v)]
+            self._last_step[run_id] = step
+        for i in range(0, len(metrics), _BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i:i + _BATCH])
 
     def end_trial(self, run_id: str, status: TrialStatus, tags: Mapping[str, str] | None = None) -> None:
         """Mirror the trial's end: ``failed`` -> FAILED, any other status -> FINISHED; the
@@ -149,19 +191,41 @@ class SweepTracker:
         self._log(run_id, tags={**(tags or {}), STATUS_TAG: status.value})
         self.client.set_terminated(run_id, status="FAILED" if status is TrialStatus.FAILED else "FINISHED")
 
-    def end_recorded_trials(self, statuses: Mapping[str, TrialStatus]) -> int:
-        """End child runs still RUNNING whose trial has a final status (trial key -> status).
+    def record_trial(self, trial_key: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
+                     status: TrialStatus, epochs: Sequence[tuple[Mapping[str, float], int]]) -> str:
+        """A finished trial's whole child run at once, under the current parent (a store
+        refilled from the Parquet results): ``epochs`` as for :meth:`log_epochs`.
 
-        A driver stopped between recording a trial's final row and ending its child run
-        leaves the run RUNNING; this mirrors the recorded status. Returns how many ended.
+        A run this left unfinished (a refill cut short) is deleted and made again.
         """
-        ended = 0
-        for run in self._search(f"tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'RUNNING'"):
-            status = statuses.get(run.data.tags.get(KEY_TAG, ""))
-            if status is not None:
-                self.end_trial(run.info.run_id, status)
-                ended += 1
-        return ended
+        parent_tag = {PARENT_TAG: self.parent_id} if self.parent_id else {}
+        for run in self._search(f"tags.`{KEY_TAG}` = '{trial_key}' and tags.`{REFILL_TAG}` = 'yes'"):
+            if run.info.status == "RUNNING":
+                self.client.delete_run(run.info.run_id)
+        run = self.client.create_run(
+            self.experiment_id, run_name=run_name,
+            tags={ROLE_TAG: "trial", **parent_tag, KEY_TAG: trial_key, SWEEP_TAG: self.experiment, REFILL_TAG: "yes",
+                  **tags})
+        run_id = run.info.run_id
+        self._log(run_id, params=params)
+        self._last_step[run_id] = 0
+        self.log_epochs(run_id, epochs)
+        self.end_trial(run_id, status)
+        return run_id
+
+    def trial_runs(self) -> dict[str, Any]:
+        """The latest child run of each trial key in the experiment (``mlflow.entities.Run``)."""
+        latest: dict[str, Any] = {}
+        for run in self._search(f"tags.`{ROLE_TAG}` = 'trial'"):
+            key = run.data.tags.get(KEY_TAG)
+            if key and (key not in latest or run.info.start_time > latest[key].info.start_time):
+                latest[key] = run
+        return latest
+
+    def find_trial_run(self, trial_key: str) -> str | None:
+        """The latest child run of a trial key, if any."""
+        runs = self._search(f"tags.`{KEY_TAG}` = '{trial_key}'")
+        return max(runs, key=lambda r: r.info.start_time).info.run_id if runs else None
 
     def log_artifacts(self, paths: list[Path], artifact_path: str = "tables") -> None:
         if self.parent_id is None:
@@ -170,7 +234,16 @@ class SweepTracker:
             self.client.log_artifact(self.parent_id, str(path), artifact_path=artifact_path)
 
     def _search(self, filter_string: str) -> list[Any]:
-        return list(self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000))
+        """Every run of the experiment matching ``filter_string`` (all pages)."""
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000,
+                                           page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
 
     def _log(
         self,
@@ -180,10 +253,11 @@ class SweepTracker:
         metrics: Mapping[str, float] | None = None,
         tags: Mapping[str, str] | None = None,
         step: int = 0,
+        timestamp_ms: int | None = None,
     ) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        now = _millis()
+        now = timestamp_ms if timestamp_ms is not None else _millis()
         param_list = [Param(k, _param_text(v)) for k, v in (params or {}).items()]
         metric_list = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if _is_number(v)]
         tag_list = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
@@ -194,6 +268,15 @@ class SweepTracker:
                 params=param_list if i == 0 else [],
                 tags=tag_list if i == 0 else [],
             )
+
+
+def _store_creation_lock(tracking_uri: str) -> contextlib.AbstractContextManager[Any]:
+    """A lock around the first use of a SQLite store: two processes creating its tables at
+    once fail (``table ... already exists``); other stores need none."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    database = Path(tracking_uri[len("sqlite:///"):])
+    return held(lock_path(database.parent, "mlflow-store"), f"the MLflow store {database}")
 
 
 def _is_number(value: Any) -> bool:

@@ -15,6 +15,11 @@ A distilling trial takes the teacher's outputs from the teacher-logit cache
 is missing, by the trial) when its plan names a cache; otherwise it runs the teacher
 online.
 
+Teachers and caches are shared by every sweep in the storage: the tasks that make them
+hold a lock per key (:mod:`kd_tune.locks`), so two sweeps that need the same one at
+once build it once, the other waiting for it; the record a task returns then says
+``built_by_another_sweep``.
+
 Fixed cost per trial is kept low for actor reuse: the data set, the teacher and the
 cached logits are held in the worker process (a few entries, keyed by what identifies
 them), so a reused actor loads them once, not once per trial.
@@ -31,6 +36,7 @@ import torch
 
 from kd_tune.checkpoint import load_state, save_state
 from kd_tune.config import RunConfig
+from kd_tune.locks import held, lock_path
 from kd_tune.logit_cache import LogitCache, ensure_cached
 from kd_tune.plan import Trial
 from kd_tune.status import STATUS_KEY, TrialStatus
@@ -38,6 +44,7 @@ from kd_tune.teacher_store import TeacherStore
 from kd_tune.trainer import EpochEnd, load_data, train
 
 STATE_FILE = "state.pt"
+BUILT_ELSEWHERE = "built_by_another_sweep"
 _CACHE_ENTRIES = 3
 
 T = TypeVar("T")
@@ -58,7 +65,7 @@ def distill_trial(config: dict[str, Any], *, teachers_dir: str, logits_dir: str,
     teacher = logits = None
     if trial.cache_key is not None:
         cache = LogitCache(logits_dir)
-        ensure_cached(trial, data, store, cache, device=run.device)
+        _cached_once(trial, data, store, cache, run.device)
         logits = _held_or_load("logits", (logits_dir, trial.cache_key), lambda: cache.load(trial.cache_key))
     elif trial.distils or store.has(trial.teacher_key):
         # A CE trial with a stored teacher reports its agreement with it.
@@ -93,7 +100,11 @@ def train_teacher_task(teachers_dir: str, key: str, config: dict[str, Any], nois
     run = RunConfig.from_dict(config)
     run = run.replace(device=assigned_device(run.device))
     torch.set_num_threads(cpu_share())
-    return TeacherStore(teachers_dir).train(key, run, noise_dir=noise_dir)
+    store = TeacherStore(teachers_dir)
+    with held(lock_path(store.root, key), f"teacher {key}"):
+        if store.has(key):
+            return {**store.meta(key), BUILT_ELSEWHERE: True}
+        return store.train(key, run, noise_dir=noise_dir)
 
 
 def build_logits_task(teachers_dir: str, logits_dir: str, trial: dict[str, Any], noise_dir: str) -> dict[str, Any]:
@@ -102,7 +113,15 @@ def build_logits_task(teachers_dir: str, logits_dir: str, trial: dict[str, Any],
     device = assigned_device(planned.config.device)
     torch.set_num_threads(cpu_share())
     data = load_data(planned.config, noise_dir=noise_dir)
-    return ensure_cached(planned, data, TeacherStore(teachers_dir), LogitCache(logits_dir), device=device)
+    return _cached_once(planned, data, TeacherStore(teachers_dir), LogitCache(logits_dir), device)
+
+
+def _cached_once(trial: Trial, data: Any, store: TeacherStore, cache: LogitCache, device: str) -> dict[str, Any]:
+    """:func:`ensure_cached` under the cache key's lock: one builder per key across sweeps."""
+    with held(lock_path(cache.root, trial.cache_key), f"teacher logits {trial.cache_key}"):
+        existed = cache.has(trial.cache_key)
+        meta = ensure_cached(trial, data, store, cache, device=device)
+    return {**meta, BUILT_ELSEWHERE: True} if existed else meta
 
 
 def assigned_device(device: str) -> str:

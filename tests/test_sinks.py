@@ -154,14 +154,14 @@ def test_parquet_flushes_before_tune_saves_its_state_at_the_end_and_at_most_ever
     assert len(epochs_table(tmp_path).parts()) == 1  # compacted at the end
 
 
-def test_parquet_record_run_ids_sets_the_rows_that_differ(tmp_path):
+def test_record_run_ids_sets_the_rows_that_differ(tmp_path):
     a, b, c = planned(0), planned(1), planned(2)
     sink = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher, run_id={a.key: "ra", b.key: "rb"}.get)
     for trial in (a, b, c):
         run_trial([sink], trial, f"t_{trial.config.seed}", [metrics(1)], COMPLETED)
     assert {r["trial_key"]: r["mlflow_run_id"] for r in trial_rows(tmp_path)} == {a.key: "ra", b.key: "rb",
                                                                                   c.key: None}
-    assert sink.record_run_ids({a.key: "ra", b.key: "rb-new", c.key: "rc", "unknown": "rx"}) == 2
+    assert sink.writer.record_run_ids({a.key: "ra", b.key: "rb-new", c.key: "rc", "unknown": "rx"}) == 2
     assert {r["trial_key"]: r["mlflow_run_id"] for r in trial_rows(tmp_path)} == {a.key: "ra", b.key: "rb-new",
                                                                                   c.key: "rc"}
 

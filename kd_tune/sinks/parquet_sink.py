@@ -112,17 +112,6 @@ class ParquetSink(TrialSink):
         self._flush()
         return written
 
-    def record_run_ids(self, run_ids: Mapping[str, str]) -> int:
-        """Set ``mlflow_run_id`` of stored rows to ``run_ids`` (trial key -> MLflow run id)
-        where it differs: a run created after its row was written (tracking was behind)
-        or again (a refilled store). Returns how many rows changed."""
-        rows = self.writer.read_trials(run_ids)
-        changes = {r["trial_key"]: {"mlflow_run_id": run_ids[r["trial_key"]]} for r in rows
-                   if r["mlflow_run_id"] != run_ids[r["trial_key"]]}
-        if changes:
-            self.writer.update_trials(changes)
-        return len(changes)
-
     # -- helpers -----------------------------------------------------------------------------
 
     def _finish(self, trial: Trial, trial_id: str, status: TrialStatus, error: str | None,

@@ -170,5 +170,10 @@ def _error_text(trial: Any) -> str:
         text = Path(path).read_text(errors="replace")
     elif hasattr(trial, "get_error"):
         text = str(trial.get_error() or "")
-    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return error_summary(text)
+
+
+def error_summary(trace: str) -> str:
+    """The last line of an error trace (its exception), at most 500 characters."""
+    lines = [line for line in trace.strip().splitlines() if line.strip()]
     return lines[-1][:500] if lines else "unknown error"
