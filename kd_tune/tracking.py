@@ -145,15 +145,18 @@ class SweepTracker:
         new one."""
         invocation_tag = {INVOCATION_TAG: invocation} if invocation else {}
         parent_tag = {PARENT_TAG: self.parent_id} if self.parent_id else {}
-        for run in self._search(f"tags.`{KEY_TAG}` = '{trial_key}'"):
-            if run.info.status != "FINISHED" or (invocation and run.data.tags.get(INVOCATION_TAG) == invocation):
-                run_id = run.info.run_id
-                if run.info.status != "RUNNING":
-                    self.client.update_run(run_id, status="RUNNING")
+        runs = self._search(f"tags.`{KEY_TAG}` = '{trial_key}'")
+        # The start of this invocation, sent again: the run as it is.
+        started = [r for r in runs if invocation and r.data.tags.get(INVOCATION_TAG) == invocation]
+        unfinished = [r for r in runs if r.info.status != "FINISHED"]
+        if started or unfinished:
+            run_id = (started or unfinished)[0].info.run_id
+            if not started:
+                self.client.update_run(run_id, status="RUNNING")
                 self._log(run_id, tags={**tags, **invocation_tag, **parent_tag})
-                history = self.client.get_metric_history(run_id, "epoch")
-                self._last_step[run_id] = max((int(m.step) for m in history), default=0)
-                return run_id
+            history = self.client.get_metric_history(run_id, "epoch")
+            self._last_step[run_id] = max((int(m.step) for m in history), default=0)
+            return run_id
         run = self.client.create_run(
             self.experiment_id,
             run_name=run_name,
@@ -175,14 +178,15 @@ class SweepTracker:
         from mlflow.entities import Metric
 
         metrics = []
+        last = self._last_step.get(run_id, 0)
         for values, ms in epochs:
             step = int(values["epoch"])
-            if step <= self._last_step.get(run_id, 0):
-                continue
-            metrics += [Metric(k, float(v), ms, step) for k, v in values.items() if _is_number(v)]
-            self._last_step[run_id] = step
+            if step > last:
+                metrics += [Metric(k, float(v), ms, step) for k, v in values.items() if _is_number(v)]
+                last = step
         for i in range(0, len(metrics), _BATCH):
             self.client.log_batch(run_id, metrics=metrics[i:i + _BATCH])
+        self._last_step[run_id] = last  # only once stored: a failed request is sent again whole
 
     def end_trial(self, run_id: str, status: TrialStatus, tags: Mapping[str, str] | None = None) -> None:
         """Mirror the trial's end: ``failed`` -> FAILED, any other status -> FINISHED; the

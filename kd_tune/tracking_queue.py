@@ -24,7 +24,8 @@ branch in :meth:`TrackingQueue._apply` that sends it.
 
 The REST client's own retries (minutes) are turned off for the driver
 (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0``, ``MLFLOW_HTTP_REQUEST_TIMEOUT=10`` unless set):
-this queue retries instead, off the Tune loop.
+this queue retries instead, off the Tune loop. The client's "View run at" line per run
+is turned off too (``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT``): the console is the sweep's.
 """
 from __future__ import annotations
 
@@ -49,10 +50,12 @@ _BATCH = 200  # writes read from the outbox at a time
 _REFUSED = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE"}
 
 
-def quick_failing_client() -> None:
-    """Make the MLflow REST client fail in seconds instead of retrying for minutes (unless set)."""
+def quiet_quick_client() -> None:
+    """Make the MLflow REST client fail in seconds instead of retrying for minutes, and
+    print nothing of its own (each unless set)."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def _millis() -> int:
@@ -147,7 +150,7 @@ class TrackingQueue:
 
     def __init__(self, sweep_dir: str | Path, tracking_uri: str, experiment: str, *,
                  artifact_root: str | Path | None = None, log: Callable[[str], None] = print):
-        quick_failing_client()
+        quiet_quick_client()
         self.outbox = Outbox(Path(sweep_dir) / TRACKING_DIR)
         self.tracking_uri = tracking_uri
         self._connect = lambda: SweepTracker(tracking_uri, experiment, artifact_root=artifact_root)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import uuid
 from types import SimpleNamespace
 
 import pytest
@@ -23,6 +24,7 @@ from kd_tune.tracking import (
     SweepTracker,
     default_tracking_uri,
 )
+from kd_tune.tracking_queue import TrackingQueue
 
 COMPLETED, DIVERGED, STOPPED, FAILED, RUNNING = (TrialStatus.COMPLETED, TrialStatus.DIVERGED, TrialStatus.STOPPED,
                                                  TrialStatus.FAILED, TrialStatus.RUNNING)
@@ -224,24 +226,39 @@ def store(tmp_path_factory):
     return {"uri": uri, "client": MlflowClient(tracking_uri=uri)}
 
 
-def _tracker(store, experiment):
-    tracker = SweepTracker(store["uri"], experiment)
-    tracker.start_parent(experiment, {}, {})
-    return tracker
+class Invocation:
+    """One driver invocation's MLflow side: a queue in ``folder`` with its parent run opened;
+    ``send()`` sends what the sinks queued, in this thread."""
+
+    def __init__(self, store, folder, experiment):
+        self.queue = TrackingQueue(folder, store["uri"], experiment, log=lambda line: None)
+        self.id = uuid.uuid4().hex
+        self.queue.start_parent(self.id, experiment, {}, {})
+        self.sink = MlflowSink(self.queue, self.id)
+        self.send()
+
+    def send(self):
+        assert self.queue.send(timeout=60) and self.queue.unsent() == 0
+
+    @property
+    def parent(self):
+        return self.queue.parent_id(self.id)
 
 
 def _steps(client, run_id, metric):
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, metric))
 
 
-def test_mlflow_child_runs_mirror_the_trials(store):
+def test_mlflow_child_runs_mirror_the_trials(store, tmp_path):
     client = store["client"]
-    tracker = _tracker(store, "sink-layout")
-    sink = MlflowSink(tracker)
+    invocation = Invocation(store, tmp_path, "sink-layout")
+    sink = invocation.sink
     trials = {status: planned(seed) for seed, status in enumerate((COMPLETED, DIVERGED, STOPPED, FAILED))}
     for status, trial in trials.items():
         run_trial([sink], trial, f"t_{trial.config.seed}", [metrics(1), dict(metrics(2), lr=None)], status,
                   "E" if status == FAILED else None)
+    assert sink.run_id(trials[COMPLETED].key) is None  # queued: nothing sent yet
+    invocation.send()
 
     expected = {COMPLETED: "FINISHED", DIVERGED: "FINISHED", STOPPED: "FINISHED", FAILED: "FAILED"}
     for status, trial in trials.items():
@@ -249,7 +266,7 @@ def test_mlflow_child_runs_mirror_the_trials(store):
         assert run.info.status == expected[status], status
         tags = run.data.tags
         assert tags[STATUS_TAG] == status.value and tags[KEY_TAG] == trial.key
-        assert tags[PARENT_TAG] == tracker.parent_id and tags[TRIAL_ID_TAG] == f"t_{trial.config.seed}"
+        assert tags[PARENT_TAG] == invocation.parent and tags[TRIAL_ID_TAG] == f"t_{trial.config.seed}"
         assert tags[TEACHER_TAG] == trial.teacher_key
         assert run.info.run_name == trial.label
         assert run.data.params["seed"] == str(trial.config.seed) and run.data.params["tau"] == "4.0"
@@ -259,35 +276,53 @@ def test_mlflow_child_runs_mirror_the_trials(store):
     assert sink.run_id("unknown") is None
 
 
-def test_mlflow_continues_the_unfinished_run_of_an_earlier_invocation(store):
+def test_mlflow_continues_the_unfinished_run_of_an_earlier_invocation(store, tmp_path):
     client = store["client"]
     trial = planned(0)
-    first = MlflowSink(_tracker(store, "sink-resume"))
-    first.trial_started(trial, "t_0")
+    first = Invocation(store, tmp_path, "sink-resume")
+    first.sink.trial_started(trial, "t_0")
     for epoch in (1, 2):
-        first.epoch_reported(trial, "t_0", metrics(epoch, val_acc=0.1 * epoch), RUNNING)
+        first.sink.epoch_reported(trial, "t_0", metrics(epoch, val_acc=0.1 * epoch), RUNNING)
+    first.send()
     # the driver dies: the child run stays RUNNING
 
-    tracker = _tracker(store, "sink-resume")
-    again = MlflowSink(tracker)
-    run_trial([again], trial, "t_0", [metrics(2, val_acc=0.99), metrics(3, val_acc=0.3)], COMPLETED)
-    assert again.run_id(trial.key) == first.run_id(trial.key)
-    run = client.get_run(again.run_id(trial.key))
-    assert run.info.status == "FINISHED" and run.data.tags[PARENT_TAG] == tracker.parent_id
+    again = Invocation(store, tmp_path, "sink-resume")
+    run_trial([again.sink], trial, "t_0", [metrics(2, val_acc=0.99), metrics(3, val_acc=0.3)], COMPLETED)
+    again.send()
+    assert again.sink.run_id(trial.key) == first.sink.run_id(trial.key)
+    run = client.get_run(again.sink.run_id(trial.key))
+    assert run.info.status == "FINISHED" and run.data.tags[PARENT_TAG] == again.parent
     assert _steps(client, run.info.run_id, "val_acc") == [(1, 0.1), (2, 0.2), (3, 0.3)]
 
 
-def test_mlflow_reconcile_ends_runs_of_recorded_trials(store):
+def test_mirror_ends_runs_of_recorded_trials_and_refills_missing_ones(store, tmp_path):
     client = store["client"]
-    sink = MlflowSink(_tracker(store, "sink-reconcile"))
-    done, stopped, unrecorded = planned(0), planned(1), planned(2)
+    invocation = Invocation(store, tmp_path / "q", "sink-mirror")
+    parquet = ParquetSink(tmp_path / "sweep", sweep="s", teacher_acc=no_teacher, run_id=invocation.sink.run_id)
+    done, stopped, unrecorded, lost = planned(0), planned(1), planned(2), planned(3, loss="mse")
     for trial in (done, stopped, unrecorded):
-        sink.trial_started(trial, f"t_{trial.config.seed}")
-    # the driver wrote the rows of two trials, then died before ending their runs
-    assert sink.reconcile({done.key: COMPLETED, stopped.key: STOPPED}) == 2
-    status = {t.key: client.get_run(sink.run_id(t.key)).info.status for t in (done, stopped, unrecorded)}
-    assert status == {done.key: "FINISHED", stopped.key: "FINISHED", unrecorded.key: "RUNNING"}
-    assert client.get_run(sink.run_id(stopped.key)).data.tags[STATUS_TAG] == "stopped"
+        invocation.sink.trial_started(trial, f"t_{trial.config.seed}")
+    invocation.send()
+    # rows of `done` and `stopped` were written, then the driver died before ending their runs;
+    # `lost` has rows only (its run was deleted by hand)
+    run_trial([parquet], done, "t_0", [metrics(1)], COMPLETED)
+    run_trial([parquet], stopped, "t_1", [metrics(1)], STOPPED)
+    run_trial([parquet], lost, "t_3", [metrics(1, val_acc=0.25), metrics(2, val_acc=0.5)], COMPLETED)
+    lines: list[str] = []
+    ids = invocation.sink.mirror(parquet.writer, log=lines.append)
+    runs = {t.key: client.get_run(ids[t.key]) for t in (done, stopped, lost)}
+    assert set(ids) == {done.key, stopped.key, lost.key}
+    assert {k: r.info.status for k, r in runs.items()} == {done.key: "FINISHED", stopped.key: "FINISHED",
+                                                          lost.key: "FINISHED"}
+    assert runs[stopped.key].data.tags[STATUS_TAG] == "stopped"
+    assert client.get_run(invocation.sink.run_id(unrecorded.key)).info.status == "RUNNING"  # no row: left alone
+    refilled = runs[lost.key]
+    assert refilled.data.tags[PARENT_TAG] == invocation.parent and refilled.data.tags[KEY_TAG] == lost.key
+    assert refilled.data.params["loss"] == "mse" and refilled.info.run_name == lost.label
+    assert _steps(client, refilled.info.run_id, "val_acc") == [(1, 0.25), (2, 0.5)]
+    assert lines == [f"MLflow holds 2 of the 3 trials recorded in {tmp_path / 'sweep'}: refilling 1 from the "
+                     "Parquet results", "MLflow refilled: 1 trial run(s) made from the Parquet results"]
+    assert invocation.sink.mirror(parquet.writer, log=lines.append) == ids and len(lines) == 2  # whole now
 
 
 # -- ConsoleProgress -------------------------------------------------------------------------
@@ -436,16 +471,14 @@ def test_adapter_skips_every_event_of_a_recorded_trial():
 
 def test_adapter_passes_the_trainer_metrics_only(store, tmp_path):
     trial = planned(0, epochs=1)
-    tracker = _tracker(store, "adapter-metrics")
-    mlflow = MlflowSink(tracker)
-    parquet = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher, run_id=mlflow.run_id)
-    adapter = TuneSinks([parquet, mlflow])
+    invocation = Invocation(store, tmp_path / "q", "adapter-metrics")
+    adapter = TuneSinks([invocation.sink])
     t = tune_trial(trial, "t_0")
     adapter.on_trial_result(0, [], t, report(1, COMPLETED, pid=123, timestamp=1.7e9))
     adapter.on_trial_complete(0, [], t)
-    run = store["client"].get_run(mlflow.run_id(trial.key))
+    invocation.send()
+    run = store["client"].get_run(invocation.sink.run_id(trial.key))
     assert set(run.data.metrics) == {"epoch", *EPOCH_METRICS}
-    assert trial_rows(tmp_path)[0]["mlflow_run_id"] == run.info.run_id
 
 
 def test_ended_in_tune_lists_trials_the_trainer_ended(tmp_path):
@@ -475,21 +508,22 @@ def test_a_pickled_adapter_unpickles_as_the_current_one():
 # -- all sinks together ----------------------------------------------------------------------
 
 
-def test_reconcile_closes_what_a_killed_driver_left_open(store, tmp_path):
+def test_a_killed_driver_leaves_nothing_open_after_the_next_invocation(store, tmp_path):
     """A trial Tune ended whose row was not written, and a recorded one whose run was not ended."""
     client = store["client"]
     done, unrecorded, partial = (planned(s, epochs=2) for s in range(3))
-    mlflow = MlflowSink(_tracker(store, "killed"))
-    parquet = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher, run_id=mlflow.run_id)
-    adapter = TuneSinks([parquet, mlflow])
+    first = Invocation(store, tmp_path / "q", "killed")
+    parquet = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher, run_id=first.sink.run_id)
+    adapter = TuneSinks([parquet, first.sink])
     t = {trial.key: tune_trial(trial, f"t_{trial.config.seed}") for trial in (done, unrecorded, partial)}
     for trial, epochs in ((done, 2), (unrecorded, 2), (partial, 1)):
         for epoch in range(1, epochs + 1):
             adapter.on_trial_result(0, [], t[trial.key], report(epoch, COMPLETED if epoch == 2 else RUNNING))
     assert adapter.get_state() is None  # Tune saves its state: the sinks flush, the adapter keeps nothing
+    first.send()
     # `done` gets its final row, but the driver stops before its child run is ended
     parquet.trial_ended(done, "t_0", COMPLETED, None)
-    runs = {trial.key: mlflow.run_id(trial.key) for trial in (done, unrecorded, partial)}
+    runs = {trial.key: first.sink.run_id(trial.key) for trial in (done, unrecorded, partial)}
 
     # the next invocation: Tune holds `done` and `unrecorded` as finished and runs nothing
     again = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher)
@@ -499,13 +533,15 @@ def test_reconcile_closes_what_a_killed_driver_left_open(store, tmp_path):
         for trial in (done, unrecorded)
     ])
     again.reconcile(adapter.ended_in_tune)
-    MlflowSink(_tracker(store, "killed-2")).reconcile(again.statuses())  # another sweep's store: no effect
+    Invocation(store, tmp_path / "other", "killed-2").sink.mirror(again.writer)  # another sweep's store: no effect
     assert client.get_run(runs[done.key]).info.status == "RUNNING"
-    MlflowSink(mlflow.tracker).reconcile(again.statuses())
+    ids = Invocation(store, tmp_path / "q", "killed").sink.mirror(again.writer)
+    assert again.writer.record_run_ids(ids) == 1  # `unrecorded`: its row was written without the run id
 
     rows = read_trials(tmp_path).to_pandas().set_index("trial_key")
     assert sorted(rows.index) == sorted([done.key, unrecorded.key])
     assert rows.loc[unrecorded.key, "status"] == "completed" and rows.loc[unrecorded.key, "epoch"] == 2
     assert rows.loc[done.key, "mlflow_run_id"] == runs[done.key]
+    assert rows.loc[unrecorded.key, "mlflow_run_id"] == runs[unrecorded.key]
     status = {key: client.get_run(run).info.status for key, run in runs.items()}
     assert status == {done.key: "FINISHED", unrecorded.key: "FINISHED", partial.key: "RUNNING"}
