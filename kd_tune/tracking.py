@@ -20,10 +20,13 @@ store, e.g. a tracking server ``http://host:5000``.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import math
 import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,16 +60,39 @@ def resolve_tracking_uri(flag: str | None, storage: str | Path) -> str:
 
 
 def check_reachable(tracking_uri: str, timeout_s: float = 3.0) -> str | None:
-    """A problem sentence if a tracking server URI does not answer on its port, else None.
+    """A problem sentence if a tracking server URI does not answer, or refuses this
+    driver's credentials, else None.
 
-    MLflow's own client retries for minutes; a sweep should fail in seconds instead.
+    MLflow's own client retries for minutes; a sweep should fail in seconds instead. The
+    credentials are those the MLflow client sends: ``MLFLOW_TRACKING_USERNAME`` and
+    ``MLFLOW_TRACKING_PASSWORD`` (HTTP basic authentication, e.g. ``mlflow server
+    --app-name basic-auth``), or ``MLFLOW_TRACKING_TOKEN``.
     """
     parsed = urlparse(tracking_uri)
     if parsed.scheme not in ("http", "https"):
         return None
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     error = connect_error(parsed.hostname or "", port, timeout_s)
-    return None if error is None else f"cannot reach the MLflow tracking server at {tracking_uri}: {error}"
+    if error is not None:
+        return f"cannot reach the MLflow tracking server at {tracking_uri}: {error}"
+    request = urllib.request.Request(tracking_uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            given = "no credentials were given" if not (user or os.environ.get("MLFLOW_TRACKING_TOKEN")) else \
+                "the credentials were refused"
+            return (f"the MLflow tracking server at {tracking_uri} requires authentication (HTTP {err.code}) and "
+                    f"{given}; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+        return None  # it answers; whatever else is wrong, MLflow's own client will say
+    except (OSError, ValueError) as err:
+        return f"the MLflow tracking server at {tracking_uri} does not answer: {err}"
 
 
 def ui_command(tracking_uri: str) -> str:
