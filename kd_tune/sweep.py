@@ -141,21 +141,25 @@ def sweep_lock(sweep_dir: Path, *, log: Callable[[str], None] = print) -> Iterat
 
 def _run(plan: Plan, options: SweepOptions, finalize: Callable[[Path], list[Path]] | None,
          log: Callable[[str], None], started: float) -> SweepOutcome:
+    from kd_tune.results import ResultsWriter
+
+    sweep_dir = options.sweep_dir
+    # Opening the results checks them: a damaged file stops here, before Ray starts.
+    results = ResultsWriter(sweep_dir)
+    info = connect(options.address)  # before anything imports Ray (kd_tune.sinks does)
+    log(node_summary(info))
+    check_resources(info, cpus_per_trial=options.cpus_per_trial, gpus_per_trial=options.gpus_per_trial)
+    check_shared_storage(info, options.storage)
+
     from kd_tune.sinks import ConsoleProgress, MlflowSink, ParquetSink, TuneSinks
     from kd_tune.teacher_stage import ensure_teacher_logits, ensure_teachers
     from kd_tune.teacher_store import TeacherStore
     from kd_tune.tracking import resolve_tracking_uri
     from kd_tune.tracking_queue import TrackingQueue
 
-    sweep_dir = options.sweep_dir
     store = TeacherStore(options.teachers_dir)
-    # Opening the results checks them (a damaged file stops here, before Ray starts).
-    parquet = ParquetSink(sweep_dir, sweep=options.name, teacher_acc=store.test_acc,
+    parquet = ParquetSink(results, sweep=options.name, teacher_acc=store.test_acc,
                           run_id=lambda key: mlflow_sink.run_id(key))
-    info = connect(options.address)
-    log(node_summary(info))
-    check_resources(info, cpus_per_trial=options.cpus_per_trial, gpus_per_trial=options.gpus_per_trial)
-    check_shared_storage(info, options.storage)
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     tracking_uri = resolve_tracking_uri(options.mlflow_uri, options.storage)
@@ -206,8 +210,9 @@ def _run(plan: Plan, options: SweepOptions, finalize: Callable[[Path], list[Path
         if queue.stop(timeout=END_SEND_S):
             _mirror(mlflow_sink, parquet, log)
         else:
-            log(f"tracking is behind: {queue.unsent()} MLflow write(s) wait in {queue.outbox.path}; they are sent "
-                f"on the next run of this sweep, or now with `python -m kd_tune.recover sync {sweep_dir}`")
+            log(f"MLflow is still behind: {queue.unsent()} write(s) wait in {queue.outbox.path}; they are sent on "
+                f"the next run of this sweep, or with `python -m kd_tune.recover sync {sweep_dir}` (the Parquet "
+                "results are complete)")
         queue.close()
 
 

@@ -54,6 +54,25 @@ def server(cmd: Sequence[str], *, port: int, log: Path, env: dict[str, str] | No
         end_group(proc)
 
 
+@contextlib.contextmanager
+def mlflow_server(folder: Path, port: int, *, auth_config: Path | None = None) -> Iterator[subprocess.Popen]:
+    """``mlflow server`` on 127.0.0.1:``port`` with its store in ``folder`` (the same store
+    again when started again), in its own process group; with ``auth_config`` (an ini file)
+    it runs ``--app-name basic-auth``."""
+    import secrets
+    import sys
+
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    cmd = [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{folder}/db.sqlite", "--default-artifact-root", (folder / "art").as_uri()]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    if auth_config is not None:
+        cmd += ["--app-name", "basic-auth"]
+        env.update(MLFLOW_AUTH_CONFIG_PATH=str(auth_config), MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
+    with server(cmd, port=port, log=folder / f"server-{time.monotonic_ns()}.log", env=env, timeout=120) as proc:
+        yield proc
+
+
 def ray_env() -> dict[str, str]:
     """Environment for a loopback-only single-node cluster and the drivers that join it."""
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")

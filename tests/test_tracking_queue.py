@@ -2,34 +2,18 @@
 started again (its own process group, 127.0.0.1), and a real SQLite store."""
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
-import os
-import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from processes import end_group, free_port, server
+from processes import end_group, free_port, mlflow_server
 
 from kd_tune.status import TrialStatus
 from kd_tune.tracking import KEY_TAG, PARENT_TAG, STATUS_TAG, SweepTracker, default_tracking_uri
 from kd_tune.tracking_queue import Outbox, TrackingQueue
-
-MLFLOW = str(Path(sys.executable).parent / "mlflow")
-
-
-@contextlib.contextmanager
-def mlflow_server(folder: Path, port: int):
-    """``mlflow server`` on 127.0.0.1:``port`` with its store in ``folder`` (kept across restarts)."""
-    cmd = [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{folder}/db.sqlite", "--default-artifact-root", (folder / "art").as_uri()]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    with server(cmd, port=port, log=folder / f"server-{time.monotonic_ns()}.log", env=env, timeout=120) as proc:
-        yield proc
 
 
 def epochs(queue, key, first, last):

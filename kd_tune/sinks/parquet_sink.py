@@ -34,19 +34,20 @@ class ParquetSink(TrialSink):
     ``teacher_acc(teacher_key)`` is a teacher's test accuracy or None (the rows'
     ``teacher_test_acc``) and ``run_id(trial_key)`` the trial's MLflow child run or None
     (``mlflow_run_id``); both are asked when a trial's row is written. ``clock`` is a
-    monotonic clock in seconds. Rows already in the folder are kept.
+    monotonic clock in seconds. Rows already in the folder are kept. ``sweep_dir`` may be
+    the sweep's writer, opened already.
     """
 
     def __init__(
         self,
-        sweep_dir: str | Path,
+        sweep_dir: str | Path | ResultsWriter,
         *,
         sweep: str,
         teacher_acc: Callable[[str], float | None],
         run_id: Callable[[str], str | None] = _no_run_id,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.writer = ResultsWriter(sweep_dir)
+        self.writer = sweep_dir if isinstance(sweep_dir, ResultsWriter) else ResultsWriter(sweep_dir)
         self.sweep = sweep
         self._teacher_acc = teacher_acc
         self._run_id = run_id
