@@ -18,9 +18,11 @@ Folder layout under ``storage`` (absolute; a shared file system on a multi-node 
     <name>/results/trials/      one row per trial (Parquet part files; see kd_tune.results)
     <name>/results/epochs/      one row per trial and epoch
     <name>/noise/               the persisted noisy labels
+    <name>/tracking/            MLflow writes not yet sent (kd_tune.tracking_queue)
     <name>/tables/              tables written at the end (CSV, Markdown)
     <name>/...                  Ray Tune's experiment state and trial checkpoints
     mlflow.db, mlartifacts/     the default MLflow store
+    .locks/                     lock files of running sweeps (kd_tune.locks)
 """
 from __future__ import annotations
 

@@ -7,7 +7,11 @@ per-epoch metrics with ``step`` = epoch, and whose status mirrors the trial
 (FINISHED, or FAILED when the trial failed) with the trial's
 :class:`~kd_tune.status.TrialStatus` in tag ``kd_tune.status`` (a diverged or stopped
 run is FINISHED with ``kd_tune.status=diverged`` or ``stopped``). Tags
-``kd_tune.trial_id`` and ``kd_tune.teacher_key`` name Tune's trial and the teacher.
+``kd_tune.trial_id`` and ``kd_tune.teacher_key`` name Tune's trial and the teacher,
+``kd_tune.started_at`` the trial row's ``started_at`` (so that results rebuilt from Ray
+Tune's records keep it), ``kd_tune.invocation`` the invocation that started a run (so
+that starting it again is a no-op), ``kd_tune.refilled`` a run made from the Parquet
+results after the store lost it.
 
 A resumed sweep starts a new parent run, ends the parent runs that an interrupted
 invocation left RUNNING as KILLED, and continues an unfinished trial's child run

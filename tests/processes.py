@@ -66,6 +66,7 @@ def mlflow_server(folder: Path, port: int, *, auth_config: Path | None = None) -
     cmd = [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
            "--backend-store-uri", f"sqlite:///{folder}/db.sqlite", "--default-artifact-root", (folder / "art").as_uri()]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    folder.mkdir(parents=True, exist_ok=True)
     if auth_config is not None:
         cmd += ["--app-name", "basic-auth"]
         env.update(MLFLOW_AUTH_CONFIG_PATH=str(auth_config), MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
