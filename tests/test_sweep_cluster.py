@@ -114,7 +114,9 @@ def test_driver_killed_then_resumed(ray_cluster, tmp_path):
                 break
             time.sleep(0.2)
         assert driver.poll() is None, "the sweep ended before it could be interrupted"
-        # The same sweep started again while it runs is refused, naming the driver that runs it.
+        # The same sweep started again while it runs is refused, naming the driver that runs it
+        # (held still meanwhile, so that it cannot finish first).
+        driver.send_signal(signal.SIGSTOP)
         twice = run_sweep(cmd, timeout=120)
         assert twice.returncode == 2, twice.stdout + twice.stderr
         assert f"sweep 'resume' in {tmp_path} is already running (pid {driver.pid} on " in twice.stderr

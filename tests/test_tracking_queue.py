@@ -60,12 +60,16 @@ def test_the_outbox_keeps_unsent_writes_across_processes(tmp_path):
 # -- sending -----------------------------------------------------------------------------
 
 
-def test_writes_queued_while_the_server_is_down_are_sent_once_it_answers(tmp_path):
+def served_queue(tmp_path, experiment):
+    """(port, uri, console lines, queue, invocation id) for a server to come on a free port."""
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     lines: list[str] = []
-    queue = TrackingQueue(tmp_path / "sweep", uri, "outage", log=lines.append)
-    invocation = uuid.uuid4().hex
+    return port, uri, lines, TrackingQueue(tmp_path / "sweep", uri, experiment, log=lines.append), uuid.uuid4().hex
+
+
+def test_writes_queued_while_the_server_is_down_are_sent_once_it_answers(tmp_path):
+    port, uri, lines, queue, invocation = served_queue(tmp_path, "outage")
     queue.start_parent(invocation, "outage 1", {"trials": 1}, {})
     queue.start_trial(invocation, "key-a", "kl tau=4", {"tau": 4.0}, {})
     epochs(queue, "key-a", 1, 3)
@@ -99,11 +103,7 @@ def test_writes_queued_while_the_server_is_down_are_sent_once_it_answers(tmp_pat
 
 
 def test_a_server_killed_mid_sweep_holds_nothing_up_and_is_caught_up_with(tmp_path):
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    lines: list[str] = []
-    queue = TrackingQueue(tmp_path / "sweep", uri, "killed", log=lines.append)
-    invocation = uuid.uuid4().hex
+    port, uri, lines, queue, invocation = served_queue(tmp_path, "killed")
     with mlflow_server(tmp_path, port) as proc:
         queue.start_parent(invocation, "killed 1", {}, {})
         queue.start()

@@ -12,13 +12,14 @@ runs left RUNNING by a killed driver are ended).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 from kd_tune.config import RunConfig
 from kd_tune.plan import Trial, label
-from kd_tune.results import ResultsWriter, read_epochs
+from kd_tune.results import EPOCH_METRICS, ResultsWriter, read_epochs
 from kd_tune.sinks.base import TrialSink
 from kd_tune.status import TrialStatus
 from kd_tune.tracking import STARTED_TAG, TEACHER_TAG, TRIAL_ID_TAG
@@ -90,10 +91,10 @@ class MlflowSink(TrialSink):
             chunk = missing[start:start + REFILL_CHUNK]
             epochs: dict[str, list[tuple[dict[str, Any], int]]] = {key: [] for key in chunk}
             for row in sorted(read_epochs(writer.sweep_dir, chunk).to_pylist(), key=lambda r: r["epoch"]):
-                metrics = {k: v for k, v in row.items() if k not in ("sweep", "trial_key", "trial_id", "reported_at")}
+                metrics = {"epoch": row["epoch"], **{m: row[m] for m in EPOCH_METRICS}}
                 epochs[row["trial_key"]].append((metrics, int(row["reported_at"].timestamp() * 1000)))
             for row in writer.read_trials(chunk):
-                config = RunConfig.from_dict({k: row[k] for k in RunConfig.__dataclass_fields__})
+                config = RunConfig.from_dict({f.name: row[f.name] for f in dataclasses.fields(RunConfig)})
                 tags = {TRIAL_ID_TAG: row["trial_id"] or "", TEACHER_TAG: row["teacher_key"] or ""}
                 if row["started_at"] is not None:
                     tags[STARTED_TAG] = row["started_at"].isoformat()
