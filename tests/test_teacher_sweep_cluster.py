@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 from processes import ray_env
 
-from analysis.results_io import load_teachers
+from analysis.results_io import load_teachers, load_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = '''
@@ -66,7 +66,7 @@ def test_a_chain_an_ensemble_and_an_undertrained_teacher_end_to_end(ray_cluster,
     assert teachers["train_acc"].between(0, 1).all() and teachers["test_acc"].between(0, 1).all()
     assert str(teachers["epochs_trained"].dtype) == "Int64"
 
-    trials = pd.read_parquet(sweep_dir / "trials.parquet")
+    trials = load_trials(sweep_dir)
     assert set(trials["status"]) == {"completed"} and len(trials) == 4
     distilled = trials[trials["loss"] == "kl"].set_index("teacher")
     assert set(distilled.index) == {"cnn-8>cnn-4", "2xcnn-4", "cnn-8@1"}
