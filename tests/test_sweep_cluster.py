@@ -37,7 +37,8 @@ def test_tiny_grid_end_to_end(ray_cluster, tmp_path):
     assert "teachers: 1 needed, 0 in the store, 1 to train" in proc.stdout
     # digits has no augmentation: one view set serves every seed and loss.
     assert "teacher logits (float32): 1 view set(s) needed, 0 cached, 1 to compute" in proc.stdout
-    assert len(list((tmp_path / "teacher_logits").iterdir())) == 1
+    # One cache folder (a .locks folder may stay when two builders' locks overlapped there).
+    assert len([p for p in (tmp_path / "teacher_logits").iterdir() if not p.name.startswith(".")]) == 1
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
     assert f"Parquet:  {tmp_path / 'tiny' / 'results' / 'trials'}/" in proc.stdout
     assert "| kl tau=inf |" in proc.stdout  # the closing table
