@@ -4,8 +4,9 @@ A sweep keeps them in ``<sweep>/results/trials/`` and ``<sweep>/results/epochs/`
 part files; layout in :mod:`kd_tune.results`); sweeps of the older layout kept
 ``<sweep>/trials.parquet`` and ``<sweep>/epochs.parquet``. Both are read here, one row per
 key, through :func:`kd_tune.results.read_trials` and :func:`kd_tune.results.read_epochs`.
-The per-sample end measurements are the part-file data sets ``<sweep>/samples.parquet/``
-and ``<sweep>/features.parquet/`` (:mod:`kd_tune.samples`).
+The teacher nodes a sweep used are ``<sweep>/teachers.parquet``
+(:mod:`kd_tune.teacher_table`). The per-sample end measurements are the part-file data
+sets ``<sweep>/samples.parquet/`` and ``<sweep>/features.parquet/`` (:mod:`kd_tune.samples`).
 """
 from __future__ import annotations
 
@@ -69,6 +70,21 @@ def _load(path: str | os.PathLike, read: Callable[[Path], pa.Table]) -> pd.DataF
     if len(frames) == 1:
         return frames[0]
     return pd.concat(frames, ignore_index=True)
+
+
+def load_teachers(sweep_dir: str | os.PathLike) -> pd.DataFrame:
+    """The teacher nodes one sweep used, one row each (``teachers.parquet``; columns in
+    :mod:`kd_tune.teacher_table`, ``epochs_trained`` as pandas' nullable Int64); an empty
+    frame with those columns when the file is absent."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kd_tune.teacher_table import TEACHERS_FILE, TEACHERS_SCHEMA
+
+    path = Path(sweep_dir) / TEACHERS_FILE
+    table = pq.read_table(path) if path.is_file() else TEACHERS_SCHEMA.empty_table()
+    # epochs_trained stays an integer column with an ensemble's null (pandas' Int64).
+    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
 
 
 def load_samples(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
