@@ -113,7 +113,10 @@ class RunConfig:
     # execution
     device: str = _f("auto", "auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
     amp: bool = _f(True, "mixed precision on CUDA (ignored on CPU)")
-    deterministic: bool = _f(True, "deterministic algorithms (bitwise repeatable on CPU)")
+    deterministic: bool = _f(True, "deterministic algorithms (bitwise repeatable on CPU at equal threads)")
+    threads: int | None = _f(None, "CPU threads of the run (torch's intra-op threads); none: a direct run "
+                             "uses torch's default (all cores), a sweep trial its CPU share (--cpus-per-trial, "
+                             "at least 1). CPU results are bitwise repeatable only at equal threads")
 
     def __post_init__(self) -> None:
         # One spelling per value, so equal settings give equal configs and equal hashes
@@ -138,6 +141,8 @@ class RunConfig:
         for name in ("seed", "teacher_seed", "split_seed"):
             if getattr(self, name) < 0:
                 p.append(f"{name}={getattr(self, name)!r} must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            p.append(f"threads={self.threads!r} must be >= 1 (or None: the default)")
         if self.val_size < 0:
             p.append(f"val_size={self.val_size!r} must be >= 0")
         if not (self.lr > 0 and math.isfinite(self.lr)):

@@ -179,6 +179,7 @@ def prepare_search(search: Search, options: SweepOptions) -> Plan:
     :class:`~kd_tune.data.DataError` for unusable data.
     """
     check_options(options)
+    search = with_threads(search, options)
     problems = search.settings.problems(search.base.epochs)
     if search.base.val_size < 1:
         problems.append("a search maximises validation accuracy and needs a validation split: set --val-size > 0 "
@@ -195,6 +196,11 @@ def prepare_search(search: Search, options: SweepOptions) -> Plan:
     return plan
 
 
+def with_threads(search: Search, options: SweepOptions) -> Search:
+    """``search`` whose base config names its trials' CPU threads (:meth:`SweepOptions.with_threads`)."""
+    return dataclasses.replace(search, base=options.with_threads(search.base))
+
+
 def run_search(
     search: Search,
     options: SweepOptions,
@@ -208,6 +214,7 @@ def run_search(
     attach to the MLflow parent run. Raises like :func:`kd_tune.sweep.run_sweep`.
     """
     started = time.perf_counter()
+    search = with_threads(search, options)
     stages = prepare_search(search, options)
     info = connect_checked(options, log)
     write_manifest(options, search.manifest())

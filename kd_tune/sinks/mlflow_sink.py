@@ -5,9 +5,9 @@ It owns the sweep's :class:`~kd_tune.tracking.SweepTracker` (layout in
 the trials and ends it after them. What the runs hold:
 
 - **Child run per trial** (named by its label, e.g. ``kl tau=4 alpha=0.9 seed=1``):
-  params = the run config; per-epoch metrics (step = epoch); ``inv_tau`` = 1/tau for KL
-  trials (0 for tau = inf, which a chart cannot place; absent for MSE and CE), so the
-  chart view can plot against temperature; at the end the final and selected numbers
+  params = the run config (``threads``: the CPU threads it ran at); per-epoch metrics
+  (step = epoch); ``inv_tau`` = 1/tau for KL trials (0 for tau = inf, which a chart
+  cannot place; absent for MSE and CE), so the chart view can plot against temperature; at the end the final and selected numbers
   of its ``trials.parquet`` row (``best_val_acc``, ``best_val_epoch``,
   ``test_acc_at_best_val``, ``teacher_test_acc``, ``train_time_s``, ``ece`` and the
   ``<quantity>_mean``/``_median`` summaries; ``test_acc`` is the last epoch's); the
@@ -42,10 +42,10 @@ ROW_METRICS = ("best_val_acc", "best_val_epoch", "test_acc_at_best_val", "teache
                *SUMMARY)
 # Columns of the parent's trials table.
 TABLE_COLUMNS = ("trial_key", "status", "dataset", "teacher", "student", "noise_type", "noise_rate", "loss", "tau",
-                 "alpha", "seed", "test_acc", "best_val_acc", "test_acc_at_best_val", "teacher_test_acc",
+                 "alpha", "seed", "threads", "test_acc", "best_val_acc", "test_acc_at_best_val", "teacher_test_acc",
                  "train_time_s", *SUMMARY, "mlflow_run_id")
 # Config fields that never tell two settings apart in a sweep's best-setting search.
-_NOT_A_SETTING = ("seed", "device", "data_dir", "download", "milestones")
+_NOT_A_SETTING = ("seed", "device", "threads", "data_dir", "download", "milestones")
 
 
 def _no_row(trial_key: str) -> None:  # a sink without a Parquet record
