@@ -130,9 +130,14 @@ class Search:
     settings: SearchSettings
 
     def manifest(self) -> dict[str, Any]:
-        """What ``sweep.json`` records: a rerun under the same name must search the same way."""
-        return {"search": {"base": self.base.to_dict(), "space": self.space.to_json(),
-                           **dataclasses.asdict(self.settings)}}
+        """What ``sweep.json`` records: a rerun under the same name must search the same way.
+
+        The thread count is left out, as trial keys leave it out: a search resumed with
+        another ``--cpus-per-trial`` is the same search (each trial records its count).
+        """
+        base = self.base.to_dict()
+        del base["threads"]
+        return {"search": {"base": base, "space": self.space.to_json(), **dataclasses.asdict(self.settings)}}
 
     def params(self) -> dict[str, Any]:
         """The MLflow parent run's params."""
