@@ -138,6 +138,8 @@ def train(
 
     Args:
         config: the run; validated here. For a teacher use ``config.teacher_config()``.
+            ``config.threads``, when set, becomes torch's CPU thread count (process-wide)
+            before anything runs; None leaves the count as it is.
         data: the data set (default: :func:`load_data` of ``config``).
         teacher: fixed teacher network, required unless ``config.loss == "ce"``; it is
             moved to the run's device and kept in eval mode without gradients. With

@@ -7,8 +7,8 @@ the trials and ends it after them. What the runs hold:
 - **Child run per trial** (named by its label, e.g. ``kl tau=4 alpha=0.9 seed=1``):
   params = the run config (``threads``: the CPU threads it ran at); per-epoch metrics
   (step = epoch); ``inv_tau`` = 1/tau for KL trials (0 for tau = inf, which a chart
-  cannot place; absent for MSE and CE), so the chart view can plot against temperature; at the end the final and selected numbers
-  of its ``trials.parquet`` row (``best_val_acc``, ``best_val_epoch``,
+  cannot place; absent for MSE and CE), so the chart view can plot against
+  temperature; at the end the final and selected numbers of its ``trials.parquet`` row (``best_val_acc``, ``best_val_epoch``,
   ``test_acc_at_best_val``, ``teacher_test_acc``, ``train_time_s``, ``ece`` and the
   ``<quantity>_mean``/``_median`` summaries; ``test_acc`` is the last epoch's); the
   data set it trained on as an input (:meth:`SweepTracker.log_dataset`: name, a digest
