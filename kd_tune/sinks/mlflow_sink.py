@@ -8,12 +8,12 @@ the trials and ends it after them. What the runs hold:
   params = the run config (``threads``: the CPU threads it ran at); per-epoch metrics
   (step = epoch); ``inv_tau`` = 1/tau for KL trials (0 for tau = inf, which a chart
   cannot place; absent for MSE and CE), so the chart view can plot against
-  temperature; at the end the final and selected numbers of its ``trials.parquet`` row (``best_val_acc``, ``best_val_epoch``,
-  ``test_acc_at_best_val``, ``teacher_test_acc``, ``train_time_s``, ``ece`` and the
-  ``<quantity>_mean``/``_median`` summaries; ``test_acc`` is the last epoch's); the
-  data set it trained on as an input (:meth:`SweepTracker.log_dataset`: name, a digest
-  of the data settings and the training labels' hash); with ``--log-models`` its final
-  weights as ``model/student.pt``.
+  temperature; at the end the final and selected numbers of its ``trials.parquet`` row
+  (``best_val_acc``, ``best_val_epoch``, ``test_acc_at_best_val``, ``teacher_test_acc``,
+  ``train_time_s``, ``ece`` and the ``<quantity>_mean``/``_median`` summaries;
+  ``test_acc`` is the last epoch's); the data set it trained on as an input
+  (:meth:`SweepTracker.log_dataset`: name, a digest of the data settings and the
+  training labels' hash); with ``--log-models`` its final weights as ``model/student.pt``.
 - **Teacher run** per teacher (tag ``kd_tune.role=teacher``): its config, per-epoch
   curves, final metrics and end measurements, its data set.
 - **Parent run** at the end: the trials as an MLflow table (``trials.json``), the best
