@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Losses: ce = cross-entropy only; kl = (1-alpha)*CE + alpha*tau^2*KL(teacher_tau || student_tau) "
         "(tau=inf is the logit-matching limit); mse = (1-alpha)*CE + alpha*MSE(student logits, teacher logits).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="Reproducing a sweep trial: give its config (the trials.parquet row or its MLflow params) as "
+        epilog="Reproducing a sweep trial: give its config (its row of the trials table or its MLflow params) as "
         "flags with --threads equal to its threads column; the run, teacher included, is then bitwise the "
         "trial on the same machine. Without --threads a run uses torch's default (all cores), which gives "
         "other, equally valid, numbers than a sweep trial (1 thread per CPU of its share).",

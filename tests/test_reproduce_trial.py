@@ -19,6 +19,7 @@ import pytest
 from mlflow import MlflowClient
 from processes import ray_env
 
+from analysis import load_trials
 from kd_tune.config import PRESETS, RunConfig
 from kd_tune.results import FINAL_METRICS
 from kd_tune.sweep_options import SweepOptions
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_flags(row: pd.Series) -> list[str]:
-    """The `kd_tune.run` flags that give a trials.parquet row's config (the fields off the cpu preset)."""
+    """The `kd_tune.run` flags that give a trials-table row's config (the fields off the cpu preset)."""
     flags = []
     for field in dataclasses.fields(RunConfig):
         value = row[field.name]
@@ -54,7 +55,7 @@ def test_a_direct_run_at_the_trials_threads_reproduces_the_sweep_trial(ray_clust
          "--seeds", "1", "--losses", "kl,mse", "--taus", "3", "--alphas", "0.5"],
         capture_output=True, text=True, timeout=400, env=ray_env(), cwd=ROOT)
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
-    trials = pd.read_parquet(tmp_path / "repro" / "trials.parquet").set_index("trial_key")
+    trials = load_trials(tmp_path / "repro").set_index("trial_key")
     assert len(trials) == 2 and set(trials["status"]) == {"completed"}
     # A trial's CPU share is 1 CPU by default: it ran at 1 thread, and says so.
     assert trials["threads"].tolist() == [1, 1] and str(trials["threads"].dtype) == "int64"
