@@ -154,7 +154,7 @@ def recipe_text(recipe: dict[str, Any], config: RunConfig) -> str:
 def run_rows(rows: list[RunConfig], args: argparse.Namespace, recipe: dict[str, Any]) -> list[RowResult]:
     """Train the rows' teachers, then every row (each seed; and longer, if asked) under
     ``recipe``; print each teacher, then each row as it ends (a Markdown table)."""
-    configs = [validate_run(c.replace(**recipe, threads=args.threads)) for c in rows]
+    configs = [validate_run(c.replace(**{"threads": args.threads, **recipe})) for c in rows]
     teachers: dict[str, Any] = {}
     for config in configs:
         key = teacher_key(config)
