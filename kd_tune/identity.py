@@ -3,8 +3,8 @@
 Every key is a short hex hash of plain values (:func:`config_hash`), so equal settings
 give equal keys on every machine, in every process and across restarts:
 
-- :func:`trial_key`: one run (every config field but ``device``); names a trial's rows in
-  Parquet and its MLflow child run;
+- :func:`trial_key`: one run (every config field but where it executes: ``device`` and
+  ``threads``); names a trial's rows in Parquet and its MLflow child run;
 - :func:`setting_key`: a run without its seed; a search groups the trials of one sampled
   setting (its repeats and its confirmation seeds) by it;
 - :func:`teacher_key`: the teacher a run distils from (its architecture, seed, recipe,
@@ -41,8 +41,11 @@ TEACHER_KEY_FORMAT = 1
 CACHE_KEY_FORMAT = 2
 # How cached teacher logits can be stored.
 CACHE_DTYPES = ("float32", "float16")
+# Where a run executes: the device and the CPU thread count. They change floats (a run is
+# bitwise repeatable at an equal count only), not what the run is, so no key holds them.
+_EXECUTION = ("device", "threads")
 # Fields of a student config that teacher_config() has already folded into the teacher's run.
-_NOT_TEACHER_IDENTITY = ("teacher", "clean_teacher", "teacher_seed", "teacher_epochs", "device", "download")
+_NOT_TEACHER_IDENTITY = ("teacher", "clean_teacher", "teacher_seed", "teacher_epochs", *_EXECUTION, "download")
 
 
 def config_hash(values: Mapping[str, Any], length: int = 16) -> str:
@@ -54,22 +57,23 @@ def config_hash(values: Mapping[str, Any], length: int = 16) -> str:
 def trial_key(config: RunConfig) -> str:
     """The identity of one run: equal for equal configs, across sweeps and restarts.
 
-    ``device`` is left out: where a run executes does not change what it is.
+    ``device`` and ``threads`` are left out: where a run executes does not change what it is.
     """
     values = config.to_dict()
-    values.pop("device")
+    for name in _EXECUTION:
+        values.pop(name)
     return config_hash(values)
 
 
 def setting_key(config: RunConfig) -> str:
-    """The identity of a run's setting: every field but ``seed`` and ``device``.
+    """The identity of a run's setting: every field but ``seed``, ``device`` and ``threads``.
 
     The runs of one setting with different seeds share it: a search reruns a selected
     setting with new seeds and groups its trials by this key.
     """
     values = config.to_dict()
-    values.pop("device")
-    values.pop("seed")
+    for name in (*_EXECUTION, "seed"):
+        values.pop(name)
     return config_hash(values)
 
 
@@ -78,8 +82,9 @@ def teacher_key(config: RunConfig) -> str:
     (``ARCH``) trained with cross-entropy: data, split, label noise, architecture, seed, recipe.
 
     Two student configs with the same key distil from the very same teacher. The
-    execution device is not part of it. Any other teacher spec is a small DAG of nodes
-    (:mod:`kd_tune.teacher_dag`) whose keys come from this function and the three below.
+    execution device and thread count are not part of it. Any other teacher spec is a small
+    DAG of nodes (:mod:`kd_tune.teacher_dag`) whose keys come from this function and the
+    three below.
     """
     return _recipe_key(config.teacher_config())
 

@@ -22,6 +22,17 @@ int64 of shape (B,). Every loss below is a mean over the batch.
   squared error between the logit vectors averaged over batch and classes
   (``torch.nn.MSELoss()`` default), i.e. ``||z_s - z_t||**2 / (B * K)``.
 
+``kl`` at ``tau = inf`` against ``mse``, per sample (drop the common 1/B): with
+``d = z_s - z_t`` and ``m = mean_k(d)``, MSE's term ``||d||**2 / K`` has the gradient
+``2 d / K = 2 c(d) / K + 2 m / K`` (``c(d) = c(z_s) - c(z_t)``), the limit
+``||c(d)||**2 / (2K)`` has ``c(d) / K``. So at the same alpha the MSE term pulls the
+centred logits twice as hard, and it also pulls the logit mean, which KL leaves free at
+every tau. Where the mean gap is 0, ``mse`` at alpha ``a`` has the gradient of ``kl`` at
+``tau = inf`` and alpha ``2a / (1 + a)``, times ``1 + a``: at ``a = 1``, KL at
+``tau = inf`` with twice the learning rate steps as MSE does (plain SGD; weight decay,
+which is not scaled, aside). Comparing the two at equal alpha and learning rate
+compares a KD pull of one strength with one of twice that.
+
 KD terms live in a registry so that a new loss can be added by name
 (:func:`register_kd_term`); the CE mixing rule is shared by all of them.
 """

@@ -8,7 +8,10 @@ a teacher spec (``cnn-32``, ``cnn-32@5``, ``cnn-32>cnn-8[kl:3]``, ``3xcnn-32``; 
 :mod:`kd_tune.teacher_spec`), and every node of it is trained here in turn, in one
 process (``--save-teacher PATH`` keeps the last one, one network, for later runs).
 Progress is printed per epoch, then the final metrics; ``--output-json`` also writes
-them to a file.
+them to a file. ``--threads N`` runs at N CPU threads, the teacher included; a sweep
+trial runs at its CPU share (its ``threads`` column), so the same config and
+``--threads`` reproduce it bitwise on the same machine (the default, torch's, uses all
+cores).
 Exit codes: 0 done, 1 the run diverged, 2 bad command line or input data.
 """
 from __future__ import annotations
@@ -27,6 +30,7 @@ from kd_tune.atomic import write_text
 from kd_tune.cli_args import add_config_arguments, config_from_args
 from kd_tune.config import ConfigError
 from kd_tune.data import DataError
+from kd_tune.runtime import use_threads
 from kd_tune.status import TrialStatus
 from kd_tune.teacher import load_teacher, save_teacher, train_node
 from kd_tune.teacher_dag import teacher_dag
@@ -41,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Losses: ce = cross-entropy only; kl = (1-alpha)*CE + alpha*tau^2*KL(teacher_tau || student_tau) "
         "(tau=inf is the logit-matching limit); mse = (1-alpha)*CE + alpha*MSE(student logits, teacher logits).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Reproducing a sweep trial: give its config (its row of the trials table or its MLflow params) as "
+        "flags with --threads equal to its threads column; the run, teacher included, is then bitwise the "
+        "trial on the same machine. Without --threads a run uses torch's default (all cores), which gives "
+        "other, equally valid, numbers than a sweep trial (1 thread per CPU of its share).",
     )
     parser.add_argument("--teacher-checkpoint", type=Path, metavar="PATH",
                         help="load the teacher from this file (written by --save-teacher) instead of training it")
@@ -71,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = validate_run(config_from_args(args))
     except ConfigError as err:
         parser.error(str(err))
+    # Recorded as run: the count decides the floats (see --threads).
+    config = config.replace(threads=use_threads(config.threads))
     if args.teacher_checkpoint is not None and not args.teacher_checkpoint.is_file():
         parser.error(f"--teacher-checkpoint {str(args.teacher_checkpoint)!r} does not exist")
     one_network = teacher_spec.parse(config.teacher) == teacher_spec.Single(config.teacher)
@@ -115,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"teacher saved to {save_teacher(args.save_teacher, nodes[-1].run, result, teacher_data)}")
 
     started = time.perf_counter()
+    print(f"student {config.student}, {config.loss}, {config.threads} CPU thread(s)")
     result = train(config, data=data, teacher=teacher, on_epoch=_progress("student", config.epochs))
     seconds = time.perf_counter() - started
     print(f"status: {result.status}" + (f" at epoch {result.diverged_epoch}" if result.diverged_epoch else ""))

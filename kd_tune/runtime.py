@@ -1,4 +1,4 @@
-"""Where and how a run executes: device choice, seeding, determinism, mixed precision."""
+"""Where and how a run executes: device choice, CPU threads, seeding, determinism, mixed precision."""
 from __future__ import annotations
 
 import contextlib
@@ -21,10 +21,23 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
+def use_threads(threads: int | None) -> int:
+    """Set torch's CPU (intra-op) thread count when ``threads`` is given; return the count in effect.
+
+    The count changes how CPU kernels split their sums, so the same run gives other
+    (equally valid) floats at another count: bitwise repeatability holds at equal threads.
+    It is process-wide, as torch keeps it.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy and torch (CPU and every GPU); optionally force deterministic kernels.
 
-    With ``deterministic`` two CPU runs of one config are bitwise identical. On CUDA,
+    With ``deterministic`` two CPU runs of one config at the same thread count
+    (:func:`use_threads`) are bitwise identical. On CUDA,
     cuBLAS needs a fixed workspace for that, and kernels without a deterministic
     variant only warn instead of failing the run.
     """

@@ -129,9 +129,14 @@ class Search:
     settings: SearchSettings
 
     def manifest(self) -> dict[str, Any]:
-        """What ``sweep.json`` records: a rerun under the same name must search the same way."""
-        return {"search": {"base": self.base.to_dict(), "space": self.space.to_json(),
-                           **dataclasses.asdict(self.settings)}}
+        """What ``sweep.json`` records: a rerun under the same name must search the same way.
+
+        The thread count is left out, as trial keys leave it out: a search resumed with
+        another ``--cpus-per-trial`` is the same search (each trial records its count).
+        """
+        base = self.base.to_dict()
+        del base["threads"]
+        return {"search": {"base": base, "space": self.space.to_json(), **dataclasses.asdict(self.settings)}}
 
     def params(self) -> dict[str, Any]:
         """The MLflow parent run's params."""
@@ -178,6 +183,7 @@ def prepare_search(search: Search, options: SweepOptions) -> Plan:
     :class:`~kd_tune.data.DataError` for unusable data.
     """
     check_options(options)
+    search = with_threads(search, options)
     problems = search.settings.problems(search.base.epochs)
     if search.base.val_size < 1:
         problems.append("a search maximises validation accuracy and needs a validation split: set --val-size > 0 "
@@ -199,6 +205,11 @@ def prepare_search(search: Search, options: SweepOptions) -> Plan:
     return plan
 
 
+def with_threads(search: Search, options: SweepOptions) -> Search:
+    """``search`` whose base config names its trials' CPU threads (:meth:`SweepOptions.with_threads`)."""
+    return dataclasses.replace(search, base=options.with_threads(search.base))
+
+
 def run_search(
     search: Search,
     options: SweepOptions,
@@ -212,6 +223,7 @@ def run_search(
     attach to the MLflow parent run. Raises like :func:`kd_tune.sweep.run_sweep`.
     """
     started = time.perf_counter()
+    search = with_threads(search, options)
     stages = prepare_search(search, options)
     settings = search.settings
     with recording(options, search.manifest(), search.params(), log) as recorder:

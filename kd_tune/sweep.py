@@ -91,6 +91,7 @@ def check_options(options: SweepOptions) -> None:
 def prepare(configs: Sequence[RunConfig], options: SweepOptions) -> Plan:
     """Plan the trials of ``configs`` and run every check that needs no cluster; write nothing.
 
+    Each config without ``threads`` gets the trial's CPU share (:meth:`SweepOptions.with_threads`).
     Checks the options (and that a tracking server answers), every config, each distinct
     data setting (loaded once, which finds a missing or broken data dir), and that a
     reused ``--name`` holds the same trials. Raises :class:`~kd_tune.config.ConfigError`,
@@ -99,6 +100,7 @@ def prepare(configs: Sequence[RunConfig], options: SweepOptions) -> Plan:
     check_options(options)
     if not configs:
         raise SweepError("the search space is empty: no trial to run")
+    configs = [options.with_threads(c) for c in configs]
     validate_all(configs)
     plan = plan_trials(configs, cache_dtype=options.cache_dtype)
     load_plan_data(plan, options)

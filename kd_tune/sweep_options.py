@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kd_tune.config import RunConfig
 from kd_tune.identity import CACHE_DTYPES
 
 CACHE_MODES = (*CACHE_DTYPES, "off")
@@ -20,7 +21,8 @@ class SweepOptions:
     """How and where a sweep runs (everything except the run configs).
 
     ``storage`` is made absolute; ``cpus_per_trial``/``gpus_per_trial`` are Ray resource
-    requests per trial and per teacher task (GPUs may be fractional);
+    requests per trial and per teacher task (GPUs may be fractional); a trial's CPU
+    threads are its CPU share (:meth:`with_threads`);
     ``checkpoint_every`` is in epochs; ``max_failures`` retries per trial;
     ``teacher_cache`` is how distilling trials get the teacher's outputs: ``float32``
     or ``float16`` logits from the shared cache, or ``off`` (the teacher runs online);
@@ -66,6 +68,19 @@ class SweepOptions:
     def cache_dtype(self) -> str | None:
         """The dtype distilling trials read cached logits in; None with the cache off."""
         return None if self.teacher_cache == "off" else self.teacher_cache
+
+    @property
+    def trial_threads(self) -> int:
+        """CPU threads of a trial and of a stage task: its CPU share rounded down, at least 1."""
+        return max(1, int(self.cpus_per_trial))
+
+    def with_threads(self, config: RunConfig) -> RunConfig:
+        """``config`` with ``threads`` = :attr:`trial_threads` unless it names a count already.
+
+        The driver sets it once, before planning: the trial carries it to its worker, which
+        runs at that count, and the records (Parquet, MLflow) show it.
+        """
+        return config if config.threads is not None else config.replace(threads=self.trial_threads)
 
     def problems(self) -> list[str]:
         """Every problem with these options, as readable sentences (empty when valid)."""

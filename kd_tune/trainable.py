@@ -41,10 +41,12 @@ from typing import Any, TypeVar
 import torch
 
 from kd_tune.checkpoint import load_state, save_state
+from kd_tune.config import RunConfig
 from kd_tune.locks import held, lock_path
 from kd_tune.logit_cache import LogitCache, ensure_cached
 from kd_tune.measurements import EndMeasurements
 from kd_tune.plan import Trial
+from kd_tune.runtime import use_threads
 from kd_tune.status import STATUS_KEY, TrialStatus
 from kd_tune.teacher import TEACHER_FORMAT
 from kd_tune.teacher_dag import TeacherNode
@@ -73,7 +75,7 @@ def distill_trial(config: dict[str, Any], *, teachers_dir: str, logits_dir: str,
 
     trial = Trial.from_dict(config["trial"])
     run = trial.config.replace(device=assigned_device(trial.config.device))
-    torch.set_num_threads(cpu_share())
+    use_threads(run_threads(run))
     data = _held_or_load("data", trial.data_key, lambda: load_data(run, noise_dir=noise_dir))
     store = TeacherStore(teachers_dir)
     teacher = logits = None
@@ -139,7 +141,7 @@ def train_teacher_task(teachers_dir: str, node: dict[str, Any], noise_dir: str, 
     """
     planned = TeacherNode.from_dict(node)
     planned = dataclasses.replace(planned, run=planned.run.replace(device=assigned_device(planned.run.device)))
-    torch.set_num_threads(cpu_share())
+    use_threads(run_threads(planned.run))
     store = TeacherStore(teachers_dir)
     with held(lock_path(store.root, planned.key), f"teacher {planned.key}"):
         if not store.has(planned.key):
@@ -154,7 +156,7 @@ def build_logits_task(teachers_dir: str, logits_dir: str, trial: dict[str, Any],
     """Fill the teacher-logit cache of one planned trial (a Ray task of the cache stage); return the cache's meta."""
     planned = Trial.from_dict(trial)
     device = assigned_device(planned.config.device)
-    torch.set_num_threads(cpu_share())
+    use_threads(run_threads(planned.config))
     data = load_data(planned.config, noise_dir=noise_dir)
     return _cached_once(planned, data, TeacherStore(teachers_dir), LogitCache(logits_dir), device, check_token)
 
@@ -178,8 +180,13 @@ def assigned_device(device: str) -> str:
     return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
 
-def cpu_share() -> int:
-    """Torch threads = the trial's CPU share (at least 1), not every core of the node."""
+def run_threads(config: RunConfig) -> int:
+    """The CPU threads a worker runs ``config`` at: the count the driver planned
+    (:meth:`~kd_tune.sweep_options.SweepOptions.with_threads`), or for a trial planned
+    without one (a sweep started before the count was recorded) its CPU share, at least 1,
+    never every core of the node."""
+    if config.threads is not None:
+        return config.threads
     import ray
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)

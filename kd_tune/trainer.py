@@ -44,7 +44,15 @@ from kd_tune.evaluation import evaluate, predict_outputs
 from kd_tune.losses import make_loss
 from kd_tune.measurements import EndMeasurements, measure
 from kd_tune.optim import build_optimizer, build_scheduler
-from kd_tune.runtime import amp_dtype, autocast, resolve_device, rng_state, seed_everything, set_rng_state
+from kd_tune.runtime import (
+    amp_dtype,
+    autocast,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    use_threads,
+)
 from kd_tune.status import TrialStatus
 from kd_tune.teacher_logits import TeacherLogits
 from kd_tune.teacher_signal import teacher_signal
@@ -131,6 +139,8 @@ def train(
 
     Args:
         config: the run; validated here. For a teacher use ``config.teacher_config()``.
+            ``config.threads``, when set, becomes torch's CPU thread count (process-wide)
+            before anything runs; None leaves the count as it is.
         data: the data set (default: :func:`load_data` of ``config``).
         teacher: fixed teacher network, required unless ``config.loss == "ce"``; it is
             moved to the run's device and kept in eval mode without gradients. With
@@ -154,6 +164,7 @@ def train(
     if not 1 <= last <= config.epochs:
         raise ValueError(f"stop_epoch={stop_epoch} must be in 1..{config.epochs} (the run's epochs)")
     device = resolve_device(config.device)
+    use_threads(config.threads)
     seed_everything(config.seed, config.deterministic)
     data = data if data is not None else load_data(config)
     use_amp = config.amp and device.type == "cuda"
@@ -263,8 +274,9 @@ def _resume(state: dict[str, Any], config: RunConfig, learner: _Learner) -> tupl
     """
     if state.get("format") != STATE_FORMAT:
         raise ValueError(f"training state format {state.get('format')!r} is not {STATE_FORMAT}")
-    # Where a run executes is not part of what it is: a run may resume on other hardware.
-    saved = RunConfig.from_dict(state["config"]).replace(device=config.device)
+    # Where a run executes is not part of what it is: a run may resume on other hardware
+    # or at another thread count (it then continues with other, equally valid, floats).
+    saved = RunConfig.from_dict(state["config"]).replace(device=config.device, threads=config.threads)
     if saved != config:
         changed = sorted(k for k, v in config.to_dict().items() if saved.to_dict()[k] != v)
         raise ValueError(f"resume_state was saved for a different config (fields differ: {', '.join(changed)})")

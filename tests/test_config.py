@@ -13,6 +13,9 @@ from kd_tune.config import PRESETS, ConfigError, RunConfig, field_types, preset
 def test_cpu_preset_is_valid_and_the_default():
     assert RunConfig() == PRESETS["cpu"]
     RunConfig().validate()
+    # The recipe chosen by convergence (benchmarks/convergence.py); no thread count: the runner's.
+    cfg = PRESETS["cpu"]
+    assert (cfg.lr, cfg.epochs, cfg.schedule, cfg.teacher_epochs, cfg.threads) == (0.05, 60, "cosine", None, None)
 
 
 def test_paper_preset_is_the_reference_recipe():
@@ -25,12 +28,12 @@ def test_paper_preset_is_the_reference_recipe():
 
 def test_validate_checks_fields_alone_and_reports_all_problems_at_once():
     cfg = RunConfig(tau=0.0, alpha=1.5, noise_rate=1.0, epochs=0, schedule="step", device="tpu", seed=-1,
-                    noise_seed=-2, lr=-1.0, momentum=1.0)
+                    noise_seed=-2, lr=-1.0, momentum=1.0, threads=0)
     with pytest.raises(ConfigError) as err:
         cfg.validate()
     text = str(err.value)
     for word in ["tau=0.0", "alpha=1.5", "noise_rate=1.0", "epochs=0", "milestones", "device='tpu'", "seed=-1",
-                 "noise_seed=-2", "lr=-1.0", "momentum=1.0"]:
+                 "noise_seed=-2", "lr=-1.0", "momentum=1.0", "threads=0"]:
         assert word in text, word
     # Names are the registries' business (kd_tune.validation): a field check knows none.
     assert RunConfig(loss="hinge", teacher="wrn-15-2", dataset="mnist").problems() == []
@@ -45,6 +48,7 @@ def test_the_config_module_is_a_leaf_without_torch():
 def test_field_types_read_optional_and_tuple_fields():
     types = field_types()
     assert types["teacher_epochs"] == (int, True) and types["data_dir"] == (str, True)
+    assert types["threads"] == (int, True)
     assert types["tau"] == (float, False) and types["milestones"] == (tuple[int, ...], False)
     assert set(types) == set(RunConfig().to_dict())
 

@@ -8,7 +8,15 @@ import math
 import pytest
 
 from kd_tune.config import RunConfig
-from kd_tune.identity import TEACHER_KEY_FORMAT, cache_key, config_hash, data_key, teacher_key, trial_key
+from kd_tune.identity import (
+    TEACHER_KEY_FORMAT,
+    cache_key,
+    config_hash,
+    data_key,
+    setting_key,
+    teacher_key,
+    trial_key,
+)
 from kd_tune.search_space import expand
 
 BASE = RunConfig()
@@ -16,9 +24,13 @@ STUDENT = RunConfig(teacher="cnn-8", student="cnn-4", loss="kl", tau=4.0, alpha=
 NOISY = dict(noise_type="symmetric", noise_rate=0.4)
 
 # trial_key(RunConfig()) computed once (sha256 of the sorted, compact JSON of every field
-# but device, first 16 hex digits). A change of the hashing or of the config's fields
-# changes every stored key (Parquet rows, MLflow runs, resumes): it must be deliberate.
-DEFAULT_TRIAL_KEY = "ade55a634845a424"
+# but device and threads, first 16 hex digits). A change of the hashing or of the config's
+# fields changes every stored key (Parquet rows, MLflow runs, resumes): it must be deliberate.
+# (Changed deliberately with the cpu preset's recipe, lr 0.05 and 60 epochs.)
+DEFAULT_TRIAL_KEY = "73c8890bcf7da59c"
+# The key of the recipe before (lr 0.02, 20 epochs), from before the threads field: a
+# config without a thread count keeps its key, so results of other presets keep theirs.
+OLD_RECIPE_TRIAL_KEY = "ade55a634845a424"
 
 
 # -- trial keys --------------------------------------------------------------------------
@@ -28,9 +40,9 @@ def test_trial_key_of_the_default_config_is_pinned():
     assert trial_key(RunConfig()) == DEFAULT_TRIAL_KEY
 
 
-def test_trial_key_is_the_sha256_of_the_sorted_json_without_device():
+def test_trial_key_is_the_sha256_of_the_sorted_json_without_device_and_threads():
     values = RunConfig().to_dict()
-    del values["device"]
+    del values["device"], values["threads"]
     text = json.dumps(values, sort_keys=True, separators=(",", ":"))
     assert trial_key(RunConfig()) == hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -49,6 +61,12 @@ def test_trial_key_is_stable_for_equal_configs_and_differs_otherwise():
 def test_device_is_not_part_of_the_trial_key():
     keys = {trial_key(RunConfig(device=d)) for d in ("auto", "cpu", "cuda", "cuda:1")}
     assert keys == {DEFAULT_TRIAL_KEY}
+
+
+def test_the_thread_count_is_not_part_of_the_trial_or_setting_key():
+    assert {trial_key(RunConfig(threads=t)) for t in (None, 1, 2, 16)} == {DEFAULT_TRIAL_KEY}
+    assert trial_key(RunConfig(lr=0.02, epochs=20, threads=1)) == OLD_RECIPE_TRIAL_KEY
+    assert setting_key(RunConfig(threads=1)) == setting_key(RunConfig(threads=4)) == setting_key(RunConfig())
 
 
 def test_infinite_tau_has_a_key_of_its_own():
@@ -83,7 +101,7 @@ def test_equal_configs_with_int_and_float_values_share_a_trial_key():
     "change",
     [
         {"loss": "mse"}, {"loss": "ce"}, {"tau": math.inf}, {"alpha": 0.1}, {"seed": 7}, {"student": "mlp-32"},
-        {"device": "cuda:1"}, {"device": "auto"}, {"download": True},
+        {"device": "cuda:1"}, {"device": "auto"}, {"download": True}, {"threads": 1}, {"threads": 2},
         {"loss": "mse", "tau": 1.0, "alpha": 1.0, "seed": 3, "student": "cnn-16", "device": "cuda"},
     ],
 )
@@ -96,7 +114,7 @@ def test_students_that_differ_only_in_student_settings_share_the_teacher(change)
     [
         {"teacher": "cnn-16"}, {"teacher_seed": 1}, {"teacher_epochs": 2}, {"epochs": 2}, NOISY,
         {**NOISY, "noise_rate": 0.2}, {**NOISY, "noise_type": "asymmetric"}, {"split_seed": 1}, {"val_size": 0},
-        {"lr": 0.05}, {"batch_size": 32}, {"dataset": "cifar10", "data_dir": "/data"},
+        {"lr": 0.1}, {"batch_size": 32}, {"dataset": "cifar10", "data_dir": "/data"},
     ],
 )
 def test_what_changes_the_teacher_changes_the_key(change):
@@ -129,7 +147,7 @@ def test_the_noise_seed_does_not_matter_to_a_clean_teacher():
 
 def test_teacher_key_is_the_hash_of_the_teacher_run():
     values = STUDENT.teacher_config().to_dict()
-    for name in ("teacher", "clean_teacher", "teacher_seed", "teacher_epochs", "device", "download"):
+    for name in ("teacher", "clean_teacher", "teacher_seed", "teacher_epochs", "device", "threads", "download"):
         del values[name]
     assert values["student"] == "cnn-8" and values["loss"] == "ce" and values["seed"] == STUDENT.teacher_seed
     assert teacher_key(STUDENT) == config_hash({**values, "store_format": TEACHER_KEY_FORMAT})

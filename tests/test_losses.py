@@ -118,6 +118,24 @@ def test_infinite_tau_is_the_logit_matching_limit(batch):
     assert torch.allclose(mixed, 0.6 * ref_ce(zs, y) + 0.4 * ref_limit(zs, zt), rtol=1e-12)
 
 
+@pytest.mark.parametrize("alpha", [0.1, 0.5, 1.0])
+def test_infinite_tau_has_half_the_gradient_of_mse(batch, alpha):
+    # On logits whose vectors differ by no constant, MSE's KD gradient is twice the tau=inf
+    # limit's; at weight alpha, the limit at 2 alpha / (1 + alpha) scaled by (1 + alpha) is MSE.
+    zs, zt, y = batch
+    zs, zt = c(zs), c(zt)
+    kd = {name: grad_of(lambda z, n=name, t=tau: distillation_loss(z, zt, y, loss=n, tau=t, alpha=1.0), zs)
+          for name, tau in (("kl", math.inf), ("mse", 1.0))}
+    assert torch.allclose(kd["mse"], 2 * kd["kl"], rtol=1e-10, atol=1e-14)
+    beta = 2 * alpha / (1 + alpha)
+    mse = grad_of(lambda z: distillation_loss(z, zt, y, loss="mse", alpha=alpha), zs)
+    limit = grad_of(lambda z: distillation_loss(z, zt, y, loss="kl", tau=math.inf, alpha=beta), zs)
+    assert torch.allclose(mse, (1 + alpha) * limit, rtol=1e-10, atol=1e-14)
+    # Same alpha, same learning rate: not the same step (KL's KD pull is half as strong).
+    same = grad_of(lambda z: distillation_loss(z, zt, y, loss="kl", tau=math.inf, alpha=alpha), zs)
+    assert not torch.allclose(mse, same, rtol=1e-3)
+
+
 def test_large_tau_approaches_limit_like_one_over_tau(batch):
     zs, zt, y = batch
     limit = ref_limit(zs, zt)

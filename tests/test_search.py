@@ -121,10 +121,12 @@ def test_a_name_reused_for_another_search_is_refused(tmp_path):
     search = Search(SPACE, BASE, SearchSettings(num_samples=10))
     write_manifest(options, search.manifest(), "sqlite:///unused.db")
     prepare_search(search, options)  # the same search resumes
+    # ... on other resources too: the thread count is where trials run, not what is searched.
+    prepare_search(search, SweepOptions(name="s", storage=tmp_path, cpus_per_trial=2))
     with pytest.raises(SweepError, match=r"was started with other search settings \(num_samples\)"):
         prepare_search(Search(SPACE, BASE, SearchSettings(num_samples=20)), options)
     with pytest.raises(SweepError, match="was started with other search settings \\(base\\)"):
-        prepare_search(Search(SPACE, BASE.replace(lr=0.05), SearchSettings(num_samples=10)), options)
+        prepare_search(Search(SPACE, BASE.replace(lr=0.1), SearchSettings(num_samples=10)), options)
 
 
 # -- the study and the table, from real Parquet rows -------------------------------------------

@@ -88,7 +88,7 @@ def test_two_runs_with_one_seed_are_identical(data, teacher):
 
 
 def test_resumed_run_ends_identical_to_uninterrupted(tmp_path, data, teacher):
-    cfg = TINY.replace(loss="mse", alpha=0.5, epochs=4, schedule="step", milestones=(2, 3), gamma=0.5)
+    cfg = TINY.replace(loss="mse", alpha=0.5, epochs=4, lr=0.02, schedule="step", milestones=(2, 3), gamma=0.5)
     saved = {}
 
     def keep_epoch_2(end):
@@ -103,6 +103,11 @@ def test_resumed_run_ends_identical_to_uninterrupted(tmp_path, data, teacher):
     assert without_times(resumed.history) == without_times(full.history)
     assert [h["lr"] for h in full.history] == [0.02, 0.02, 0.01, 0.005]
     assert same_weights(resumed.model, full.model)
+    # A run may resume at another thread count (as on another device): where it runs is not what it is.
+    # (The count in effect now, so that the test leaves torch's setting as it found it.)
+    elsewhere = train(cfg.replace(threads=torch.get_num_threads()), data=data, teacher=teacher.model,
+                      resume_state=state)
+    assert elsewhere.status is TrialStatus.COMPLETED and len(elsewhere.history) == 4
 
 
 def test_resume_refuses_a_different_config(tmp_path, data, teacher):

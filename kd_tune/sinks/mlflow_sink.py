@@ -7,13 +7,14 @@ so a slow or absent tracking server costs the sweep nothing (layout of the runs 
 after them, through the same queue. What the runs hold:
 
 - **Child run per trial** (named by its label, e.g. ``kl tau=4 alpha=0.9 seed=1``):
-  params = the run config; per-epoch metrics (step = epoch); ``inv_tau`` = 1/tau for KL
-  trials (0 for tau = inf, which a chart cannot place; absent for MSE and CE), so the
-  chart view can plot against temperature; at the end the final and selected numbers
-  of its trials-table row (``best_val_acc``, ``best_val_epoch``,
-  ``test_acc_at_best_val``, ``teacher_test_acc``, ``train_time_s``, ``ece`` and the
-  ``<quantity>_mean``/``_median`` summaries; ``test_acc`` is the last epoch's); the
-  data set it trained on as an input (name, a digest of the data settings and the
+  params = the run config (``threads``: the CPU threads it ran at); per-epoch metrics
+  (step = epoch); ``inv_tau`` = 1/tau for KL trials (0 for tau = inf, which a chart
+  cannot place; absent for MSE and CE), so the chart view can plot against
+  temperature; at the end the final and selected numbers of its trials-table row
+  (``best_val_acc``, ``best_val_epoch``, ``test_acc_at_best_val``, ``teacher_test_acc``,
+  ``train_time_s``, ``ece`` and the ``<quantity>_mean``/``_median`` summaries;
+  ``test_acc`` is the last epoch's); the data set it trained on as an input (name, a
+  digest of the data settings and the
   training labels' hash); with ``--log-models`` its final weights as ``model/student.pt``.
 - **Teacher run** per teacher node (tag ``kd_tune.role=teacher``; every member of an
   ensemble, every step of a chain and the composite teacher itself): the run that
@@ -53,10 +54,10 @@ ROW_METRICS = ("best_val_acc", "best_val_epoch", "test_acc_at_best_val", "teache
                *SUMMARY)
 # Columns of the parent's trials table.
 TABLE_COLUMNS = ("trial_key", "status", "dataset", "teacher", "student", "noise_type", "noise_rate", "loss", "tau",
-                 "alpha", "seed", "test_acc", "best_val_acc", "test_acc_at_best_val", "teacher_test_acc",
+                 "alpha", "seed", "threads", "test_acc", "best_val_acc", "test_acc_at_best_val", "teacher_test_acc",
                  "train_time_s", *SUMMARY, "mlflow_run_id")
 # Config fields that never tell two settings apart in a sweep's best-setting search.
-_NOT_A_SETTING = ("seed", "device", "data_dir", "download", "milestones")
+_NOT_A_SETTING = ("seed", "device", "threads", "data_dir", "download", "milestones")
 
 
 REFILL_CHUNK = 200  # trials refilled per read of the epochs table
