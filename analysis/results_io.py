@@ -1,7 +1,8 @@
 """Loading sweep results: the Parquet files a sweep writes (the only thing analysis reads).
 
-``trials.parquet`` and ``epochs.parquet`` (:mod:`kd_tune.results`), and the part-file
-data sets ``samples.parquet/`` and ``features.parquet/`` (:mod:`kd_tune.samples`).
+``trials.parquet`` and ``epochs.parquet`` (:mod:`kd_tune.results`), the part-file
+data sets ``samples.parquet/`` and ``features.parquet/`` (:mod:`kd_tune.samples`), and
+``teachers.parquet`` (one row per teacher node a sweep used, written by the driver).
 """
 from __future__ import annotations
 
@@ -14,6 +15,14 @@ TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 SAMPLES_DIR = "samples.parquet"
 FEATURES_DIR = "features.parquet"
+TEACHERS_FILE = "teachers.parquet"
+# The columns of teachers.parquet and their pandas dtypes. kind: ce, undertrained,
+# sequential or ensemble; architecture: an ensemble's members joined by "+";
+# epochs_trained: null for an ensemble; accuracies in [0, 1] (an ensemble's: of its
+# mean logits); seconds: wall seconds to train it (0 for an ensemble).
+TEACHER_COLUMNS = {"sweep": "string", "teacher_key": "string", "spec": "string", "kind": "string",
+                   "architecture": "string", "epochs_trained": "Int64", "train_acc": "float64",
+                   "test_acc": "float64", "seconds": "float64"}
 
 
 def find_trial_files(path: str | os.PathLike) -> list[Path]:
@@ -60,6 +69,21 @@ def load_epochs(path: str | os.PathLike) -> pd.DataFrame:
     """The ``epochs.parquet`` rows of the sweep folder(s) of ``path`` (empty frame when none)."""
     files = [d / EPOCHS_FILE for d in sweep_dirs(path) if (d / EPOCHS_FILE).is_file()]
     return _concat([pd.read_parquet(f) for f in files])
+
+
+def load_teachers(path: str | os.PathLike) -> pd.DataFrame:
+    """The ``teachers.parquet`` rows of the sweep folder(s) of ``path``: one row per teacher
+    node a sweep used (every ensemble member, every intermediate student of a chain, the
+    composite teacher itself), columns :data:`TEACHER_COLUMNS`. A sweep without the file
+    (an older sweep, or one that has not trained its teachers yet) adds no rows; with none
+    at all the frame is empty, with those columns. The same teacher used by several sweeps
+    has a row in each (the ``sweep`` column tells them apart).
+    """
+    files = [d / TEACHERS_FILE for d in sweep_dirs(path) if (d / TEACHERS_FILE).is_file()]
+    frames = [pd.read_parquet(f) for f in files]
+    if not frames:
+        return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in TEACHER_COLUMNS.items()})
+    return _concat(frames)
 
 
 def load_samples(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
