@@ -218,15 +218,16 @@ def teacher_stats(trials: Iterable[Mapping[str, Any]],
     makes them), one per teacher key, in label order.
 
     Test accuracy is the trials' ``teacher_test_acc``, else that of ``known`` (teacher key
-    -> ``teachers.parquet`` row, fractions), which also gives the train accuracy and kind.
-    A teacher trained on noisy labels says so in its label; two teachers of one label
-    (a chain whose step loss is the serving trial's) name the method they served.
+    -> ``teachers.parquet`` row, fractions), which also gives the train accuracy, the kind
+    and the label (its spec, a chain's step losses spelled out). A teacher trained on
+    noisy labels says so in its label; two teachers of one label name the method they
+    served.
     """
     first: dict[str, Mapping[str, Any]] = {}
     for t in trials:
         if t["loss"] != "ce" and t.get("teacher_key"):
             first.setdefault(str(t["teacher_key"]), t)
-    labels = {key: _teacher_label(t) for key, t in first.items()}
+    labels = {key: _teacher_label(t, known.get(key, {}).get("spec")) for key, t in first.items()}
     shared = Counter(labels.values())
     out = []
     for key, t in first.items():
@@ -240,9 +241,11 @@ def teacher_stats(trials: Iterable[Mapping[str, Any]],
     return tuple(sorted(out, key=lambda s: natural_key(s.label)))
 
 
-def _teacher_label(t: Mapping[str, Any]) -> str:
+def _teacher_label(t: Mapping[str, Any], spec: str | None) -> str:
+    # teachers.parquet spells a chain's steps out (cnn-32>cnn-8[kl:3]); a trial row does not.
+    label = str(spec or t["teacher"])
     noisy = t["noise_type"] != "none" and t["noise_rate"] > 0 and not t.get("clean_teacher")
-    return f"{t['teacher']} ({t['noise_type']} {fmt_number(t['noise_rate'])} labels)" if noisy else str(t["teacher"])
+    return f"{label} ({t['noise_type']} {fmt_number(t['noise_rate'])} labels)" if noisy else label
 
 
 _DIGITS = re.compile(r"(\d+)")
