@@ -79,8 +79,12 @@ def load_teachers(path: str | os.PathLike) -> pd.DataFrame:
     at all the frame is empty, with those columns. The same teacher used by several sweeps
     has a row in each (the ``sweep`` column tells them apart).
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     files = [d / TEACHERS_FILE for d in sweep_dirs(path) if (d / TEACHERS_FILE).is_file()]
-    frames = [pd.read_parquet(f) for f in files]
+    # epochs_trained stays an integer column with an ensemble's null (pandas' Int64).
+    frames = [pq.read_table(f).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get) for f in files]
     if not frames:
         return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in TEACHER_COLUMNS.items()})
     return _concat(frames)
