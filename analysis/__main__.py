@@ -9,7 +9,7 @@ from pathlib import Path
 
 from analysis.figures import FIGURE_HELP, FIGURES
 from analysis.render import FORMATS, render
-from analysis.results_io import TRIALS_FILE, load_teachers, load_trials
+from analysis.results_io import load_teachers, load_trials
 from analysis.search_table import load_records
 from analysis.tables import TABLE_HELP, TABLES, build_tables
 from kd_tune.atomic import write_text
@@ -43,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     parser.add_argument("results_dir", metavar="RESULTS_DIR",
-                        help=f"a sweep folder (holding {TRIALS_FILE}) or a folder of sweep "
-                             f"folders (all */{TRIALS_FILE} are read together)")
+                        help="a sweep folder (holding results/trials/) or a folder of sweep "
+                             "folders (all are read together)")
     parser.add_argument("--table", default="tau_alpha", choices=TABLES,
                         help="which table to build (default: tau_alpha; see below)")
     parser.add_argument("--format", default="md", choices=FORMATS, dest="fmt",

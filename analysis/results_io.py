@@ -1,20 +1,25 @@
-"""Loading sweep results: the Parquet files a sweep writes (the only thing analysis reads).
+"""Loading sweep results: the Parquet data a sweep writes (the only thing analysis reads).
 
-``trials.parquet`` and ``epochs.parquet`` (:mod:`kd_tune.results`), the part-file
-data sets ``samples.parquet/`` and ``features.parquet/`` (:mod:`kd_tune.samples`), and
-``teachers.parquet`` (one row per teacher node a sweep used, written by the driver).
+A sweep keeps them in ``<sweep>/results/trials/`` and ``<sweep>/results/epochs/`` (Parquet
+part files; layout in :mod:`kd_tune.results`); sweeps of the older layout kept
+``<sweep>/trials.parquet`` and ``<sweep>/epochs.parquet``. Both are read here, one row per
+key, through :func:`kd_tune.results.read_trials` and :func:`kd_tune.results.read_epochs`.
+The per-sample end measurements are the part-file data sets ``<sweep>/samples.parquet/``
+and ``<sweep>/features.parquet/`` (:mod:`kd_tune.samples`); ``<sweep>/teachers.parquet``
+holds one row per teacher node the sweep used (written by the driver).
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
-TRIALS_FILE = "trials.parquet"
-EPOCHS_FILE = "epochs.parquet"
-SAMPLES_DIR = "samples.parquet"
-FEATURES_DIR = "features.parquet"
+from kd_tune.results import RESULTS_DIR, TRIALS_FILE, has_results, read_epochs, read_trials
+from kd_tune.samples import FEATURES_DIR, SAMPLES_DIR
+
 TEACHERS_FILE = "teachers.parquet"
 # The columns of teachers.parquet and their pandas dtypes. kind: ce, undertrained,
 # sequential or ensemble; architecture: an ensemble's members joined by "+";
@@ -25,50 +30,55 @@ TEACHER_COLUMNS = {"sweep": "string", "teacher_key": "string", "spec": "string",
                    "test_acc": "float64", "seconds": "float64"}
 
 
-def find_trial_files(path: str | os.PathLike) -> list[Path]:
-    """The Parquet files under ``path``.
+def find_sweeps(path: str | os.PathLike) -> list[Path]:
+    """The sweep folders ``path`` names.
 
-    ``path`` is a ``trials.parquet`` file, a sweep folder holding one, or a folder whose
-    direct subfolders are sweep folders (``*/trials.parquet``, sorted by name).
-    Raises FileNotFoundError with a readable message when there is none.
+    ``path`` is a sweep folder, its ``results`` folder or one of its table folders, or a
+    folder whose direct subfolders are sweep folders (sorted by name). Raises
+    FileNotFoundError with a readable message when there is none.
     """
     path = Path(path)
-    if path.is_file():
-        return [path]
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such file or directory")
-    if (path / TRIALS_FILE).is_file():
-        return [path / TRIALS_FILE]
-    found = sorted(p for p in path.glob(f"*/{TRIALS_FILE}") if p.is_file())
+        raise FileNotFoundError(f"{path}: no such file or directory" if not path.exists() else f"{path}: not a folder")
+    if has_results(path):
+        return [path]
+    for sweep in (path.parent, path.parent.parent):  # <sweep>/results, <sweep>/results/trials
+        if RESULTS_DIR in path.relative_to(sweep).parts[:1] and has_results(sweep):
+            return [sweep]
+    found = sorted(p for p in path.iterdir() if p.is_dir() and has_results(p))
     if not found:
         raise FileNotFoundError(
-            f"{path}: no {TRIALS_FILE} in this folder or in its direct subfolders")
+            f"{path}: no sweep results ({RESULTS_DIR}/trials/ or {TRIALS_FILE}) in this folder or in its direct "
+            "subfolders")
     return found
 
 
 def load_trials(path: str | os.PathLike) -> pd.DataFrame:
     """All trials of one sweep folder, or of every sweep folder directly under ``path``.
 
-    Returns one row per trial with the columns of ``trials.parquet`` (frames of several
-    sweeps are concatenated; the ``sweep`` column tells them apart). Every status is kept
-    (completed, diverged, failed); the tables use only ``status == "completed"`` rows.
-    Accuracies stay fractions in [0, 1] here; the tables convert them to percent.
+    ``path`` may also be a single Parquet file of trial rows. Returns one row per trial
+    with the columns of the trials table (frames of several sweeps are concatenated;
+    the ``sweep`` column tells them apart). Every status is kept (completed, diverged,
+    failed); the tables use only ``status == "completed"`` rows. Accuracies stay
+    fractions in [0, 1] here; the tables convert them to percent. A damaged file raises
+    :class:`kd_tune.results.ResultsError` (a ValueError) naming it.
     """
-    frames = [pd.read_parquet(p) for p in find_trial_files(path)]
-    if len(frames) == 1:
-        return frames[0]
-    return pd.concat(frames, ignore_index=True)
-
-
-def sweep_dirs(path: str | os.PathLike) -> list[Path]:
-    """The sweep folders of ``path`` (see :func:`find_trial_files`)."""
-    return [p.parent for p in find_trial_files(path)]
+    if Path(path).is_file():
+        return pd.read_parquet(path)
+    return _load(path, read_trials)
 
 
 def load_epochs(path: str | os.PathLike) -> pd.DataFrame:
-    """The ``epochs.parquet`` rows of the sweep folder(s) of ``path`` (empty frame when none)."""
-    files = [d / EPOCHS_FILE for d in sweep_dirs(path) if (d / EPOCHS_FILE).is_file()]
-    return _concat([pd.read_parquet(f) for f in files])
+    """All epoch rows of one sweep folder, or of every sweep folder directly under ``path``
+    (one row per trial and epoch, in no particular order)."""
+    return _load(path, read_epochs)
+
+
+def _load(path: str | os.PathLike, read: Callable[[Path], pa.Table]) -> pd.DataFrame:
+    frames = [read(sweep).to_pandas() for sweep in find_sweeps(path)]
+    if len(frames) == 1:
+        return frames[0]
+    return pd.concat(frames, ignore_index=True)
 
 
 def load_teachers(path: str | os.PathLike) -> pd.DataFrame:
@@ -79,10 +89,9 @@ def load_teachers(path: str | os.PathLike) -> pd.DataFrame:
     at all the frame is empty, with those columns. The same teacher used by several sweeps
     has a row in each (the ``sweep`` column tells them apart).
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    files = [d / TEACHERS_FILE for d in sweep_dirs(path) if (d / TEACHERS_FILE).is_file()]
+    files = [d / TEACHERS_FILE for d in find_sweeps(path) if (d / TEACHERS_FILE).is_file()]
     # epochs_trained stays an integer column with an ensemble's null (pandas' Int64).
     frames = [pq.read_table(f).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get) for f in files]
     if not frames:
@@ -105,7 +114,7 @@ def _load_parts(path: str | os.PathLike, folder: str, columns: list[str] | None)
     import pyarrow.dataset as ds
 
     frames = []
-    for sweep in sweep_dirs(path):
+    for sweep in find_sweeps(path):
         if (sweep / folder).is_dir() and any((sweep / folder).glob("part-*.parquet")):
             frames.append(ds.dataset(sweep / folder, format="parquet").to_table(columns=columns).to_pandas())
     return _concat(frames)

@@ -30,7 +30,7 @@ and alpha 0.9 throughout.
 3. Packing: ``sweeps/tau_grid.py`` as a subprocess (embedded Ray) on a synthetic
    CIFAR-100 in torchvision's on-disk format, N = 1, 2 and 4 KL trials with
    ``--gpus-per-trial 0.25 --max-concurrent N``. Aggregate samples per second from
-   ``epochs.parquet``: the sum of the trials' training rates over the time all N trials
+   the epochs table: the sum of the trials' training rates over the time all N trials
    were training at once (first epoch left out: start-up). GPU memory from polling
    ``nvidia-smi`` every 0.5 s while the trials train: the peak of each trial process
    (Ray's idle workers and teacher/cache tasks left out) and of the whole GPU. The
@@ -69,6 +69,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from analysis.results_io import load_epochs, load_trials
 from kd_tune import models
 from kd_tune.checkpoint import load_state, save_state
 from kd_tune.config import RunConfig, preset
@@ -531,7 +532,7 @@ def epoch_intervals(epochs: pd.DataFrame, skip_epochs: int) -> pd.DataFrame:
 
 
 def concurrent_throughput(epochs: pd.DataFrame, samples_per_epoch: int, batch: int, skip_epochs: int = 1) -> Throughput:
-    """Aggregate samples/s of the trials in ``epochs`` (an ``epochs.parquet`` table) while all trained at once."""
+    """Aggregate samples/s of the trials in ``epochs`` (rows of the epochs table) while all trained at once."""
     rows = epoch_intervals(epochs, skip_epochs)
     if rows.empty:
         raise PackingError(f"no epochs after epoch {skip_epochs} were recorded")
@@ -550,20 +551,20 @@ def concurrent_throughput(epochs: pd.DataFrame, samples_per_epoch: int, batch: i
 
 def read_packing_results(sweep_dir: Path, samples_per_epoch: int, batch: int, expected_trials: int,
                          skip_epochs: int = 1) -> Throughput:
-    """Throughput of a finished packing sweep from its ``trials.parquet`` and ``epochs.parquet``."""
-    trials = pd.read_parquet(sweep_dir / "trials.parquet")
+    """Throughput of a finished packing sweep from its trials and epochs tables."""
+    trials = load_trials(sweep_dir)
     completed = trials[trials["status"] == "completed"]
     if len(completed) != expected_trials:
         raise PackingError(f"{len(completed)} of {expected_trials} trials completed "
                            f"(statuses: {', '.join(trials['status'])})")
-    epochs = pd.read_parquet(sweep_dir / "epochs.parquet")
+    epochs = load_epochs(sweep_dir)
     epochs = epochs[epochs["trial_key"].isin(completed["trial_key"])]
     return concurrent_throughput(epochs, samples_per_epoch, batch, skip_epochs)
 
 
 def trial_window(sweep_dir: Path) -> tuple[float, float]:
     """(start, end) in seconds since 1970 of the sweep's training: first epoch start to last epoch end."""
-    rows = epoch_intervals(pd.read_parquet(sweep_dir / "epochs.parquet"), skip_epochs=0)
+    rows = epoch_intervals(load_epochs(sweep_dir), skip_epochs=0)
     return float(rows["start"].min()), float(rows["end"].max())
 
 

@@ -23,8 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
-
+from analysis.results_io import load_trials
 from kd_tune.config import preset
 from kd_tune.search_space import expand
 from kd_tune.sweep import SweepOptions, run_sweep
@@ -65,7 +64,7 @@ def kd_sweep(trials: int, slots: int, storage: Path) -> tuple[float, float, floa
     configs = expand(base, space, seeds=seeds)[:trials]
     options = SweepOptions(name="overhead", storage=storage, cpus_per_trial=1.0, checkpoint_every=1)
     outcome = run_sweep(configs, options, log=lambda _line: None)
-    compute = pd.read_parquet(outcome.sweep_dir / "trials.parquet")["train_time_s"].sum()
+    compute = load_trials(outcome.sweep_dir)["train_time_s"].sum()
     return (outcome.fit_seconds * slots - compute) / len(configs), compute / len(configs), outcome.fit_seconds
 
 

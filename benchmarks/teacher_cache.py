@@ -47,9 +47,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
+from analysis.results_io import load_epochs, load_trials
 from kd_tune import models
 from kd_tune.config import RunConfig, preset
 from kd_tune.data import SourceData, Split, register_dataset
@@ -130,14 +130,14 @@ def digits_sweeps(trials: int, storage: Path) -> dict[str, dict[str, float]]:
     for mode in ("off", "float32"):
         options = SweepOptions(name=f"cache_{mode}", storage=storage, teacher_cache=mode)
         outcome = run_sweep(configs, options, log=lambda _line: None)
-        epochs = pd.read_parquet(outcome.sweep_dir / "epochs.parquet")
+        epochs = load_epochs(outcome.sweep_dir)
         built = sum(json.loads(Path(p).read_text())["teacher_forward_samples"]
                     for p in glob.glob(str(storage / "teacher_logits" / "*" / "meta.json")))
         out[mode] = {
             "seconds": outcome.seconds,
             "fit_seconds": outcome.fit_seconds,
             "forward": float(epochs["teacher_forward_samples"].sum()) + (built if mode != "off" else 0),
-            "results": pd.read_parquet(outcome.sweep_dir / "trials.parquet").set_index("trial_key"),
+            "results": load_trials(outcome.sweep_dir).set_index("trial_key"),
             "completed": outcome.counts["completed"],
         }
         print(f"  digits sweep with teacher cache {mode}: {outcome.seconds:.1f}s", file=sys.stderr)

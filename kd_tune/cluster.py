@@ -11,11 +11,18 @@ address (Ray itself would retry for minutes). Clusters started by ``ray start`` 
 token authentication; when a token is present (``~/.ray/auth_token``,
 ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``) ``RAY_AUTH_MODE=token`` is set for the
 driver unless the user chose a mode.
+
+Loopback by default: the embedded Ray, and the driver of a cluster on a loopback
+address, keep every Ray process on 127.0.0.1 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``,
+set before Ray is imported: Ray reads it once, and without it Ray listens on every
+interface and swaps a loopback address for the machine's interface address, where a
+loopback cluster does not listen).
 """
 from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +65,8 @@ def requested_address(address: str | None) -> str | None:
 def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> ClusterInfo:
     """Connect the driver to Ray (see the module docstring for the address rules)."""
     target = requested_address(address)
+    if target is None or (target != "auto" and _is_loopback(target.rpartition(":")[0])):
+        _loopback_only()
     if target is not None:
         # Ray reads the auth mode when it is imported: set it before the first import.
         _prepare_auth()
@@ -134,10 +143,18 @@ def _alive_nodes() -> tuple[dict[str, Any], ...]:
 
 
 def _resolve(target: str) -> str:
+    """``host:port`` to join: ``target`` itself, or for ``auto`` the cluster ``ray start``
+    recorded on this machine (a loopback one kept on loopback)."""
     if target != "auto":
         return target
     try:
         from ray._private.services import canonicalize_bootstrap_address
+        from ray._private.utils import read_ray_address
+
+        recorded = read_ray_address()
+        if recorded and _is_loopback(recorded.rpartition(":")[0]):
+            _loopback_only()
+            return recorded
         resolved = canonicalize_bootstrap_address("auto")
     except Exception as err:  # Ray's own lookup failed: treat as "no cluster"
         raise ClusterError(f"--address auto: no Ray cluster found on this machine ({err})") from None
@@ -153,10 +170,6 @@ def _check_listening(target: str, resolved: str) -> None:
     host, sep, port = resolved.rpartition(":")
     if not sep or not port.isdigit():
         raise ClusterError(f"--address {target!r} is not host:port (nor auto)")
-    if _is_loopback(host):
-        # Ray would swap a loopback address for this machine's interface address, where
-        # a cluster started on loopback does not listen.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     error = connect_error(host, int(port), CONNECT_TIMEOUT_S)
     if error is not None:
         raise ClusterError(
@@ -164,6 +177,15 @@ def _check_listening(target: str, resolved: str) -> None:
             "Start one with `ray start --head`, check the address, or leave --address out "
             "to use an embedded Ray."
         )
+
+
+def _loopback_only() -> None:
+    """Keep this driver's Ray on 127.0.0.1. Set before Ray is imported; when Ray was
+    imported already (a program that imported it before connecting), its switch is set too."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,10 +1,22 @@
-"""The sweep's Parquet results: ``epochs.parquet`` and ``trials.parquet``, written by one writer.
+"""The sweep's Parquet results: two keyed tables in ``<sweep>/results/``, written by one writer.
 
-Both files live in the sweep folder ``<storage>/<name>/`` and are rewritten atomically
-(temporary file + rename), so a reader never sees half a file and a killed driver
-leaves the last complete version.
+Layout (apart from Ray Tune's own files in the sweep folder, so that the folder holds
+nothing but Parquet)::
 
-``trials.parquet``: one row per trial, keyed by ``trial_key`` (a hash of the run
+    <storage>/<name>/results/trials/part-*.parquet   one row per trial
+    <storage>/<name>/results/epochs/part-*.parquet   one row per trial and epoch
+
+Each table folder is a Parquet data set (:mod:`kd_tune.part_table`): open it with
+``pyarrow.dataset.dataset(folder)``, ``pandas.read_parquet(folder)``, DuckDB's
+``read_parquet('folder/*.parquet')`` or Polars' ``scan_parquet('folder/*.parquet')``;
+:func:`read_trials` and :func:`read_epochs` (and ``analysis.load_trials``) read them with
+one row per key guaranteed. The writer appends a part per flush and merges parts in
+tiers, so its cost per trial does not grow with the sweep, and it keeps only the epochs of
+running trials in memory. At the end of a sweep each table is compacted into one part.
+Every page carries a checksum: a damaged part raises :class:`ResultsError` naming the
+file and the command that rebuilds the results from Ray Tune's own records.
+
+``trials``: one row per trial, keyed by ``trial_key`` (a hash of the run
 config, stable across retries and resumed sweeps; a rerun replaces the row):
 ``sweep``, ``trial_key``, ``trial_id`` (Ray Tune's id), ``status`` (a
 :class:`~kd_tune.status.TrialStatus` value: completed | diverged | stopped | failed),
@@ -19,30 +31,37 @@ seconds); the end-of-run test measurements of :mod:`kd_tune.measurements` (``ece
 diverged, stopped, failed, or written by the Parquet sink's reconcile after a killed driver);
 ``started_at``, ``finished_at`` (UTC); ``mlflow_run_id``.
 
-``epochs.parquet``: one row per (trial_key, epoch): ``sweep``, ``trial_key``,
+``epochs``: one row per (trial_key, epoch): ``sweep``, ``trial_key``,
 ``trial_id``, ``epoch`` and the per-epoch metrics of :mod:`kd_tune.trainer`
 (accuracies are fractions in [0, 1], times in seconds, ``teacher_forward_samples`` a
 count), plus ``reported_at`` (UTC).
 A resumed trial that reports an epoch again replaces that row.
+
+Sweeps written before this layout kept ``trials.parquet`` and ``epochs.parquet`` in the
+sweep folder itself; the writer moves them into the tables when it opens the sweep, and
+the readers read either.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from kd_tune.atomic import atomic_write
 from kd_tune.config import RunConfig, field_types
 from kd_tune.measurements import SUMMARY
+from kd_tune.part_table import DamagedPartError, PartTable
 from kd_tune.status import TrialStatus
 
-TRIALS_FILE = "trials.parquet"
+RESULTS_DIR = "results"
+TRIALS_TABLE = "trials"
+EPOCHS_TABLE = "epochs"
+TRIALS_FILE = "trials.parquet"  # the layout before results/: one file per table in the sweep folder
 EPOCHS_FILE = "epochs.parquet"
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_acc", "test_acc", "test_logit_mse", "test_agreement", "lr",
@@ -102,7 +121,7 @@ def utc_now() -> datetime:
 
 
 def epoch_row(sweep: str, trial_key: str, trial_id: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``epochs.parquet`` row of one reported epoch."""
+    """The epochs-table row of one reported epoch."""
     row = {"sweep": sweep, "trial_key": trial_key, "trial_id": trial_id, "epoch": int(metrics["epoch"])}
     row.update({m: float(metrics.get(m, math.nan)) for m in EPOCH_METRICS})
     row["reported_at"] = utc_now()
@@ -124,7 +143,7 @@ def trial_row(
     mlflow_run_id: str | None = None,
     measured: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The ``trials.parquet`` row of a finished trial from its epoch history (oldest first).
+    """The trials-table row of a finished trial from its epoch history (oldest first).
 
     ``diverged_epoch`` is the last epoch of a ``diverged`` trial (the trainer stops there).
     ``measured`` is the summary of the trial's end measurements (NaN columns without).
@@ -151,59 +170,182 @@ def trial_row(
     return row
 
 
-class ResultsWriter:
-    """Holds a sweep's rows and rewrites its two Parquet files; the driver's only writer.
+class ResultsError(ValueError):
+    """A sweep's results cannot be read: a damaged Parquet file (named in the message)."""
 
-    Rows already on disk are loaded first, so a resumed sweep keeps them; rows are
-    keyed (trials by ``trial_key``, epochs by ``(trial_key, epoch)``) and a newer row
-    replaces an older one, which gives exactly one final row per trial after retries.
+
+def rebuild_command(sweep_dir: str | Path) -> str:
+    """The command that rebuilds a sweep's results from Ray Tune's own trial records."""
+    return f"python -m kd_tune.recover rebuild {Path(sweep_dir)}"
+
+
+@contextlib.contextmanager
+def _named_damage(sweep_dir: Path) -> Iterator[None]:
+    try:
+        yield
+    except DamagedPartError as err:
+        raise ResultsError(f"the results of sweep {sweep_dir.name!r} cannot be read: {err}; rebuild them from "
+                           f"Ray Tune's records with `{rebuild_command(sweep_dir)}`") from None
+
+
+def results_dir(sweep_dir: str | Path) -> Path:
+    """The folder of a sweep's result tables: ``<sweep_dir>/results``."""
+    return Path(sweep_dir) / RESULTS_DIR
+
+
+def trials_table(sweep_dir: str | Path) -> PartTable:
+    return PartTable(results_dir(sweep_dir) / TRIALS_TABLE, TRIALS_SCHEMA, ("trial_key",))
+
+
+def epochs_table(sweep_dir: str | Path) -> PartTable:
+    return PartTable(results_dir(sweep_dir) / EPOCHS_TABLE, EPOCHS_SCHEMA, ("trial_key", "epoch"))
+
+
+def has_results(sweep_dir: str | Path) -> bool:
+    """Whether ``sweep_dir`` holds a trials table (or a ``trials.parquet`` of the older layout)."""
+    return bool(trials_table(sweep_dir).parts()) or (Path(sweep_dir) / TRIALS_FILE).is_file()
+
+
+def read_trials(sweep_dir: str | Path, trial_keys: Collection[str] | None = None) -> pa.Table:
+    """The trial rows of a sweep (of ``trial_keys`` only, if given), one per trial.
+
+    Raises :class:`ResultsError` for a damaged file.
+    """
+    return _read(Path(sweep_dir), trials_table(sweep_dir), TRIALS_FILE, trial_keys)
+
+
+def read_epochs(sweep_dir: str | Path, trial_keys: Collection[str] | None = None) -> pa.Table:
+    """The epoch rows of a sweep (of ``trial_keys`` only, if given), one per trial and epoch,
+    in no particular order. Raises :class:`ResultsError` for a damaged file."""
+    return _read(Path(sweep_dir), epochs_table(sweep_dir), EPOCHS_FILE, trial_keys)
+
+
+def _read(sweep_dir: Path, table: PartTable, legacy: str, trial_keys: Collection[str] | None) -> pa.Table:
+    where = None if trial_keys is None else {"trial_key": trial_keys}
+    with _named_damage(sweep_dir):
+        if not table.parts() and (sweep_dir / legacy).is_file():
+            return table.read_file(sweep_dir / legacy, where=where)
+        return table.read(where=where)
+
+
+class ResultsWriter:
+    """The one writer of a sweep's two tables (layout in the module docstring).
+
+    Opening it checks every stored page (a damaged file raises :class:`ResultsError`),
+    keeps one row per key, moves files of the older layout into the tables, and holds in
+    memory only the status of each stored trial and its last stored epoch. Rows are keyed
+    (trials by ``trial_key``, epochs by ``(trial_key, epoch)``) and a newer row replaces
+    an older one, stored or not, which gives exactly one final row per trial after retries
+    and resumes. Added rows reach disk at :meth:`flush`.
     """
 
     def __init__(self, sweep_dir: str | Path):
         self.sweep_dir = Path(sweep_dir)
-        self.trials: dict[str, dict[str, Any]] = {r["trial_key"]: r for r in _read(self.trials_path)}
-        self.epochs: dict[tuple[str, int], dict[str, Any]] = {
-            (r["trial_key"], r["epoch"]): r for r in _read(self.epochs_path)
-        }
-        self._dirty = False
+        self._trials = trials_table(self.sweep_dir)
+        self._epochs = epochs_table(self.sweep_dir)
+        with _named_damage(self.sweep_dir):
+            for table, legacy in ((self._trials, TRIALS_FILE), (self._epochs, EPOCHS_FILE)):
+                _adopt(self.sweep_dir / legacy, table)
+            trials = self._trials.check(["status"])
+            epochs = self._epochs.check()
+        self._status = {k: TrialStatus(s) for k, s in zip(trials["trial_key"].to_pylist(),
+                                                          trials["status"].to_pylist())}
+        self._stored_trials = set(self._status)
+        last = epochs.group_by("trial_key").aggregate([("epoch", "max")])
+        self._stored_epoch: dict[str, int] = dict(zip(last["trial_key"].to_pylist(), last["epoch_max"].to_pylist()))
+        self._live: dict[str, dict[int, dict[str, Any]]] = {}  # epochs of the trials running here
+        self._new_epochs: dict[tuple[str, int], dict[str, Any]] = {}
+        self._new_trials: dict[str, dict[str, Any]] = {}
 
     @property
-    def trials_path(self) -> Path:
-        return self.sweep_dir / TRIALS_FILE
+    def trials_dir(self) -> Path:
+        return self._trials.folder
 
     @property
-    def epochs_path(self) -> Path:
-        return self.sweep_dir / EPOCHS_FILE
+    def epochs_dir(self) -> Path:
+        return self._epochs.folder
+
+    def statuses(self) -> dict[str, TrialStatus]:
+        """Trial key -> status of every final row, stored or added."""
+        return dict(self._status)
 
     def add_epoch(self, row: Mapping[str, Any]) -> None:
-        self.epochs[(row["trial_key"], row["epoch"])] = dict(row)
-        self._dirty = True
+        key, epoch = row["trial_key"], int(row["epoch"])
+        self._history(key)[epoch] = self._new_epochs[(key, epoch)] = dict(row)
 
     def history(self, trial_key: str) -> list[dict[str, Any]]:
-        """The epoch rows of one trial, oldest first."""
-        return [r for (key, _), r in sorted(self.epochs.items(), key=lambda kv: kv[0]) if key == trial_key]
+        """The epoch rows of one trial, oldest first (stored ones included)."""
+        rows = self._live.get(trial_key)
+        if rows is None:
+            rows = self._stored_history(trial_key)
+        return [rows[e] for e in sorted(rows)]
 
     def finish_trial(self, row: Mapping[str, Any]) -> None:
-        self.trials[row["trial_key"]] = dict(row)
-        self._dirty = True
+        key = row["trial_key"]
+        self._new_trials[key] = dict(row)
+        self._status[key] = TrialStatus(row["status"])
+        self._live.pop(key, None)  # a trial ends once per invocation: its epochs are no longer needed
 
     def flush(self) -> None:
-        """Write both files if anything changed since the last flush."""
-        if not self._dirty:
-            return
-        epochs = sorted(self.epochs.values(), key=lambda r: (r["trial_key"], r["epoch"]))
-        _write(self.epochs_path, epochs, EPOCHS_SCHEMA)
-        _write(self.trials_path, list(self.trials.values()), TRIALS_SCHEMA)
-        self._dirty = False
+        """Append the rows added since the last flush (epochs first, then the trial rows
+        that summarise them); rows replacing stored ones remove those."""
+        if self._new_epochs:
+            replaced = [k for k in self._new_epochs if k[1] <= self._stored_epoch.get(k[0], 0)]
+            self._epochs.append(list(self._new_epochs.values()), replaces=replaced)
+            for key, epoch in self._new_epochs:
+                self._stored_epoch[key] = max(epoch, self._stored_epoch.get(key, 0))
+            self._new_epochs = {}
+        if self._new_trials:
+            replaced = [(k,) for k in self._new_trials if k in self._stored_trials]
+            self._trials.append(list(self._new_trials.values()), replaces=replaced)
+            self._stored_trials.update(self._new_trials)
+            self._new_trials = {}
+
+    def compact(self) -> None:
+        """Flush, then merge each table into one part (at the end of a sweep)."""
+        self.flush()
+        self._epochs.compact()
+        self._trials.compact()
+
+    def read_trials(self, trial_keys: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """The stored trial rows (of ``trial_keys`` only, if given), after a flush."""
+        self.flush()
+        return read_trials(self.sweep_dir, trial_keys).to_pylist()
+
+    def update_trials(self, changes: Mapping[str, Mapping[str, Any]]) -> None:
+        """Change columns of stored trial rows: trial key -> {column: new value}."""
+        rows = self.read_trials(changes)
+        for row in rows:
+            row.update(changes[row["trial_key"]])
+        self._trials.append(rows, replaces=[(row["trial_key"],) for row in rows])
+
+    def record_run_ids(self, run_ids: Mapping[str, str]) -> int:
+        """Set ``mlflow_run_id`` of stored rows to ``run_ids`` (trial key -> MLflow run id)
+        where it differs: a run made after its row was written (tracking was behind) or
+        made again (a refilled store). Returns how many rows changed."""
+        changes = {r["trial_key"]: {"mlflow_run_id": run_ids[r["trial_key"]]} for r in self.read_trials(run_ids)
+                   if r["mlflow_run_id"] != run_ids[r["trial_key"]]}
+        if changes:
+            self.update_trials(changes)
+        return len(changes)
+
+    def _history(self, trial_key: str) -> dict[int, dict[str, Any]]:
+        rows = self._live.get(trial_key)
+        if rows is None:
+            rows = self._live[trial_key] = self._stored_history(trial_key)
+        return rows
+
+    def _stored_history(self, trial_key: str) -> dict[int, dict[str, Any]]:
+        rows = {e: r for (k, e), r in self._new_epochs.items() if k == trial_key}
+        if trial_key in self._stored_epoch:
+            with _named_damage(self.sweep_dir):
+                stored = self._epochs.read(where={"trial_key": [trial_key]}).to_pylist()
+            rows = {**{r["epoch"]: r for r in stored}, **rows}
+        return rows
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return pq.read_table(path).to_pylist()
-
-
-def _write(path: Path, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
-    table = pa.Table.from_pylist(rows, schema=schema)
-    with atomic_write(path) as handle:
-        pq.write_table(table, handle)
+def _adopt(legacy: Path, table: PartTable) -> None:
+    """Move a table file of the older layout (``<sweep>/trials.parquet``) into ``table``."""
+    if legacy.is_file():
+        table.append(table.read_file(legacy))
+        legacy.unlink()

@@ -59,10 +59,8 @@ from kd_tune.sweep import (
     check_manifest,
     check_options,
     concurrency,
-    connect_checked,
     load_plan_data,
     recording,
-    write_manifest,
 )
 from kd_tune.sweep_options import SweepError, SweepOptions
 from kd_tune.validation import validate_all
@@ -209,14 +207,12 @@ def run_search(
     """
     started = time.perf_counter()
     stages = prepare_search(search, options)
-    info = connect_checked(options, log)
-    write_manifest(options, search.manifest())
     settings = search.settings
-    with recording(options, info, search.params(), log) as recorder:
+    with recording(options, search.manifest(), search.params(), log) as recorder:
         recorder.stages(stages)
         before = SearchRecord.read(options.sweep_dir)
         done = len(recorder.parquet.finished_keys() - set(before.confirm_keys if before else ()))
-        slots = concurrency(info, options)
+        slots = concurrency(recorder.info, options)
         log(f"search {options.name!r}: {settings.num_samples} trials drawn by TPE, {_stopping(settings)}, "
             f"maximising {OBJECTIVE} ({done} already finished), up to {slots} at a time; results in "
             f"{options.sweep_dir}")

@@ -15,24 +15,26 @@ Folder layout under ``storage`` (absolute; a shared file system on a multi-node 
     teachers/<teacher key>/     teacher.pt + meta.json, shared by all sweeps in storage
     teacher_logits/<cache key>/ cached teacher logits (kd_tune.logit_cache), shared likewise
     <name>/sweep.json           the sweep's trials (config per trial key)
-    <name>/trials.parquet       one row per trial       (see kd_tune.results)
-    <name>/epochs.parquet       one row per trial and epoch
+    <name>/results/trials/      one row per trial (Parquet part files; see kd_tune.results)
+    <name>/results/epochs/      one row per trial and epoch
     <name>/samples.parquet/     per-sample end measurements, one part file per trial and teacher
     <name>/features.parquet/    penultimate features of the feature classes, likewise (kd_tune.samples)
     <name>/figures/             figures written at the end (PNG, PDF)
     <name>/noise/               the persisted noisy labels
+    <name>/tracking/            MLflow writes not yet sent (kd_tune.tracking_queue)
     <name>/tables/              tables written at the end (CSV, Markdown)
     <name>/...                  Ray Tune's experiment state and trial checkpoints
     mlflow.db, mlartifacts/     the default MLflow store
+    .locks/                     lock files of running sweeps (kd_tune.locks)
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,8 @@ from kd_tune.trainer import load_data
 from kd_tune.validation import validate_all
 
 MANIFEST = "sweep.json"
+START_SEND_S = 60.0  # at most this long sending an earlier run's queued MLflow writes before the trials
+END_SEND_S = 30.0  # at most this long sending queued MLflow writes after the trials
 
 
 @dataclass(frozen=True)
@@ -122,18 +126,17 @@ def run_sweep(
 
     ``finalize(sweep_dir)`` runs after the trials, before the MLflow parent run ends,
     and returns files (tables, figures) to attach to it, each under its folder's name.
-    Raises the errors of :func:`prepare` and :class:`~kd_tune.cluster.ClusterError`
-    before writing anything;
+    Raises the errors of :func:`prepare`, :class:`SweepError` when another driver runs
+    the same sweep, :class:`~kd_tune.results.ResultsError` when the stored results are
+    damaged and :class:`~kd_tune.cluster.ClusterError`, all before writing anything;
     :class:`~kd_tune.teacher_store.TeacherError` when a teacher fails.
     """
     started = time.perf_counter()
     plan = prepare(configs, options)
-    info = connect_checked(options, log)
-    write_manifest(options, _grid_manifest(plan))
-    with recording(options, info, {"trials": len(plan.trials)}, log) as recorder:
+    with recording(options, _grid_manifest(plan), {"trials": len(plan.trials)}, log) as recorder:
         recorder.stages(plan)
         log(f"sweep {options.name!r}: {len(plan.trials)} trials ({len(recorder.finished(plan.keys))} already "
-            f"finished), up to {concurrency(info, options)} at a time; results in {options.sweep_dir}")
+            f"finished), up to {concurrency(recorder.info, options)} at a time; results in {options.sweep_dir}")
         fit_started = time.perf_counter()
         recorder.fit(TuneRun.grid(options.sweep_dir, plan), total=len(plan.trials),
                      done=len(recorder.finished(plan.keys)))
@@ -142,6 +145,30 @@ def run_sweep(
 
 def _grid_manifest(plan: Plan) -> dict[str, Any]:
     return {"trials": {t.key: t.config.to_dict() for t in plan.trials}}
+
+
+@contextlib.contextmanager
+def sweep_lock(sweep_dir: Path, *, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Hold the lock of the sweep in ``sweep_dir`` (``<storage>/.locks/sweep-<name>.lock``)
+    for the block: one process at a time runs or repairs a sweep. Raises
+    :class:`SweepError` naming the process that holds it."""
+    from kd_tune.locks import FileLock, LockBusy, lock_path
+
+    name, storage = sweep_dir.name, sweep_dir.parent
+    lock = FileLock(lock_path(storage, f"sweep-{name}"), f"sweep {name}")
+    try:
+        lock.acquire()
+    except LockBusy as busy:
+        who = busy.holder.describe() if busy.holder else "another process"
+        raise SweepError(f"sweep {name!r} in {storage} is already running ({who}); wait for it to end, or pick "
+                         "another --name") from None
+    if lock.previous is not None:
+        log(f"sweep {name!r}: the process that held it before ({lock.previous.describe()}) stopped without "
+            "releasing it; taking over")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def connect_checked(options: SweepOptions, log: Callable[[str], None]) -> ClusterInfo:
@@ -153,11 +180,13 @@ def connect_checked(options: SweepOptions, log: Callable[[str], None]) -> Cluste
     return info
 
 
-def write_manifest(options: SweepOptions, content: dict[str, Any]) -> None:
-    """Write ``sweep.json`` (name, teacher cache and ``content``: the trials, or a search's settings)."""
+def write_manifest(options: SweepOptions, content: dict[str, Any], tracking_uri: str) -> None:
+    """Write ``sweep.json`` (name, teacher cache, MLflow store and ``content``: the trials, or a
+    search's settings)."""
     options.sweep_dir.mkdir(parents=True, exist_ok=True)
     write_text(options.sweep_dir / MANIFEST, json.dumps(
-        {"name": options.name, "teacher_cache": options.teacher_cache, **content}, indent=1))
+        {"name": options.name, "teacher_cache": options.teacher_cache, "mlflow_uri": tracking_uri, **content},
+        indent=1))
 
 
 @dataclass(frozen=True)
@@ -185,30 +214,34 @@ class TuneRun:
 
 
 class Recorder:
-    """What one invocation writes through: the sinks (Parquet, MLflow, console) and the teacher store.
+    """What one invocation writes through: the sinks (Parquet, samples, MLflow, console) and the
+    teacher store, with the cluster ``info`` it runs on.
 
     Made by :func:`recording`, which opens and ends the MLflow parent run; ``status`` is
     the parent's end status (FAILED until :meth:`finish` decides).
     """
 
-    def __init__(self, options: SweepOptions, tracker: Any, log: Callable[[str], None]):
+    def __init__(self, options: SweepOptions, info: ClusterInfo, results: Any, queue: Any, invocation: str,
+                 log: Callable[[str], None]):
         from kd_tune.sinks import MlflowSink, ParquetSink, SamplesSink
         from kd_tune.teacher_store import TeacherStore
 
         self.options = options
-        self.tracker = tracker
+        self.info = info
+        self.queue = queue
+        self.invocation = invocation
         self.log = log
         self.status = "FAILED"
         self.warnings: list[str] = []
         # Stored caches are checksummed once per node and invocation: the token names this one.
         self.check_token = uuid.uuid4().hex
         self.store = TeacherStore(options.teachers_dir)
+        self.parquet = ParquetSink(results, sweep=options.name, teacher_acc=self.store.test_acc,
+                                   run_id=lambda key: self.mlflow.run_id(key))
         # The MLflow sink logs a trial's final row, which the Parquet sink (before it) has just written.
-        self.mlflow = MlflowSink(tracker, trial_row=lambda key: self.parquet.trial_row(key))
-        self.parquet = ParquetSink(options.sweep_dir, sweep=options.name, teacher_acc=self.store.test_acc,
-                                   run_id=self.mlflow.run_id)
+        self.mlflow = MlflowSink(queue, invocation, started_at=self.parquet.started_at,
+                                 trial_row=self.parquet.trial_row)
         self.samples = SamplesSink(options.sweep_dir, options.feature_classes)
-
     def warn(self, message: str) -> None:
         """Say ``message`` now and keep it for the closing summary."""
         self.log(f"warning: {message}")
@@ -257,42 +290,79 @@ class Recorder:
                fit_seconds: float, *, undrawn: int = 0) -> SweepOutcome:
         """End what a killed driver left open, count ``keys`` by status (and ``undrawn`` trials a
         search has yet to draw as missing), finalize; the outcome."""
-        statuses = self.parquet.statuses()
-        self.mlflow.reconcile(statuses)
-        counts = _counts(statuses, list(keys))
+        counts = _counts(self.parquet.statuses(), list(keys))
         counts["missing"] += undrawn
         interrupted = counts["missing"] > 0
         artifacts = tuple(finalize(self.options.sweep_dir)) if finalize is not None else ()
         self.mlflow.sweep_ended(self.parquet.trial_rows(), artifacts)
         self.status = "KILLED" if interrupted else ("FINISHED" if counts[TrialStatus.FAILED] == 0 else "FAILED")
-        return SweepOutcome(self.options.sweep_dir, self.tracker.tracking_uri, self.tracker.parent_id, counts,
-                            time.perf_counter() - started, fit_seconds, interrupted, artifacts,
-                            tuple(self.warnings), self.tracker.experiment_id)
+        return SweepOutcome(self.options.sweep_dir, self.queue.tracking_uri, self.queue.parent_id(self.invocation),
+                            counts, time.perf_counter() - started, fit_seconds, interrupted, artifacts,
+                            tuple(self.warnings), self.queue.experiment_id())
 
 
-@contextmanager
-def recording(options: SweepOptions, info: ClusterInfo, params: Mapping[str, Any],
+@contextlib.contextmanager
+def recording(options: SweepOptions, manifest: dict[str, Any], params: Mapping[str, Any],
               log: Callable[[str], None]) -> Iterator[Recorder]:
-    """Open the invocation's MLflow parent run (``params`` beside the resources) and end it with
-    the recorder's status (KILLED on Ctrl-C)."""
-    from kd_tune.tracking import SweepTracker, resolve_tracking_uri
+    """One invocation of a sweep, from its lock to its MLflow parent run's end.
 
-    tracker = SweepTracker(resolve_tracking_uri(options.mlflow_uri, options.storage), options.name,
-                           artifact_root=options.storage / "mlartifacts")
-    tracker.start_parent(
-        f"{options.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-        {**params, "cpus_per_trial": options.cpus_per_trial, "gpus_per_trial": options.gpus_per_trial,
-         "cluster": info.address, "storage": str(options.storage), "teacher_cache": options.teacher_cache},
-        {"kd_tune.sweep_dir": str(options.sweep_dir)},
-    )
-    recorder = Recorder(options, tracker, log)
+    Holds the sweep's lock (:func:`sweep_lock`), opens (and so checks) its stored results
+    before Ray starts, joins Ray and checks the cluster (:func:`connect_checked`), writes
+    ``sweep.json`` (``manifest``: the trials, or a search's settings), then opens the
+    invocation's MLflow parent run (``params`` beside the resources) through the durable
+    queue: writes an earlier run left unsent go first, then MLflow is checked against the
+    results. At the end the parent run gets the recorder's status (KILLED on Ctrl-C) and
+    the queue is given a while to catch up; what it could not send waits for the next run.
+    """
+    from kd_tune.results import ResultsWriter
+    from kd_tune.tracking import resolve_tracking_uri
+    from kd_tune.tracking_queue import TrackingQueue
+
+    with sweep_lock(options.sweep_dir, log=log):
+        # Opening the results checks them: a damaged file stops here, before Ray starts.
+        results = ResultsWriter(options.sweep_dir)
+        info = connect_checked(options, log)
+        tracking_uri = resolve_tracking_uri(options.mlflow_uri, options.storage)
+        write_manifest(options, manifest, tracking_uri)
+        invocation = uuid.uuid4().hex
+        queue = TrackingQueue(options.sweep_dir, tracking_uri, options.name,
+                              artifact_root=options.storage / "mlartifacts", log=log)
+        queue.start_parent(
+            invocation, f"{options.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+            {**params, "cpus_per_trial": options.cpus_per_trial, "gpus_per_trial": options.gpus_per_trial,
+             "cluster": info.address, "storage": str(options.storage), "teacher_cache": options.teacher_cache},
+            {"kd_tune.sweep_dir": str(options.sweep_dir)},
+        )
+        recorder = Recorder(options, info, results, queue, invocation, log)
+        if queue.send(timeout=START_SEND_S):
+            _mirror(recorder, log)
+        queue.start()
+        try:
+            yield recorder
+        except KeyboardInterrupt:
+            recorder.status = "KILLED"
+            raise
+        finally:
+            queue.end_parent(invocation, recorder.status)
+            if queue.stop(timeout=END_SEND_S):
+                _mirror(recorder, log)
+                # Run ids recorded by the mirror came after the tables' compaction at the experiment's end.
+                recorder.parquet.writer.compact()
+            else:
+                log(f"MLflow is still behind: {queue.unsent()} write(s) wait in {queue.outbox.path}; they are "
+                    f"sent on the next run of this sweep, or with `python -m kd_tune.recover sync "
+                    f"{options.sweep_dir}` (the Parquet results are complete)")
+            queue.close()
+
+
+def _mirror(recorder: Recorder, log: Callable[[str], None]) -> None:
+    """MLflow made whole from the results (refilled, stale runs ended) and the run ids
+    recorded in the results; a store that fails meanwhile is left for the next run."""
     try:
-        yield recorder
-    except KeyboardInterrupt:
-        recorder.status = "KILLED"
-        raise
-    finally:
-        tracker.end_parent(recorder.status)
+        recorder.parquet.writer.record_run_ids(recorder.mlflow.mirror(recorder.parquet.writer, log=log))
+    except Exception as err:  # MLflow is a view of the results: the sweep goes on without it
+        log(f"could not check MLflow against the results ({str(err).splitlines()[0][:200]}); it is checked "
+            "again on the next run of this sweep")
 
 
 def check_manifest(options: SweepOptions, wanted: Mapping[str, Any]) -> None:

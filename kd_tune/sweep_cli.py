@@ -32,6 +32,7 @@ from kd_tune.config import ConfigError, RunConfig
 from kd_tune.data import DataError
 from kd_tune.losses import loss_names
 from kd_tune.plan import Plan
+from kd_tune.results import ResultsError
 from kd_tune.search import SCHEDULERS, SEARCHES, Search, SearchSettings
 from kd_tune.search_space import Choice, Distribution, SampledSpace, SearchSpace, expand, parse_distribution
 from kd_tune.status import TrialStatus
@@ -331,7 +332,7 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None, *, prog: str | None
         else:
             outcome = run_sweep(configs, options,
                                 finalize=lambda folder: [*_write_tables(folder, spec.table), *_write_figures(folder)])
-    except (ClusterError, SweepError, ConfigError, DataError) as err:
+    except (ClusterError, SweepError, ConfigError, DataError, ResultsError) as err:
         parser.error(str(err))
     except TeacherError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -373,6 +374,7 @@ def _write_figures(sweep_dir: Path) -> list[Path]:
 
 
 def _print_summary(outcome: Any, table: str) -> None:
+    from kd_tune.results import epochs_table, trials_table
     from kd_tune.tracking import experiment_url, ui_command
 
     counts = ", ".join(f"{n} {what}" for what, n in outcome.counts.items() if n)
@@ -384,7 +386,7 @@ def _print_summary(outcome: Any, table: str) -> None:
             print(path.read_text())
     for warning in outcome.warnings:
         print(f"warning: {warning}")
-    print(f"Parquet:  {outcome.sweep_dir / 'trials.parquet'}\n          {outcome.sweep_dir / 'epochs.parquet'}")
+    print(f"Parquet:  {trials_table(outcome.sweep_dir).folder}/\n          {epochs_table(outcome.sweep_dir).folder}/")
     for path in outcome.artifacts:
         if path.suffix in (".csv", ".png"):
             print(f"{'CSV:' if path.suffix == '.csv' else 'Figure:':<10}{path}")
@@ -507,11 +509,11 @@ A search (--search optuna) maximises validation accuracy; test accuracy is only 
 It ends with the search table (selected settings, confirmation), parameter importances
 and the optimisation history (NAME/tables/, NAME/figures/, STORAGE/optuna.db).
 
-Results: STORAGE/NAME/trials.parquet (one row per trial) and epochs.parquet (one row per
-trial and epoch), per-sample end measurements in samples.parquet/ and features in
-features.parquet/, tables in STORAGE/NAME/tables/, figures in STORAGE/NAME/figures/,
-MLflow runs in sqlite:///STORAGE/mlflow.db (one parent run per invocation, one child run
-per trial and per teacher). Interrupted? Rerun the same
+Results: STORAGE/NAME/results/trials/ (one row per trial) and results/epochs/ (one row per
+trial and epoch), folders of Parquet files; per-sample end measurements in
+samples.parquet/ and features in features.parquet/, tables in STORAGE/NAME/tables/,
+figures in STORAGE/NAME/figures/, MLflow runs in sqlite:///STORAGE/mlflow.db (one parent
+run per invocation, one child run per trial and per teacher). Interrupted? Rerun the same
 command: finished trials are kept, unfinished ones continue from their last checkpoint.
 
 On a cluster: `ray start --head` on one node, `ray start --address HEAD:6379` on the

@@ -22,7 +22,7 @@ from kd_tune.logit_cache import LogitCache, intact_meta, print_warning
 from kd_tune.plan import Plan
 from kd_tune.sweep_options import SweepOptions
 from kd_tune.teacher_store import TeacherError, TeacherStore, at_chance
-from kd_tune.trainable import build_logits_task, train_teacher_task
+from kd_tune.trainable import BUILT_ELSEWHERE, build_logits_task, train_teacher_task
 
 PROGRESS_S = 30.0  # how often the stages report work in progress
 
@@ -64,7 +64,8 @@ def ensure_teachers(plan: Plan, store: TeacherStore, options: SweepOptions, *, l
         if key in unmeasured:
             log(f"teacher {needed[key].teacher} ({key}) measured on the test set")
             return
-        log(f"teacher {needed[key].teacher} ({key}) trained: test acc {100 * meta['metrics']['test_acc']:.2f}% "
+        how = "trained by another sweep meanwhile" if meta.get(BUILT_ELSEWHERE) else "trained"
+        log(f"teacher {needed[key].teacher} ({key}) {how}: test acc {100 * meta['metrics']['test_acc']:.2f}% "
             f"in {meta['train_seconds']:.1f}s")
 
     def failed(key: str, cause: BaseException) -> None:
@@ -101,8 +102,9 @@ def ensure_teacher_logits(plan: Plan, store: TeacherStore, options: SweepOptions
 
     def built(key: str, meta: dict[str, Any]) -> None:
         views, samples, classes = meta["train_shape"]
+        how = ", computed by another sweep meanwhile" if meta.get(BUILT_ELSEWHERE) else ""
         log(f"teacher logits {key} (teacher {needed[key].teacher}): {views} view(s) x {samples} samples x "
-            f"{classes} classes, {meta['bytes'] / 1e6:.1f} MB, in {meta['build_seconds']:.1f}s")
+            f"{classes} classes, {meta['bytes'] / 1e6:.1f} MB, in {meta['build_seconds']:.1f}s{how}")
 
     def failed(key: str, cause: BaseException) -> None:
         log(f"teacher logits {key} (teacher {needed[key].teacher}) could not be computed: {cause}; "

@@ -7,7 +7,11 @@ per-epoch metrics with ``step`` = epoch, and whose status mirrors the trial
 (FINISHED, or FAILED when the trial failed) with the trial's
 :class:`~kd_tune.status.TrialStatus` in tag ``kd_tune.status`` (a diverged or stopped
 run is FINISHED with ``kd_tune.status=diverged`` or ``stopped``). Tags
-``kd_tune.trial_id`` and ``kd_tune.teacher_key`` name Tune's trial and the teacher.
+``kd_tune.trial_id`` and ``kd_tune.teacher_key`` name Tune's trial and the teacher,
+``kd_tune.started_at`` the trial row's ``started_at`` (so that results rebuilt from Ray
+Tune's records keep it), ``kd_tune.invocation`` the invocation that started a run (so
+that starting it again is a no-op), ``kd_tune.refilled`` a run made from the Parquet
+results after the store lost it.
 
 Every run created carries the source tags of the invocation (``mlflow.source.name``:
 the script; ``mlflow.source.git.commit`` and ``.branch`` when it runs from a git
@@ -27,16 +31,21 @@ store, e.g. a tracking server ``http://host:5000``.
 """
 from __future__ import annotations
 
+import base64
+import contextlib
 import math
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from kd_tune.locks import held, lock_path
 from kd_tune.netcheck import connect_error
 from kd_tune.status import TrialStatus
 
@@ -49,6 +58,9 @@ TRIAL_ID_TAG = "kd_tune.trial_id"
 TEACHER_TAG = "kd_tune.teacher_key"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"  # the UI's Model training view (not its GenAI view)
+INVOCATION_TAG = "kd_tune.invocation"
+STARTED_TAG = "kd_tune.started_at"
+REFILL_TAG = "kd_tune.refilled"
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 
 
@@ -63,16 +75,39 @@ def resolve_tracking_uri(flag: str | None, storage: str | Path) -> str:
 
 
 def check_reachable(tracking_uri: str, timeout_s: float = 3.0) -> str | None:
-    """A problem sentence if a tracking server URI does not answer on its port, else None.
+    """A problem sentence if a tracking server URI does not answer, or refuses this
+    driver's credentials, else None.
 
-    MLflow's own client retries for minutes; a sweep should fail in seconds instead.
+    MLflow's own client retries for minutes; a sweep should fail in seconds instead. The
+    credentials are those the MLflow client sends: ``MLFLOW_TRACKING_USERNAME`` and
+    ``MLFLOW_TRACKING_PASSWORD`` (HTTP basic authentication, e.g. ``mlflow server
+    --app-name basic-auth``), or ``MLFLOW_TRACKING_TOKEN``.
     """
     parsed = urlparse(tracking_uri)
     if parsed.scheme not in ("http", "https"):
         return None
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     error = connect_error(parsed.hostname or "", port, timeout_s)
-    return None if error is None else f"cannot reach the MLflow tracking server at {tracking_uri}: {error}"
+    if error is not None:
+        return f"cannot reach the MLflow tracking server at {tracking_uri}: {error}"
+    request = urllib.request.Request(tracking_uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            given = "no credentials were given" if not (user or os.environ.get("MLFLOW_TRACKING_TOKEN")) else \
+                "the credentials were refused"
+            return (f"the MLflow tracking server at {tracking_uri} requires authentication (HTTP {err.code}) and "
+                    f"{given}; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+        return None  # it answers; whatever else is wrong, MLflow's own client will say
+    except (OSError, ValueError) as err:
+        return f"the MLflow tracking server at {tracking_uri} does not answer: {err}"
 
 
 def ui_command(tracking_uri: str) -> str:
@@ -99,38 +134,58 @@ def _millis() -> int:
 
 
 class SweepTracker:
-    """Writes one sweep invocation to MLflow (see the module docstring for the layout)."""
+    """Writes a sweep to MLflow (see the module docstring for the layout); synchronous.
+
+    The driver's sinks never call it directly: they queue their writes through
+    :class:`kd_tune.tracking_queue.TrackingQueue`, which calls it from its own thread.
+    ``invocation`` (an id per sweep invocation, tag ``kd_tune.invocation``) makes
+    starting a parent or a trial run idempotent, so queued writes can be replayed.
+    """
 
     def __init__(self, tracking_uri: str, experiment: str, *, artifact_root: str | Path | None = None):
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is not None:
-            self.experiment_id = found.experiment_id
-        else:
-            location = None
-            if artifact_root is not None and tracking_uri.startswith("sqlite:"):
-                location = Path(artifact_root).absolute().as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-        self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+        with _store_creation_lock(tracking_uri):
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            found = self.client.get_experiment_by_name(experiment)
+            if found is not None and found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)  # a deleted experiment keeps its name
+            if found is not None:
+                self.experiment_id = found.experiment_id
+            else:
+                location = None
+                if artifact_root is not None and tracking_uri.startswith("sqlite:"):
+                    location = Path(artifact_root).absolute().as_uri()
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         self.experiment = experiment
         self.parent_id: str | None = None
         self.source = source_tags()
         self._last_step: dict[str, int] = {}
 
-    def start_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-        """End parents an interrupted invocation left RUNNING (as KILLED); open this one's."""
+    def start_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
+                     *, invocation: str | None = None) -> str:
+        """End parents an interrupted invocation left RUNNING (as KILLED); open this one's
+        (or return the one already opened for ``invocation``)."""
+        existing = self.find_parent(invocation) if invocation else None
+        if existing is not None:
+            self.parent_id = existing
+            return existing
         for run in self._search(f"tags.`{ROLE_TAG}` = 'sweep' and attributes.status = 'RUNNING'"):
             self.client.set_terminated(run.info.run_id, status="KILLED")
-        run = self.client.create_run(
-            self.experiment_id, run_name=run_name,
-            tags={ROLE_TAG: "sweep", SWEEP_TAG: self.experiment, **self.source, **tags},
-        )
+        invocation_tag = {INVOCATION_TAG: invocation} if invocation else {}
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={ROLE_TAG: "sweep", SWEEP_TAG: self.experiment, **invocation_tag,
+                                           **self.source, **tags})
         self.parent_id = run.info.run_id
         self._log(self.parent_id, params=params)
         return self.parent_id
+
+    def find_parent(self, invocation: str) -> str | None:
+        """The parent run opened for ``invocation``, if any."""
+        runs = self._search(f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{INVOCATION_TAG}` = '{invocation}'")
+        return runs[0].info.run_id if runs else None
 
     def end_parent(self, status: str = "FINISHED", metrics: Mapping[str, float] | None = None) -> None:
         if self.parent_id is None:
@@ -140,22 +195,28 @@ class SweepTracker:
         self.client.set_terminated(self.parent_id, status=status)
 
     def start_trial(self, trial_key: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
-                    metrics: Mapping[str, float] | None = None) -> str:
-        """The child run of a trial: the unfinished one of an earlier invocation, or a new one
-        (logged with ``params`` and, at step 0, ``metrics``)."""
-        assert self.parent_id is not None, "start_parent first"
-        for run in self._search(f"tags.`{KEY_TAG}` = '{trial_key}'"):
-            if run.info.status != "FINISHED":
-                run_id = run.info.run_id
+                    metrics: Mapping[str, float] | None = None, *, invocation: str | None = None) -> str:
+        """The child run of a trial: the one ``invocation`` started already, the unfinished
+        one of an earlier invocation (continued under this parent, ``tags`` set again), or a
+        new one (logged with ``params`` and, at step 0, ``metrics``)."""
+        invocation_tag = {INVOCATION_TAG: invocation} if invocation else {}
+        parent_tag = {PARENT_TAG: self.parent_id} if self.parent_id else {}
+        runs = self._search(f"tags.`{KEY_TAG}` = '{trial_key}'")
+        # The start of this invocation, sent again: the run as it is.
+        started = [r for r in runs if invocation and r.data.tags.get(INVOCATION_TAG) == invocation]
+        unfinished = [r for r in runs if r.info.status != "FINISHED"]
+        if started or unfinished:
+            run_id = (started or unfinished)[0].info.run_id
+            if not started:
                 self.client.update_run(run_id, status="RUNNING")
-                self.client.set_tag(run_id, PARENT_TAG, self.parent_id)
-                history = self.client.get_metric_history(run_id, "epoch")
-                self._last_step[run_id] = max((int(m.step) for m in history), default=0)
-                return run_id
+                self._log(run_id, tags={**tags, **invocation_tag, **parent_tag})
+            history = self.client.get_metric_history(run_id, "epoch")
+            self._last_step[run_id] = max((int(m.step) for m in history), default=0)
+            return run_id
         run = self.client.create_run(
             self.experiment_id,
             run_name=run_name,
-            tags={ROLE_TAG: "trial", PARENT_TAG: self.parent_id, KEY_TAG: trial_key, SWEEP_TAG: self.experiment,
+            tags={ROLE_TAG: "trial", **parent_tag, KEY_TAG: trial_key, SWEEP_TAG: self.experiment, **invocation_tag,
                   **self.source, **tags},
         )
         self._log(run.info.run_id, params=params, metrics=metrics)
@@ -206,11 +267,24 @@ class SweepTracker:
 
     def log_epoch(self, run_id: str, metrics: Mapping[str, float]) -> None:
         """Log one epoch's metrics at step = epoch (skipped if that step was logged)."""
-        step = int(metrics["epoch"])
-        if step <= self._last_step.get(run_id, 0):
-            return
-        self._log(run_id, metrics=metrics, step=step)
-        self._last_step[run_id] = step
+        self.log_epochs(run_id, [(metrics, _millis())])
+
+    def log_epochs(self, run_id: str, epochs: Sequence[tuple[Mapping[str, float], int]]) -> None:
+        """Log epochs in one request: (metrics with ``epoch``, when it was reported in ms),
+        oldest first, each at step = epoch; steps already logged are skipped. A write sent
+        again with its original time is stored once."""
+        from mlflow.entities import Metric
+
+        metrics = []
+        last = self._last_step.get(run_id, 0)
+        for values, ms in epochs:
+            step = int(values["epoch"])
+            if step > last:
+                metrics += [Metric(k, float(v), ms, step) for k, v in values.items() if _is_number(v)]
+                last = step
+        for i in range(0, len(metrics), _BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i:i + _BATCH])
+        self._last_step[run_id] = last  # only once stored: a failed request is sent again whole
 
     def end_trial(self, run_id: str, status: TrialStatus, tags: Mapping[str, str] | None = None,
                   metrics: Mapping[str, float] | None = None, step: int = 0) -> None:
@@ -220,19 +294,41 @@ class SweepTracker:
         self._log(run_id, tags={**(tags or {}), STATUS_TAG: status.value}, metrics=metrics, step=step)
         self.client.set_terminated(run_id, status="FAILED" if status is TrialStatus.FAILED else "FINISHED")
 
-    def end_recorded_trials(self, statuses: Mapping[str, TrialStatus]) -> int:
-        """End child runs still RUNNING whose trial has a final status (trial key -> status).
+    def record_trial(self, trial_key: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
+                     status: TrialStatus, epochs: Sequence[tuple[Mapping[str, float], int]]) -> str:
+        """A finished trial's whole child run at once, under the current parent (a store
+        refilled from the Parquet results): ``epochs`` as for :meth:`log_epochs`.
 
-        A driver stopped between recording a trial's final row and ending its child run
-        leaves the run RUNNING; this mirrors the recorded status. Returns how many ended.
+        A run this left unfinished (a refill cut short) is deleted and made again.
         """
-        ended = 0
-        for run in self._search(f"tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'RUNNING'"):
-            status = statuses.get(run.data.tags.get(KEY_TAG, ""))
-            if status is not None:
-                self.end_trial(run.info.run_id, status)
-                ended += 1
-        return ended
+        parent_tag = {PARENT_TAG: self.parent_id} if self.parent_id else {}
+        for run in self._search(f"tags.`{KEY_TAG}` = '{trial_key}' and tags.`{REFILL_TAG}` = 'yes'"):
+            if run.info.status == "RUNNING":
+                self.client.delete_run(run.info.run_id)
+        run = self.client.create_run(
+            self.experiment_id, run_name=run_name,
+            tags={ROLE_TAG: "trial", **parent_tag, KEY_TAG: trial_key, SWEEP_TAG: self.experiment, REFILL_TAG: "yes",
+                  **tags})
+        run_id = run.info.run_id
+        self._log(run_id, params=params)
+        self._last_step[run_id] = 0
+        self.log_epochs(run_id, epochs)
+        self.end_trial(run_id, status)
+        return run_id
+
+    def trial_runs(self) -> dict[str, Any]:
+        """The latest child run of each trial key in the experiment (``mlflow.entities.Run``)."""
+        latest: dict[str, Any] = {}
+        for run in self._search(f"tags.`{ROLE_TAG}` = 'trial'"):
+            key = run.data.tags.get(KEY_TAG)
+            if key and (key not in latest or run.info.start_time > latest[key].info.start_time):
+                latest[key] = run
+        return latest
+
+    def find_trial_run(self, trial_key: str) -> str | None:
+        """The latest child run of a trial key, if any."""
+        runs = self._search(f"tags.`{KEY_TAG}` = '{trial_key}'")
+        return max(runs, key=lambda r: r.info.start_time).info.run_id if runs else None
 
     def log_artifacts(self, paths: list[Path], artifact_path: str = "tables") -> None:
         if self.parent_id is None:
@@ -241,7 +337,16 @@ class SweepTracker:
             self.client.log_artifact(self.parent_id, str(path), artifact_path=artifact_path)
 
     def _search(self, filter_string: str) -> list[Any]:
-        return list(self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000))
+        """Every run of the experiment matching ``filter_string`` (all pages)."""
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000,
+                                           page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
 
     def _log(
         self,
@@ -251,10 +356,11 @@ class SweepTracker:
         metrics: Mapping[str, float] | None = None,
         tags: Mapping[str, str] | None = None,
         step: int = 0,
+        timestamp_ms: int | None = None,
     ) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        now = _millis()
+        now = timestamp_ms if timestamp_ms is not None else _millis()
         param_list = [Param(k, _param_text(v)) for k, v in (params or {}).items()]
         metric_list = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if _is_number(v)]
         tag_list = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
@@ -289,6 +395,15 @@ def _git(folder: Path, *args: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def _store_creation_lock(tracking_uri: str) -> contextlib.AbstractContextManager[Any]:
+    """A lock around the first use of a SQLite store: two processes creating its tables at
+    once fail (``table ... already exists``); other stores need none."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    database = Path(tracking_uri[len("sqlite:///"):])
+    return held(lock_path(database.parent, "mlflow-store"), f"the MLflow store {database}")
 
 
 def _is_number(value: Any) -> bool:

@@ -20,6 +20,11 @@ A distilling trial takes the teacher's outputs from the teacher-logit cache
 is missing, by the trial) when its plan names a cache; otherwise it runs the teacher
 online.
 
+Teachers and caches are shared by every sweep in the storage: the tasks that make them
+hold a lock per key (:mod:`kd_tune.locks`), so two sweeps that need the same one at
+once build it once, the other waiting for it; the record a task returns then says
+``built_by_another_sweep``.
+
 Fixed cost per trial is kept low for actor reuse: the data set, the teacher and the
 cached logits are held in the worker process (a few entries, keyed by what identifies
 them), so a reused actor loads them once, not once per trial.
@@ -36,6 +41,7 @@ import torch
 
 from kd_tune.checkpoint import load_state, save_state
 from kd_tune.config import RunConfig
+from kd_tune.locks import held, lock_path
 from kd_tune.logit_cache import LogitCache, ensure_cached
 from kd_tune.measurements import EndMeasurements
 from kd_tune.plan import Trial
@@ -46,6 +52,7 @@ from kd_tune.trainer import EpochEnd, load_data, train
 from kd_tune.trial_end import END_KEY, TrialEnd
 
 STATE_FILE = "state.pt"
+BUILT_ELSEWHERE = "built_by_another_sweep"
 _CACHE_ENTRIES = 3
 
 T = TypeVar("T")
@@ -71,7 +78,7 @@ def distill_trial(config: dict[str, Any], *, teachers_dir: str, logits_dir: str,
     teacher = logits = None
     if trial.cache_key is not None:
         cache = LogitCache(logits_dir)
-        meta = ensure_cached(trial, data, store, cache, device=run.device, token=check_token)
+        meta = _cached_once(trial, data, store, cache, run.device, check_token)
         # Held per build: a cache rebuilt during the sweep is mapped afresh, not served from the old map.
         logits = _held_or_load("logits", (logits_dir, trial.cache_key, meta["created_at"]),
                                lambda: cache.load(trial.cache_key))
@@ -129,9 +136,12 @@ def train_teacher_task(teachers_dir: str, key: str, config: dict[str, Any], nois
     run = run.replace(device=assigned_device(run.device))
     torch.set_num_threads(cpu_share())
     store = TeacherStore(teachers_dir)
-    if store.has(key):
-        return store.measure(key, run, noise_dir=noise_dir)
-    return store.train(key, run, noise_dir=noise_dir)
+    with held(lock_path(store.root, key), f"teacher {key}"):
+        if not store.has(key):
+            return store.train(key, run, noise_dir=noise_dir)
+        if not store.measurements_path(key).is_file():
+            return store.measure(key, run, noise_dir=noise_dir)
+        return {**store.meta(key), BUILT_ELSEWHERE: True}
 
 
 def build_logits_task(teachers_dir: str, logits_dir: str, trial: dict[str, Any], noise_dir: str,
@@ -141,8 +151,16 @@ def build_logits_task(teachers_dir: str, logits_dir: str, trial: dict[str, Any],
     device = assigned_device(planned.config.device)
     torch.set_num_threads(cpu_share())
     data = load_data(planned.config, noise_dir=noise_dir)
-    return ensure_cached(planned, data, TeacherStore(teachers_dir), LogitCache(logits_dir), device=device,
-                         token=check_token)
+    return _cached_once(planned, data, TeacherStore(teachers_dir), LogitCache(logits_dir), device, check_token)
+
+
+def _cached_once(trial: Trial, data: Any, store: TeacherStore, cache: LogitCache, device: str,
+                 token: str | None) -> dict[str, Any]:
+    """:func:`ensure_cached` under the cache key's lock: one builder per key across sweeps."""
+    with held(lock_path(cache.root, trial.cache_key), f"teacher logits {trial.cache_key}"):
+        existed = cache.has(trial.cache_key)
+        meta = ensure_cached(trial, data, store, cache, device=device, token=token)
+    return {**meta, BUILT_ELSEWHERE: True} if existed else meta
 
 
 def assigned_device(device: str) -> str:

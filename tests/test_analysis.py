@@ -50,7 +50,7 @@ def trial(loss="kl", tau=4.0, alpha=0.9, seed=0, acc=0.5, status="completed", *,
     """One row of trials.parquet with every column of the schema."""
     ok = status == "completed"
     return {
-        "sweep": sweep, "trial_key": f"{loss}-{tau}-{alpha}-{seed}-{noise_type}-{noise_rate}",
+        "sweep": sweep, "trial_key": "set by write_sweep",
         "trial_id": f"t{seed}", "status": status, "error": None if ok else "boom",
         "diverged_epoch": 3 if status == "diverged" else None, "dataset": dataset,
         "data_dir": None, "download": False, "val_size": 180.0, "split_seed": 0,
@@ -69,7 +69,11 @@ def trial(loss="kl", tau=4.0, alpha=0.9, seed=0, acc=0.5, status="completed", *,
 
 
 def write_sweep(folder: Path, rows: list[dict]) -> Path:
+    """A sweep folder holding ``rows`` as a ``trials.parquet`` of the older layout (read as
+    it is), each row keyed by its setting like the sweep's trial keys."""
     folder.mkdir(parents=True, exist_ok=True)
+    setting = ("dataset", "teacher", "student", "loss", "tau", "alpha", "seed", "noise_type", "noise_rate")
+    rows = [dict(r, trial_key="-".join(str(r[c]) for c in setting)) for r in rows]
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), folder / "trials.parquet")
     return folder
 
@@ -328,7 +332,7 @@ def test_bad_inputs_raise(tmp_path, grid):
     with pytest.raises(ValueError, match="test_acc"):
         build_tables(df.drop(columns=["test_acc"]), "loss")
     (tmp_path / "empty" / "not_a_sweep").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="no trials.parquet"):
+    with pytest.raises(FileNotFoundError, match="no sweep results"):
         load_trials(tmp_path / "empty")
     with pytest.raises(ValueError, match="one table kind"):
         render(build_tables(df, "loss") + build_tables(df, "noise"), "csv")
@@ -355,6 +359,11 @@ def test_cli_rejects_bad_input(tmp_path):
     write_sweep(tmp_path / "s", [trial()])
     proc = run_cli(tmp_path / "s", "--table", "bogus")
     assert proc.returncode == 2 and "invalid choice: 'bogus'" in proc.stderr
+    damaged = tmp_path / "s" / "trials.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:-100])
+    proc = run_cli(tmp_path / "s")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{damaged} is damaged" in proc.stderr and "python -m kd_tune.recover rebuild" in proc.stderr
 
 
 def test_cli_in_process(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Parquet results: trial rows from epoch histories, and the one writer's atomic files."""
+"""Parquet results: trial rows from epoch histories, and the one writer's tables of part files."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,22 +6,31 @@ import math
 import os
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from analysis.results_io import load_epochs, load_trials
 from kd_tune.atomic import atomic_write
 from kd_tune.config import RunConfig
 from kd_tune.identity import trial_key
+from kd_tune.part_table import PartTable
 from kd_tune.results import (
     EPOCH_METRICS,
     EPOCHS_FILE,
     EPOCHS_SCHEMA,
     TRIALS_FILE,
     TRIALS_SCHEMA,
+    ResultsError,
     ResultsWriter,
     epoch_row,
+    epochs_table,
+    read_epochs,
+    read_trials,
     trial_row,
+    trials_table,
 )
 
 STARTED = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -144,19 +153,27 @@ def _fill(writer, config=RunConfig(), epochs=3, trial_id="t_1"):
     return key
 
 
-def test_flush_writes_both_files_with_exactly_the_schemas(tmp_path):
+def on_disk(folder):
+    """Every row stored in a table folder, as a data set reader sees it (no deduplication)."""
+    return ds.dataset(folder, format="parquet").to_table().to_pylist()
+
+
+def test_flush_writes_both_tables_with_exactly_the_schemas(tmp_path):
     writer = ResultsWriter(tmp_path / "sweep")
     assert not (tmp_path / "sweep").exists()  # reading writes nothing
     _fill(writer)
     writer.flush()
-    trials = pq.read_table(tmp_path / "sweep" / TRIALS_FILE)
-    epochs = pq.read_table(tmp_path / "sweep" / EPOCHS_FILE)
-    assert trials.schema.remove_metadata().equals(TRIALS_SCHEMA.remove_metadata())
-    assert epochs.schema.remove_metadata().equals(EPOCHS_SCHEMA.remove_metadata())
-    assert trials.num_rows == 1 and epochs.num_rows == 3
-    assert epochs.column("epoch").to_pylist() == [1, 2, 3]
-    assert trials.column("best_val_epoch").to_pylist() == [3]
-    assert sorted(os.listdir(tmp_path / "sweep")) == [EPOCHS_FILE, TRIALS_FILE]
+    results = tmp_path / "sweep" / "results"
+    assert sorted(os.listdir(tmp_path / "sweep")) == ["results"]
+    assert sorted(os.listdir(results)) == ["epochs", "trials"]
+    for name, schema, rows in (("trials", TRIALS_SCHEMA, 1), ("epochs", EPOCHS_SCHEMA, 3)):
+        files = os.listdir(results / name)
+        assert len(files) == 1 and files[0].startswith("part-") and files[0].endswith(".parquet")
+        dataset = ds.dataset(results / name)  # the folder opens as a data set as it is
+        assert dataset.schema.remove_metadata().equals(schema)
+        assert dataset.count_rows() == rows
+    assert sorted(r["epoch"] for r in on_disk(results / "epochs")) == [1, 2, 3]
+    assert [r["best_val_epoch"] for r in on_disk(results / "trials")] == [3]
 
 
 def test_infinite_tau_and_milestones_round_trip(tmp_path):
@@ -164,7 +181,7 @@ def test_infinite_tau_and_milestones_round_trip(tmp_path):
     writer = ResultsWriter(tmp_path)
     _fill(writer, config)
     writer.flush()
-    table = pq.read_table(tmp_path / TRIALS_FILE)
+    table = read_trials(tmp_path)
     assert table.schema.field("tau").type == pa.float64()
     assert table.column("tau").to_pylist() == [math.inf]
     assert table.schema.field("milestones").type == pa.list_(pa.int64())
@@ -174,25 +191,24 @@ def test_infinite_tau_and_milestones_round_trip(tmp_path):
     assert RunConfig.from_dict({f.name: row[f.name] for f in dataclasses.fields(RunConfig)}) == config
 
 
-def test_a_second_writer_loads_the_rows_on_disk(tmp_path):
+def test_a_second_writer_knows_the_stored_rows(tmp_path):
     first = ResultsWriter(tmp_path)
     a = _fill(first, RunConfig(seed=0), trial_id="t_a")
     b = _fill(first, RunConfig(seed=1, tau=math.inf), epochs=2, trial_id="t_b")
+    failed = _fill(first, RunConfig(seed=2), epochs=1)
+    first.finish_trial(dict(_row(config=RunConfig(seed=2)), status="failed"))
     first.flush()
 
     second = ResultsWriter(tmp_path)
-    assert set(second.trials) == {a, b}
-    assert set(second.epochs) == {(a, 1), (a, 2), (a, 3), (b, 1), (b, 2)}
-    assert second.trials[b]["tau"] == math.inf and second.trials[a]["trial_id"] == "t_a"
-    assert second.trials[a]["started_at"] == STARTED
+    assert second.statuses() == {a: "completed", b: "completed", failed: "failed"}
     assert [r["epoch"] for r in second.history(a)] == [1, 2, 3]
     assert [r["val_acc"] for r in second.history(b)] == pytest.approx([0.1, 0.2])
-    for key in (a, b):
-        for name in ("best_val_acc", "best_val_epoch", "epoch", "test_acc", "train_time_s", "milestones"):
-            assert second.trials[key][name] == first.trials[key][name], name
+    stored = {r["trial_key"]: r for r in second.read_trials()}
+    assert stored[b]["tau"] == math.inf and stored[a]["trial_id"] == "t_a" and stored[a]["started_at"] == STARTED
+    assert second.read_trials([b])[0]["trial_key"] == b
 
 
-def test_resumed_epochs_and_trials_replace_their_rows(tmp_path):
+def test_resumed_epochs_and_trials_replace_their_rows_on_disk(tmp_path):
     first = ResultsWriter(tmp_path)
     key = _fill(first, epochs=3)
     first.flush()
@@ -201,13 +217,16 @@ def test_resumed_epochs_and_trials_replace_their_rows(tmp_path):
     # the resumed trial reports epoch 3 again (after its checkpoint at 2) and a new epoch 4
     second.add_epoch(epoch_row("s", key, "t_2", _epoch(3, 0.99, 0.55)))
     second.add_epoch(epoch_row("s", key, "t_2", _epoch(4, 0.10, 0.66)))
+    assert [(r["epoch"], r["trial_id"]) for r in second.history(key)] == [(1, "t_1"), (2, "t_1"), (3, "t_2"),
+                                                                            (4, "t_2")]
     second.finish_trial(_row(trial_id="t_2", history=second.history(key)))
     second.flush()
 
-    epochs = pq.read_table(tmp_path / EPOCHS_FILE).to_pylist()
+    # exactly one row per key in the files themselves, not only through the readers
+    epochs = sorted(on_disk(tmp_path / "results" / "epochs"), key=lambda r: r["epoch"])
     assert [(r["epoch"], r["trial_id"]) for r in epochs] == [(1, "t_1"), (2, "t_1"), (3, "t_2"), (4, "t_2")]
     assert epochs[2]["val_acc"] == 0.99
-    trials = pq.read_table(tmp_path / TRIALS_FILE).to_pylist()
+    trials = on_disk(tmp_path / "results" / "trials")
     assert len(trials) == 1
     assert (trials[0]["trial_id"], trials[0]["epoch"], trials[0]["best_val_epoch"]) == ("t_2", 4, 3)
     assert trials[0]["test_acc_at_best_val"] == 0.55
@@ -223,36 +242,138 @@ def test_history_is_sorted_by_epoch_and_per_trial(tmp_path):
     assert writer.history("nope") == []
 
 
-def test_flush_without_changes_does_not_rewrite(tmp_path):
+def test_flush_without_changes_writes_nothing(tmp_path):
     writer = ResultsWriter(tmp_path)
     writer.flush()
     assert list(tmp_path.iterdir()) == []  # nothing added: nothing written
     _fill(writer)
     writer.flush()
-    before = {name: os.stat(tmp_path / name) for name in (TRIALS_FILE, EPOCHS_FILE)}
+    before = {p: os.stat(p) for p in (tmp_path / "results").rglob("*")}
     writer.flush()
-    ResultsWriter(tmp_path).flush()  # loading alone changes nothing either
-    for name, st in before.items():
-        now = os.stat(tmp_path / name)
-        assert (now.st_ino, now.st_mtime_ns, now.st_size) == (st.st_ino, st.st_mtime_ns, st.st_size), name
-    # a change does rewrite (atomic replace: a new inode)
+    ResultsWriter(tmp_path).flush()  # opening alone changes nothing either
+    now = {p: os.stat(p) for p in (tmp_path / "results").rglob("*")}
+    assert set(now) == set(before)
+    for path, st in before.items():
+        assert (now[path].st_ino, now[path].st_mtime_ns, now[path].st_size) == \
+            (st.st_ino, st.st_mtime_ns, st.st_size), path
     writer.add_epoch(epoch_row("s", "other", "t", _epoch(1, 0.1, 0.1)))
-    writer.flush()
-    assert os.stat(tmp_path / EPOCHS_FILE).st_ino != before[EPOCHS_FILE].st_ino
+    writer.flush()  # a change appends a part and leaves the others as they are
+    assert len(epochs_table(tmp_path).parts()) == 2 and len(trials_table(tmp_path).parts()) == 1
 
 
-def test_a_failing_write_keeps_the_previous_file_and_leaves_no_temp_files(tmp_path):
+def test_a_failing_write_keeps_the_stored_rows_and_leaves_no_temp_files(tmp_path):
     writer = ResultsWriter(tmp_path)
     key = _fill(writer)
     writer.flush()
-    old = (tmp_path / TRIALS_FILE).read_bytes()
-    bad = dict(writer.trials[key], trial_key="bad", epoch="not a number")
+    files = sorted((tmp_path / "results").rglob("*"))
+    bad = dict(writer.read_trials()[0], trial_key="bad", epoch="not a number")
     writer.finish_trial(bad)
     with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError)):
         writer.flush()
-    assert (tmp_path / TRIALS_FILE).read_bytes() == old
-    assert pq.read_table(tmp_path / TRIALS_FILE).column("trial_key").to_pylist() == [key]
-    assert sorted(os.listdir(tmp_path)) == [EPOCHS_FILE, TRIALS_FILE]
+    assert sorted((tmp_path / "results").rglob("*")) == files
+    assert read_trials(tmp_path).column("trial_key").to_pylist() == [key]
+
+
+def test_compact_leaves_one_part_per_table(tmp_path):
+    writer = ResultsWriter(tmp_path)
+    keys = []
+    for seed in range(40):
+        keys.append(_fill(writer, RunConfig(seed=seed), trial_id=f"t_{seed}"))
+        writer.flush()
+    assert 1 < len(epochs_table(tmp_path).parts()) < 40  # merged in tiers as it went
+    writer.compact()
+    assert len(epochs_table(tmp_path).parts()) == 1 and len(trials_table(tmp_path).parts()) == 1
+    assert sorted(read_trials(tmp_path).column("trial_key").to_pylist()) == sorted(keys)
+    assert len(on_disk(tmp_path / "results" / "epochs")) == 40 * 3
+
+
+def test_update_trials_changes_stored_rows(tmp_path):
+    writer = ResultsWriter(tmp_path)
+    a = _fill(writer, RunConfig(seed=0))
+    b = _fill(writer, RunConfig(seed=1))
+    writer.flush()
+    writer.update_trials({a: {"mlflow_run_id": "new-run"}})
+    rows = {r["trial_key"]: r for r in on_disk(tmp_path / "results" / "trials")}
+    assert set(rows) == {a, b}
+    assert rows[a]["mlflow_run_id"] == "new-run" and rows[b]["mlflow_run_id"] == "run1"
+    assert rows[a]["started_at"] == STARTED and rows[a]["test_acc"] == rows[b]["test_acc"]
+
+
+def _flip_a_value_bit(path):
+    """Flip one bit inside a data page of ``path`` (a test accuracy value, 0.2 * epoch)."""
+    data = bytearray(path.read_bytes())
+    at = data.find(pa.array([0.6000000000000001]).buffers()[1].to_pybytes())
+    assert at > 0
+    data[at + 3] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "bit flip"])
+def test_a_damaged_part_is_named_with_the_rebuild_command(tmp_path, damage):
+    writer = ResultsWriter(tmp_path / "sweep")
+    _fill(writer)
+    writer.flush()
+    part = epochs_table(tmp_path / "sweep").parts()[0].path
+    if damage == "truncate":
+        part.write_bytes(part.read_bytes()[:200])
+    elif damage == "garbage":
+        part.write_bytes(b"not parquet at all" * 40)
+    else:
+        _flip_a_value_bit(part)
+    for read in (lambda: ResultsWriter(tmp_path / "sweep"), lambda: read_epochs(tmp_path / "sweep"),
+                 lambda: load_epochs(tmp_path / "sweep")):
+        with pytest.raises(ResultsError) as err:
+            read()
+        message = str(err.value)
+        assert str(part) in message and "python -m kd_tune.recover rebuild" in message and "\n" not in message
+    assert read_trials(tmp_path / "sweep").num_rows == 1  # the other table is fine
+
+
+def test_two_rows_of_a_key_left_by_a_killed_writer_become_one(tmp_path):
+    writer = ResultsWriter(tmp_path)
+    key = _fill(writer, epochs=2)
+    writer.flush()
+    # a writer killed between writing the new rows and removing the old ones
+    newer = epoch_row("s", key, "t_new", _epoch(2, 0.9, 0.9))
+    PartTable(tmp_path / "results" / "epochs", EPOCHS_SCHEMA, ("trial_key", "epoch")).append([newer])
+    assert len(on_disk(tmp_path / "results" / "epochs")) == 3
+    assert sorted(r["trial_id"] for r in read_epochs(tmp_path).to_pylist()) == ["t_1", "t_new"]  # readers: one
+
+    reopened = ResultsWriter(tmp_path)
+    rows = sorted(on_disk(tmp_path / "results" / "epochs"), key=lambda r: r["epoch"])
+    assert [(r["epoch"], r["trial_id"]) for r in rows] == [(1, "t_1"), (2, "t_new")]
+    assert [r["val_acc"] for r in reopened.history(key)] == [0.1, 0.9]
+
+
+def test_files_of_the_older_layout_are_moved_into_the_tables(tmp_path):
+    writer = ResultsWriter(tmp_path / "new")
+    key = _fill(writer)
+    writer.flush()
+    old = tmp_path / "old"
+    old.mkdir()
+    pq.write_table(read_trials(tmp_path / "new"), old / TRIALS_FILE)
+    pq.write_table(read_epochs(tmp_path / "new"), old / EPOCHS_FILE)
+    assert len(load_trials(old)) == 1 and len(load_epochs(old)) == 3  # readable as it is
+
+    adopted = ResultsWriter(old)
+    assert adopted.statuses() == {key: "completed"}
+    assert sorted(os.listdir(old)) == ["results"]
+    # Compared as frames: the unmeasured trial's summary columns are NaN, which never equals itself.
+    pd.testing.assert_frame_equal(read_trials(old).to_pandas(), read_trials(tmp_path / "new").to_pandas())
+
+
+def test_other_readers_open_the_table_folders(tmp_path):
+    writer = ResultsWriter(tmp_path)
+    for seed in range(3):
+        _fill(writer, RunConfig(seed=seed))
+        writer.flush()
+    trials, epochs = tmp_path / "results" / "trials", tmp_path / "results" / "epochs"
+    import pandas as pd
+    assert len(pd.read_parquet(trials)) == 3 and len(pd.read_parquet(epochs)) == 9
+    duckdb = pytest.importorskip("duckdb")
+    assert duckdb.sql(f"select count(*) from read_parquet('{epochs}/*.parquet')").fetchall() == [(9,)]
+    polars = pytest.importorskip("polars")
+    assert polars.scan_parquet(f"{trials}/*.parquet").collect().height == 3
 
 
 def test_atomic_write_failing_inside_the_block_keeps_the_old_file(tmp_path):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 
 import optuna
-import pandas as pd
 import pytest
 
-from analysis import build_tables, render
+from analysis import build_tables, load_trials, render
 from analysis.study import history, importances, rebuild_study, write_study_views
 from kd_tune.config import ConfigError, RunConfig
 from kd_tune.identity import setting_key, trial_key
@@ -97,7 +96,7 @@ def test_a_search_needs_validation_data_and_one_teacher_per_range(tmp_path):
 def test_a_name_reused_for_another_search_is_refused(tmp_path):
     options = SweepOptions(name="s", storage=tmp_path)
     search = Search(SPACE, BASE, SearchSettings(num_samples=10))
-    write_manifest(options, search.manifest())
+    write_manifest(options, search.manifest(), "sqlite:///unused.db")
     prepare_search(search, options)  # the same search resumes
     with pytest.raises(SweepError, match=r"was started with other search settings \(num_samples\)"):
         prepare_search(Search(SPACE, BASE, SearchSettings(num_samples=20)), options)
@@ -143,7 +142,7 @@ def recorded_search(folder):
 
 def test_the_rebuilt_study_holds_the_search_and_its_best_trial_is_the_best_row(tmp_path):
     record, keys = recorded_search(tmp_path / "s")
-    rows = pd.read_parquet(tmp_path / "s" / "trials.parquet")
+    rows = load_trials(tmp_path / "s")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = rebuild_study(rows, record, storage=storage)
     study = rebuild_study(rows, record, storage=storage)  # rebuilt again: replaced, not doubled
@@ -180,7 +179,7 @@ def test_study_views_are_written_as_tables_and_figures(tmp_path):
 
 def test_the_search_table_reports_confirmation_test_accuracy_under_its_protocol(tmp_path):
     record, keys = recorded_search(tmp_path / "s")
-    rows = pd.read_parquet(tmp_path / "s" / "trials.parquet")
+    rows = load_trials(tmp_path / "s")
     (table,) = build_tables(rows, "search", records={"s": record})
     assert table.rows == ["1. kl tau=inf alpha=0.9 (final)"]
     assert table.stats(table.rows[0], "val (search)").mean == pytest.approx(95)

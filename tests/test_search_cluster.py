@@ -19,7 +19,7 @@ import pytest
 from processes import ray_env
 from test_sweep_cluster import mlflow_runs, run_sweep
 
-from analysis import load_trials
+from analysis import load_epochs, load_trials
 from kd_tune.search_record import SearchRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +107,14 @@ def test_interrupted_then_killed_search_resumes_with_its_searcher(ray_cluster, t
     # No early stopping here: a trial recorded as stopped would be an interrupted one mistaken for it.
     cmd = search_cmd(tmp_path, "resume", "--epochs", "2", "--num-samples", "12", "--scheduler", "none",
                      "--checkpoint-every", "1", "--confirm-top", "1", "--confirm-seeds", "1")
-    trials_file = tmp_path / "resume" / "trials.parquet"
+    sweep_dir = tmp_path / "resume"
+
+    def recorded() -> pd.DataFrame:
+        # Read while the driver writes: no results yet, or a part merged away meanwhile, is "none yet".
+        try:
+            return load_trials(sweep_dir)
+        except (OSError, ValueError):
+            return pd.DataFrame()
 
     def run_until(rows: int, sig: signal.Signals) -> subprocess.Popen:
         with open(tmp_path / f"driver-{sig.name}.log", "wb") as log:
@@ -115,7 +122,7 @@ def test_interrupted_then_killed_search_resumes_with_its_searcher(ray_cluster, t
         try:
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline and driver.poll() is None:
-                if trials_file.is_file() and len(pd.read_parquet(trials_file)) >= rows:
+                if len(recorded()) >= rows:
                     break
                 time.sleep(0.2)
             assert driver.poll() is None, "the search ended before it could be interrupted"
@@ -129,19 +136,19 @@ def test_interrupted_then_killed_search_resumes_with_its_searcher(ray_cluster, t
     # Ctrl-C: Tune stops the running trials and saves its state; none is recorded as stopped.
     interrupted = run_until(2, signal.SIGINT)
     assert interrupted.returncode == 1, (tmp_path / "driver-SIGINT.log").read_text()[-3000:]
-    first = pd.read_parquet(trials_file)
+    first = load_trials(sweep_dir)
     assert set(first["status"]) == {"completed"} and 2 <= len(first) < 12
 
     killed = run_until(len(first) + 3, signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
-    before = pd.read_parquet(trials_file).set_index("trial_key")
+    before = load_trials(sweep_dir).set_index("trial_key")
     assert set(before["status"]) == {"completed"} and len(before) < 12
 
     proc = run_sweep(cmd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"({len(before)} already finished)" in proc.stdout
     record = SearchRecord.read(tmp_path / "resume")
-    trials = pd.read_parquet(trials_file).set_index("trial_key")
+    trials = load_trials(sweep_dir).set_index("trial_key")
     # The total is --num-samples: the searcher went on from its saved state, drew nothing twice,
     # and the results hold exactly its trials (one row each), plus the confirmation's one.
     assert [t.number for t in record.trials] == list(range(12))
@@ -152,7 +159,7 @@ def test_interrupted_then_killed_search_resumes_with_its_searcher(ray_cluster, t
     assert set(before.index) <= set(record.search_keys)
     after = trials.loc[before.index]
     assert (after["finished_at"] == before["finished_at"]).all() and (after["trial_id"] == before["trial_id"]).all()
-    epochs = pd.read_parquet(tmp_path / "resume" / "epochs.parquet")
+    epochs = load_epochs(sweep_dir)
     assert not epochs.duplicated(["trial_key", "epoch"]).any()
 
     _, parents, children = mlflow_runs(tmp_path, "resume")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import uuid
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from kd_tune.config import RunConfig
 from kd_tune.measurements import measure
 from kd_tune.plan import plan_trial
-from kd_tune.results import EPOCH_METRICS, EPOCHS_FILE, TRIALS_FILE
+from kd_tune.results import EPOCH_METRICS, epochs_table, read_epochs, read_trials
 from kd_tune.samples import FEATURES_DIR, SAMPLES_DIR
 from kd_tune.sinks import (
     ConsoleProgress,
@@ -40,6 +40,7 @@ from kd_tune.tracking import (
     SweepTracker,
     default_tracking_uri,
 )
+from kd_tune.tracking_queue import TrackingQueue
 from kd_tune.trial_end import TrialEnd
 
 COMPLETED, DIVERGED, STOPPED, FAILED, RUNNING = (TrialStatus.COMPLETED, TrialStatus.DIVERGED, TrialStatus.STOPPED,
@@ -81,9 +82,13 @@ def run_trial(sinks, trial, trial_id, history, status, error=None):
         sink.trial_ended(trial, trial_id, status, error)
 
 
-def read(folder, name):
-    path = folder / name
-    return pq.read_table(path).to_pylist() if path.is_file() else []
+def trial_rows(folder):
+    return read_trials(folder).to_pylist()
+
+
+def epoch_rows(folder):
+    """The stored epoch rows, by trial key and epoch."""
+    return sorted(read_epochs(folder).to_pylist(), key=lambda r: (r["trial_key"], r["epoch"]))
 
 
 # -- ParquetSink -----------------------------------------------------------------------------
@@ -98,7 +103,7 @@ def test_parquet_final_rows_and_epoch_rows(tmp_path):
     run_trial([sink], diverged, "t_1", [metrics(1), metrics(2, math.nan, 0.1, loss=math.nan)], DIVERGED)
     run_trial([sink], failed, "t_2", [], FAILED, "RuntimeError: boom")
 
-    rows = {r["trial_key"]: r for r in read(tmp_path, TRIALS_FILE)}
+    rows = {r["trial_key"]: r for r in trial_rows(tmp_path)}
     assert set(rows) == {done.key, diverged.key, failed.key}
     row = rows[done.key]
     assert (row["status"], row["trial_id"], row["sweep"], row["epoch"]) == ("completed", "t_0", "s", 3)
@@ -113,7 +118,7 @@ def test_parquet_final_rows_and_epoch_rows(tmp_path):
     assert rows[failed.key]["status"] == "failed" and rows[failed.key]["error"] == "RuntimeError: boom"
     assert rows[failed.key]["epoch"] is None and rows[failed.key]["diverged_epoch"] is None
 
-    epochs = read(tmp_path, EPOCHS_FILE)
+    epochs = epoch_rows(tmp_path)
     assert [(r["epoch"], r["trial_id"]) for r in epochs if r["trial_key"] == done.key] == \
         [(1, "t_0"), (2, "t_0"), (3, "t_0")]
     assert [r["epoch"] for r in epochs if r["trial_key"] == diverged.key] == [1, 2]
@@ -134,13 +139,13 @@ def test_parquet_keeps_one_row_per_key_after_a_retry(tmp_path):
         sink.epoch_reported(trial, "t_0", metrics(epoch, val_acc=val_acc), RUNNING)
     sink.trial_ended(trial, "t_0", COMPLETED, None)
 
-    rows = read(tmp_path, TRIALS_FILE)
+    rows = trial_rows(tmp_path)
     assert len(rows) == 1 and (rows[0]["status"], rows[0]["epoch"], rows[0]["best_val_epoch"]) == ("completed", 4, 3)
-    epochs = read(tmp_path, EPOCHS_FILE)
+    epochs = epoch_rows(tmp_path)
     assert [(r["epoch"], r["val_acc"]) for r in epochs] == [(1, 0.7), (2, 0.7), (3, 0.95), (4, 0.6)]
 
 
-def test_parquet_flushes_on_checkpoint_end_and_at_most_every_5_s(tmp_path):
+def test_parquet_flushes_before_tune_saves_its_state_at_the_end_and_at_most_every_5_s(tmp_path):
     clock = Clock()
     trial, other = planned(0), planned(1)
     sink = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher, clock=clock)
@@ -148,21 +153,36 @@ def test_parquet_flushes_on_checkpoint_end_and_at_most_every_5_s(tmp_path):
     sink.epoch_reported(trial, "t_0", metrics(1), RUNNING)
     clock.now += 4.9
     sink.epoch_reported(trial, "t_0", metrics(2), RUNNING)
-    assert read(tmp_path, EPOCHS_FILE) == []  # within 5 s: held in memory
+    sink.checkpointed(trial)
+    assert epoch_rows(tmp_path) == []  # within 5 s: held in memory
     clock.now += 0.2
     sink.epoch_reported(trial, "t_0", metrics(3), RUNNING)
-    assert [r["epoch"] for r in read(tmp_path, EPOCHS_FILE)] == [1, 2, 3]
+    assert [r["epoch"] for r in epoch_rows(tmp_path)] == [1, 2, 3]
     sink.epoch_reported(trial, "t_0", metrics(4), RUNNING)
-    assert len(read(tmp_path, EPOCHS_FILE)) == 3  # the 5 s count again from that flush
-    sink.checkpointed(trial)
-    assert len(read(tmp_path, EPOCHS_FILE)) == 4
+    assert len(epoch_rows(tmp_path)) == 3  # the 5 s count again from that flush
+    sink.saving_state()  # Tune is about to save the checkpoint each trial resumes from
+    assert len(epoch_rows(tmp_path)) == 4
     sink.trial_started(other, "t_1")
     sink.epoch_reported(other, "t_1", metrics(1), RUNNING)
     sink.trial_ended(other, "t_1", STOPPED, None)
-    assert len(read(tmp_path, EPOCHS_FILE)) == 5 and len(read(tmp_path, TRIALS_FILE)) == 1
+    assert len(epoch_rows(tmp_path)) == 5 and len(trial_rows(tmp_path)) == 1
     sink.epoch_reported(trial, "t_0", metrics(5), RUNNING)
+    assert len(epochs_table(tmp_path).parts()) > 1
     sink.experiment_ended()
-    assert len(read(tmp_path, EPOCHS_FILE)) == 6
+    assert len(epoch_rows(tmp_path)) == 6
+    assert len(epochs_table(tmp_path).parts()) == 1  # compacted at the end
+
+
+def test_record_run_ids_sets_the_rows_that_differ(tmp_path):
+    a, b, c = planned(0), planned(1), planned(2)
+    sink = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher, run_id={a.key: "ra", b.key: "rb"}.get)
+    for trial in (a, b, c):
+        run_trial([sink], trial, f"t_{trial.config.seed}", [metrics(1)], COMPLETED)
+    assert {r["trial_key"]: r["mlflow_run_id"] for r in trial_rows(tmp_path)} == {a.key: "ra", b.key: "rb",
+                                                                                  c.key: None}
+    assert sink.writer.record_run_ids({a.key: "ra", b.key: "rb-new", c.key: "rc", "unknown": "rx"}) == 2
+    assert {r["trial_key"]: r["mlflow_run_id"] for r in trial_rows(tmp_path)} == {a.key: "ra", b.key: "rb-new",
+                                                                                  c.key: "rc"}
 
 
 def test_parquet_statuses_and_finished_keys_of_a_resumed_sweep(tmp_path):
@@ -173,7 +193,7 @@ def test_parquet_statuses_and_finished_keys_of_a_resumed_sweep(tmp_path):
     running = planned(9)
     first.trial_started(running, "t_9")
     first.epoch_reported(running, "t_9", metrics(1), RUNNING)
-    first.checkpointed(running)
+    first.saving_state()
 
     again = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher)
     assert again.statuses() == {trial.key: status for status, trial in trials.items()}
@@ -191,7 +211,7 @@ def test_parquet_reconcile_writes_rows_tune_ended_but_a_killed_driver_did_not(tm
         first.trial_started(trial, f"t_{trial.config.seed}")
         for m in history:
             first.epoch_reported(trial, f"t_{trial.config.seed}", m, RUNNING)
-    first.checkpointed(done)  # flushes; the driver is killed before the other rows are written
+    first.saving_state()  # flushes; the driver is killed before the other rows are written
 
     again = ParquetSink(tmp_path, sweep="s", teacher_acc={done.teacher_key: 0.9}.get, run_id=lambda key: None)
     written = again.reconcile([
@@ -202,7 +222,7 @@ def test_parquet_reconcile_writes_rows_tune_ended_but_a_killed_driver_did_not(tm
         EndedTrial(partial, "t_3", COMPLETED, 2),  # epoch 2 was not flushed: no row
     ])
     assert written == [unrecorded.key, diverged.key]
-    rows = {r["trial_key"]: r for r in read(tmp_path, TRIALS_FILE)}
+    rows = {r["trial_key"]: r for r in trial_rows(tmp_path)}
     assert set(rows) == {done.key, failed.key, unrecorded.key, diverged.key}
     assert (rows[unrecorded.key]["status"], rows[unrecorded.key]["epoch"], rows[unrecorded.key]["trial_id"]) == \
         ("completed", 2, "t_1")
@@ -223,24 +243,39 @@ def store(tmp_path_factory):
     return {"uri": uri, "client": MlflowClient(tracking_uri=uri)}
 
 
-def _tracker(store, experiment):
-    tracker = SweepTracker(store["uri"], experiment)
-    tracker.start_parent(experiment, {}, {})
-    return tracker
+class Invocation:
+    """One driver invocation's MLflow side: a queue in ``folder`` with its parent run opened;
+    ``send()`` sends what the sinks queued, in this thread."""
+
+    def __init__(self, store, folder, experiment, **sink_options):
+        self.queue = TrackingQueue(folder, store["uri"], experiment, log=lambda line: None)
+        self.id = uuid.uuid4().hex
+        self.queue.start_parent(self.id, experiment, {}, {})
+        self.sink = MlflowSink(self.queue, self.id, **sink_options)
+        self.send()
+
+    def send(self):
+        assert self.queue.send(timeout=60) and self.queue.unsent() == 0
+
+    @property
+    def parent(self):
+        return self.queue.parent_id(self.id)
 
 
 def _steps(client, run_id, metric):
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, metric))
 
 
-def test_mlflow_child_runs_mirror_the_trials(store):
+def test_mlflow_child_runs_mirror_the_trials(store, tmp_path):
     client = store["client"]
-    tracker = _tracker(store, "sink-layout")
-    sink = MlflowSink(tracker)
+    invocation = Invocation(store, tmp_path, "sink-layout")
+    sink = invocation.sink
     trials = {status: planned(seed) for seed, status in enumerate((COMPLETED, DIVERGED, STOPPED, FAILED))}
     for status, trial in trials.items():
         run_trial([sink], trial, f"t_{trial.config.seed}", [metrics(1), dict(metrics(2), lr=None)], status,
                   "E" if status == FAILED else None)
+    assert sink.run_id(trials[COMPLETED].key) is None  # queued: nothing sent yet
+    invocation.send()
 
     expected = {COMPLETED: "FINISHED", DIVERGED: "FINISHED", STOPPED: "FINISHED", FAILED: "FAILED"}
     for status, trial in trials.items():
@@ -248,7 +283,7 @@ def test_mlflow_child_runs_mirror_the_trials(store):
         assert run.info.status == expected[status], status
         tags = run.data.tags
         assert tags[STATUS_TAG] == status.value and tags[KEY_TAG] == trial.key
-        assert tags[PARENT_TAG] == tracker.parent_id and tags[TRIAL_ID_TAG] == f"t_{trial.config.seed}"
+        assert tags[PARENT_TAG] == invocation.parent and tags[TRIAL_ID_TAG] == f"t_{trial.config.seed}"
         assert tags[TEACHER_TAG] == trial.teacher_key
         assert run.info.run_name == trial.label
         assert run.data.params["seed"] == str(trial.config.seed) and run.data.params["tau"] == "4.0"
@@ -258,35 +293,53 @@ def test_mlflow_child_runs_mirror_the_trials(store):
     assert sink.run_id("unknown") is None
 
 
-def test_mlflow_continues_the_unfinished_run_of_an_earlier_invocation(store):
+def test_mlflow_continues_the_unfinished_run_of_an_earlier_invocation(store, tmp_path):
     client = store["client"]
     trial = planned(0)
-    first = MlflowSink(_tracker(store, "sink-resume"))
-    first.trial_started(trial, "t_0")
+    first = Invocation(store, tmp_path, "sink-resume")
+    first.sink.trial_started(trial, "t_0")
     for epoch in (1, 2):
-        first.epoch_reported(trial, "t_0", metrics(epoch, val_acc=0.1 * epoch), RUNNING)
+        first.sink.epoch_reported(trial, "t_0", metrics(epoch, val_acc=0.1 * epoch), RUNNING)
+    first.send()
     # the driver dies: the child run stays RUNNING
 
-    tracker = _tracker(store, "sink-resume")
-    again = MlflowSink(tracker)
-    run_trial([again], trial, "t_0", [metrics(2, val_acc=0.99), metrics(3, val_acc=0.3)], COMPLETED)
-    assert again.run_id(trial.key) == first.run_id(trial.key)
-    run = client.get_run(again.run_id(trial.key))
-    assert run.info.status == "FINISHED" and run.data.tags[PARENT_TAG] == tracker.parent_id
+    again = Invocation(store, tmp_path, "sink-resume")
+    run_trial([again.sink], trial, "t_0", [metrics(2, val_acc=0.99), metrics(3, val_acc=0.3)], COMPLETED)
+    again.send()
+    assert again.sink.run_id(trial.key) == first.sink.run_id(trial.key)
+    run = client.get_run(again.sink.run_id(trial.key))
+    assert run.info.status == "FINISHED" and run.data.tags[PARENT_TAG] == again.parent
     assert _steps(client, run.info.run_id, "val_acc") == [(1, 0.1), (2, 0.2), (3, 0.3)]
 
 
-def test_mlflow_reconcile_ends_runs_of_recorded_trials(store):
+def test_mirror_ends_runs_of_recorded_trials_and_refills_missing_ones(store, tmp_path):
     client = store["client"]
-    sink = MlflowSink(_tracker(store, "sink-reconcile"))
-    done, stopped, unrecorded = planned(0), planned(1), planned(2)
+    invocation = Invocation(store, tmp_path / "q", "sink-mirror")
+    parquet = ParquetSink(tmp_path / "sweep", sweep="s", teacher_acc=no_teacher, run_id=invocation.sink.run_id)
+    done, stopped, unrecorded, lost = planned(0), planned(1), planned(2), planned(3, loss="mse")
     for trial in (done, stopped, unrecorded):
-        sink.trial_started(trial, f"t_{trial.config.seed}")
-    # the driver wrote the rows of two trials, then died before ending their runs
-    assert sink.reconcile({done.key: COMPLETED, stopped.key: STOPPED}) == 2
-    status = {t.key: client.get_run(sink.run_id(t.key)).info.status for t in (done, stopped, unrecorded)}
-    assert status == {done.key: "FINISHED", stopped.key: "FINISHED", unrecorded.key: "RUNNING"}
-    assert client.get_run(sink.run_id(stopped.key)).data.tags[STATUS_TAG] == "stopped"
+        invocation.sink.trial_started(trial, f"t_{trial.config.seed}")
+    invocation.send()
+    # rows of `done` and `stopped` were written, then the driver died before ending their runs;
+    # `lost` has rows only (its run was deleted by hand)
+    run_trial([parquet], done, "t_0", [metrics(1)], COMPLETED)
+    run_trial([parquet], stopped, "t_1", [metrics(1)], STOPPED)
+    run_trial([parquet], lost, "t_3", [metrics(1, val_acc=0.25), metrics(2, val_acc=0.5)], COMPLETED)
+    lines: list[str] = []
+    ids = invocation.sink.mirror(parquet.writer, log=lines.append)
+    runs = {t.key: client.get_run(ids[t.key]) for t in (done, stopped, lost)}
+    assert set(ids) == {done.key, stopped.key, lost.key}
+    assert {k: r.info.status for k, r in runs.items()} == {done.key: "FINISHED", stopped.key: "FINISHED",
+                                                          lost.key: "FINISHED"}
+    assert runs[stopped.key].data.tags[STATUS_TAG] == "stopped"
+    assert client.get_run(invocation.sink.run_id(unrecorded.key)).info.status == "RUNNING"  # no row: left alone
+    refilled = runs[lost.key]
+    assert refilled.data.tags[PARENT_TAG] == invocation.parent and refilled.data.tags[KEY_TAG] == lost.key
+    assert refilled.data.params["loss"] == "mse" and refilled.info.run_name == lost.label
+    assert _steps(client, refilled.info.run_id, "val_acc") == [(1, 0.25), (2, 0.5)]
+    assert lines == [f"MLflow holds 2 of the 3 trials recorded in {tmp_path / 'sweep'}: refilling 1 from the "
+                     "Parquet results", "MLflow refilled: 1 trial run(s) made from the Parquet results"]
+    assert invocation.sink.mirror(parquet.writer, log=lines.append) == ids and len(lines) == 2  # whole now
 
 
 # -- ConsoleProgress -------------------------------------------------------------------------
@@ -435,17 +488,15 @@ def test_adapter_skips_every_event_of_a_recorded_trial():
 
 def test_adapter_passes_the_trainer_metrics_only(store, tmp_path):
     trial = planned(0, epochs=1)
-    tracker = _tracker(store, "adapter-metrics")
-    mlflow = MlflowSink(tracker)
-    parquet = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher, run_id=mlflow.run_id)
-    adapter = TuneSinks([parquet, mlflow])
+    invocation = Invocation(store, tmp_path / "q", "adapter-metrics")
+    adapter = TuneSinks([invocation.sink])
     t = tune_trial(trial, "t_0")
     adapter.on_trial_result(0, [], t, report(1, COMPLETED, pid=123, timestamp=1.7e9))
     adapter.on_trial_complete(0, [], t)
-    run = store["client"].get_run(mlflow.run_id(trial.key))
+    invocation.send()
+    run = store["client"].get_run(invocation.sink.run_id(trial.key))
     # Tune's own keys (pid, timestamp) are not logged; inv_tau is the KL trial's temperature.
     assert set(run.data.metrics) == {"epoch", *EPOCH_METRICS, "inv_tau"}
-    assert read(tmp_path, TRIALS_FILE)[0]["mlflow_run_id"] == run.info.run_id
 
 
 def test_ended_in_tune_lists_trials_the_trainer_ended(tmp_path):
@@ -475,21 +526,22 @@ def test_a_pickled_adapter_unpickles_as_the_current_one():
 # -- all sinks together ----------------------------------------------------------------------
 
 
-def test_reconcile_closes_what_a_killed_driver_left_open(store, tmp_path):
+def test_a_killed_driver_leaves_nothing_open_after_the_next_invocation(store, tmp_path):
     """A trial Tune ended whose row was not written, and a recorded one whose run was not ended."""
     client = store["client"]
     done, unrecorded, partial = (planned(s, epochs=2) for s in range(3))
-    mlflow = MlflowSink(_tracker(store, "killed"))
-    parquet = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher, run_id=mlflow.run_id)
-    adapter = TuneSinks([parquet, mlflow])
+    first = Invocation(store, tmp_path / "q", "killed")
+    parquet = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher, run_id=first.sink.run_id)
+    adapter = TuneSinks([parquet, first.sink])
     t = {trial.key: tune_trial(trial, f"t_{trial.config.seed}") for trial in (done, unrecorded, partial)}
     for trial, epochs in ((done, 2), (unrecorded, 2), (partial, 1)):
         for epoch in range(1, epochs + 1):
             adapter.on_trial_result(0, [], t[trial.key], report(epoch, COMPLETED if epoch == 2 else RUNNING))
-        adapter.on_checkpoint(0, [], t[trial.key], checkpoint=None)
+    assert adapter.get_state() is None  # Tune saves its state: the sinks flush, the adapter keeps nothing
+    first.send()
     # `done` gets its final row, but the driver stops before its child run is ended
     parquet.trial_ended(done, "t_0", COMPLETED, None)
-    runs = {trial.key: mlflow.run_id(trial.key) for trial in (done, unrecorded, partial)}
+    runs = {trial.key: first.sink.run_id(trial.key) for trial in (done, unrecorded, partial)}
 
     # the next invocation: Tune holds `done` and `unrecorded` as finished and runs nothing
     again = ParquetSink(tmp_path, sweep="s", teacher_acc=no_teacher)
@@ -499,14 +551,16 @@ def test_reconcile_closes_what_a_killed_driver_left_open(store, tmp_path):
         for trial in (done, unrecorded)
     ])
     again.reconcile(adapter.ended_in_tune)
-    MlflowSink(_tracker(store, "killed-2")).reconcile(again.statuses())  # another sweep's store: no effect
+    Invocation(store, tmp_path / "other", "killed-2").sink.mirror(again.writer)  # another sweep's store: no effect
     assert client.get_run(runs[done.key]).info.status == "RUNNING"
-    MlflowSink(mlflow.tracker).reconcile(again.statuses())
+    ids = Invocation(store, tmp_path / "q", "killed").sink.mirror(again.writer)
+    assert again.writer.record_run_ids(ids) == 1  # `unrecorded`: its row was written without the run id
 
-    rows = pd.read_parquet(tmp_path / TRIALS_FILE).set_index("trial_key")
+    rows = read_trials(tmp_path).to_pandas().set_index("trial_key")
     assert sorted(rows.index) == sorted([done.key, unrecorded.key])
     assert rows.loc[unrecorded.key, "status"] == "completed" and rows.loc[unrecorded.key, "epoch"] == 2
     assert rows.loc[done.key, "mlflow_run_id"] == runs[done.key]
+    assert rows.loc[unrecorded.key, "mlflow_run_id"] == runs[unrecorded.key]
     status = {key: client.get_run(run).info.status for key, run in runs.items()}
     assert status == {done.key: "FINISHED", unrecorded.key: "FINISHED", partial.key: "RUNNING"}
 
@@ -567,7 +621,7 @@ def test_measured_trials_get_summary_columns_and_part_files(tmp_path):
         sink.trial_measured(trial, "t_0", end)
         sink.trial_ended(trial, "t_0", COMPLETED, None)
     run_trial(sinks, unmeasured, "t_1", [metrics(1)], DIVERGED)
-    rows = {r["trial_key"]: r for r in read(tmp_path, TRIALS_FILE)}
+    rows = {r["trial_key"]: r for r in read_trials(tmp_path).to_pylist()}
     assert rows[trial.key]["ece"] == end.measurements.summary["ece"]
     assert rows[trial.key]["tld_median"] == pytest.approx(float(np.median(end.measurements.values["tld"])))
     assert math.isnan(rows[unmeasured.key]["ece"])
@@ -581,9 +635,9 @@ def test_measured_trials_get_summary_columns_and_part_files(tmp_path):
 
 def test_mlflow_runs_hold_final_numbers_data_set_weights_and_teacher(store, tmp_path):
     trial = planned(0, epochs=2)
-    tracker = _tracker(store, "comparing")
     parquet = ParquetSink(tmp_path, sweep="s", teacher_acc=lambda key: 0.93)
-    mlflow = MlflowSink(tracker, trial_row=parquet.trial_row)
+    invocation = Invocation(store, tmp_path, "comparing", trial_row=parquet.trial_row)
+    mlflow = invocation.sink
     weights = {"format": 1, "arch": "cnn-4", "model": {"w": np.ones(2, dtype=np.float32)}}
     for sink in (parquet, mlflow):
         sink.trial_started(trial, "t_0")
@@ -591,6 +645,7 @@ def test_mlflow_runs_hold_final_numbers_data_set_weights_and_teacher(store, tmp_
             sink.epoch_reported(trial, "t_0", metrics(epoch, val_acc=0.5 + epoch / 10), RUNNING)
         sink.trial_measured(trial, "t_0", measured_end(weights=weights))
         sink.trial_ended(trial, "t_0", COMPLETED, None)
+    invocation.send()
     client = store["client"]
     run = client.get_run(mlflow.run_id(trial.key))
     row = parquet.trial_row(trial.key)
@@ -601,24 +656,29 @@ def test_mlflow_runs_hold_final_numbers_data_set_weights_and_teacher(store, tmp_
     (dataset,) = run.inputs.dataset_inputs
     assert dataset.dataset.name == "digits" and json.loads(dataset.dataset.profile)["train_labels_sha256"] == "abc123"
     # Other training labels, another data set digest.
-    other = MlflowSink(_tracker(store, "comparing-2"))
-    other.trial_started(trial, "t_0")
-    other.trial_measured(trial, "t_0", TrialEnd(measured_end().measurements, noise_hash="different"))
-    (moved,) = client.get_run(other.run_id(trial.key)).inputs.dataset_inputs
+    other = Invocation(store, tmp_path / "other", "comparing-2")
+    other.sink.trial_started(trial, "t_0")
+    other.sink.trial_measured(trial, "t_0", TrialEnd(measured_end().measurements, noise_hash="different"))
+    other.send()
+    (moved,) = client.get_run(other.sink.run_id(trial.key)).inputs.dataset_inputs
     assert moved.dataset.digest != dataset.dataset.digest
     path = client.download_artifacts(run.info.run_id, "model/student.pt", str(tmp_path / "dl"))
     saved = torch.load(path, weights_only=True)
     assert saved["arch"] == "cnn-4" and torch.equal(saved["model"]["w"], torch.ones(2))
+    assert not list(invocation.queue.files_dir.rglob("*.pt"))  # a file waits in the sweep folder only until sent
 
     teacher = TeacherRecord("tkey", trial, {"metrics": {"test_acc": 0.9, "epoch": 2},
                                             "history": [metrics(1), metrics(2)], "noise_hash": None},
                             measured_end(5).measurements)
     mlflow.teacher_ready(teacher)
-    tracker.start_parent("again", {}, {})  # a resumed invocation: the teacher run moves, no second one
-    mlflow.teacher_ready(teacher)
-    found = client.search_runs([tracker.experiment_id], "tags.`kd_tune.role` = 'teacher'")
-    assert len(found) == 1 and found[0].data.tags[PARENT_TAG] == tracker.parent_id
+    invocation.send()
+    again = Invocation(store, tmp_path / "again", "comparing")  # a resumed invocation: the teacher run moves
+    again.sink.teacher_ready(teacher)
+    again.send()
+    found = client.search_runs([again.queue.experiment_id()], "tags.`kd_tune.role` = 'teacher'")
+    assert len(found) == 1 and found[0].data.tags[PARENT_TAG] == again.parent
     assert _steps(client, found[0].info.run_id, "test_acc")[-1] == (2, 0.9)
+    assert _steps(client, found[0].info.run_id, "train_loss") == [(1, 0.5), (2, 0.5)]
 
 
 def test_best_setting_is_chosen_on_mean_validation_accuracy():

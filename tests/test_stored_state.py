@@ -9,9 +9,10 @@ table.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 from cifar_files import write_cifar10
 from test_sweep_cluster import run_sweep, sweep_cmd
+
+from analysis import load_epochs, load_trials
 
 
 def closing_summary(stdout: str) -> str:
@@ -55,12 +56,12 @@ def test_a_damaged_teacher_and_caches_are_made_again_with_the_same_results(ray_c
     assert f"warning: teacher file {teacher} cannot be read" in closing_summary(out)
 
     # The results are those of the undamaged store, to the last bit; nothing "diverged".
-    before = pd.read_parquet(tmp_path / "first" / "trials.parquet").set_index("trial_key").sort_index()
-    after = pd.read_parquet(tmp_path / "second" / "trials.parquet").set_index("trial_key").sort_index()
+    before = load_trials(tmp_path / "first").set_index("trial_key").sort_index()
+    after = load_trials(tmp_path / "second").set_index("trial_key").sort_index()
     assert list(after.index) == list(before.index) and set(after["status"]) == {"completed"}
     for column in ("train_loss", "test_acc", "test_logit_mse", "test_agreement"):
         assert after[column].tolist() == before[column].tolist(), column
-    assert (pd.read_parquet(tmp_path / "second" / "epochs.parquet")["teacher_forward_samples"] == 0).all()
+    assert (load_epochs(tmp_path / "second")["teacher_forward_samples"] == 0).all()
 
     # A CE sweep does not need the teacher: a damaged one does not fail its trials.
     teacher.write_bytes(teacher.read_bytes()[:1000])

@@ -1,7 +1,7 @@
 """End to end: sweeps run as a user runs them, against a real `ray start` cluster.
 
 Each test runs ``python sweeps/tau_grid.py --address auto`` in a subprocess on digits
-with tiny models and 1-3 epochs, then reads back what it wrote: the Parquet files,
+with tiny models and 1-3 epochs, then reads back what it wrote: the Parquet tables,
 the MLflow store (through ``MlflowClient``) and the CSV table.
 """
 from __future__ import annotations
@@ -13,41 +13,20 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
+import pyarrow.dataset as ds
 import pytest
-from mlflow import MlflowClient
 from processes import ray_env
+from sweep_runs import ROOT, TAU_GRID, mlflow_runs, run_sweep, start_sweep, sweep_cmd
 
+from analysis.results_io import load_epochs, load_trials
 from kd_tune.checkpoint import load_state
 from kd_tune.config import RunConfig
 from kd_tune.results import EPOCHS_SCHEMA, TRIALS_SCHEMA
 from kd_tune.teacher import load_teacher
 from kd_tune.trainer import load_data
-
-ROOT = Path(__file__).resolve().parents[1]
-TAU_GRID = str(ROOT / "sweeps" / "tau_grid.py")
-SMALL = ["--teacher", "cnn-8", "--student", "cnn-4", "--teacher-epochs", "2"]
-
-
-def sweep_cmd(storage: Path, name: str, *extra: str) -> list[str]:
-    return [sys.executable, TAU_GRID, "--address", "auto", "--storage", str(storage), "--name", name, *SMALL, *extra]
-
-
-def run_sweep(cmd: list[str], timeout: float = 400) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ray_env(), cwd=ROOT)
-
-
-def mlflow_runs(storage: Path, name: str) -> tuple[MlflowClient, list, list]:
-    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(name)
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("kd_tune.role") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("kd_tune.role") == "trial"]
-    return client, parents, children
 
 
 def test_tiny_grid_end_to_end(ray_cluster, tmp_path):
@@ -60,14 +39,18 @@ def test_tiny_grid_end_to_end(ray_cluster, tmp_path):
     assert "teacher logits (float32): 1 view set(s) needed, 0 cached, 1 to compute" in proc.stdout
     assert len(list((tmp_path / "teacher_logits").iterdir())) == 1
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+    assert f"Parquet:  {tmp_path / 'tiny' / 'results' / 'trials'}/" in proc.stdout
     assert "| kl tau=inf |" in proc.stdout  # the closing table
 
     sweep_dir = tmp_path / "tiny"
     # kl: 2 taus x 2 alphas, mse: 2 alphas, ce: 1 -> 7 settings x 2 seeds
-    assert pq.read_schema(sweep_dir / "trials.parquet").remove_metadata().equals(TRIALS_SCHEMA)
-    assert pq.read_schema(sweep_dir / "epochs.parquet").remove_metadata().equals(EPOCHS_SCHEMA)
-    trials = pd.read_parquet(sweep_dir / "trials.parquet")
-    epochs = pd.read_parquet(sweep_dir / "epochs.parquet")
+    # The result tables are Parquet folders apart from Tune's files, one part each after the sweep.
+    for table, schema in (("trials", TRIALS_SCHEMA), ("epochs", EPOCHS_SCHEMA)):
+        dataset = ds.dataset(sweep_dir / "results" / table)
+        assert dataset.schema.remove_metadata().equals(schema) and len(dataset.files) == 1
+    assert sorted(os.listdir(sweep_dir / "results")) == ["epochs", "trials"]
+    trials = load_trials(sweep_dir)
+    epochs = load_epochs(sweep_dir)
     assert len(trials) == 14 and trials["trial_key"].is_unique
     assert set(trials["status"]) == {"completed"}
     assert trials["tau"].dtype == "float64" and math.inf in set(trials["tau"])
@@ -75,6 +58,7 @@ def test_tiny_grid_end_to_end(ray_cluster, tmp_path):
     assert trials["teacher_test_acc"].between(0, 1).all() and trials["teacher_key"].nunique() == 1
     assert (trials["epoch"] == 2).all() and (trials["finished_at"] >= trials["started_at"]).all()
     assert len(epochs) == 28 and not epochs.duplicated(["trial_key", "epoch"]).any()
+    assert trials["mlflow_run_id"].notna().all()
     distilled = epochs["trial_key"].isin(trials.loc[trials["loss"] != "ce", "trial_key"])
     assert (epochs.loc[distilled, "teacher_forward_samples"] == 0).all()  # the cache ran the teacher
     last = epochs[epochs["epoch"] == 2].set_index("trial_key")["test_acc"]
@@ -117,8 +101,8 @@ def test_tiny_grid_end_to_end(ray_cluster, tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "teachers: 1 needed, 1 in the store, 0 to train" in again.stdout
     assert "teacher logits" not in again.stdout
-    online = pd.read_parquet(tmp_path / "again" / "trials.parquet").set_index("trial_key")
-    online_epochs = pd.read_parquet(tmp_path / "again" / "epochs.parquet")
+    online = load_trials(tmp_path / "again").set_index("trial_key")
+    online_epochs = load_epochs(tmp_path / "again")
     assert (online_epochs["teacher_forward_samples"] > 0).all()
     cached = trials.set_index("trial_key").loc[online.index]
     assert online["train_loss"].tolist() == pytest.approx(cached["train_loss"].tolist(), rel=1e-4)
@@ -184,29 +168,38 @@ def check_measurements_and_mlflow_views(client, parent, children, sweep_dir, tri
 def test_driver_killed_then_resumed(ray_cluster, tmp_path):
     cmd = sweep_cmd(tmp_path, "resume", "--epochs", "3", "--seeds", "3", "--taus", "1,3,inf",
                     "--alphas", "0.5,1", "--checkpoint-every", "1")
-    trials_file = tmp_path / "resume" / "trials.parquet"
-    with open(tmp_path / "first.log", "wb") as log:
-        driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ray_env(), cwd=ROOT)
+    sweep_dir = tmp_path / "resume"
+    driver = start_sweep(cmd, tmp_path / "first.log")
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and driver.poll() is None:
-            if trials_file.is_file() and len(pd.read_parquet(trials_file)) >= 3:
+            if (sweep_dir / "results" / "trials").is_dir() and len(load_trials(sweep_dir)) >= 3:
                 break
             time.sleep(0.2)
         assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        # The same sweep started again while it runs is refused, naming the driver that runs it
+        # (held still meanwhile, so that it cannot finish first).
+        driver.send_signal(signal.SIGSTOP)
+        twice = run_sweep(cmd, timeout=120)
+        assert twice.returncode == 2, twice.stdout + twice.stderr
+        assert f"sweep 'resume' in {tmp_path} is already running (pid {driver.pid} on " in twice.stderr
+        assert "started 20" in twice.stderr and "Traceback" not in twice.stderr
+        assert "Ray" not in twice.stdout  # refused before Ray was started
         driver.send_signal(signal.SIGKILL)
     finally:
         driver.kill()
         driver.wait()
-    before = pd.read_parquet(trials_file).set_index("trial_key")
+    before = load_trials(sweep_dir).set_index("trial_key")
     assert 3 <= len(before) < 27
 
     proc = run_sweep(cmd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"({len(before)} already finished)" in proc.stdout
+    # the killed driver's lock is recognised as left behind, and taken over
+    assert f"the process that held it before (pid {driver.pid} on " in proc.stdout
 
-    trials = pd.read_parquet(trials_file)
-    epochs = pd.read_parquet(tmp_path / "resume" / "epochs.parquet")
+    trials = load_trials(sweep_dir)
+    epochs = load_epochs(sweep_dir)
     # kl: 3 taus x 2 alphas, mse: 2 alphas, ce: 1 -> 9 settings x 3 seeds; one final row each
     assert len(trials) == 27 and trials["trial_key"].is_unique and set(trials["status"]) == {"completed"}
     after = trials.set_index("trial_key").loc[before.index]
@@ -214,11 +207,14 @@ def test_driver_killed_then_resumed(ray_cluster, tmp_path):
     assert (after["finished_at"] == before["finished_at"]).all()
     assert (after["trial_id"] == before["trial_id"]).all()
     assert len(epochs) == 27 * 3 and not epochs.duplicated(["trial_key", "epoch"]).any()
+    # and the files hold one row per key too, not only the readers
+    assert ds.dataset(sweep_dir / "results" / "epochs").count_rows() == 27 * 3
 
     _, parents, children = mlflow_runs(tmp_path, "resume")
     assert sorted(p.info.status for p in parents) == ["FINISHED", "KILLED"]
     assert len(children) == 27 and {c.info.status for c in children} == {"FINISHED"}
     assert len({c.data.tags["kd_tune.trial_key"] for c in children}) == 27
+    assert set(trials["mlflow_run_id"]) == {c.info.run_id for c in children}
 
 
 @pytest.mark.parametrize(
@@ -270,7 +266,7 @@ def test_a_failing_trial_is_retried_then_recorded_as_failed(ray_cluster, tmp_pat
     assert "retrying mse alpha=1 symmetric=0.2 seed=0 after an error" in proc.stdout
     assert "1 failed" in proc.stdout
 
-    trials = pd.read_parquet(tmp_path / "broken" / "trials.parquet")
+    trials = load_trials(tmp_path / "broken")
     assert len(trials) == 1 and trials.loc[0, "status"] == "failed"
     assert "was made from different training labels" in trials.loc[0, "error"]
     _, parents, children = mlflow_runs(tmp_path, "broken")

@@ -1,7 +1,7 @@
 """The driver's result sinks: one per output, each owning its client.
 
-- :class:`~kd_tune.sinks.parquet_sink.ParquetSink`: ``epochs.parquet`` and
-  ``trials.parquet`` (:mod:`kd_tune.results`);
+- :class:`~kd_tune.sinks.parquet_sink.ParquetSink`: the epochs and trials tables
+  (:mod:`kd_tune.results`);
 - :class:`~kd_tune.sinks.samples_sink.SamplesSink`: ``samples.parquet/`` and
   ``features.parquet/`` part files (:mod:`kd_tune.samples`);
 - :class:`~kd_tune.sinks.mlflow_sink.MlflowSink`: the trials' and teachers' MLflow runs

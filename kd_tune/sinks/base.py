@@ -12,6 +12,9 @@ it was given them, with these events of one driver invocation:
 - ``trial_measured``: a completed trial's :class:`~kd_tune.trial_end.TrialEnd` (its end
   measurements), right after the epoch report that carried it, before ``trial_ended``;
 - ``checkpointed``: the trial saved a checkpoint with its last reported epoch;
+- ``saving_state``: Tune is about to save its experiment state (which trials ended,
+  which checkpoint each one resumes from); what was reported before must be durable
+  now, since a resumed sweep does not report it again;
 - ``trial_retried``: Tune restarts the trial after an error (the error's text);
 - ``trial_ended``: once, with the final status (``failed`` with the error text);
 - ``experiment_ended``: Tune's experiment is over (also when it was interrupted).
@@ -66,6 +69,9 @@ class TrialSink:
         pass
 
     def checkpointed(self, trial: Trial) -> None:
+        pass
+
+    def saving_state(self) -> None:
         pass
 
     def trial_retried(self, trial: Trial, error: str) -> None:

@@ -1,43 +1,51 @@
 """The MLflow sink: runs made for comparing trials, under this invocation's parent run.
 
-It owns the sweep's :class:`~kd_tune.tracking.SweepTracker` (layout in
-:mod:`kd_tune.tracking`); the driver creates the tracker, opens the parent run before
-the trials and ends it after them. What the runs hold:
+It never calls MLflow in a Tune callback: every write goes to the sweep's
+:class:`~kd_tune.tracking_queue.TrackingQueue` (a durable outbox sent by one thread),
+so a slow or absent tracking server costs the sweep nothing (layout of the runs in
+:mod:`kd_tune.tracking`). The driver opens the parent run before the trials and ends it
+after them, through the same queue. What the runs hold:
 
 - **Child run per trial** (named by its label, e.g. ``kl tau=4 alpha=0.9 seed=1``):
   params = the run config; per-epoch metrics (step = epoch); ``inv_tau`` = 1/tau for KL
   trials (0 for tau = inf, which a chart cannot place; absent for MSE and CE), so the
   chart view can plot against temperature; at the end the final and selected numbers
-  of its ``trials.parquet`` row (``best_val_acc``, ``best_val_epoch``,
+  of its trials-table row (``best_val_acc``, ``best_val_epoch``,
   ``test_acc_at_best_val``, ``teacher_test_acc``, ``train_time_s``, ``ece`` and the
   ``<quantity>_mean``/``_median`` summaries; ``test_acc`` is the last epoch's); the
-  data set it trained on as an input (:meth:`SweepTracker.log_dataset`: name, a digest
-  of the data settings and the training labels' hash); with ``--log-models`` its final
-  weights as ``model/student.pt``.
+  data set it trained on as an input (name, a digest of the data settings and the
+  training labels' hash); with ``--log-models`` its final weights as ``model/student.pt``.
 - **Teacher run** per teacher (tag ``kd_tune.role=teacher``): its config, per-epoch
   curves, final metrics and end measurements, its data set.
 - **Parent run** at the end: the trials as an MLflow table (``trials.json``), the best
   setting by mean validation accuracy over seeds (params ``best.<field>``, metrics
   ``best.val_acc`` and more), and the sweep's tables and figures as artifacts.
+
+Parquet is the record and MLflow a view of it: :meth:`MlflowSink.mirror` makes the view
+whole again from the record (runs missing from a deleted or emptied store are refilled,
+runs left RUNNING by a killed driver are ended).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from kd_tune.config import RunConfig
 from kd_tune.identity import config_hash
 from kd_tune.measurements import SUMMARY
-from kd_tune.plan import Trial
+from kd_tune.plan import Trial, label
+from kd_tune.results import EPOCH_METRICS, ResultsWriter, read_epochs
 from kd_tune.sinks.base import TeacherRecord, TrialSink
 from kd_tune.status import TrialStatus
-from kd_tune.tracking import TEACHER_TAG, TRIAL_ID_TAG, SweepTracker
+from kd_tune.tracking import STARTED_TAG, TEACHER_TAG, TRIAL_ID_TAG
+from kd_tune.tracking_queue import TrackingQueue
 from kd_tune.trial_end import TrialEnd
 
-# Numbers of a trials.parquet row logged on the trial's child run when it ends.
+# Numbers of a trials-table row logged on the trial's child run when it ends.
 ROW_METRICS = ("best_val_acc", "best_val_epoch", "test_acc_at_best_val", "teacher_test_acc", "train_time_s",
                *SUMMARY)
 # Columns of the parent's trials table.
@@ -48,89 +56,136 @@ TABLE_COLUMNS = ("trial_key", "status", "dataset", "teacher", "student", "noise_
 _NOT_A_SETTING = ("seed", "device", "data_dir", "download", "milestones")
 
 
+REFILL_CHUNK = 200  # trials refilled per read of the epochs table
+
+
 def _no_row(trial_key: str) -> None:  # a sink without a Parquet record
     return None
 
 
-class MlflowSink(TrialSink):
-    """Writes the sweep's runs (see the module docstring).
+def _unknown(trial_key: str) -> datetime | None:
+    return None
 
-    ``trial_row(trial_key)`` returns a trial's final ``trials.parquet`` row (or None);
-    it is asked when the trial ends, after the Parquet sink has recorded it.
+
+class MlflowSink(TrialSink):
+    """Queues the sweep's runs (see the module docstring).
+
+    ``invocation`` identifies this invocation's parent run; ``started_at(trial_key)`` is
+    the trial's start as the Parquet row records it (tag ``kd_tune.started_at``);
+    ``trial_row(trial_key)`` returns a trial's final trials-table row (or None), asked
+    when the trial ends, after the Parquet sink has recorded it.
     """
 
-    def __init__(self, tracker: SweepTracker, *, trial_row: Callable[[str], Mapping[str, Any] | None] = _no_row):
-        self.tracker = tracker
+    def __init__(self, queue: TrackingQueue, invocation: str, *,
+                 started_at: Callable[[str], datetime | None] = _unknown,
+                 trial_row: Callable[[str], Mapping[str, Any] | None] = _no_row):
+        self.queue = queue
+        self.invocation = invocation
+        self._started_at = started_at
         self._trial_row = trial_row
-        self._runs: dict[str, str] = {}
 
     def run_id(self, trial_key: str) -> str | None:
-        """The child run of a trial started in this invocation (kept after it ended), else None."""
-        return self._runs.get(trial_key)
+        """The child run of a trial, once the queue has sent its start (else None)."""
+        return self.queue.run_id(trial_key)
 
     def trial_started(self, trial: Trial, trial_id: str) -> None:
         # An unfinished run of an earlier invocation is continued (see SweepTracker.start_trial).
-        self._runs[trial.key] = self.tracker.start_trial(
-            trial.key, trial.label, trial.config.to_dict(), {TRIAL_ID_TAG: trial_id, TEACHER_TAG: trial.teacher_key},
-            metrics={"inv_tau": inv_tau(trial.config.tau)} if trial.config.loss == "kl" else None,
-        )
+        started = self._started_at(trial.key)
+        tags = {TRIAL_ID_TAG: trial_id, TEACHER_TAG: trial.teacher_key or "",
+                **({STARTED_TAG: started.isoformat()} if started else {})}
+        self.queue.start_trial(self.invocation, trial.key, trial.label, trial.config.to_dict(), tags,
+                               metrics={"inv_tau": inv_tau(trial.config.tau)} if trial.config.loss == "kl" else None)
 
     def epoch_reported(self, trial: Trial, trial_id: str, metrics: Mapping[str, Any], status: TrialStatus) -> None:
-        self.tracker.log_epoch(self._runs[trial.key], metrics)
+        self.queue.log_epoch(trial.key, metrics)
 
     def trial_measured(self, trial: Trial, trial_id: str, end: TrialEnd) -> None:
-        run_id = self._runs[trial.key]
-        _log_dataset(self.tracker, run_id, trial.config, end.noise_hash)
+        self.queue.log_dataset(trial.key, **dataset_fields(trial.config, end.noise_hash))
         if end.weights is not None:
             import torch
 
+            from kd_tune.atomic import atomic_write
+
             weights = {**end.weights, "model": {k: torch.as_tensor(v) for k, v in end.weights["model"].items()}}
-            with tempfile.TemporaryDirectory() as folder:
-                path = Path(folder) / "student.pt"
-                torch.save(weights, path)
-                self.tracker.log_file(run_id, path, "model")
+            path = self.queue.files_dir / trial.key / "student.pt"
+            with atomic_write(path) as handle:
+                torch.save(weights, handle)
+            self.queue.log_file(trial.key, path, "model")
 
     def trial_ended(self, trial: Trial, trial_id: str, status: TrialStatus, error: str | None) -> None:
         row = self._trial_row(trial.key) or {}
-        self.tracker.end_trial(self._runs[trial.key], status, metrics={m: row.get(m) for m in ROW_METRICS},
-                               step=int(row.get("epoch") or 0))
+        self.queue.end_trial(trial.key, status, metrics={m: row.get(m) for m in ROW_METRICS},
+                             step=int(row.get("epoch") or 0))
 
     def teacher_ready(self, teacher: TeacherRecord) -> None:
         config = teacher.trial.config.teacher_config()
-        run_id, new = self.tracker.start_teacher(teacher.key, f"teacher {teacher.trial.teacher} ({teacher.key})",
-                                                 config.to_dict())
-        if not new:
-            return
-        for epoch in teacher.meta.get("history", []):
-            self.tracker.log_epoch(run_id, epoch)
         final = dict(teacher.meta.get("metrics", {}))
         # A teacher has no teacher: its logit distance and mean gap are NaN, left out here.
         measured = {k: v for k, v in (teacher.measurements.summary if teacher.measurements else {}).items()
                     if math.isfinite(v)}
-        self.tracker.log_values(run_id, metrics={**measured, "test_acc": final.get("test_acc")},
-                                step=int(final.get("epoch") or 0))
-        _log_dataset(self.tracker, run_id, config, teacher.meta.get("noise_hash"))
-        self.tracker.end_run(run_id)
+        self.queue.record_teacher(
+            self.invocation, teacher.key, f"teacher {teacher.trial.teacher} ({teacher.key})", config.to_dict(),
+            teacher.meta.get("history", []), {**measured, "test_acc": final.get("test_acc")},
+            int(final.get("epoch") or 0), dataset_fields(config, teacher.meta.get("noise_hash")))
 
     def sweep_ended(self, rows: Sequence[Mapping[str, Any]], artifacts: Iterable[Path]) -> None:
         """The parent run's summary: the trials table, the best setting, the tables and figures
         (``artifacts``, each logged under its folder's name, e.g. ``tables/``, ``figures/``)."""
-        parent = self.tracker.parent_id
-        if parent is None:
-            return
         if rows:
-            self.tracker.log_table(parent, trials_table(rows), "trials.json")
+            frame = trials_table(rows)
+            self.queue.log_table(self.invocation, list(frame.columns), frame.astype(object).values.tolist(),
+                                 "trials.json")
             best = best_setting(rows)
             if best is not None:
-                self.tracker.log_values(parent, params=best[0], metrics=best[1])
+                self.queue.log_parent_values(self.invocation, *best)
+        folders: dict[str, list[Path]] = {}
         for path in artifacts:
-            self.tracker.log_artifacts([Path(path)], Path(path).parent.name)
+            folders.setdefault(Path(path).parent.name, []).append(Path(path))
+        for folder, paths in folders.items():
+            self.queue.log_artifacts(self.invocation, paths, folder)
 
-    def reconcile(self, statuses: Mapping[str, TrialStatus]) -> int:
-        """End child runs left RUNNING whose trial has a final status (trial key -> status),
-        as a driver stopped between recording a trial and ending its run leaves them;
-        return how many were ended."""
-        return self.tracker.end_recorded_trials(statuses)
+    def mirror(self, writer: ResultsWriter, *, log: Callable[[str], None] = print) -> dict[str, str]:
+        """Make MLflow show every trial the results record, synchronously (call it while
+        the queue's thread is stopped and nothing is left to send); return trial key ->
+        run id of every recorded trial that has a run.
+
+        A recorded trial without a child run (a deleted or emptied store, or a run deleted
+        by hand) gets one made from its Parquet rows, under this invocation's parent; a
+        run still RUNNING whose trial has a final row is ended with that row's status.
+        """
+        tracker = self.queue.tracker()
+        tracker.parent_id = self.queue.parent_id(self.invocation) or tracker.find_parent(self.invocation)
+        runs = tracker.trial_runs()
+        recorded = writer.statuses()
+        ids = {key: runs[key].info.run_id for key in recorded if key in runs}
+        for key, status in recorded.items():
+            if key in runs and runs[key].info.status == "RUNNING":
+                tracker.end_trial(ids[key], status)
+        missing = [key for key in recorded if key not in runs]
+        if not missing:
+            return ids
+        log(f"MLflow holds {len(recorded) - len(missing)} of the {len(recorded)} trials recorded in "
+            f"{writer.sweep_dir}: refilling {len(missing)} from the Parquet results")
+        own_parent = tracker.parent_id is None  # a sync outside a sweep: a parent run for the refilled runs
+        if own_parent:
+            tracker.start_parent(f"{tracker.experiment} refill", {}, {}, invocation=self.invocation)
+        for start in range(0, len(missing), REFILL_CHUNK):
+            chunk = missing[start:start + REFILL_CHUNK]
+            epochs: dict[str, list[tuple[dict[str, Any], int]]] = {key: [] for key in chunk}
+            for row in sorted(read_epochs(writer.sweep_dir, chunk).to_pylist(), key=lambda r: r["epoch"]):
+                metrics = {"epoch": row["epoch"], **{m: row[m] for m in EPOCH_METRICS}}
+                epochs[row["trial_key"]].append((metrics, int(row["reported_at"].timestamp() * 1000)))
+            for row in writer.read_trials(chunk):
+                config = RunConfig.from_dict({f.name: row[f.name] for f in dataclasses.fields(RunConfig)})
+                tags = {TRIAL_ID_TAG: row["trial_id"] or "", TEACHER_TAG: row["teacher_key"] or ""}
+                if row["started_at"] is not None:
+                    tags[STARTED_TAG] = row["started_at"].isoformat()
+                ids[row["trial_key"]] = tracker.record_trial(row["trial_key"], label(config), config.to_dict(), tags,
+                                                             TrialStatus(row["status"]), epochs[row["trial_key"]])
+        if own_parent:
+            tracker.end_parent("FINISHED")
+        log(f"MLflow refilled: {len(missing)} trial run(s) made from the Parquet results")
+        return ids
 
 
 def inv_tau(tau: float) -> float:
@@ -138,13 +193,14 @@ def inv_tau(tau: float) -> float:
     return 0.0 if math.isinf(tau) else 1.0 / tau
 
 
-def _log_dataset(tracker: SweepTracker, run_id: str, config: RunConfig, labels_hash: str | None) -> None:
-    """The data a run trained on: named by data set (and noise), digest of its settings and training labels."""
+def dataset_fields(config: RunConfig, labels_hash: str | None) -> dict[str, Any]:
+    """The data a run trained on, as :meth:`SweepTracker.log_dataset`'s fields: named by data
+    set (and noise), digest of its settings and training labels."""
     settings = config.data_settings()
     settings.pop("download", None)
     noise = "" if config.noise_type == "none" else f" {config.noise_type} {config.noise_rate:g}"
-    tracker.log_dataset(run_id, f"{config.dataset}{noise}", config_hash({**settings, "train_labels": labels_hash}),
-                        source=settings, profile={"train_labels_sha256": labels_hash or "clean labels"})
+    return {"name": f"{config.dataset}{noise}", "digest": config_hash({**settings, "train_labels": labels_hash}),
+            "source": settings, "profile": {"train_labels_sha256": labels_hash or "clean labels"}}
 
 
 def trials_table(rows: Sequence[Mapping[str, Any]]) -> Any:

@@ -1,10 +1,12 @@
-"""The Parquet sink: epoch rows and final trial rows in the sweep folder.
+"""The Parquet sink: epoch rows and final trial rows in the sweep's result tables.
 
 It owns the sweep's :class:`~kd_tune.results.ResultsWriter` (schemas and files are
-described in :mod:`kd_tune.results`). The files are rewritten whole, so writes are
-batched: at every checkpoint (a resumed trial re-reports only the epochs after its
-checkpoint, so every epoch before it must be on disk), at every trial's end, at the
-experiment's end, and otherwise at most every 5 s.
+described in :mod:`kd_tune.results`). Each flush appends one part per table, so writes
+are batched: before Ray Tune saves its experiment state (a resumed trial re-reports only
+the epochs after the checkpoint that state names, so every epoch before it must be on
+disk first), at every trial's end (its row is on disk before its MLflow run is ended),
+and otherwise at most every 5 s. At the experiment's end each table is compacted into
+one part.
 """
 from __future__ import annotations
 
@@ -28,45 +30,55 @@ def _no_run_id(trial_key: str) -> str | None:  # a sweep without MLflow
 
 
 class ParquetSink(TrialSink):
-    """Writes one sweep's ``epochs.parquet`` and ``trials.parquet``.
+    """Writes one sweep's epochs and trials tables.
 
     ``teacher_acc(teacher_key)`` is a teacher's test accuracy or None (the rows'
     ``teacher_test_acc``) and ``run_id(trial_key)`` the trial's MLflow child run or None
     (``mlflow_run_id``); both are asked when a trial's row is written. ``clock`` is a
-    monotonic clock in seconds. Rows already in the folder are kept.
+    monotonic clock in seconds. Rows already in the folder are kept. ``sweep_dir`` may be
+    the sweep's writer, opened already.
     """
 
     def __init__(
         self,
-        sweep_dir: str | Path,
+        sweep_dir: str | Path | ResultsWriter,
         *,
         sweep: str,
         teacher_acc: Callable[[str], float | None],
         run_id: Callable[[str], str | None] = _no_run_id,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.writer = ResultsWriter(sweep_dir)
+        self.writer = sweep_dir if isinstance(sweep_dir, ResultsWriter) else ResultsWriter(sweep_dir)
         self.sweep = sweep
         self._teacher_acc = teacher_acc
         self._run_id = run_id
         self._clock = clock
         self._started_at: dict[str, datetime] = {}
         self._measured: dict[str, dict[str, float]] = {}
+        self._last_row: dict[str, Any] | None = None
         self._last_flush = clock()
 
     # -- what is recorded ----------------------------------------------------------------
 
     def trial_rows(self) -> list[dict[str, Any]]:
-        """Every final row (``trials.parquet``), in no particular order."""
-        return list(self.writer.trials.values())
+        """Every final row of the trials table, in no particular order (read from disk)."""
+        return self.writer.read_trials()
 
     def trial_row(self, trial_key: str) -> dict[str, Any] | None:
-        """The final row of one trial, or None."""
-        return self.writer.trials.get(trial_key)
+        """The final row of one trial, or None: the row just written when it is that trial's
+        (the MLflow sink asks right after), else read from disk."""
+        if self._last_row is not None and self._last_row["trial_key"] == trial_key:
+            return self._last_row
+        rows = self.writer.read_trials([trial_key])
+        return rows[0] if rows else None
 
     def statuses(self) -> dict[str, TrialStatus]:
         """Trial key -> status of every final row."""
-        return {key: TrialStatus(row["status"]) for key, row in self.writer.trials.items()}
+        return self.writer.statuses()
+
+    def started_at(self, trial_key: str) -> datetime | None:
+        """When a trial running in this invocation started (UTC), else None."""
+        return self._started_at.get(trial_key)
 
     def finished_keys(self) -> set[str]:
         """Trial keys whose final row says the trial finished (see :attr:`TrialStatus.finished`):
@@ -86,7 +98,7 @@ class ParquetSink(TrialSink):
     def trial_measured(self, trial: Trial, trial_id: str, end: TrialEnd) -> None:
         self._measured[trial.key] = end.measurements.summary
 
-    def checkpointed(self, trial: Trial) -> None:
+    def saving_state(self) -> None:
         self._flush()
 
     def trial_ended(self, trial: Trial, trial_id: str, status: TrialStatus, error: str | None) -> None:
@@ -94,7 +106,8 @@ class ParquetSink(TrialSink):
         self._flush()
 
     def experiment_ended(self) -> None:
-        self._flush()
+        self.writer.compact()
+        self._last_flush = self._clock()
 
     # -- after Tune returns ----------------------------------------------------------------
 
@@ -108,9 +121,10 @@ class ParquetSink(TrialSink):
         stays without a row). ``started_at`` is unknown there: None.
         """
         written = []
+        recorded = self.writer.statuses()
         for item in ended:
             history = self.writer.history(item.trial.key)
-            if item.trial.key in self.writer.trials or not history or history[-1]["epoch"] < item.epoch:
+            if item.trial.key in recorded or not history or history[-1]["epoch"] < item.epoch:
                 continue
             self._finish(item.trial, item.trial_id, item.status, None, None)
             written.append(item.trial.key)
@@ -121,12 +135,13 @@ class ParquetSink(TrialSink):
 
     def _finish(self, trial: Trial, trial_id: str, status: TrialStatus, error: str | None,
                 started_at: datetime | None) -> None:
-        self.writer.finish_trial(trial_row(
+        self._last_row = trial_row(
             sweep=self.sweep, trial_key=trial.key, trial_id=trial_id, config=trial.config, status=status,
             history=self.writer.history(trial.key), teacher_key=trial.teacher_key,
             teacher_test_acc=self._teacher_acc(trial.teacher_key), started_at=started_at, error=error,
             mlflow_run_id=self._run_id(trial.key), measured=self._measured.pop(trial.key, None),
-        ))
+        )
+        self.writer.finish_trial(self._last_row)
 
     def _flush(self) -> None:
         self.writer.flush()

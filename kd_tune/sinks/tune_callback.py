@@ -122,13 +122,19 @@ class TuneSinks(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, TrialStatus.FAILED, _error_text(trial))
 
-    def get_state(self) -> None:
-        """Tune saves its experiment state (trials and searcher) and then calls this: the
-        trials seen so far are in it, and their held ends are recorded now."""
+    def get_state(self) -> dict | None:
+        """Tune calls this while it saves its experiment state: after writing the trials and
+        the searcher to the driver's staging folder, before syncing them to storage (the
+        checkpoint each trial resumes from). The trials seen so far are in that state, so
+        their held ends are recorded now; then the sinks make what was reported durable.
+        The adapter itself keeps no state there."""
         self._unsaved.clear()
         held, self._held = self._held, []
         for tune_trial, status, error in held:
             self._end(tune_trial, status, error)
+        for sink in self.sinks:
+            sink.saving_state()
+        return None
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for sink in self.sinks:
@@ -198,5 +204,10 @@ def _error_text(trial: Any) -> str:
         text = Path(path).read_text(errors="replace")
     elif hasattr(trial, "get_error"):
         text = str(trial.get_error() or "")
-    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return error_summary(text)
+
+
+def error_summary(trace: str) -> str:
+    """The last line of an error trace (its exception), at most 500 characters."""
+    lines = [line for line in trace.strip().splitlines() if line.strip()]
     return lines[-1][:500] if lines else "unknown error"

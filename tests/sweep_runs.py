@@ -1,0 +1,43 @@
+"""Running ``sweeps/tau_grid.py`` as a user does, for the end-to-end tests, and reading back
+what it wrote."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow import MlflowClient
+from processes import ray_env
+
+ROOT = Path(__file__).resolve().parents[1]
+TAU_GRID = str(ROOT / "sweeps" / "tau_grid.py")
+SMALL = ["--teacher", "cnn-8", "--student", "cnn-4", "--teacher-epochs", "2"]
+
+
+def sweep_cmd(storage: Path, name: str, *extra: str, address: str | None = "auto") -> list[str]:
+    """The command line of a small digits sweep (joining the cluster at ``address``; None: embedded Ray)."""
+    where = ["--address", address] if address else []
+    return [sys.executable, TAU_GRID, *where, "--storage", str(storage), "--name", name, *SMALL, *extra]
+
+
+def run_sweep(cmd: list[str], timeout: float = 400, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or ray_env(), cwd=ROOT)
+
+
+def start_sweep(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """The sweep as a background process writing its output to ``log``."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env or ray_env(), cwd=ROOT)
+
+
+def mlflow_runs(uri: str | Path, name: str) -> tuple[MlflowClient, list, list]:
+    """(client, parent runs, trial runs) of sweep ``name`` in a tracking store: a URI, or a
+    storage folder holding the default ``mlflow.db``."""
+    if isinstance(uri, Path):
+        uri = f"sqlite:///{uri / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("kd_tune.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("kd_tune.role") == "trial"]
+    return client, parents, children

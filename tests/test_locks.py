@@ -1,0 +1,83 @@
+"""File locks: one holder at a time, named to the process refused; a dead holder's lock is free."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from kd_tune.locks import FileLock, LockBusy, held, lock_path
+
+HOLD = """
+import sys, time
+from kd_tune.locks import FileLock
+FileLock(sys.argv[1], "a test holder").acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_one_holder_at_a_time_and_the_refused_one_learns_who(tmp_path):
+    path = lock_path(tmp_path / "storage", "sweep-x")
+    first = FileLock(path, "sweep x").acquire()
+    record = json.loads(path.read_text())
+    assert record["pid"] == os.getpid() and record["purpose"] == "sweep x" and record["started_at"]
+    with pytest.raises(LockBusy) as busy:
+        FileLock(path, "sweep x").acquire()  # another open of the file, as another process would
+    assert busy.value.holder.pid == os.getpid() and busy.value.holder.host == record["host"]
+    assert f"pid {os.getpid()} on {record['host']}, started {record['started_at']}" in str(busy.value)
+    first.release()
+    assert not (tmp_path / "storage").exists()  # the folders the lock made are gone with it
+    second = FileLock(path).acquire()
+    assert second.previous is None  # released properly: nothing was left behind
+    second.release()
+
+
+def test_the_lock_of_a_killed_holder_is_taken_over(tmp_path):
+    path = lock_path(tmp_path, "sweep-x")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockBusy) as busy:
+            FileLock(path).acquire()
+        assert busy.value.holder.pid == holder.pid
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert path.is_file()  # the dead holder's record stays ...
+    lock = FileLock(path).acquire()  # ... but its lock does not
+    assert lock.previous.pid == holder.pid and lock.previous.purpose == "a test holder"
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    lock.release()
+
+
+def test_held_waits_for_the_holder(tmp_path):
+    path = lock_path(tmp_path, "teacher-k")
+    first = FileLock(path, "teacher k").acquire()
+    lines: list[str] = []
+    released = threading.Event()
+
+    def release() -> None:
+        released.set()
+        first.release()
+
+    threading.Timer(1.0, release).start()
+    with held(path, "teacher k", log=lines.append) as lock:
+        assert released.is_set()  # it waited for the holder
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        assert lock.previous is None
+    assert len(lines) == 1 and lines[0].startswith("waiting for teacher k, held by pid ")
+    assert not path.exists()
+
+
+def test_acquire_with_a_wait_gives_up_after_it(tmp_path):
+    path = lock_path(tmp_path, "x")
+    with FileLock(path):
+        with pytest.raises(LockBusy):
+            FileLock(path).acquire(wait=0.6)
