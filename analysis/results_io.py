@@ -4,9 +4,9 @@ A sweep keeps them in ``<sweep>/results/trials/`` and ``<sweep>/results/epochs/`
 part files; layout in :mod:`kd_tune.results`); sweeps of the older layout kept
 ``<sweep>/trials.parquet`` and ``<sweep>/epochs.parquet``. Both are read here, one row per
 key, through :func:`kd_tune.results.read_trials` and :func:`kd_tune.results.read_epochs`.
-The per-sample end measurements are the part-file data sets ``<sweep>/samples.parquet/``
-and ``<sweep>/features.parquet/`` (:mod:`kd_tune.samples`); ``<sweep>/teachers.parquet``
-holds one row per teacher node the sweep used (written by the driver).
+The teacher nodes a sweep used are ``<sweep>/teachers.parquet``
+(:mod:`kd_tune.teacher_table`). The per-sample end measurements are the part-file data
+sets ``<sweep>/samples.parquet/`` and ``<sweep>/features.parquet/`` (:mod:`kd_tune.samples`).
 """
 from __future__ import annotations
 
@@ -19,15 +19,6 @@ import pyarrow as pa
 
 from kd_tune.results import RESULTS_DIR, TRIALS_FILE, has_results, read_epochs, read_trials
 from kd_tune.samples import FEATURES_DIR, SAMPLES_DIR
-
-TEACHERS_FILE = "teachers.parquet"
-# The columns of teachers.parquet and their pandas dtypes. kind: ce, undertrained,
-# sequential or ensemble; architecture: an ensemble's members joined by "+";
-# epochs_trained: null for an ensemble; accuracies in [0, 1] (an ensemble's: of its
-# mean logits); seconds: wall seconds to train it (0 for an ensemble).
-TEACHER_COLUMNS = {"sweep": "string", "teacher_key": "string", "spec": "string", "kind": "string",
-                   "architecture": "string", "epochs_trained": "Int64", "train_acc": "float64",
-                   "test_acc": "float64", "seconds": "float64"}
 
 
 def find_sweeps(path: str | os.PathLike) -> list[Path]:
@@ -84,19 +75,20 @@ def _load(path: str | os.PathLike, read: Callable[[Path], pa.Table]) -> pd.DataF
 def load_teachers(path: str | os.PathLike) -> pd.DataFrame:
     """The ``teachers.parquet`` rows of the sweep folder(s) of ``path``: one row per teacher
     node a sweep used (every ensemble member, every intermediate student of a chain, the
-    composite teacher itself), columns :data:`TEACHER_COLUMNS`. A sweep without the file
-    (an older sweep, or one that has not trained its teachers yet) adds no rows; with none
-    at all the frame is empty, with those columns. The same teacher used by several sweeps
-    has a row in each (the ``sweep`` column tells them apart).
+    composite teacher itself; columns in :mod:`kd_tune.teacher_table`, ``epochs_trained``
+    as pandas' nullable Int64). A sweep without the file adds no rows; with none at all the
+    frame is empty, with those columns. The same teacher used by several sweeps has a row
+    in each (the ``sweep`` column tells them apart).
     """
     import pyarrow.parquet as pq
 
+    from kd_tune.teacher_table import TEACHERS_FILE, TEACHERS_SCHEMA
+
     files = [d / TEACHERS_FILE for d in find_sweeps(path) if (d / TEACHERS_FILE).is_file()]
+    tables = [pq.read_table(f) for f in files] or [TEACHERS_SCHEMA.empty_table()]
     # epochs_trained stays an integer column with an ensemble's null (pandas' Int64).
-    frames = [pq.read_table(f).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get) for f in files]
-    if not frames:
-        return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in TEACHER_COLUMNS.items()})
-    return _concat(frames)
+    return pd.concat([t.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get) for t in tables],
+                     ignore_index=True)
 
 
 def load_samples(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:

@@ -58,6 +58,7 @@ from kd_tune.logit_cache import LogitCache
 from kd_tune.losses import make_loss
 from kd_tune.search_space import expand
 from kd_tune.sweep import SweepOptions, run_sweep
+from kd_tune.teacher_dag import teacher_dag
 from kd_tune.teacher_logits import compute_teacher_logits
 from kd_tune.teacher_store import TeacherStore
 from kd_tune.trainer import load_data, train
@@ -117,7 +118,7 @@ def digits_sweeps(trials: int, storage: Path) -> dict[str, dict[str, float]]:
     space = [{"loss": ["kl"], "tau": [1.0, 3.0, 5.0, 20.0, math.inf], "alpha": [0.5, 1.0]},
              {"loss": ["mse"], "alpha": [0.5, 1.0]}]
     configs = expand(base, space, seeds=range(math.ceil(trials / 12)))[:trials]
-    TeacherStore(storage / "teachers").train(teacher_key(configs[0]), configs[0])  # both sweeps find it stored
+    TeacherStore(storage / "teachers").train(teacher_dag(configs[0])[-1])  # both sweeps find it stored
     from mlflow import MlflowClient
 
     from kd_tune.cluster import connect
@@ -148,7 +149,7 @@ def float16_effect(storage: Path) -> dict[str, tuple[float, float, float]]:
     """Per loss, relative loss difference from rounding alone, after training, and test-acc difference."""
     base = preset("cpu", alpha=1.0)
     data = load_data(base)
-    teacher, _ = TeacherStore(storage / "teachers").load(teacher_key(base), base, data)
+    teacher, _ = TeacherStore(storage / "teachers").load(teacher_key(base), data)
     out = {}
     for name, config in (("kl tau=4", base.replace(loss="kl", tau=4.0)), ("mse", base.replace(loss="mse"))):
         logits = {d: compute_teacher_logits(teacher, data, config, dtype=d) for d in (torch.float32, torch.float16)}

@@ -91,7 +91,9 @@ class RunConfig:
     noise_rate: float = _f(0.0, "label noise rate in [0, 1)")
     noise_seed: int = _f(0, "seed of the label noise draw")
     # models and loss
-    teacher: str = _f("cnn-32", "teacher architecture, e.g. wrn-28-4, resnet-56, cnn-32")
+    teacher: str = _f("cnn-32", "teacher spec: ARCH (trained with CE, e.g. wrn-28-4), ARCH@E (stopped after epoch "
+                      "E of its full recipe), A>B (B distilled from A, then B teaches; A>B[kl:TAU[:ALPHA]] or "
+                      "A>B[mse[:ALPHA]] names the step's loss, else the run's), A+B or NxA (ensemble: mean logits)")
     student: str = _f("cnn-4", "student architecture, e.g. wrn-16-2, resnet-20, cnn-4, mlp-32")
     loss: str = _f("kl", "loss: ce (no teacher), kl (KL with temperature tau), mse (MSE on logits)")
     tau: float = _f(4.0, "temperature of the kl loss, > 0; inf for the logit-matching limit")
@@ -214,10 +216,12 @@ class RunConfig:
         }
 
     def teacher_config(self) -> RunConfig:
-        """The config of the CE run that trains this config's teacher.
+        """The config of the CE run that trains this config's teacher (its recipe).
 
         The teacher uses the same data, split and recipe, its own seed and epoch
-        count, and the same label noise unless ``clean_teacher`` is set.
+        count, and the same label noise unless ``clean_teacher`` is set. ``student`` is
+        the teacher spec; every node of a spec (:mod:`kd_tune.teacher_dag`) trains by
+        this recipe with its own architecture (and a step with its loss).
         """
         noise = {"noise_type": "none", "noise_rate": 0.0} if self.clean_teacher else {}
         return self.replace(

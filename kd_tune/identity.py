@@ -9,6 +9,9 @@ give equal keys on every machine, in every process and across restarts:
   setting (its repeats and its confirmation seeds) by it;
 - :func:`teacher_key`: the teacher a run distils from (its architecture, seed, recipe,
   and the data and label noise it trains on); names its folder in the teacher store;
+  :func:`undertrained_key`, :func:`sequential_key`, :func:`ensemble_key`: the other
+  nodes of a teacher spec's DAG (``ARCH@E``, a step ``A>B``, ``A+B``), each covering
+  the whole recipe of the nodes it is made from (:mod:`kd_tune.teacher_dag`);
 - :func:`data_key`: the data a run sees (data set, files, split, label noise);
 - :func:`cache_key`: the teacher's logits on the views a run trains on; names a folder of
   the teacher-logit cache;
@@ -23,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kd_tune.config import RunConfig
@@ -71,19 +74,46 @@ def setting_key(config: RunConfig) -> str:
 
 
 def teacher_key(config: RunConfig) -> str:
-    """The identity of ``config``'s teacher: data, split, label noise, architecture, seed, recipe.
+    """The identity of ``config``'s teacher when ``config.teacher`` is one architecture
+    (``ARCH``) trained with cross-entropy: data, split, label noise, architecture, seed, recipe.
 
     Two student configs with the same key distil from the very same teacher. The
-    execution device is not part of it.
+    execution device is not part of it. Any other teacher spec is a small DAG of nodes
+    (:mod:`kd_tune.teacher_dag`) whose keys come from this function and the three below.
     """
-    values = config.teacher_config().to_dict()
+    return _recipe_key(config.teacher_config())
+
+
+def undertrained_key(full: str, stop_epoch: int) -> str:
+    """The identity of ``ARCH@E``: the CE teacher of key ``full`` (its whole recipe, the
+    learning-rate schedule of all its epochs included) stopped after epoch ``stop_epoch``."""
+    return config_hash({"kind": "undertrained", "full": full, "stop_epoch": stop_epoch,
+                        "store_format": TEACHER_KEY_FORMAT})
+
+
+def sequential_key(run: RunConfig, source: str) -> str:
+    """The identity of one step of a chain: ``run`` (the student's architecture, its
+    loss, tau and alpha, data, seed and recipe) distilled from the teacher of key
+    ``source``, which covers every step before it."""
+    return _recipe_key(run, kind="sequential", source=source)
+
+
+def ensemble_key(members: Sequence[str]) -> str:
+    """The identity of an ensemble: its members' keys, in order (each covers its recipe)."""
+    return config_hash({"kind": "ensemble", "members": list(members), "store_format": TEACHER_KEY_FORMAT})
+
+
+def _recipe_key(run: RunConfig, **extra: Any) -> str:
+    """The hash of the run that trains a teacher (``extra`` added): every field but those
+    :meth:`RunConfig.teacher_config` has folded into it, and the device."""
+    values = run.to_dict()
     for name in _NOT_TEACHER_IDENTITY:
         values.pop(name)
     if values["noise_type"] == "none" or values["noise_rate"] == 0.0:
         # A teacher on clean labels draws no noise: one teacher whatever the noise seed.
         values.update(noise_type="none", noise_rate=0.0, noise_seed=0)
     values["store_format"] = TEACHER_KEY_FORMAT
-    return config_hash(values)
+    return config_hash({**values, **extra})
 
 
 def data_key(config: RunConfig) -> str:

@@ -26,7 +26,9 @@ settings (data set, data dir, validation split, label noise), the augmentation (
 off, and with it the seed, epoch count and batch size that fix views and batches), AMP
 and the storage dtype. ``meta.json`` records the sha256 of the teacher weights the
 logits came from; :func:`ensure_cached` uses a cache only with those very weights and
-rebuilds it otherwise, so a stale cache is never read.
+rebuilds it otherwise, so a stale cache is never read. Every kind of teacher node is
+cached the same way: an ensemble's cache holds its mean logits, and its digest is that
+of its members' weights (:mod:`kd_tune.teacher_store`).
 
 Integrity: nothing is mapped that does not match ``meta.json``. Every load checks each
 file's ``.npy`` header (shape, dtype) and size against it (microseconds), and
@@ -225,7 +227,7 @@ def ensure_cached(
     meta = intact_meta(trial, store, cache, token=token, warn=warn)
     if meta is not None:
         return meta
-    teacher, _ = store.load(trial.teacher_key, trial.config, data)
+    teacher, _ = store.load(trial.teacher_key, data)
     return cache.build(trial.cache_key, teacher, data, trial.config, dtype=trial.cache_dtype, device=device,
                        extra={"teacher_key": trial.teacher_key,
                               "teacher_weights_sha256": store.weights_digest(trial.teacher_key)},

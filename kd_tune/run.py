@@ -3,9 +3,12 @@
     python -m kd_tune.run --loss kl --tau 4 --alpha 0.9
     python -m kd_tune.run --preset paper --data-dir /data --teacher-checkpoint wrn28.pt
 
-The teacher is loaded from ``--teacher-checkpoint`` or trained first with
-cross-entropy (``--save-teacher PATH`` keeps it for later runs). Progress is printed
-per epoch, then the final metrics; ``--output-json`` also writes them to a file.
+The teacher is loaded from ``--teacher-checkpoint`` or trained first: ``--teacher`` is
+a teacher spec (``cnn-32``, ``cnn-32@5``, ``cnn-32>cnn-8[kl:3]``, ``3xcnn-32``; see
+:mod:`kd_tune.teacher_spec`), and every node of it is trained here in turn, in one
+process (``--save-teacher PATH`` keeps the last one, one network, for later runs).
+Progress is printed per epoch, then the final metrics; ``--output-json`` also writes
+them to a file.
 Exit codes: 0 done, 1 the run diverged, 2 bad command line or input data.
 """
 from __future__ import annotations
@@ -19,12 +22,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kd_tune import teacher_spec
 from kd_tune.atomic import write_text
 from kd_tune.cli_args import add_config_arguments, config_from_args
 from kd_tune.config import ConfigError
 from kd_tune.data import DataError
 from kd_tune.status import TrialStatus
-from kd_tune.teacher import load_teacher, save_teacher, train_teacher
+from kd_tune.teacher import load_teacher, save_teacher, train_node
+from kd_tune.teacher_dag import teacher_dag
 from kd_tune.trainer import EpochEnd, EpochHook, load_data, train
 from kd_tune.validation import validate_run
 
@@ -68,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(err))
     if args.teacher_checkpoint is not None and not args.teacher_checkpoint.is_file():
         parser.error(f"--teacher-checkpoint {str(args.teacher_checkpoint)!r} does not exist")
+    one_network = teacher_spec.parse(config.teacher) == teacher_spec.Single(config.teacher)
+    if args.teacher_checkpoint is not None and not one_network:
+        parser.error(f"--teacher-checkpoint holds one trained network: give --teacher as its architecture, "
+                     f"not the spec {config.teacher!r}")
     if args.teacher_checkpoint is not None and args.save_teacher is not None:
         parser.error("--save-teacher needs a trained teacher; it cannot be combined with --teacher-checkpoint")
     try:
@@ -84,18 +93,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"teacher {config.teacher} loaded from {args.teacher_checkpoint} "
               f"(test acc {meta['metrics'].get('test_acc', math.nan):.4f})")
     elif config.loss != "ce" or args.save_teacher is not None:
-        tconfig = config.teacher_config()
-        teacher_data = data if tconfig.data_settings() == config.data_settings() else load_data(tconfig)
-        started = time.perf_counter()
-        result = train_teacher(config, data=teacher_data, on_epoch=_progress("teacher", tconfig.epochs))
-        if result.status != TrialStatus.COMPLETED:
-            print(f"error: the teacher diverged at epoch {result.diverged_epoch}", file=sys.stderr)
-            return 1
-        teacher = result.model
-        print(f"teacher {config.teacher}: test acc {result.final['test_acc']:.4f} "
-              f"({time.perf_counter() - started:.1f}s)")
+        nodes = teacher_dag(config)
+        if args.save_teacher is not None and not nodes[-1].trains:
+            parser.error(f"--save-teacher keeps one network; teacher {config.teacher!r} is an ensemble")
+        # Every node trains on the teacher's data (the clean labels with --clean-teacher).
+        teacher_data = data if nodes[-1].run.data_settings() == config.data_settings() else load_data(nodes[-1].run)
+        made: dict[str, Any] = {}
+        for node in nodes:
+            started = time.perf_counter()
+            stage = "teacher" if len(nodes) == 1 else f"teacher {node.spec}"
+            result = train_node(node, teacher_data, [made[k] for k in node.sources],
+                                on_epoch=_progress(stage, node.stop_epoch or node.run.epochs))
+            if result.status != TrialStatus.COMPLETED:
+                print(f"error: teacher {node.spec} diverged at epoch {result.diverged_epoch}", file=sys.stderr)
+                return 1
+            made[node.key] = result.model
+            print(f"teacher {node.spec}: test acc {result.final['test_acc']:.4f} "
+                  f"({time.perf_counter() - started:.1f}s)")
+        teacher = made[nodes[-1].key]
         if args.save_teacher is not None:
-            print(f"teacher saved to {save_teacher(args.save_teacher, config, result, teacher_data)}")
+            print(f"teacher saved to {save_teacher(args.save_teacher, nodes[-1].run, result, teacher_data)}")
 
     started = time.perf_counter()
     result = train(config, data=data, teacher=teacher, on_epoch=_progress("student", config.epochs))

@@ -9,8 +9,9 @@ validation accuracy each epoch reports. Test accuracy steers nothing.
 One sweep, after the checks of :func:`prepare_search`:
 
 1. the teachers and teacher-logit caches the space needs are made first, planned from
-   a few corner configs of the space (a draw of tau, alpha or the loss does not change
-   the teacher; a range the teacher would depend on is refused);
+   the corner configs of the space and every combination of the choices the teacher
+   depends on (a choice of teacher specs; tau and alpha when a chain's steps take the
+   trial's loss); a range the teacher would depend on is refused;
 2. the search: each draw becomes a planned :class:`~kd_tune.plan.Trial` in one place,
    :class:`SamplePlanner`, Optuna's define-by-run space, called by the searcher in the
    driver; the trial travels as ``{"trial": Trial.to_dict(), "search": {...}}`` like a
@@ -183,11 +184,16 @@ def prepare_search(search: Search, options: SweepOptions) -> Plan:
                         "(the paper preset holds none out)")
     if problems:
         raise SweepError("; ".join(problems))
-    # The training seeds matter to the caches of an augmented data set.
-    corners = [c.replace(seed=s) for c in search.space.corners(search.base) for s in range(search.settings.seeds)]
+    corners = search.space.corners(search.base)
     validate_all(corners)
-    _check_one_teacher_per_range(search, options.cache_dtype)
-    plan = plan_trials(corners, cache_dtype=options.cache_dtype)
+    _check_one_teacher_per_range(search, corners, options.cache_dtype)
+    # Every combination of the choices the teacher depends on (a choice of teacher specs, a
+    # chain's default step loss): no draw may need a teacher the stages did not make.
+    stages = search.space.tied_combinations(search.base, lambda c: plan_trial(c, cache_dtype=None).teacher_key)
+    validate_all(stages)
+    # The training seeds matter to the caches of an augmented data set.
+    plan = plan_trials([c.replace(seed=s) for c in stages for s in range(search.settings.seeds)],
+                       cache_dtype=options.cache_dtype)
     load_plan_data(plan, options)
     check_manifest(options, search.manifest())
     return plan
@@ -343,16 +349,20 @@ def _confirm(record: SearchRecord, trials: Mapping[str, Trial], seeds: int,
     return tuple(selected), Plan(tuple(planned))
 
 
-def _check_one_teacher_per_range(search: Search, cache_dtype: str | None) -> None:
-    """A range the teacher depends on would need a teacher per draw: refused."""
+def _check_one_teacher_per_range(search: Search, corners: list[RunConfig], cache_dtype: str | None) -> None:
+    """A range the teacher depends on (at any corner of the space) would need a teacher per draw: refused."""
     problems = []
     for loss, name, dist in search.space.ranges():
-        ends = [plan_trial(canonical(search.base.replace(loss=loss or search.base.loss, seed=0, **{name: x})),
-                           cache_dtype=cache_dtype) for x in (dist.low, dist.high)]
-        if ends[0].distils and ends[0].teacher_key != ends[1].teacher_key:
-            problems.append(f"{name} is drawn from a range, and the teacher depends on it (a teacher trains with "
-                            f"its students' data and recipe): every draw would need its own teacher; give {name} "
-                            "a choice of values (each gets its teacher, trained first) or fix it")
+        for corner in corners:
+            if loss and corner.loss != loss:
+                continue
+            ends = [plan_trial(canonical(corner.replace(**{name: x})), cache_dtype=cache_dtype)
+                    for x in (dist.low, dist.high)]
+            if ends[0].distils and ends[0].teacher_key != ends[1].teacher_key:
+                problems.append(f"{name} is drawn from a range, and the teacher depends on it (a teacher trains with "
+                                f"its students' data and recipe, and a chain's steps with their loss, tau and alpha "
+                                f"unless its spec names them): every draw would need its own teacher; give {name} "
+                                "a choice of values (each gets its teacher, trained first) or fix it")
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))
 

@@ -36,10 +36,11 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kd_tune import teacher_spec
 from kd_tune.config import ConfigError, RunConfig, field_types
 
 Block = Mapping[str, Sequence[Any]]
@@ -55,7 +56,13 @@ def canonical(config: RunConfig) -> RunConfig:
     - ``mse`` has no temperature: tau=1.
     - noise rate 0 is no noise, whatever the type: noise_type="none", and without noise
       the noise seed draws nothing: noise_seed=0.
+    - the teacher spec is spelled canonically (``cnn-32 + cnn-32`` is ``2xcnn-32``); a
+      spec that does not parse is left for validation to report.
     """
+    try:
+        config = config.replace(teacher=str(teacher_spec.parse(config.teacher)))
+    except teacher_spec.SpecError:
+        pass
     if config.loss == "ce":
         config = config.replace(tau=1.0, alpha=0.0)
     elif config.loss == "mse":
@@ -301,6 +308,31 @@ class SampledSpace:
                 for name, dist in fields.items():
                     for value in dist.corners():
                         out.setdefault(canonical(base.replace(loss=loss, seed=0, **{**first, name: value})), None)
+        return list(out)
+
+    def tied_combinations(self, base: RunConfig, key: Callable[[RunConfig], Hashable]) -> list[RunConfig]:
+        """The :meth:`corners`, and every combination of the choices ``key`` depends on.
+
+        ``key`` maps a canonical config to what must be made for it before a search (its
+        teacher's key): per block and loss, a choice is tied when varying it alone from
+        some corner changes ``key``, and every combination of the tied choices is added,
+        the other fields at their first values. Then every ``key`` a draw can have is the
+        key of a config returned (ranges aside: see :meth:`ranges`). Seed 0.
+        """
+        corners = self.corners(base)
+        out = dict.fromkeys(corners)
+        for block in self.blocks:
+            fields = dict(block)
+            losses = fields.pop("loss").values if "loss" in fields else (base.loss,)
+            choices = {name: dist.values for name, dist in fields.items() if isinstance(dist, Choice)}
+            first = {name: dist.corners()[0] for name, dist in fields.items()}
+            for loss in losses:
+                mine = [c for c in corners if c.loss == loss]
+                tied = [name for name, values in choices.items()
+                        if any(key(canonical(c.replace(**{name: v}))) != key(c) for c in mine for v in values)]
+                start = base.replace(loss=loss, seed=0, **first)
+                for values in itertools.product(*(choices[name] for name in tied)):
+                    out.setdefault(canonical(start.replace(**dict(zip(tied, values)))), None)
         return list(out)
 
     def ranges(self) -> list[tuple[str, str, Range]]:

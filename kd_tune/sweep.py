@@ -17,6 +17,7 @@ Folder layout under ``storage`` (absolute; a shared file system on a multi-node 
     <name>/sweep.json           the sweep's trials (config per trial key)
     <name>/results/trials/      one row per trial (Parquet part files; see kd_tune.results)
     <name>/results/epochs/      one row per trial and epoch
+    <name>/teachers.parquet     one row per teacher node the sweep used (kd_tune.teacher_table)
     <name>/samples.parquet/     per-sample end measurements, one part file per trial and teacher
     <name>/features.parquet/    penultimate features of the feature classes, likewise (kd_tune.samples)
     <name>/figures/             figures written at the end (PNG, PDF)
@@ -223,7 +224,7 @@ class Recorder:
 
     def __init__(self, options: SweepOptions, info: ClusterInfo, results: Any, queue: Any, invocation: str,
                  log: Callable[[str], None]):
-        from kd_tune.sinks import MlflowSink, ParquetSink, SamplesSink
+        from kd_tune.sinks import MlflowSink, ParquetSink, SamplesSink, TeachersSink
         from kd_tune.teacher_store import TeacherStore
 
         self.options = options
@@ -242,6 +243,8 @@ class Recorder:
         self.mlflow = MlflowSink(queue, invocation, started_at=self.parquet.started_at,
                                  trial_row=self.parquet.trial_row)
         self.samples = SamplesSink(options.sweep_dir, options.feature_classes)
+        self.teachers = TeachersSink(options.sweep_dir, sweep=options.name)
+
     def warn(self, message: str) -> None:
         """Say ``message`` now and keep it for the closing summary."""
         self.log(f"warning: {message}")
@@ -252,18 +255,18 @@ class Recorder:
         return self.parquet.finished_keys() & set(keys)
 
     def stages(self, plan: Plan) -> None:
-        """Train the plan's missing teachers, then fill its missing teacher-logit caches; record
-        each teacher (its row, measurements and MLflow run)."""
+        """Train the plan's missing teacher nodes, then fill its missing teacher-logit caches;
+        record each node (its ``teachers.parquet`` row, measurements and MLflow run)."""
         from kd_tune.sinks import TeacherRecord
         from kd_tune.teacher_stage import ensure_teacher_logits, ensure_teachers
 
-        ensure_teachers(plan, self.store, self.options, log=self.log, warn=self.warn)
+        records = ensure_teachers(plan, self.store, self.options, log=self.log, warn=self.warn)
         if self.options.cache_dtype is not None:
             ensure_teacher_logits(plan, self.store, self.options, token=self.check_token, log=self.log,
                                   warn=self.warn)
-        for key, trial in plan.teachers().items():
-            teacher = TeacherRecord(key, trial, self.store.meta(key), self.store.measurements(key))
-            for sink in (self.parquet, self.samples, self.mlflow):
+        for key, node in plan.teacher_nodes.items():
+            teacher = TeacherRecord(node, records[key], self.store.measurements(key))
+            for sink in (self.parquet, self.samples, self.teachers, self.mlflow):
                 sink.teacher_ready(teacher)
 
     def fit(self, run: TuneRun, *, total: int, done: int, hold_new: bool = False) -> list[dict[str, Any]]:

@@ -405,16 +405,9 @@ def _print_summary(outcome: Any, table: str) -> None:
 
 
 def _print_plan(plan: Plan, options: SweepOptions) -> None:
-    store = TeacherStore(options.teachers_dir)
-    teachers = plan.teachers()
     print(f"sweep {options.name!r}: {len(plan.trials)} trials, each {options.cpus_per_trial:g} CPU "
           f"and {options.gpus_per_trial:g} GPU; storage {options.sweep_dir}")
-    print(f"teachers: {len(teachers)} ({sum(store.has(k) for k in teachers)} already in {store.root}); "
-          f"teacher cache: {options.teacher_cache}")
-    for key, trial in teachers.items():
-        config = trial.config
-        print(f"  {key}  {trial.teacher} on {config.dataset} (noise {config.noise_type} {config.noise_rate:g}"
-              f"{', clean teacher' if config.clean_teacher else ''}), {config.teacher_epochs or config.epochs} epochs")
+    _print_teachers(plan, options)
     for i, trial in enumerate(plan.trials, 1):
         teacher = trial.teacher_key if trial.distils else "-"
         print(f"  {i:4d}  {trial.key}  {trial.teacher}->{trial.config.student}  {trial.label}  teacher {teacher}")
@@ -456,11 +449,30 @@ def _print_search(stages: Plan, search: Search, options: SweepOptions) -> None:
           + f"; then the top {settings.confirm_top} rerun with {settings.confirm_seeds} new seeds each; "
           f"{search.base.epochs} epochs, each trial {options.cpus_per_trial:g} CPU and {options.gpus_per_trial:g} GPU; "
           f"storage {options.sweep_dir}")
-    store = TeacherStore(options.teachers_dir)
-    teachers = stages.teachers()
-    print(f"teachers: {len(teachers)} ({sum(store.has(k) for k in teachers)} already in {store.root}); "
-          f"teacher cache: {options.teacher_cache}")
+    _print_teachers(stages, options)
     print("dry run: nothing was run or written")
+
+
+def _print_teachers(plan: Plan, options: SweepOptions) -> None:
+    """The teacher DAG: every node the plan needs, in the order it is made, and whether it is stored."""
+    store = TeacherStore(options.teachers_dir)
+    nodes = plan.teacher_nodes
+    print(f"teachers: {len(nodes)} ({sum(store.has(k) for k in nodes)} already in {store.root}); "
+          f"teacher cache: {options.teacher_cache}")
+    number = {key: i for i, key in enumerate(nodes, 1)}
+    for key, node in nodes.items():
+        run = node.run
+        if node.kind == "ensemble":
+            made = "mean logits of " + ", ".join(f"#{number[k]}" for k in node.sources)
+        elif node.kind == "sequential":
+            loss = f"{run.loss}{f' tau={run.tau:g}' if run.loss == 'kl' else ''} alpha={run.alpha:g}"
+            made = f"{loss} from #{number[node.sources[0]]}, seed {run.seed}, {run.epochs} epochs"
+        else:
+            made = f"CE, seed {run.seed}, " + (f"stopped after epoch {node.stop_epoch} of {run.epochs}"
+                                                if node.stop_epoch else f"{run.epochs} epochs")
+        noise = f", noise {run.noise_type} {run.noise_rate:g}" if run.noise_type != "none" else ""
+        print(f"  #{number[key]:<3d} {key}  {node.kind:<12s} {node.spec}: {made} on {run.dataset}{noise}  "
+              f"[{'stored' if store.has(key) else 'to train' if node.trains else 'to make'}]")
 
 
 def _search_text(spec: SweepSpec) -> str:

@@ -25,7 +25,8 @@ import math
 import re
 from dataclasses import dataclass
 
-_ARCH = r"[a-z][a-z0-9_.-]*?"
+# An architecture name as the model registry spells them: a letter, then letters, digits, "_", "." or "-".
+_ARCH = r"[A-Za-z][A-Za-z0-9_.-]*?"
 _SINGLE = re.compile(rf"(?P<arch>{_ARCH})(?:@(?P<stop>\d+))?")
 _REPEAT = re.compile(rf"(?P<count>\d+)x(?P<member>{_ARCH}(?:@\d+)?)")
 _STEP = re.compile(rf"(?P<arch>{_ARCH})(?:\[(?P<loss>[^\]]*)\])?")
@@ -118,6 +119,15 @@ def architectures(spec: Spec) -> list[str]:
     if isinstance(spec, Ensemble):
         return [m.arch for m in spec.members]
     return architectures(spec.source) + [spec.arch]
+
+
+def stop_epochs(spec: Spec) -> list[int]:
+    """The stop epoch of every under-trained ``ARCH@E`` a spec names."""
+    if isinstance(spec, Single):
+        return [spec.stop_epoch] if spec.stop_epoch is not None else []
+    if isinstance(spec, Ensemble):
+        return [e for m in spec.members for e in stop_epochs(m)]
+    return stop_epochs(spec.source)
 
 
 def _parse_start(text: str, whole: str) -> Single | Ensemble:

@@ -2,13 +2,17 @@
 
 Both run as Ray tasks with one trial's resources (on a GPU where trials get one), in
 parallel as far as the cluster allows, and both read what to do from the plan: the
-distinct teacher keys of distilling trials, and the distinct teacher-logit cache keys.
-What exists already (in the teacher store, in the cache) is reused, by every later
-sweep too. The task functions (in :mod:`kd_tune.trainable`) run in workers and take
-plain values only.
+distinct teacher nodes of distilling trials (:attr:`kd_tune.plan.Plan.teacher_nodes`:
+every node of each teacher's DAG, in dependency order), and the distinct teacher-logit
+cache keys. A node's task is handed the tasks of its sources as arguments, so Ray runs
+it once they are done: the steps of a chain one after the other, independent branches
+(an ensemble's members, two chains) at the same time. What exists already (in the
+teacher store, in the cache) is reused, by every later sweep too. The task functions
+(in :mod:`kd_tune.trainable`) run in workers and take plain values only.
 
 Both check what they reuse before a trial uses it: a stored teacher whose file does not
-hold the weights its record names, and a cache whose files do not match their record
+hold the weights its record names (an ensemble: whose members changed), and a cache
+whose files do not match their record
 (:meth:`kd_tune.logit_cache.LogitCache.problem`), are derived data: ``warn`` is told
 (naming the path), they are removed and made again. A teacher no better than chance
 is kept, with a warning.
@@ -29,8 +33,8 @@ PROGRESS_S = 30.0  # how often the stages report work in progress
 
 def ensure_teachers(plan: Plan, store: TeacherStore, options: SweepOptions, *, log: Callable[[str], None] = print,
                     warn: Callable[[str], None] = print_warning) -> dict[str, dict[str, Any]]:
-    """Make sure every teacher the plan's distilling trials need is in ``store``, intact and with
-    its end measurements; return their records.
+    """Make sure every teacher node the plan's distilling trials need is in ``store``, intact and
+    with its end measurements; return their records (key -> record, in dependency order).
 
     Every stored teacher a trial of the plan may load is verified first (CE trials load
     theirs for the agreement metrics): a damaged one is discarded, and trained again
@@ -38,38 +42,44 @@ def ensure_teachers(plan: Plan, store: TeacherStore, options: SweepOptions, *, l
     teacher at chance accuracy (:func:`~kd_tune.teacher_store.at_chance`). Raises
     :class:`TeacherError` when a teacher cannot be trained.
     """
-    needed = plan.teachers()
-    for key in dict.fromkeys(t.teacher_key for t in plan.trials):
+    needed = plan.teacher_nodes
+    for key in dict.fromkeys([*needed, *(t.teacher_key for t in plan.trials)]):
         problem = store.verify(key) if store.has(key) else None
         if problem is not None:
             warn(f"{problem}; " + ("training it again" if key in needed else
                                    "removed from the store (this sweep does not need it)"))
             store.discard(key)
-    missing = {k: t for k, t in needed.items() if not store.has(k)}
+    missing = {k for k in needed if not store.has(k)}
     # Teachers stored before kd-tune measured them are measured once, not trained again.
-    unmeasured = {k: t for k, t in needed.items() if store.has(k) and not store.measurements_path(k).is_file()}
+    unmeasured = {k for k in needed if store.has(k) and not store.measurements_path(k).is_file()}
     log(f"teachers: {len(needed)} needed, {len(needed) - len(missing)} in the store, {len(missing)} to train"
         + (f", {len(unmeasured)} to measure" if unmeasured else ""))
-    pending = {_task(train_teacher_task, options).remote(str(store.root), k, t.config.to_dict(),
-                                                         str(options.noise_dir)): k
-               for k, t in {**missing, **unmeasured}.items()}
+    task = _task(train_teacher_task, options)
+    refs: dict[str, Any] = {}
+    for key, node in needed.items():  # dependency order: a node's sources have their tasks already
+        if key in missing or key in unmeasured:
+            after = [refs[source] for source in node.sources if source in refs]
+            refs[key] = task.remote(str(store.root), node.to_dict(), str(options.noise_dir), *after)
+    pending = {ref: key for key, ref in refs.items()}
 
     def still_training(key: str) -> None:
         done = store.progress(key)
         if done is not None:
             acc = "" if done["test_acc"] is None else f", test acc {100 * done['test_acc']:.2f}%"
-            log(f"teacher {needed[key].teacher} ({key}): epoch {done['epoch']}/{done['epochs']}{acc}")
+            log(f"teacher {needed[key].spec} ({key}): epoch {done['epoch']}/{done['epochs']}{acc}")
 
     def trained(key: str, meta: dict[str, Any]) -> None:
+        node = needed[key]
         if key in unmeasured:
-            log(f"teacher {needed[key].teacher} ({key}) measured on the test set")
+            log(f"teacher {node.spec} ({key}) measured on the test set")
             return
-        how = "trained by another sweep meanwhile" if meta.get(BUILT_ELSEWHERE) else "trained"
-        log(f"teacher {needed[key].teacher} ({key}) {how}: test acc {100 * meta['metrics']['test_acc']:.2f}% "
+        how = "trained by another sweep meanwhile" if meta.get(BUILT_ELSEWHERE) else \
+            "trained" if node.trains else "made (mean of its members' logits)"
+        log(f"teacher {node.spec} ({key}) {how}: test acc {100 * meta['metrics']['test_acc']:.2f}% "
             f"in {meta['train_seconds']:.1f}s")
 
     def failed(key: str, cause: BaseException) -> None:
-        raise TeacherError(f"training teacher {key} failed: {cause}") from None
+        raise TeacherError(f"training teacher {needed[key].spec} ({key}) failed: {cause}") from None
 
     _await_tasks(pending, on_done=trained, on_wait=still_training, on_error=failed)
     records = {k: store.meta(k) for k in needed}

@@ -1,28 +1,36 @@
-"""The teacher store: each distinct teacher trained once, kept on disk under its key.
+"""The teacher store: each distinct teacher node trained once, kept on disk under its key.
 
 Layout under the store root (``<storage>/teachers`` in sweeps)::
 
-    <key>/teacher.pt   weights and config (kd_tune.teacher format)
-    <key>/meta.json    key, teacher config, final metrics, epoch history, training seconds,
-                       time stamp, sha256 of the weights (the teacher-logit cache is keyed by it),
-                       hash of the training labels when they are noisy
+    <key>/teacher.pt   weights and config (kd_tune.teacher format); none for an ensemble
+    <key>/meta.json    key, kind, spec, architecture, source keys, the run that trained it,
+                       final metrics, epoch history, training seconds, time stamp, sha256 of
+                       the weights (the teacher-logit cache is keyed by it), hash of the
+                       training labels when they are noisy
     <key>/measurements.npz  its end-of-run test measurements (kd_tune.measurements), every
                        test sample's features included
     <key>/progress.json the last finished epoch while it trains (for progress lines)
 
+Every node of a teacher DAG (:mod:`kd_tune.teacher_dag`) is an entry: a CE teacher, an
+under-trained one, each step of a chain (its network), and an ensemble, which holds no
+weights of its own: it records its members' keys, and loading it loads them and averages
+their logits (:class:`~kd_tune.teacher.MeanLogits`). Its ``weights_sha256`` is the
+sha256 of its members' digests, in order.
+
 ``meta.json`` is written last, so a key whose ``meta.json`` exists is complete. The key
-is a hash of everything that decides the trained teacher
-(:func:`kd_tune.identity.teacher_key`, computed once by the planner), so every trial and
-every later sweep that needs the same teacher finds it.
+is a hash of everything that decides the trained teacher (computed once by the
+planner), so every trial and every later sweep that needs the same teacher finds it.
 
 Every read of ``teacher.pt`` is checked against the ``weights_sha256`` that ``meta.json``
-recorded (:meth:`TeacherStore.load`, :meth:`TeacherStore.verify`): a truncated,
-replaced or altered file raises :class:`DamagedTeacher` naming the file, never a bare
-zip-reader error, and is never used. A teacher is derived data: the sweep's teacher
-stage discards a damaged one and trains it again.
+recorded (:meth:`TeacherStore.load`, :meth:`TeacherStore.verify`), an ensemble's record
+against its members': a truncated, replaced or altered file raises
+:class:`DamagedTeacher` naming the file, never a bare zip-reader error, and is never
+used. A teacher is derived data: the sweep's teacher stage discards a damaged one and
+trains it again.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -34,13 +42,13 @@ from torch import nn
 
 from kd_tune.atomic import write_text
 from kd_tune.checkpoint import load_state
-from kd_tune.config import RunConfig
 from kd_tune.data import Dataset
 from kd_tune.identity import weights_digest
 from kd_tune.measurements import EndMeasurements
 from kd_tune.runtime import resolve_device
 from kd_tune.status import TrialStatus
-from kd_tune.teacher import save_teacher, teacher_from_state, train_teacher
+from kd_tune.teacher import MeanLogits, save_teacher, teacher_from_state, train_node
+from kd_tune.teacher_dag import TeacherNode
 from kd_tune.trainer import EpochEnd, load_data, measure_model
 
 
@@ -81,22 +89,27 @@ class TeacherStore:
         path = self.measurements_path(key)
         return EndMeasurements.load(str(path)) if path.is_file() else None
 
-    def measure(self, key: str, config: RunConfig, *, noise_dir: str | None = None) -> dict[str, Any]:
+    def measure(self, node: TeacherNode, *, noise_dir: str | None = None) -> dict[str, Any]:
         """Measure a stored teacher that has no measurements yet; return its record."""
-        tconfig = config.teacher_config()
-        data = load_data(tconfig, noise_dir=noise_dir)
-        model, meta = self.load(key, config, data)
-        device = resolve_device(tconfig.device)
-        measure_model(model.to(device), data, None, device=device).save(str(self.measurements_path(key)))
+        data = load_data(node.run, noise_dir=noise_dir)
+        model, meta = self.load(node.key, data)
+        device = resolve_device(node.run.device)
+        measure_model(model.to(device), data, None, device=device).save(str(self.measurements_path(node.key)))
         return meta
 
     def has(self, key: str) -> bool:
-        return self.meta_path(key).is_file() and self.weights_path(key).is_file()
+        """Whether teacher ``key`` is complete: its record and (but for an ensemble) its weights."""
+        if not self.meta_path(key).is_file():
+            return False
+        return self.weights_path(key).is_file() or _kind(self._record(key)) == "ensemble"
 
     def meta(self, key: str) -> dict[str, Any]:
         """The stored record of teacher ``key`` (raises :class:`TeacherError` if absent)."""
         if not self.has(key):
             raise TeacherError(f"teacher {key} is not in the store at {self.root}")
+        return self._record(key)
+
+    def _record(self, key: str) -> dict[str, Any]:
         return json.loads(self.meta_path(key).read_text())
 
     def test_acc(self, key: str) -> float | None:
@@ -108,25 +121,49 @@ class TeacherStore:
         digest = self.meta(key).get("weights_sha256")
         return digest if digest else weights_digest(self._read(key)["model"])
 
-    def load(self, key: str, config: RunConfig, data: Dataset) -> tuple[nn.Module, dict[str, Any]]:
-        """Teacher ``key`` of ``config`` (eval mode, no gradients) and its record.
+    def load(self, key: str, data: Dataset) -> tuple[nn.Module, dict[str, Any]]:
+        """Teacher ``key`` (eval mode, no gradients) for distilling on ``data``, and its record.
 
-        Raises :class:`DamagedTeacher` when the file is not the teacher ``meta.json`` records.
+        An ensemble is the :class:`~kd_tune.teacher.MeanLogits` of its members, each
+        loaded and checked. Raises :class:`DamagedTeacher` when a file is not the teacher
+        its ``meta.json`` records, ValueError when the teacher does not fit ``data``.
         """
+        meta = self.meta(key)
+        if _kind(meta) == "ensemble":
+            members = [self.load(member, data)[0] for member in meta["sources"]]
+            self._check_members(key, meta)
+            return MeanLogits(members).eval().requires_grad_(False), meta
         state = self._read(key)
-        model, _ = teacher_from_state(state, config, data, path=self.weights_path(key))
-        return model, self.meta(key)
+        model, _ = teacher_from_state(state, meta["config"]["student"], meta["config"]["dataset"], data,
+                                      path=self.weights_path(key))
+        return model, meta
 
     def verify(self, key: str) -> str | None:
         """Why stored teacher ``key`` must not be used (a sentence naming its file), or None if it is intact.
 
-        Reads the whole file and hashes its weights: about 0.06 s for WRN-28-4 (24 MB) on 2 cores.
+        Reads the whole file and hashes its weights: about 0.06 s for WRN-28-4 (24 MB) on
+        2 cores; an ensemble verifies each member.
         """
         try:
-            self._read(key)
+            meta = self.meta(key)
+            if _kind(meta) != "ensemble":
+                self._read(key)
+                return None
+            for member in meta["sources"]:
+                problem = self.verify(member) if self.has(member) else f"its member {member} is not in the store"
+                if problem is not None:
+                    return f"ensemble teacher {key}: {problem}"
+            self._check_members(key, meta)
         except DamagedTeacher as err:
             return str(err)
         return None
+
+    def _check_members(self, key: str, meta: dict[str, Any]) -> None:
+        """An ensemble's record names the members the store holds now (weights as when it was made)."""
+        digest = members_digest([self.weights_digest(member) for member in meta["sources"]])
+        if digest != meta.get("weights_sha256"):
+            raise DamagedTeacher(f"ensemble teacher {self.meta_path(key)} was made from other member weights than "
+                                 "the store holds now")
 
     def discard(self, key: str) -> None:
         """Remove teacher ``key`` from the store; ``meta.json`` goes first, so the key is incomplete at once."""
@@ -148,37 +185,50 @@ class TeacherStore:
                                  f"(sha256 {digest[:12]}..., recorded {recorded[:12]}...)")
         return state
 
-    def train(self, key: str, config: RunConfig, *, noise_dir: str | None = None) -> dict[str, Any]:
-        """Train ``config``'s teacher, store it under ``key`` (its teacher key) and return its record.
+    def train(self, node: TeacherNode, *, noise_dir: str | None = None) -> dict[str, Any]:
+        """Make teacher ``node`` (its sources already stored), store it under its key and
+        return its record (:func:`kd_tune.teacher.train_node`).
 
-        Raises :class:`TeacherError` when the teacher's training diverges.
+        Raises :class:`TeacherError` when its training diverges.
         """
-        tconfig = config.teacher_config()
-        data = load_data(tconfig, noise_dir=noise_dir)
+        key, run = node.key, node.run
+        data = load_data(run, noise_dir=noise_dir)
+        sources = [self.load(source, data)[0] for source in node.sources]
+        last = node.stop_epoch or run.epochs
         started = time.perf_counter()
 
         def progress(end: EpochEnd) -> None:
-            record = {"epoch": int(end.metrics["epoch"]), "epochs": tconfig.epochs,
-                      "test_acc": _finite(end.metrics["test_acc"])}
+            record = {"epoch": int(end.metrics["epoch"]), "epochs": last, "test_acc": _finite(end.metrics["test_acc"])}
             write_text(self.root / key / "progress.json", json.dumps(record))
 
-        result = train_teacher(config, data=data, on_epoch=progress)
-        seconds = time.perf_counter() - started
+        result = train_node(node, data, sources, on_epoch=progress)
+        seconds = time.perf_counter() - started if node.trains else 0.0
         if result.status != TrialStatus.COMPLETED:
             raise TeacherError(
-                f"teacher {config.teacher} ({key}) diverged at epoch {result.diverged_epoch}; "
+                f"teacher {node.spec} ({key}) diverged at epoch {result.diverged_epoch}; "
                 "lower the learning rate or check the data"
             )
-        save_teacher(self.weights_path(key), config, result, data)
-        result.measurements.save(str(self.measurements_path(key)))
+        if node.trains:
+            save_teacher(self.weights_path(key), run, result, data)
+            digest = weights_digest(result.model)
+        else:
+            digest = members_digest([self.weights_digest(source) for source in node.sources])
+        self.root.joinpath(key).mkdir(parents=True, exist_ok=True)
+        if result.measurements is not None:
+            result.measurements.save(str(self.measurements_path(key)))
         meta = {
             "key": key,
-            "config": tconfig.to_dict(),
+            "kind": node.kind,
+            "spec": node.spec,
+            "arch": node.arch,
+            "sources": list(node.sources),
+            "stop_epoch": node.stop_epoch,
+            "config": run.to_dict(),
             # NaN (metrics a teacher has no partner for) as null: meta.json stays strict JSON.
             "metrics": {k: _finite(v) for k, v in result.final.items()},
-            "history": [{k: _finite(v) for k, v in epoch.items()} for epoch in result.history],
+            "history": [{k: _finite(v) for k, v in epoch.items()} for epoch in result.history] if node.trains else [],
             "train_seconds": seconds,
-            "weights_sha256": weights_digest(result.model),
+            "weights_sha256": digest,
             # What chance accuracy is for this teacher (see at_chance).
             "num_classes": data.num_classes,
             "test_samples": len(data.test),
@@ -187,6 +237,16 @@ class TeacherStore:
         }
         write_text(self.meta_path(key), json.dumps(meta, indent=2))
         return meta
+
+
+def members_digest(digests: list[str]) -> str:
+    """An ensemble's weights digest: sha256 of its members' weight digests, in order."""
+    return hashlib.sha256("|".join(digests).encode()).hexdigest()
+
+
+def _kind(meta: dict[str, Any]) -> str:
+    # Records written before teacher specs are all CE teachers.
+    return meta.get("kind", "ce")
 
 
 def at_chance(meta: dict[str, Any]) -> str | None:
@@ -203,7 +263,8 @@ def at_chance(meta: dict[str, Any]) -> str | None:
     chance = 1.0 / classes
     if acc > chance + 3.0 * math.sqrt(chance * (1.0 - chance) / samples):
         return None
-    return (f"teacher {meta['config']['student']} ({meta['key']}) is at chance: test acc {100 * acc:.2f}% "
+    name = meta.get("spec", meta["config"]["student"])
+    return (f"teacher {name} ({meta['key']}) is at chance: test acc {100 * acc:.2f}% "
             f"on {samples} images of {classes} classes (chance {100 * chance:.2f}%); its students learn nothing "
             "from it: check its learning rate, epochs and data")
 

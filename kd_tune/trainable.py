@@ -31,6 +31,7 @@ them), so a reused actor loads them once, not once per trial.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections import OrderedDict
@@ -40,13 +41,13 @@ from typing import Any, TypeVar
 import torch
 
 from kd_tune.checkpoint import load_state, save_state
-from kd_tune.config import RunConfig
 from kd_tune.locks import held, lock_path
 from kd_tune.logit_cache import LogitCache, ensure_cached
 from kd_tune.measurements import EndMeasurements
 from kd_tune.plan import Trial
 from kd_tune.status import STATUS_KEY, TrialStatus
 from kd_tune.teacher import TEACHER_FORMAT
+from kd_tune.teacher_dag import TeacherNode
 from kd_tune.teacher_store import TeacherError, TeacherStore
 from kd_tune.trainer import EpochEnd, load_data, train
 from kd_tune.trial_end import END_KEY, TrialEnd
@@ -86,7 +87,7 @@ def distill_trial(config: dict[str, Any], *, teachers_dir: str, logits_dir: str,
         # A CE trial with a stored teacher reports its agreement with it; it does without a damaged one.
         try:
             teacher, _ = _held_or_load("teacher", (trial.teacher_key, run.device),
-                                       lambda: store.load(trial.teacher_key, run, data))
+                                       lambda: store.load(trial.teacher_key, data))
         except TeacherError:
             if trial.distils:
                 raise
@@ -129,19 +130,23 @@ def distill_trial(config: dict[str, Any], *, teachers_dir: str, logits_dir: str,
     train(run, data=data, teacher=teacher, teacher_logits=logits, on_epoch=on_epoch, resume_state=resume)
 
 
-def train_teacher_task(teachers_dir: str, key: str, config: dict[str, Any], noise_dir: str) -> dict[str, Any]:
-    """Train teacher ``key`` of one run config into the store (a Ray task of the teacher stage),
-    or only measure it when the store has it without measurements; return its record."""
-    run = RunConfig.from_dict(config)
-    run = run.replace(device=assigned_device(run.device))
+def train_teacher_task(teachers_dir: str, node: dict[str, Any], noise_dir: str, *after: Any) -> dict[str, Any]:
+    """Make one teacher node into the store (a Ray task of the teacher stage), or only measure
+    it when the store has it without measurements; return its record.
+
+    ``node`` is :meth:`TeacherNode.to_dict`; ``after`` are the records of the tasks that
+    made its sources (Ray runs this task once they are done; their values are not used).
+    """
+    planned = TeacherNode.from_dict(node)
+    planned = dataclasses.replace(planned, run=planned.run.replace(device=assigned_device(planned.run.device)))
     torch.set_num_threads(cpu_share())
     store = TeacherStore(teachers_dir)
-    with held(lock_path(store.root, key), f"teacher {key}"):
-        if not store.has(key):
-            return store.train(key, run, noise_dir=noise_dir)
-        if not store.measurements_path(key).is_file():
-            return store.measure(key, run, noise_dir=noise_dir)
-        return {**store.meta(key), BUILT_ELSEWHERE: True}
+    with held(lock_path(store.root, planned.key), f"teacher {planned.key}"):
+        if not store.has(planned.key):
+            return store.train(planned, noise_dir=noise_dir)
+        if not store.measurements_path(planned.key).is_file():
+            return store.measure(planned, noise_dir=noise_dir)
+        return {**store.meta(planned.key), BUILT_ELSEWHERE: True}
 
 
 def build_logits_task(teachers_dir: str, logits_dir: str, trial: dict[str, Any], noise_dir: str,

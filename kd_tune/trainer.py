@@ -125,6 +125,7 @@ def train(
     teacher_logits: TeacherLogits | None = None,
     on_epoch: EpochHook | None = None,
     resume_state: dict[str, Any] | None = None,
+    stop_epoch: int | None = None,
 ) -> TrainResult:
     """Train ``config.student`` on ``data`` with ``config.loss`` against ``teacher``.
 
@@ -140,12 +141,18 @@ def train(
             of the two. The student is the same as with the teacher online.
         on_epoch: called after every epoch with an :class:`EpochEnd`.
         resume_state: a state from :attr:`EpochEnd.state` to continue from.
+        stop_epoch: stop after this 1-based epoch (an under-trained run): every epoch up
+            to it is the full run's, learning rate included (the schedule spans all
+            ``config.epochs``); the run completes there and is measured. None: all epochs.
 
-    Raises ValueError for a bad config, both or (distilling) neither of ``teacher`` and
-    ``teacher_logits``, logits that do not fit the run, or a ``resume_state`` of
-    another config.
+    Raises ValueError for a bad config, a ``stop_epoch`` outside 1..``config.epochs``,
+    both or (distilling) neither of ``teacher`` and ``teacher_logits``, logits that do
+    not fit the run, or a ``resume_state`` of another config.
     """
     validate_run(config)
+    last = config.epochs if stop_epoch is None else stop_epoch
+    if not 1 <= last <= config.epochs:
+        raise ValueError(f"stop_epoch={stop_epoch} must be in 1..{config.epochs} (the run's epochs)")
     device = resolve_device(config.device)
     seed_everything(config.seed, config.deterministic)
     data = data if data is not None else load_data(config)
@@ -167,7 +174,7 @@ def train(
     train_x = data.train.images.to(device)
     train_y = data.train.labels.to(device)
     measured: EndMeasurements | None = None
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, last):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         model.train()
@@ -196,7 +203,7 @@ def train(
         metrics: dict[str, float] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr,
                                      "teacher_forward_samples": signal.take_forward_samples()}
         diverged = not math.isfinite(train_loss)
-        status = _epoch_status(diverged, epoch + 1, config.epochs)
+        status = _epoch_status(diverged, epoch + 1, last)
         if diverged:
             metrics.update(dict.fromkeys(_EVAL_METRICS, math.nan))
         else:

@@ -2,7 +2,7 @@
 
 :meth:`kd_tune.config.RunConfig.problems` checks each field on its own terms; here the
 names are checked against what is registered (data sets, model architectures that
-build, losses). Every command validates with :func:`validate_run` (or
+build, every architecture a teacher spec names, losses). Every command validates with :func:`validate_run` (or
 :func:`validate_all` for a sweep) before anything runs, so a bad name fails with one
 clear list of problems instead of deep inside a worker.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from kd_tune import models
+from kd_tune import models, teacher_spec
 from kd_tune.config import ConfigError, RunConfig
 from kd_tune.data import dataset_names, dataset_needs_files
 from kd_tune.losses import loss_name_problems
@@ -25,15 +25,38 @@ def run_problems(config: RunConfig) -> list[str]:
         p.append(f"dataset={config.dataset!r} is unknown; allowed: {', '.join(dataset_names())}")
     elif dataset_needs_files(config.dataset) and not config.data_dir:
         p.append(f"dataset={config.dataset!r} needs data_dir (a directory in torchvision's format)")
-    for role in ("teacher", "student"):
-        name = getattr(config, role)
-        try:
-            with torch.device("meta"):  # builds no real weights: cheap for wrn-28-4 too
-                models.build(name, num_classes=10, in_channels=3)
-        except ValueError as err:
-            p.append(f"{role}={name!r}: {err}")
+    p += teacher_problems(config)
+    p += _model_problems("student", config.student)
     p += loss_name_problems(config.loss)
     return p + config.problems()
+
+
+def teacher_problems(config: RunConfig) -> list[str]:
+    """Problems with ``config.teacher``, a teacher spec (:mod:`kd_tune.teacher_spec`): its
+    grammar, every architecture it names, each stop epoch within the teacher's epochs."""
+    try:
+        spec = teacher_spec.parse(config.teacher)
+    except teacher_spec.SpecError as err:
+        return [f"teacher={config.teacher!r}: {err}"]
+    p = []
+    for arch in dict.fromkeys(teacher_spec.architectures(spec)):
+        p += _model_problems("teacher", arch, config.teacher)
+    epochs = config.teacher_epochs or config.epochs
+    for stop in teacher_spec.stop_epochs(spec):
+        if stop > epochs:
+            p.append(f"teacher={config.teacher!r}: stop epoch {stop} is beyond the teacher's {epochs} epochs "
+                     "(teacher_epochs, or epochs when it is not set)")
+    return p
+
+
+def _model_problems(role: str, name: str, spec: str | None = None) -> list[str]:
+    try:
+        with torch.device("meta"):  # builds no real weights: cheap for wrn-28-4 too
+            models.build(name, num_classes=10, in_channels=3)
+    except ValueError as err:
+        where = f"{role}={name!r}" if spec is None or spec == name else f"{role}={spec!r}: {name!r}"
+        return [f"{where}: {err}"]
+    return []
 
 
 def validate_run(config: RunConfig) -> RunConfig:

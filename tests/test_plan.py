@@ -60,7 +60,7 @@ def test_a_trial_round_trips_through_plain_values():
     trial = plan_trial(BASE.replace(tau=math.inf))
     values = trial.to_dict()
     assert values["run"]["tau"] == math.inf and Trial.from_dict(values) == trial
-    assert all(isinstance(v, (str, bool, dict, type(None))) for v in values.values())
+    assert all(isinstance(v, (str, bool, dict, list, type(None))) for v in values.values())
 
 
 def test_the_plan_lists_shared_teachers_caches_and_data_once():
@@ -68,7 +68,7 @@ def test_the_plan_lists_shared_teachers_caches_and_data_once():
     plan = plan_trials(configs)
     assert plan.keys == [identity.trial_key(c) for c in configs]
     # one teacher for every distilling trial; digits has no augmentation: one cache for all seeds
-    assert list(plan.teachers()) == [identity.teacher_key(BASE)]
+    assert list(plan.teacher_nodes) == [identity.teacher_key(BASE)]
     caches = plan.caches()
     assert len(caches) == 1 and next(iter(caches.values())).config.seed == 0
     assert list(plan.data()) == [identity.data_key(BASE)]
@@ -83,4 +83,4 @@ def test_the_lowest_seed_builds_a_shared_cache_whatever_the_order():
 def test_noisy_and_clean_teachers_are_planned_apart():
     noisy = BASE.replace(noise_type="symmetric", noise_rate=0.4)
     plan = plan_trials([BASE, noisy, noisy.replace(clean_teacher=True)])
-    assert len(plan.teachers()) == 2 and len(plan.data()) == 2
+    assert len(plan.teacher_nodes) == 2 and len(plan.data()) == 2

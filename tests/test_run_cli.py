@@ -38,6 +38,31 @@ def test_full_run_as_a_user_would(tmp_path):
     assert "[teacher]" not in proc.stdout and "loaded from" in proc.stdout
 
 
+def test_a_teacher_spec_trains_every_node_in_order(capsys):
+    argv = ["--epochs", "1", "--teacher-epochs", "2", "--student", "cnn-4", "--loss", "mse", "--alpha", "1"]
+    assert main([*argv, "--teacher", "2xcnn-4@1>cnn-8[kl:3]"]) == 0
+    out = capsys.readouterr().out
+    stages = [line.split("] epoch")[0] + "]" for line in out.splitlines() if line.startswith("[")]
+    assert stages == ["[teacher cnn-4@1]", "[teacher cnn-4@1]", "[teacher 2xcnn-4@1>cnn-8[kl:3]]",
+                      "[teacher 2xcnn-4@1>cnn-8[kl:3]]", "[student]"]
+    assert "[teacher cnn-4@1] epoch 1/1" in out  # stopped after epoch 1 of its 2
+    assert out.index("teacher 2xcnn-4@1: test acc") < out.index("teacher 2xcnn-4@1>cnn-8[kl:3]: test acc")
+    assert "status: completed" in out
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--teacher", "2xcnn-4", "--save-teacher", "t.pt"], ["--save-teacher keeps one network", "is an ensemble"]),
+    (["--teacher", "cnn-8>cnn-4", "--teacher-checkpoint", __file__], ["not the spec 'cnn-8>cnn-4'"]),
+    (["--teacher", "cnn-8>"], ["teacher='cnn-8>'", "empty step"]),
+])
+def test_specs_that_cannot_be_used_exit_2(capsys, argv, words):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--epochs", "1", *argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert all(word in err for word in words), err
+
+
 def test_ce_baseline_trains_no_teacher(capsys):
     assert main(["--loss", "ce", "--epochs", "1", "--student", "cnn-4"]) == 0
     out = capsys.readouterr().out

@@ -87,10 +87,33 @@ def test_a_search_needs_validation_data_and_one_teacher_per_range(tmp_path):
     # A choice of lr values is fine: each gets its teacher; a CE-only space needs no teacher.
     plan = prepare_search(Search(SPACE.replace("lr", SampledSpace.of({"lr": [0.01, 0.05]}).blocks[0][0][1]),
                                  BASE, SearchSettings()), options)
-    assert len(plan.teachers()) == 2
+    assert len(plan.teacher_nodes) == 2
     ce = SampledSpace.of({"loss": ["ce"], "lr": loguniform(0.005, 0.1)})
-    assert prepare_search(Search(ce, BASE, SearchSettings()), options).teachers() == {}
+    assert prepare_search(Search(ce, BASE, SearchSettings()), options).teacher_nodes == {}
     assert not tmp_path.joinpath("s").exists()
+
+
+def test_a_choice_of_teacher_specs_gets_every_teacher_a_draw_can_need(tmp_path):
+    # A chain's default step takes the trial's loss, tau and alpha: every combination is a teacher.
+    teachers = ["cnn-8", "cnn-8>cnn-4", "2xcnn-4"]
+    space = SampledSpace.of({"loss": ["kl"], "teacher": teachers, "tau": [1.0, 3.0], "alpha": [0.5, 1.0]},
+                            {"loss": ["mse"], "teacher": teachers, "alpha": [0.5, 1.0]})
+    plan = prepare_search(Search(space, BASE, SearchSettings()), SweepOptions(name="s", storage=tmp_path))
+    kinds = [node.kind for node in plan.teacher_nodes.values()]
+    # cnn-8; a step per kl (tau, alpha) and per mse alpha; two cnn-4 seeds and their ensemble.
+    assert kinds.count("sequential") == 4 + 2 and kinds.count("ensemble") == 1 and len(kinds) == 1 + 6 + 3
+    planner = SamplePlanner(space, BASE, "float32")
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3))
+    drawn = [Trial.from_dict(planner(study.ask())["trial"]) for _ in range(40)]
+    assert {t.config.teacher for t in drawn} == {"cnn-8", "cnn-8>cnn-4", "2xcnn-4"}
+    assert all(t.teacher_key in plan.teacher_nodes and t.cache_key in plan.caches() for t in drawn)
+    # A range the chain's steps depend on would need a teacher per draw.
+    ranged = space.replace("tau", loguniform(1, 10))
+    with pytest.raises(ConfigError, match="tau is drawn from a range, and the teacher depends on it"):
+        prepare_search(Search(ranged, BASE, SearchSettings()), SweepOptions(name="s", storage=tmp_path))
+    fixed = SampledSpace.of({"loss": ["kl"], "teacher": ["cnn-8", "cnn-8>cnn-4[kl:3]"], "tau": loguniform(1, 10)})
+    assert len(prepare_search(Search(fixed, BASE, SearchSettings()),
+                              SweepOptions(name="s", storage=tmp_path)).teacher_nodes) == 2
 
 
 def test_a_name_reused_for_another_search_is_refused(tmp_path):

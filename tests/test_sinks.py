@@ -627,7 +627,7 @@ def test_measured_trials_get_summary_columns_and_part_files(tmp_path):
     assert math.isnan(rows[unmeasured.key]["ece"])
     frame = pd.read_parquet(tmp_path / SAMPLES_DIR)
     assert frame["key"].unique().tolist() == [trial.key] and len(frame) == 12
-    teacher = TeacherRecord("tk", trial, {"metrics": {"test_acc": 0.9}}, measured_end(3).measurements)
+    teacher = TeacherRecord(trial.teachers[-1], {"metrics": {"test_acc": 0.9}}, measured_end(3).measurements)
     samples.teacher_ready(teacher)
     features = pd.read_parquet(tmp_path / FEATURES_DIR)
     assert set(features.loc[features["role"] == "teacher", "label"]) == {0, 1}
@@ -667,9 +667,9 @@ def test_mlflow_runs_hold_final_numbers_data_set_weights_and_teacher(store, tmp_
     assert saved["arch"] == "cnn-4" and torch.equal(saved["model"]["w"], torch.ones(2))
     assert not list(invocation.queue.files_dir.rglob("*.pt"))  # a file waits in the sweep folder only until sent
 
-    teacher = TeacherRecord("tkey", trial, {"metrics": {"test_acc": 0.9, "epoch": 2},
+    teacher = TeacherRecord(trial.teachers[-1], {"metrics": {"test_acc": 0.9, "epoch": 2},
                                             "history": [metrics(1), metrics(2)], "noise_hash": None},
-                            measured_end(5).measurements)
+                          measured_end(5).measurements)
     mlflow.teacher_ready(teacher)
     invocation.send()
     again = Invocation(store, tmp_path / "again", "comparing")  # a resumed invocation: the teacher run moves

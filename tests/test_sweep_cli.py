@@ -107,6 +107,12 @@ def test_label_noise_space_shares_the_clean_runs():
         (TAU_SEARCH, ["--losses", "ce"], "this sweep has no ce runs; it has kl, mse"),
         (TAU_GRID, ["--num-samples", "10", "--grace-period", "2"], "--num-samples, --grace-period: for --search "
          "optuna only"),
+        (TAU_GRID, ["--teacher", "cnn-32>>cnn-8"], "teacher='cnn-32>>cnn-8': teacher spec 'cnn-32>>cnn-8' has an "
+         "empty step"),
+        (TAU_GRID, ["--teacher", "cnn-32>vgg-99"], "teacher='cnn-32>vgg-99': 'vgg-99'"),
+        (TAU_GRID, ["--teacher", "cnn-32@30", "--teacher-epochs", "20"], "stop epoch 30 is beyond the teacher's 20"),
+        (TAU_GRID, ["--teacher", "cnn-32>cnn-8[huber]"], "step loss [huber] is not one of kl:TAU"),
+        (TAU_SEARCH, ["--search-space", "teacher=choice:cnn-32,3xvgg-99"], "teacher='3xvgg-99': 'vgg-99'"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, spec, argv, message):
@@ -202,6 +208,22 @@ def test_dry_run_lists_trials_and_writes_nothing(tmp_path, capsys):
     assert "57 trials, each 1 CPU and 0.5 GPU" in out and "teachers: 1 (0 already in" in out
     assert "teacher cache: float32" in out
     assert "kl tau=inf alpha=0.5 seed=2" in out and "dry run: nothing was run or written" in out
+    assert not storage.exists()
+
+
+def test_dry_run_shows_the_teacher_dag(tmp_path, capsys):
+    storage = tmp_path / "results"
+    argv = ["--storage", str(storage), "--dry-run", "--seeds", "1", "--losses", "kl,ce", "--taus", "3",
+            "--alphas", "1", "--teacher", "cnn-32@5 + cnn-16 > cnn-8"]
+    assert main(TAU_GRID, argv) == 0
+    out = capsys.readouterr().out
+    assert "teachers: 4 (0 already in" in out
+    lines = [line.split() for line in out.splitlines() if line.lstrip().startswith("#")]
+    assert [(line[0], line[2], line[3]) for line in lines] == [
+        ("#1", "undertrained", "cnn-32@5:"), ("#2", "ce", "cnn-16:"), ("#3", "ensemble", "cnn-32@5+cnn-16:"),
+        ("#4", "sequential", "cnn-32@5+cnn-16>cnn-8:")]
+    assert "stopped after epoch 5 of 20" in out and "mean logits of #1, #2" in out
+    assert "kl tau=3 alpha=1 from #3" in out and out.count("[to train]") == 3 and "[to make]" in out
     assert not storage.exists()
 
 

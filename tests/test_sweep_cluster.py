@@ -21,7 +21,7 @@ import pytest
 from processes import ray_env
 from sweep_runs import ROOT, TAU_GRID, mlflow_runs, run_sweep, start_sweep, sweep_cmd
 
-from analysis.results_io import load_epochs, load_trials
+from analysis.results_io import load_epochs, load_teachers, load_trials
 from kd_tune.checkpoint import load_state
 from kd_tune.config import RunConfig
 from kd_tune.results import EPOCHS_SCHEMA, TRIALS_SCHEMA
@@ -56,6 +56,10 @@ def test_tiny_grid_end_to_end(ray_cluster, tmp_path):
     assert trials["tau"].dtype == "float64" and math.inf in set(trials["tau"])
     assert set(trials.loc[trials["loss"] == "kl", "alpha"]) == {0.5, 1.0}
     assert trials["teacher_test_acc"].between(0, 1).all() and trials["teacher_key"].nunique() == 1
+    (teacher,) = load_teachers(sweep_dir).to_dict("records")
+    assert (teacher["teacher_key"], teacher["spec"], teacher["kind"], teacher["epochs_trained"]) == \
+        (trials["teacher_key"].iloc[0], "cnn-8", "ce", 2)
+    assert teacher["test_acc"] == trials["teacher_test_acc"].iloc[0] and teacher["seconds"] > 0
     assert (trials["epoch"] == 2).all() and (trials["finished_at"] >= trials["started_at"]).all()
     assert len(epochs) == 28 and not epochs.duplicated(["trial_key", "epoch"]).any()
     assert trials["mlflow_run_id"].notna().all()

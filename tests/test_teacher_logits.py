@@ -143,7 +143,7 @@ def test_ensure_cached_builds_the_planned_key_from_the_stored_teacher(tmp_path):
     config = RunConfig(student="cnn-4", teacher="cnn-8", epochs=2, teacher_epochs=1, val_size=100, loss="mse")
     trial = plan_trial(config)
     store = TeacherStore(tmp_path / "teachers")
-    meta = store.train(trial.teacher_key, config)
+    meta = store.train(trial.teachers[-1])
     data = load_data(config)
     cache = LogitCache(tmp_path / "logits")
     built = ensure_cached(trial, data, store, cache)
@@ -154,7 +154,7 @@ def test_ensure_cached_builds_the_planned_key_from_the_stored_teacher(tmp_path):
     assert again == built and os.listdir(cache.root) == [trial.cache_key]
     logits = cache.load(trial.cache_key)
     assert isinstance(logits, TeacherLogits) and logits.test.shape == (len(data.test), 10)
-    teacher, _ = store.load(trial.teacher_key, config, data)
+    teacher, _ = store.load(trial.teacher_key, data)
     assert torch.equal(logits.test, compute_teacher_logits(teacher, data, config).test)
     result = train(config, data=data, teacher_logits=logits)
     assert result.status == "completed" and result.final["test_agreement"] >= 0
@@ -164,7 +164,7 @@ def test_a_cache_made_from_other_weights_is_rebuilt_from_the_stored_teacher(tmp_
     config = RunConfig(student="cnn-4", teacher="cnn-8", epochs=2, teacher_epochs=1, val_size=100, loss="mse")
     trial = plan_trial(config)
     store = TeacherStore(tmp_path / "teachers")
-    store.train(trial.teacher_key, config)
+    store.train(trial.teachers[-1])
     data = load_data(config)
     cache = LogitCache(tmp_path / "logits")
     # A cache under the planned key, but computed by another network (a teacher trained again).
@@ -174,7 +174,7 @@ def test_a_cache_made_from_other_weights_is_rebuilt_from_the_stored_teacher(tmp_
     stale = cache.load(trial.cache_key).test.clone()
     rebuilt = ensure_cached(trial, data, store, cache)
     assert rebuilt["teacher_weights_sha256"] == store.weights_digest(trial.teacher_key)
-    teacher, _ = store.load(trial.teacher_key, config, data)
+    teacher, _ = store.load(trial.teacher_key, data)
     fresh = cache.load(trial.cache_key).test
     assert torch.equal(fresh, compute_teacher_logits(teacher, data, config).test)
     assert not torch.equal(fresh, stale)
@@ -191,7 +191,7 @@ def stored(tmp_path_factory, cifar):
     trial = plan_trial(config.replace(loss="mse", alpha=1.0))
     root = tmp_path_factory.mktemp("stored")
     store = TeacherStore(root / "teachers")
-    store.train(trial.teacher_key, trial.config)
+    store.train(trial.teachers[-1])
     cache = LogitCache(root / "logits")
     ensure_cached(trial, data, store, cache)
     return trial, data, store, cache

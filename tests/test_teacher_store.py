@@ -13,6 +13,7 @@ from kd_tune.checkpoint import load_state
 from kd_tune.config import RunConfig
 from kd_tune.evaluation import accuracy, predict_logits
 from kd_tune.identity import teacher_key
+from kd_tune.teacher_dag import teacher_dag
 from kd_tune.teacher_store import DamagedTeacher, TeacherError, TeacherStore, at_chance
 from kd_tune.trainer import load_data
 
@@ -27,7 +28,7 @@ NOISY = dict(noise_type="symmetric", noise_rate=0.4)
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("teachers")
     store = TeacherStore(root)
-    meta = store.train(teacher_key(STUDENT), STUDENT)
+    meta = store.train(teacher_dag(STUDENT)[-1])
     return store, meta, load_data(STUDENT)
 
 
@@ -73,7 +74,7 @@ def test_has_and_meta(trained, tmp_path):
 
 def test_load_gives_the_stored_teacher_in_eval_mode(trained):
     store, meta, data = trained
-    model, record = store.load(teacher_key(STUDENT), STUDENT, data)
+    model, record = store.load(teacher_key(STUDENT), data)
     assert not model.training
     assert all(not p.requires_grad for p in model.parameters())
     assert record["key"] == teacher_key(STUDENT)
@@ -82,26 +83,26 @@ def test_load_gives_the_stored_teacher_in_eval_mode(trained):
     assert logits.shape == (len(data.test), data.num_classes)
     # the stored weights are the trained ones: the recorded test accuracy comes back exactly
     assert accuracy(logits, data.test.labels) == pytest.approx(meta["metrics"]["test_acc"], abs=1e-9)
-    again, _ = store.load(teacher_key(STUDENT), STUDENT, data)
+    again, _ = store.load(teacher_key(STUDENT), data)
     assert again is not model
     assert torch.equal(predict_logits(again, data.test.images, data.normalize, device=device), logits)
 
 
 def test_students_sharing_the_key_load_the_same_teacher(trained):
     store, _, data = trained
-    a, _ = store.load(teacher_key(STUDENT), STUDENT, data)
+    a, _ = store.load(teacher_key(STUDENT), data)
     other = STUDENT.replace(loss="mse", seed=5, student="mlp-32")
-    b, _ = store.load(teacher_key(other), other, data)
+    b, _ = store.load(teacher_key(other), data)
     x = data.normalize(data.test.images[:16])
     assert torch.equal(a(x), b(x))
     with pytest.raises(TeacherError, match="not in the store"):
-        store.load(teacher_key(STUDENT.replace(teacher_seed=3)), STUDENT, data)
+        store.load(teacher_key(STUDENT.replace(teacher_seed=3)), data)
 
 
 def test_training_the_same_teacher_again_gives_the_same_weights(trained, tmp_path):
     store, meta, _ = trained
     other = STUDENT.replace(loss="mse", seed=9)
-    again = TeacherStore(tmp_path).train(teacher_key(other), other)
+    again = TeacherStore(tmp_path).train(teacher_dag(other)[-1])
     assert again["key"] == meta["key"]
     assert again["metrics"]["test_acc"] == meta["metrics"]["test_acc"]
     first = load_state(store.weights_path(meta["key"]))["model"]
@@ -129,7 +130,7 @@ def test_a_truncated_teacher_is_named_and_never_loaded(trained, tmp_path):
     problem = copy.verify(key)
     assert problem is not None and str(path) in problem and "cannot be read" in problem
     with pytest.raises(DamagedTeacher, match=f"teacher file {path} cannot be read"):
-        copy.load(key, STUDENT, data)
+        copy.load(key, data)
     copy.discard(key)
     assert not copy.has(key) and not path.exists()
 
@@ -146,7 +147,7 @@ def test_a_teacher_file_holding_other_weights_is_refused(trained, tmp_path):
     assert problem is not None and "holds other weights than its meta.json records" in problem
     assert str(copy.weights_path(key)) in problem
     with pytest.raises(DamagedTeacher, match="holds other weights"):
-        copy.load(key, STUDENT, data)
+        copy.load(key, data)
 
 
 def record(acc: float, classes: int = 10, samples: int = 360) -> dict:
@@ -182,6 +183,6 @@ def test_a_teacher_stored_without_measurements_is_measured_not_retrained(trained
     copy.measurements_path(key).unlink()
     assert copy.measurements(key) is None
     weights = copy.weights_path(key).read_bytes()
-    copy.measure(key, STUDENT)
+    copy.measure(teacher_dag(STUDENT)[-1])
     assert copy.weights_path(key).read_bytes() == weights
     assert np.array_equal(copy.measurements(key).values["tld"], store.measurements(key).values["tld"])

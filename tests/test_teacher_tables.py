@@ -7,16 +7,14 @@ import math
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from analysis import build_tables, load_teachers, load_trials, render
-from analysis.results_io import TEACHER_COLUMNS, TEACHERS_FILE
 from kd_tune.config import RunConfig
 from kd_tune.plan import plan_trial
 from kd_tune.results import ResultsWriter, trial_row
 from kd_tune.search_space import expand
+from kd_tune.teacher_table import TEACHERS_SCHEMA, write_teachers
 
 KD = [{"loss": ["kl"], "tau": [3.0, math.inf], "alpha": [1.0]}, {"loss": ["mse"], "alpha": [1.0]}]
 TEACHER_ACC = {"cnn-32": 0.99, "cnn-8": 0.95, "cnn-32@1": 0.31, "cnn-32>cnn-8": 0.96, "cnn-16+cnn-8": 0.97}
@@ -39,13 +37,6 @@ def write_results(folder, configs, *, seed_acc=None, statuses=None, sweep="s") -
             teacher_test_acc=TEACHER_ACC.get(config.teacher), started_at=None))
     writer.flush()
     return load_trials(folder)
-
-
-def write_teachers(folder, rows: list[dict]) -> None:
-    """``teachers.parquet`` in the layout the sweep driver writes (one row per teacher node)."""
-    types = {"string": pa.string(), "Int64": pa.int64(), "float64": pa.float64()}
-    schema = pa.schema([(name, types[dtype]) for name, dtype in TEACHER_COLUMNS.items()])
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / TEACHERS_FILE)
 
 
 def teacher_row(trials: pd.DataFrame, spec: str, kind: str, train: float, test: float, epochs: int | None) -> dict:
@@ -169,7 +160,7 @@ def test_every_table_states_the_teachers_test_accuracy(tmp_path):
 def test_load_teachers_without_the_file_is_an_empty_frame_with_the_columns(tmp_path):
     write_results(tmp_path / "a", expand(RunConfig(epochs=3), KD), sweep="a")
     empty = load_teachers(tmp_path / "a")
-    assert list(empty.columns) == list(TEACHER_COLUMNS) and empty.empty
+    assert list(empty.columns) == TEACHERS_SCHEMA.names and empty.empty
     trials = write_results(tmp_path / "b", expand(RunConfig(epochs=3), KD), sweep="b")
     write_teachers(tmp_path / "b", [teacher_row(trials, "cnn-32", "ce", 1.0, 0.99, 3)])
     both = load_teachers(tmp_path)  # a folder of sweep folders: the rows of those that have one

@@ -166,7 +166,7 @@ def test_cosine_schedule_reaches_zero():
 
 
 def test_teacher_file_round_trip(tmp_path, data, teacher):
-    path = save_teacher(tmp_path / "t.pt", TINY, teacher, data)
+    path = save_teacher(tmp_path / "t.pt", TINY.teacher_config(), teacher, data)
     model, meta = load_teacher(path, TINY, data)
     assert same_weights(model, teacher.model)
     assert meta["metrics"]["test_acc"] == teacher.final["test_acc"]

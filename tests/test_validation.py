@@ -61,3 +61,20 @@ def test_cifar_needs_a_data_dir():
 def test_a_model_name_that_does_not_build_is_named_with_its_role():
     problems = run_problems(BASE.replace(student="resnet-21"))
     assert len(problems) == 1 and problems[0].startswith("student='resnet-21'")
+
+
+@pytest.mark.parametrize(("teacher", "problem"), [
+    ("cnn-32>cnn-8[kl:3]", None),
+    ("3xcnn-32@5>cnn-8", None),
+    ("cnn-32+", "teacher='cnn-32+': teacher spec 'cnn-32+'"),
+    ("cnn-32>resnet-21", "teacher='cnn-32>resnet-21': 'resnet-21': "),
+    ("2xresnet-21", "teacher='2xresnet-21': 'resnet-21': "),
+    ("resnet-21", "teacher='resnet-21': "),
+    ("cnn-32@21", "teacher='cnn-32@21': stop epoch 21 is beyond the teacher's 20 epochs"),
+])
+def test_every_architecture_of_a_teacher_spec_is_checked(teacher, problem):
+    problems = run_problems(BASE.replace(teacher=teacher))
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problems[0].startswith(problem), problems

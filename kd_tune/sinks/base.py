@@ -19,9 +19,9 @@ it was given them, with these events of one driver invocation:
 - ``trial_ended``: once, with the final status (``failed`` with the error text);
 - ``experiment_ended``: Tune's experiment is over (also when it was interrupted).
 
-Outside Tune, the driver sends ``teacher_ready`` once per teacher of the sweep after the
-teacher stage, before any trial event (in every invocation: a resumed sweep sends it
-again).
+Outside Tune, the driver sends ``teacher_ready`` once per teacher node of the sweep
+(every node of every teacher's DAG, sources first) after the teacher stage, before any
+trial event (in every invocation: a resumed sweep sends it again).
 
 A trial whose final result was recorded before this invocation produces no events.
 Statuses are decided upstream (the trainer, and the adapter for ``failed`` and
@@ -36,24 +36,28 @@ from typing import Any
 from kd_tune.measurements import EndMeasurements
 from kd_tune.plan import Trial
 from kd_tune.status import TrialStatus
+from kd_tune.teacher_dag import TeacherNode
 from kd_tune.trial_end import TrialEnd
 
 
 @dataclass(frozen=True, eq=False)
 class TeacherRecord:
-    """A teacher of the sweep as the teacher store holds it.
+    """A teacher node of the sweep as the teacher store holds it.
 
-    ``key``: its teacher key; ``trial``: the first planned trial that distils from it
-    (its config and teacher spec); ``meta``: the store's record (config, final metrics,
-    ``history`` when the store has it); ``measurements``: its end-of-run test
-    measurements on its own outputs, every test sample's features (None when the store
-    has none).
+    ``node``: the planned node (:class:`~kd_tune.teacher_dag.TeacherNode`: its key, kind,
+    spec and the run that trained it); ``meta``: the store's record (final metrics,
+    ``history`` when the store has it, training seconds); ``measurements``: its
+    end-of-run test measurements on its own outputs, every test sample's features (None
+    when the store has none).
     """
 
-    key: str
-    trial: Trial
+    node: TeacherNode
     meta: Mapping[str, Any]
     measurements: EndMeasurements | None
+
+    @property
+    def key(self) -> str:
+        return self.node.key
 
 
 class TrialSink:

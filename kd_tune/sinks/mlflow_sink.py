@@ -15,8 +15,11 @@ after them, through the same queue. What the runs hold:
   ``<quantity>_mean``/``_median`` summaries; ``test_acc`` is the last epoch's); the
   data set it trained on as an input (name, a digest of the data settings and the
   training labels' hash); with ``--log-models`` its final weights as ``model/student.pt``.
-- **Teacher run** per teacher (tag ``kd_tune.role=teacher``): its config, per-epoch
-  curves, final metrics and end measurements, its data set.
+- **Teacher run** per teacher node (tag ``kd_tune.role=teacher``; every member of an
+  ensemble, every step of a chain and the composite teacher itself): the run that
+  trained it with ``teacher_kind`` and ``teacher_spec`` as params, per-epoch curves,
+  final metrics (``train_acc``, ``test_acc``, ``train_time_s``) and end measurements,
+  its data set.
 - **Parent run** at the end: the trials as an MLflow table (``trials.json``), the best
   setting by mean validation accuracy over seeds (params ``best.<field>``, metrics
   ``best.val_acc`` and more), and the sweep's tables and figures as artifacts.
@@ -118,15 +121,18 @@ class MlflowSink(TrialSink):
                              step=int(row.get("epoch") or 0))
 
     def teacher_ready(self, teacher: TeacherRecord) -> None:
-        config = teacher.trial.config.teacher_config()
+        node = teacher.node
         final = dict(teacher.meta.get("metrics", {}))
         # A teacher has no teacher: its logit distance and mean gap are NaN, left out here.
         measured = {k: v for k, v in (teacher.measurements.summary if teacher.measurements else {}).items()
                     if math.isfinite(v)}
         self.queue.record_teacher(
-            self.invocation, teacher.key, f"teacher {teacher.trial.teacher} ({teacher.key})", config.to_dict(),
-            teacher.meta.get("history", []), {**measured, "test_acc": final.get("test_acc")},
-            int(final.get("epoch") or 0), dataset_fields(config, teacher.meta.get("noise_hash")))
+            self.invocation, node.key, f"teacher {node.spec} ({node.key})",
+            {**node.run.to_dict(), "teacher_kind": node.kind, "teacher_spec": node.spec},
+            teacher.meta.get("history", []),
+            {**measured, "test_acc": final.get("test_acc"), "train_acc": final.get("train_acc"),
+             "train_time_s": teacher.meta.get("train_seconds")},
+            int(final.get("epoch") or 0), dataset_fields(node.run, teacher.meta.get("noise_hash")))
 
     def sweep_ended(self, rows: Sequence[Mapping[str, Any]], artifacts: Iterable[Path]) -> None:
         """The parent run's summary: the trials table, the best setting, the tables and figures
