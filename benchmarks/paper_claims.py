@@ -54,8 +54,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -369,14 +371,18 @@ def run_sweeps(storage: Path, address: str | None, flags: list[str]) -> int:
     # The recipe the sweeps will use, so that tau_inf_rescaled doubles that learning rate.
     base = load_spec("tau_grid")
     config = config_from_args(build_parser(base).parse_args(flags))
+    walls = []
     for name, script, extra in sweeps(config.lr, config.weight_decay):
         print(f"\n=== {name}: python sweeps/{script}.py --name {name} {' '.join(extra + flags)}", flush=True)
+        started = time.perf_counter()
         code = sweep_main(load_spec(script), ["--name", name, *where, *flags, *extra],
                           prog=f"python sweeps/{script}.py")
+        walls.append(f"{name} {time.perf_counter() - started:.0f}s")
         if code:
             print(f"paper_claims: sweep {name} ended with exit code {code}; rerun the same command to resume it",
                   file=sys.stderr)
             return code
+    print(f"\nwall time per sweep (this machine, {os.cpu_count()} CPUs): {', '.join(walls)}\n")
     return 0
 
 
