@@ -9,7 +9,7 @@ from pathlib import Path
 
 from analysis.figures import FIGURE_HELP, FIGURES
 from analysis.render import FORMATS, render
-from analysis.results_io import load_trials
+from analysis.results_io import load_teachers, load_trials
 from analysis.search_table import load_records
 from analysis.tables import TABLE_HELP, TABLES, build_tables
 from kd_tune.atomic import write_text
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trials = load_trials(args.results_dir)
         records = load_records(args.results_dir) if args.table == "search" else None
-        tables = build_tables(trials, args.table, reference=not args.no_reference, records=records)
+        tables = build_tables(trials, args.table, reference=not args.no_reference, records=records,
+                              teachers=load_teachers(args.results_dir))
     except (FileNotFoundError, ValueError) as exc:
         parser.error(str(exc))
     if not tables and args.table == "search":

@@ -3,6 +3,9 @@
 Markdown/LaTeX cells read ``mean ± std (n)`` with 2 decimals, e.g. ``96.43 ± 0.73 (3)``
 (LaTeX: ``96.43 $\\pm$ 0.73 (3)``); the std is left out when n == 1 (``96.43 (1)``), the
 cell is empty without trials, and a published value follows in brackets: `` [74.24]``.
+Under each table (in the LaTeX caption): its teachers with their accuracies,
+``Teacher: cnn-32: test 99.44%`` or, where ``teachers.parquet`` gave the train accuracy and
+kind, ``Teachers: cnn-32 (ce): train 100.00%, test 99.44%; cnn-32@1 (undertrained): ...``.
 
 CSV is wide, lossless and for machines: the setting columns of the table kind, then
 ``row`` (the row label), then for each column label ``c`` (the union over the tables,
@@ -37,6 +40,16 @@ def format_cell(stats: CellStats | None, reference: float | None = None, *,
     return " ".join(parts)
 
 
+def teachers_text(table: Table, percent: str = "%") -> str:
+    """``Teacher: LABEL (KIND): train A%, test B%`` for each of the table's teachers; empty without."""
+    parts = []
+    for t in table.teachers:
+        accuracies = [] if math.isnan(t.train_acc) else [f"train {t.train_acc:.2f}{percent}"]
+        accuracies.append("test unknown" if math.isnan(t.test_acc) else f"test {t.test_acc:.2f}{percent}")
+        parts.append(f"{t.label}{f' ({t.kind})' if t.kind else ''}: {', '.join(accuracies)}")
+    return f"{'Teacher' if len(parts) == 1 else 'Teachers'}: {'; '.join(parts)}" if parts else ""
+
+
 def _excluded_text(table: Table) -> str:
     return ", ".join(f"{n} {status}" for status, n in table.excluded.items() if n)
 
@@ -65,6 +78,8 @@ def _markdown(table: Table) -> str:
         cells = [format_cell(table.stats(r, c), table.reference.get((r, c))) for c in table.columns]
         lines.append("| " + " | ".join([_md_escape(r), *cells]) + " |")
     lines += ["", _note(table, "±", "%")]
+    if table.teachers:
+        lines += ["", _md_escape(teachers_text(table))]
     excluded = _excluded_text(table)
     if excluded:
         lines += ["", f"excluded: {excluded}"]
@@ -86,6 +101,8 @@ def latex_escape(text: str) -> str:
 
 def _latex(table: Table) -> str:
     caption = f"{latex_escape(table.name)}: {latex_escape(table.title)}. " + _note(table, r"$\pm$", r"\%")
+    if table.teachers:
+        caption += "; " + latex_escape(teachers_text(table, "%"))
     excluded = _excluded_text(table)
     if excluded:
         caption += f"; excluded: {excluded}"

@@ -72,19 +72,23 @@ def _load(path: str | os.PathLike, read: Callable[[Path], pa.Table]) -> pd.DataF
     return pd.concat(frames, ignore_index=True)
 
 
-def load_teachers(sweep_dir: str | os.PathLike) -> pd.DataFrame:
-    """The teacher nodes one sweep used, one row each (``teachers.parquet``; columns in
-    :mod:`kd_tune.teacher_table`, ``epochs_trained`` as pandas' nullable Int64); an empty
-    frame with those columns when the file is absent."""
-    import pyarrow as pa
+def load_teachers(path: str | os.PathLike) -> pd.DataFrame:
+    """The ``teachers.parquet`` rows of the sweep folder(s) of ``path``: one row per teacher
+    node a sweep used (every ensemble member, every intermediate student of a chain, the
+    composite teacher itself; columns in :mod:`kd_tune.teacher_table`, ``epochs_trained``
+    as pandas' nullable Int64). A sweep without the file adds no rows; with none at all the
+    frame is empty, with those columns. The same teacher used by several sweeps has a row
+    in each (the ``sweep`` column tells them apart).
+    """
     import pyarrow.parquet as pq
 
     from kd_tune.teacher_table import TEACHERS_FILE, TEACHERS_SCHEMA
 
-    path = Path(sweep_dir) / TEACHERS_FILE
-    table = pq.read_table(path) if path.is_file() else TEACHERS_SCHEMA.empty_table()
+    files = [d / TEACHERS_FILE for d in find_sweeps(path) if (d / TEACHERS_FILE).is_file()]
+    tables = [pq.read_table(f) for f in files] or [TEACHERS_SCHEMA.empty_table()]
     # epochs_trained stays an integer column with an ensemble's null (pandas' Int64).
-    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    return pd.concat([t.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get) for t in tables],
+                     ignore_index=True)
 
 
 def load_samples(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:

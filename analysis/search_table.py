@@ -24,18 +24,20 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.tables import CellStats, Table, _stats
+from analysis.tables import CellStats, Table, _records, _stats, teacher_stats
 from kd_tune.search_record import SearchRecord
 from kd_tune.status import TrialStatus
 
 COLUMNS = ("val (search)", "val (confirmation)", "test (confirmation)")
 
 
-def search_tables(trials: pd.DataFrame, records: Mapping[str, SearchRecord]) -> list[Table]:
+def search_tables(trials: pd.DataFrame, records: Mapping[str, SearchRecord],
+                  known: Mapping[str, Mapping[str, Any]] | None = None) -> list[Table]:
     """One ``search`` table per sweep in ``records`` (sweep name -> record) with a selection.
 
     ``trials`` is a frame as :func:`analysis.load_trials` returns it (several sweeps may
-    be in it, told apart by the ``sweep`` column).
+    be in it, told apart by the ``sweep`` column); ``known`` its teachers by key
+    (:func:`analysis.tables.teacher_index`).
     """
     tables = []
     for sweep, record in records.items():
@@ -65,6 +67,7 @@ def search_tables(trials: pd.DataFrame, records: Mapping[str, SearchRecord]) -> 
             name="search", title=f"{sweep}: {setting['dataset']} {setting['teacher']} -> {setting['student']}",
             setting=setting, rows=labels, columns=list(COLUMNS), cells=cells,
             excluded=dict(sorted(excluded.items())), note=note,
+            teachers=teacher_stats(_records(rows.reset_index()), known or {}),
         ))
     return tables
 

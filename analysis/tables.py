@@ -18,6 +18,12 @@ Conventions:
 - Reference values (published, percent; see :mod:`analysis.reference`) are attached
   only to clean-label cells: settings with noise_type ``none``, and the ``rate=0``
   column of a ``noise`` table.
+- Every table names the teachers of its distilling trials with their test accuracy
+  (``Table.teachers``, percent): the trials' ``teacher_test_acc``, and the train
+  accuracy and kind from ``teachers.parquet`` where the sweep wrote one.
+- The ``pairs``, ``sequential`` and ``noisy_teacher`` tables (:mod:`analysis.teacher_tables`)
+  put CE trials by student: a student trained alone has no teacher, so its CE cell is
+  the same in every row (or column) of that student.
 """
 from __future__ import annotations
 
@@ -34,15 +40,19 @@ import pandas as pd
 from analysis.reference import fmt_number, reference_value
 from kd_tune.status import TrialStatus
 
-TABLES = ("tau_alpha", "loss", "noise", "search")
+TABLES = ("tau_alpha", "loss", "noise", "search", "pairs", "sequential", "noisy_teacher")
 METRIC = "test_acc"
 SETTING_COLUMNS: dict[str, tuple[str, ...]] = {
     "tau_alpha": ("dataset", "teacher", "student", "noise_type", "noise_rate"),
     "loss": ("dataset", "noise_type", "noise_rate"),
     "noise": ("dataset", "teacher", "student", "noise_type"),
     "search": ("sweep", "dataset", "teacher", "student"),
+    "pairs": ("dataset", "noise_type", "noise_rate"),
+    "sequential": ("dataset", "student", "noise_type", "noise_rate"),
+    "noisy_teacher": ("dataset", "student", "noise_type", "noise_rate"),
 }
-ROW_HEADERS = {"tau_alpha": "method", "loss": "teacher -> student", "noise": "method", "search": "selected setting"}
+ROW_HEADERS = {"tau_alpha": "method", "loss": "teacher -> student", "noise": "method", "search": "selected setting",
+               "pairs": "teacher -> student", "sequential": "teacher -> student", "noisy_teacher": "method"}
 TABLE_HELP = {
     "tau_alpha": "rows 'kl tau=T' (inf last), 'mse', 'ce' x columns 'alpha=A'; one table per "
                  "(dataset, teacher, student, noise_type, noise_rate); the ce row repeats the "
@@ -55,9 +65,20 @@ TABLE_HELP = {
     "search": "a searched sweep's selected settings (rank. setting) x columns 'val (search)', "
               "'val (confirmation)', 'test (confirmation)'; the protocol in a line under it; needs the "
               "sweep's search.json",
+    "pairs": "rows 'teacher -> student' x columns 'ce', 'kl tau=T alpha=A', 'mse alpha=A'; one table per "
+             "(dataset, noise_type, noise_rate); the ce column is the student trained alone, the same in "
+             "every row of that student",
+    "sequential": "rows 'teacher -> student' (a chain A>B as 'A -> B -> student') and 'no teacher (ce)' x "
+                  "columns 'kl tau=T alpha=A', 'mse alpha=A'; one table per (dataset, student, noise_type, "
+                  "noise_rate); the ce row repeats the CE result in every column",
+    "noisy_teacher": "rows 'ce', 'kl tau=T alpha=A', 'mse alpha=A' x columns teacher spec (e.g. cnn-32, "
+                     "cnn-32@1); one table per (dataset, student, noise_type, noise_rate); each teacher's "
+                     "train and test accuracy under it (from teachers.parquet)",
 }
 REQUIRED_COLUMNS = ("status", "dataset", "teacher", "student", "noise_type", "noise_rate",
                     "loss", "tau", "alpha", METRIC)
+# Read when present: what names a trial's teacher and its accuracy (older frames lack them).
+TEACHER_COLUMNS = {"teacher_key": None, "teacher_test_acc": math.nan, "clean_teacher": False}
 _LOSS_RANK = {"ce": 0, "kl": 1, "mse": 2}
 
 
@@ -71,6 +92,18 @@ class CellStats:
 
 
 @dataclass(frozen=True)
+class TeacherStats:
+    """A teacher of a table's distilling trials: ``label`` (its spec, and the labels it
+    trained on when they were noisy), ``kind`` (``ce``, ``undertrained``, ``sequential``,
+    ``ensemble``; empty when unknown), test and train accuracy in percent (NaN: unknown)."""
+
+    label: str
+    test_acc: float
+    train_acc: float = math.nan
+    kind: str = ""
+
+
+@dataclass(frozen=True)
 class Table:
     """One table for one setting.
 
@@ -78,7 +111,8 @@ class Table:
     their values. ``cells`` holds statistics for each (row, column) with at least one
     completed trial (absent: no trials). ``reference`` holds published values (percent)
     for the cells that have one (possibly cells without trials). ``excluded`` counts the
-    trials of this setting that were not completed, by status.
+    trials of this setting that were not completed, by status. ``teachers`` are the
+    teachers of its distilling trials (see :func:`teacher_stats`).
     """
 
     name: str
@@ -91,6 +125,7 @@ class Table:
     excluded: dict[str, int] = field(default_factory=dict)
     metric: str = METRIC
     note: str = ""
+    teachers: tuple[TeacherStats, ...] = ()
 
     def stats(self, row: str, column: str) -> CellStats | None:
         """The cell's statistics, or None when it has no completed trial."""
@@ -156,14 +191,69 @@ def _float(value: Any) -> float:
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Plain dicts of the required columns; accuracy converted to percent."""
+    """Plain dicts of the required (and teacher) columns; accuracies converted to percent."""
+    columns = [*REQUIRED_COLUMNS, *(c for c in TEACHER_COLUMNS if c in df.columns)]
     out = []
-    for r in df[list(REQUIRED_COLUMNS)].to_dict("records"):
+    for r in df[columns].to_dict("records"):
+        for k, default in TEACHER_COLUMNS.items():
+            r.setdefault(k, default)
         for k in ("noise_rate", "tau", "alpha"):
             r[k] = _float(r[k])
         r[METRIC] = 100.0 * _float(r[METRIC])
+        r["teacher_test_acc"] = 100.0 * _float(r["teacher_test_acc"])
         out.append(r)
     return out
+
+
+def teacher_index(teachers: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
+    """``teachers.parquet`` rows (:func:`analysis.results_io.load_teachers`) by teacher key."""
+    if teachers is None or teachers.empty:
+        return {}
+    return {str(r["teacher_key"]): r for r in teachers.to_dict("records")}
+
+
+def teacher_stats(trials: Iterable[Mapping[str, Any]],
+                  known: Mapping[str, Mapping[str, Any]]) -> tuple[TeacherStats, ...]:
+    """The teachers of the distilling trials among ``trials`` (records as :func:`_records`
+    makes them), one per teacher key, in label order.
+
+    Test accuracy is the trials' ``teacher_test_acc``, else that of ``known`` (teacher key
+    -> ``teachers.parquet`` row, fractions), which also gives the train accuracy, the kind
+    and the label (its spec, a chain's step losses spelled out). A teacher trained on
+    noisy labels says so in its label; two teachers of one label name the method they
+    served.
+    """
+    first: dict[str, Mapping[str, Any]] = {}
+    for t in trials:
+        if t["loss"] != "ce" and t.get("teacher_key"):
+            first.setdefault(str(t["teacher_key"]), t)
+    labels = {key: _teacher_label(t, known.get(key, {}).get("spec")) for key, t in first.items()}
+    shared = Counter(labels.values())
+    out = []
+    for key, t in first.items():
+        row = known.get(key, {})
+        label = labels[key] + (f" (for {_method_of(t)})" if shared[labels[key]] > 1 else "")
+        test = t["teacher_test_acc"]
+        if math.isnan(test):
+            test = 100.0 * _float(row.get("test_acc"))
+        out.append(TeacherStats(label=label, test_acc=test, train_acc=100.0 * _float(row.get("train_acc")),
+                                kind=str(row.get("kind") or "")))
+    return tuple(sorted(out, key=lambda s: natural_key(s.label)))
+
+
+def _teacher_label(t: Mapping[str, Any], spec: str | None) -> str:
+    # teachers.parquet spells a chain's steps out (cnn-32>cnn-8[kl:3]); a trial row does not.
+    label = str(spec or t["teacher"])
+    noisy = t["noise_type"] != "none" and t["noise_rate"] > 0 and not t.get("clean_teacher")
+    return f"{label} ({t['noise_type']} {fmt_number(t['noise_rate'])} labels)" if noisy else label
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key that orders numbers inside names by value: cnn-4 < cnn-8 < cnn-16."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in _DIGITS.split(text) if part)
 
 
 def _stats(values: list[float]) -> CellStats:
@@ -174,11 +264,12 @@ def _stats(values: list[float]) -> CellStats:
 
 def _table(name: str, title: str, setting: dict[str, Any], rows: list[str],
            columns: list[str], placed: dict[tuple[str, str], list[float]],
-           reference: dict[tuple[str, str], float], excluded: list[dict]) -> Table:
+           reference: dict[tuple[str, str], float], excluded: list[dict],
+           teachers: tuple[TeacherStats, ...] = ()) -> Table:
     cells = {(r, c): _stats(placed[(r, c)]) for r in rows for c in columns if placed.get((r, c))}
     return Table(name=name, title=title, setting=setting, rows=rows, columns=columns,
                  cells=cells, reference=reference,
-                 excluded=dict(sorted(Counter(str(t["status"]) for t in excluded).items())))
+                 excluded=dict(sorted(Counter(str(t["status"]) for t in excluded).items())), teachers=teachers)
 
 
 def _group(records: list[dict], keys: tuple[str, ...]) -> dict[tuple, list[dict]]:
@@ -207,7 +298,8 @@ def _setting_title(setting: dict[str, Any], with_rate: bool = True) -> str:
     return f"{head}, {noise}"
 
 
-def _build_tau_alpha(done: list[dict], other: list[dict], reference: bool) -> list[Table]:
+def _build_tau_alpha(done: list[dict], other: list[dict], reference: bool,
+                     known: Mapping[str, Mapping[str, Any]]) -> list[Table]:
     keys = SETTING_COLUMNS["tau_alpha"]
     others = _group(other, keys)
     tables = []
@@ -239,7 +331,7 @@ def _build_tau_alpha(done: list[dict], other: list[dict], reference: bool) -> li
                         ref[(r, c)] = v
         excluded = [t for t in others.get(key, []) if t["loss"] in _LOSS_RANK]
         tables.append(_table("tau_alpha", _setting_title(setting), setting, rows, columns,
-                             placed, ref, excluded))
+                             placed, ref, excluded, teacher_stats(trials, known)))
     return tables
 
 
@@ -247,7 +339,8 @@ def _method_of(t: dict) -> str:
     return method_label(t["loss"], t["tau"], t["alpha"])
 
 
-def _build_loss(done: list[dict], other: list[dict], reference: bool) -> list[Table]:
+def _build_loss(done: list[dict], other: list[dict], reference: bool,
+                known: Mapping[str, Mapping[str, Any]]) -> list[Table]:
     keys = SETTING_COLUMNS["loss"]
     others = _group(other, keys)
     tables = []
@@ -271,11 +364,12 @@ def _build_loss(done: list[dict], other: list[dict], reference: bool) -> list[Ta
                         ref[(r, c)] = v
         excluded = [t for t in others.get(key, []) if t["loss"] in _LOSS_RANK]
         tables.append(_table("loss", _setting_title(setting), setting, rows, columns,
-                             placed, ref, excluded))
+                             placed, ref, excluded, teacher_stats(trials, known)))
     return tables
 
 
-def _build_noise(done: list[dict], other: list[dict], reference: bool) -> list[Table]:
+def _build_noise(done: list[dict], other: list[dict], reference: bool,
+                 known: Mapping[str, Mapping[str, Any]]) -> list[Table]:
     triple = ("dataset", "teacher", "student")
     others = _group(other, triple)
     tables = []
@@ -305,7 +399,7 @@ def _build_noise(done: list[dict], other: list[dict], reference: bool) -> list[T
                         ref[(r, "rate=0")] = v
             excluded = [t for t in others.get(key, []) if belongs(t) and t["loss"] in _LOSS_RANK]
             tables.append(_table("noise", _setting_title(setting, with_rate=False), setting,
-                                 rows, columns, placed, ref, excluded))
+                                 rows, columns, placed, ref, excluded, teacher_stats(chosen, known)))
     return tables
 
 
@@ -313,7 +407,7 @@ _BUILDERS = {"tau_alpha": _build_tau_alpha, "loss": _build_loss, "noise": _build
 
 
 def build_tables(trials: pd.DataFrame, table: str, *, reference: bool = True,
-                 records: Mapping[str, Any] | None = None) -> list[Table]:
+                 records: Mapping[str, Any] | None = None, teachers: pd.DataFrame | None = None) -> list[Table]:
     """The tables of kind ``table`` (one of :data:`TABLES`), one per distinct setting.
 
     ``trials`` is a frame as :func:`analysis.load_trials` returns it. Cells use the
@@ -321,16 +415,24 @@ def build_tables(trials: pd.DataFrame, table: str, *, reference: bool = True,
     empty list means no completed trial fits the table. ``reference=True`` attaches the
     published values where a clean-label cell matches one. The ``search`` table needs
     ``records``: sweep name -> its :class:`~kd_tune.search_record.SearchRecord` (see
-    :mod:`analysis.search_table`). Raises ValueError for an unknown table or missing columns.
+    :mod:`analysis.search_table`). ``teachers`` is the sweeps' ``teachers.parquet``
+    (:func:`analysis.results_io.load_teachers`): the teachers' train accuracy and kind under
+    each table (the ``noisy_teacher`` table needs it for the train accuracy). Raises
+    ValueError for an unknown table or missing columns.
     """
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; choose one of: {', '.join(TABLES)}")
     _check_columns(trials)
+    known = teacher_index(teachers)
     if table == "search":
         from analysis.search_table import search_tables
 
-        return search_tables(trials, records or {})
+        return search_tables(trials, records or {}, known)
     completed = trials["status"] == TrialStatus.COMPLETED
     done = _records(trials[completed])
     other = _records(trials[~completed])
-    return _BUILDERS[table](done, other, reference)
+    if table in _BUILDERS:
+        return _BUILDERS[table](done, other, reference, known)
+    from analysis.teacher_tables import BUILDERS
+
+    return BUILDERS[table](done, other, reference, known)

@@ -69,6 +69,22 @@ class Axis:
     help: str
 
 
+@dataclass(frozen=True)
+class SpaceFlag:
+    """A flag whose value rebuilds the whole space: ``--pairs cnn-32:cnn-4,cnn-8:cnn-32``.
+
+    ``parse`` reads the flag's text (raising ``argparse.ArgumentTypeError``), ``build``
+    turns the parsed value into blocks; ``fields`` are the config fields those blocks
+    set, which therefore have no flag of their own in that sweep.
+    """
+
+    flag: str
+    parse: Callable[[str], Any]
+    build: Callable[[Any], SearchSpace]
+    fields: tuple[str, ...]
+    help: str
+
+
 COMMON_AXES = (
     Axis("--taus", "tau", parse_float_list, "temperatures of the kl loss, e.g. 1,3,inf (inf = logit matching)"),
     Axis("--alphas", "alpha", parse_float_list, "KD weights in [0, 1], e.g. 0.1,0.5,1"),
@@ -83,7 +99,9 @@ class SweepSpec:
     override the preset before the user's flags; ``axes`` are extra list flags.
     ``search_space`` is what ``--search optuna`` draws from (default: ``space``, each
     axis a choice of its values), ``search`` the default of ``--search`` and
-    ``num_samples`` that of ``--num-samples``.
+    ``num_samples`` that of ``--num-samples``. ``preset_spaces`` replaces ``space`` under a
+    preset (``--preset paper``: the WRN pairs instead of the digits ones); ``space_flag``
+    rebuilds it from one flag.
     """
 
     name: str
@@ -96,10 +114,19 @@ class SweepSpec:
     search_space: SampledSpace | None = None
     search: str = "grid"
     num_samples: int = 60
+    preset_spaces: Mapping[str, SearchSpace] = field(default_factory=dict)
+    space_flag: SpaceFlag | None = None
 
-    def sampled(self) -> SampledSpace:
-        """The space ``--search optuna`` draws from."""
-        return self.search_space if self.search_space is not None else SampledSpace.from_grid(self.space)
+    def space_for(self, preset: str) -> SearchSpace:
+        """The grid under ``preset`` (``space`` unless ``preset_spaces`` has its own)."""
+        return self.preset_spaces.get(preset, self.space)
+
+    def sampled(self, space: SearchSpace | None = None) -> SampledSpace:
+        """The space ``--search optuna`` draws from: ``search_space``, else the grid ``space``
+        (default: the spec's own) with each axis a choice of its values."""
+        if self.search_space is not None:
+            return self.search_space
+        return SampledSpace.from_grid(self.space if space is None else space)
 
 
 # Flags of --search optuna only: (dest, flag). Their argparse default is None, so that
@@ -174,9 +201,12 @@ def build_parser(spec: SweepSpec, prog: str | None = None) -> argparse.ArgumentP
     for axis in axes:
         grid.add_argument(axis.flag, type=axis.parse, dest=f"axis_{axis.field}", metavar="LIST",
                           help=f"{axis.help}; a search draws from these values (default: {_axis_default(spec, axis)})")
+    if spec.space_flag is not None:
+        grid.add_argument(spec.space_flag.flag, type=spec.space_flag.parse, dest="space_value", metavar="LIST",
+                          help=spec.space_flag.help)
     search = parser.add_argument_group("search (--search optuna)", textwrap.fill(
         "Optuna's TPE (through Ray Tune) draws trials from the space, maximising validation accuracy; ASHA stops "
-        f"weak trials early; the top settings are rerun with new seeds. Space: {spec.sampled().text()}",
+        f"weak trials early; the top settings are rerun with new seeds. Space: {_search_text(spec)}",
         width=88, initial_indent="  ", subsequent_indent="  "))
     search.add_argument("--num-samples", type=int, metavar="N",
                         help=f"trials the search draws (default: {spec.num_samples})")
@@ -199,7 +229,7 @@ def build_parser(spec: SweepSpec, prog: str | None = None) -> argparse.ArgumentP
     search.add_argument("--confirm-seeds", type=int, metavar="N",
                         help=f"seeds per rerun, none of them used by that setting in the search "
                         f"(default: {defaults.confirm_seeds})")
-    excluded = ("loss", "seed", *(a.field for a in axes))
+    excluded = ("loss", "seed", *(a.field for a in axes), *(spec.space_flag.fields if spec.space_flag else ()))
     add_config_arguments(parser, exclude=excluded)
     return parser
 
@@ -212,7 +242,7 @@ def expand_args(spec: SweepSpec, args: argparse.Namespace) -> list[RunConfig]:
         raise ConfigError([f"{', '.join(given)}: for --search optuna only"])
     if not spec.space:
         raise ConfigError(["this sweep is a search and has no grid: use --search optuna"])
-    space = _apply_axes(spec.space, args, spec.axes)
+    space = _apply_axes(_space(spec, args), args, spec.axes)
     if args.losses is not None:
         _check_losses(args.losses, _space_losses(space))
         space = [b for b in space if set(b.get("loss", [base.loss])) & set(args.losses)]
@@ -225,7 +255,7 @@ def expand_args(spec: SweepSpec, args: argparse.Namespace) -> list[RunConfig]:
 
 def search_args(spec: SweepSpec, args: argparse.Namespace) -> Search:
     """The search the parsed flags describe (the space checked; settings checked by the runner)."""
-    space = spec.sampled()
+    space = spec.sampled(_space(spec, args))
     if args.losses is not None:
         _check_losses(args.losses, space.losses())
         space = space.with_losses(args.losses)
@@ -243,6 +273,11 @@ def search_args(spec: SweepSpec, args: argparse.Namespace) -> Search:
              if getattr(args, f.name, None) is not None}
     settings = SearchSettings(**{"num_samples": spec.num_samples, **given})
     return Search(space, _base(spec, args), settings)
+
+
+def _space(spec: SweepSpec, args: argparse.Namespace) -> SearchSpace:
+    value = getattr(args, "space_value", None)
+    return spec.space_for(args.preset) if value is None else spec.space_flag.build(value)
 
 
 def _base(spec: SweepSpec, args: argparse.Namespace) -> RunConfig:
@@ -317,7 +352,8 @@ def _write_tables(sweep_dir: Path, table: str) -> list[Path]:
     from analysis.search_table import load_records
     from kd_tune.atomic import write_text
 
-    tables = analysis.build_tables(analysis.load_trials(sweep_dir), table, records=load_records(sweep_dir))
+    tables = analysis.build_tables(analysis.load_trials(sweep_dir), table, records=load_records(sweep_dir),
+                                   teachers=analysis.load_teachers(sweep_dir))
     if not tables:
         return []
     out = sweep_dir / "tables"
@@ -437,6 +473,14 @@ def _print_teachers(plan: Plan, options: SweepOptions) -> None:
         noise = f", noise {run.noise_type} {run.noise_rate:g}" if run.noise_type != "none" else ""
         print(f"  #{number[key]:<3d} {key}  {node.kind:<12s} {node.spec}: {made} on {run.dataset}{noise}  "
               f"[{'stored' if store.has(key) else 'to train' if node.trains else 'to make'}]")
+
+
+def _search_text(spec: SweepSpec) -> str:
+    try:
+        return spec.sampled().text()
+    except ConfigError as err:
+        # A grid whose blocks share a loss (a block per teacher/student pair) is no sampled space.
+        return f"none: this grid cannot be searched ({err.problems[0]})"
 
 
 def _seeds(seeds: int) -> str:

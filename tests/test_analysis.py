@@ -254,13 +254,15 @@ def test_markdown_and_latex_of_a_tiny_table(tmp_path):
         "\n"
         "Test accuracy (%) at the last epoch: mean ± std (n seeds), completed trials; [published value]\n"
         "\n"
+        "Teacher: wrn-28-4: test 97.00%\n"
+        "\n"
         "excluded: 1 diverged\n")
     assert render(tables, "latex") == (
         "\\begin{table}[htbp]\n"
         "\\centering\n"
         "\\caption{tau\\_alpha: cifar100 wrn-28-4 $\\rightarrow$ wrn-16-2, noise none 0.0. "
         "Test accuracy (\\%) at the last epoch: mean $\\pm$ std (n seeds), completed trials; "
-        "[published value]; excluded: 1 diverged.}\n"
+        "[published value]; Teacher: wrn-28-4: test 97.00\\%; excluded: 1 diverged.}\n"
         "\\begin{tabular}{lr}\n"
         "\\toprule\n"
         "method & alpha=1 \\\\\n"
@@ -334,7 +336,7 @@ def test_bad_inputs_raise(tmp_path, grid):
         load_trials(tmp_path / "empty")
     with pytest.raises(ValueError, match="one table kind"):
         render(build_tables(df, "loss") + build_tables(df, "noise"), "csv")
-    assert TABLES == ("tau_alpha", "loss", "noise", "search")
+    assert TABLES == ("tau_alpha", "loss", "noise", "search", "pairs", "sequential", "noisy_teacher")
 
 
 def run_cli(*args):

@@ -1,0 +1,390 @@
+"""The paper's qualitative claims, checked on the cpu preset: our numbers and a verdict for each.
+
+    python benchmarks/paper_claims.py                       # run the sweeps (embedded Ray), then judge
+    python benchmarks/paper_claims.py --address auto        # ... on a running Ray cluster
+    python benchmarks/paper_claims.py --from results        # judge sweeps already in results/, train nothing
+    python benchmarks/paper_claims.py --storage /tmp/r --epochs 3 --seeds 2    # other flags go to every sweep
+
+It runs, through the sweep scripts' own entry point (``sweeps/*.py``'s SPEC and
+:func:`kd_tune.sweep_cli.main`, exactly what ``python sweeps/NAME.py`` does), into
+``--storage``: ``tau_grid``, ``label_noise``, ``noisy_teacher`` and ``sequential`` with
+their defaults, and ``tau_inf_rescaled``: ``python sweeps/tau_grid.py --name
+tau_inf_rescaled --losses kl --taus inf --alphas 1 --lr 2*LR --weight-decay WD/2`` (LR, WD:
+the recipe's). A sweep already complete in the storage is not trained again (rerunning a
+sweep with its name resumes it). ``--from STORAGE`` only reads those folders.
+
+The statistical rule. Each claim is a difference d between two sets of per-seed values
+(test accuracy in points, or test logit MSE), with the standard error of a difference of
+means, se = sqrt(s_a^2/n_a + s_b^2/n_b) (sample variances), or a regression slope with its
+standard error; z = d / se.
+
+- "A beats B": holds if z > 2; does not hold if z < -2; else not distinguishable at this n.
+- "A is at least as good as B" (A is the best): holds if d >= 0; does not hold if z < -2;
+  else not distinguishable at this n.
+- "A and B agree": holds if |d| + 2 se <= 1 point (equal within 1 point); does not hold if
+  |z| > 2; else not distinguishable at this n.
+
+"The best" setting of a group is the one with the highest mean validation accuracy (test
+accuracy decides nothing; without a validation split, test accuracy chooses and the
+claim says so). The claims:
+
+1. KD beats CE: the best KD setting (kl or mse, any tau and alpha) vs CE (tau_grid).
+2. At alpha 1, accuracy rises with tau from 1: the slope of per-seed test accuracy on the
+   rank of tau (1, 3, 5, 20, inf -> 0..4), KL at alpha 1 (tau_grid).
+3. MSE is at least as good as the best KL: the best MSE setting vs the best KL (tau_grid).
+4. tau = inf and MSE agree once the factor 2 is accounted for. At equal alpha, KL at tau =
+   inf has half of MSE's gradient (for the logits' centred part): (c(z_s) - c(z_t)) / K
+   against 2 (z_s - z_t) / K. We compare at alpha 1 with the learning rate doubled and the
+   weight decay halved for tau = inf (tau_inf_rescaled), which makes its SGD step that of
+   MSE but for the logit mean, which KL ignores. (Halving alpha instead would also change
+   the CE weight, 1 - alpha.) Against MSE alpha 1 (tau_grid).
+5. Small tau is the most robust under label noise: symmetric noise at rate 0.4, the best KD
+   setting with tau <= 1 vs the best other KD setting (label_noise).
+6. With an under-trained teacher, small tau is best: the best KD setting with tau <= 1 vs the
+   best other, distilling from the under-trained teacher (ARCH@E; noisy_teacher).
+7. Sequential distillation helps when the capacity gap is large: T -> M -> S beats T -> S,
+   KL at tau 3 (7a) and MSE (7b) (sequential).
+8. MSE students' logits are closer to the teacher's than KL's at large tau: test logit MSE
+   of MSE at alpha 1 vs the closest of KL at tau 20 and tau = inf, alpha 1 (tau_grid).
+
+Last line: ``claims_held=K/N``. A claim whose results are missing is counted as not held.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import load_trials
+from analysis.reference import fmt_number
+from analysis.tables import method_label
+from kd_tune.cli_args import config_from_args
+from kd_tune.sweep_cli import build_parser
+from kd_tune.sweep_cli import main as sweep_main
+
+ROOT = Path(__file__).resolve().parents[1]
+HOLDS, FAILS, UNCLEAR = "holds", "does not hold", "not distinguishable at this n"
+NOT_JUDGED = "not judged (no results)"
+Z = 2.0  # standard errors
+MARGIN = 1.0  # points: "agree" means equal within this
+
+
+def load_spec(script: str):
+    """The SweepSpec of ``sweeps/<script>.py``."""
+    spec = importlib.util.spec_from_file_location(f"sweep_{script}", ROOT / "sweeps" / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SPEC
+
+
+def sweeps(lr: float, weight_decay: float) -> list[tuple[str, str, list[str]]]:
+    """(name, script, flags) of every sweep the claims read, for a recipe with ``lr`` and ``weight_decay``."""
+    rescaled = ["--losses", "kl", "--taus", "inf", "--alphas", "1", "--lr", repr(2 * lr),
+                "--weight-decay", repr(weight_decay / 2)]
+    return [("tau_grid", "tau_grid", []), ("tau_inf_rescaled", "tau_grid", rescaled),
+            ("label_noise", "label_noise", []), ("noisy_teacher", "noisy_teacher", []),
+            ("sequential", "sequential", [])]
+
+
+# -- the rule ---------------------------------------------------------------------------------
+
+
+def difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Difference of means a - b and its standard error (sample variances; NaN with fewer than 2 values)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.size < 2 or b.size < 2:
+        return float(a.mean() - b.mean()) if a.size and b.size else math.nan, math.nan
+    return float(a.mean() - b.mean()), float(math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size))
+
+
+def slope(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Least-squares slope of y on x and its standard error (NaN with fewer than 3 points)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size < 3 or np.ptp(x) == 0:
+        return math.nan, math.nan
+    xc = x - x.mean()
+    b = float((xc * (y - y.mean())).sum() / (xc ** 2).sum())
+    residual = y - y.mean() - b * xc
+    return b, float(math.sqrt((residual ** 2).sum() / (x.size - 2) / (xc ** 2).sum()))
+
+
+def verdict(kind: str, d: float, se: float) -> str:
+    """The verdict of a claim of ``kind`` ``beats``, ``at_least`` or ``agree`` (module docstring)."""
+    if math.isnan(d) or math.isnan(se):
+        return UNCLEAR
+    z = d / se if se > 0 else math.copysign(math.inf, d) if d else 0.0
+    if kind == "beats":
+        return HOLDS if z > Z else FAILS if z < -Z else UNCLEAR
+    if kind == "at_least":
+        return HOLDS if d >= 0 else FAILS if z < -Z else UNCLEAR
+    if kind == "agree":
+        return HOLDS if abs(d) + Z * se <= MARGIN else FAILS if abs(z) > Z else UNCLEAR
+    raise ValueError(f"unknown claim kind {kind!r}")
+
+
+# -- reading the results ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Group:
+    """One setting's completed trials: per-seed test accuracy (points) and test logit MSE,
+    and the mean validation accuracy (points; NaN without a validation split)."""
+
+    label: str
+    loss: str
+    tau: float
+    acc: tuple[float, ...]
+    logit_mse: tuple[float, ...]
+    val: float
+
+    def text(self, metric: str = "acc") -> str:
+        v = np.asarray(getattr(self, metric), dtype=float)
+        std = f" ± {v.std(ddof=1):.2f}" if v.size > 1 else ""
+        return f"{self.label} {v.mean():.2f}{std}{'%' if metric == 'acc' else ''} (n={v.size})"
+
+
+def groups(trials: pd.DataFrame, **where) -> list[Group]:
+    """The completed trials matching ``where`` (column -> value, or a predicate on the column's
+    values), one group per setting (teacher, student, loss, tau, alpha, noise, lr, weight decay)."""
+    sel = trials[trials["status"] == "completed"]
+    for column, want in where.items():
+        sel = sel[sel[column].map(want).astype(bool)] if callable(want) else sel[sel[column] == want]
+    keys = ["teacher", "student", "loss", "tau", "alpha", "noise_type", "noise_rate", "lr", "weight_decay"]
+    return [Group(label=method_label(first["loss"], first["tau"], first["alpha"]), loss=first["loss"],
+                  tau=float(first["tau"]), acc=tuple(100 * g["test_acc"]), logit_mse=tuple(g["test_logit_mse"]),
+                  val=float(100 * g["val_acc"].mean()))
+            for _, g in sel.groupby(keys, sort=True) for first in [g.iloc[0]]]
+
+
+def best(candidates: list[Group]) -> tuple[Group, str]:
+    """The candidate with the highest mean validation accuracy (test accuracy when none has one), and a note."""
+    if all(math.isnan(g.val) for g in candidates):
+        return max(candidates, key=lambda g: np.mean(g.acc)), ", chosen on test: no validation split"
+    return max(candidates, key=lambda g: -math.inf if math.isnan(g.val) else g.val), ""
+
+
+# -- the claims -------------------------------------------------------------------------------
+
+
+class Missing(Exception):
+    """The results a claim needs are not in the storage."""
+
+
+Results = Callable[[str], pd.DataFrame]
+Judged = tuple[str, str]  # the numbers a claim rests on, its verdict
+
+
+def compare(kind: str, a: Group, b: Group, a_what: str, b_what: str, metric: str = "acc") -> Judged:
+    d, se = difference(getattr(a, metric), getattr(b, metric))
+    numbers = f"{a_what}: {a.text(metric)} vs {b_what}: {b.text(metric)}; d = {d:+.3f}, se = {se:.3f}"
+    return numbers, verdict(kind, d, se)
+
+
+def _need(found: list[Group], what: str) -> list[Group]:
+    if not found:
+        raise Missing(what)
+    return found
+
+
+def _one(found: list[Group], what: str) -> Group:
+    found = _need(found, what)
+    if len(found) > 1:
+        raise Missing(f"{what}: {len(found)} settings where one was expected")
+    return found[0]
+
+
+def kd_beats_ce(results: Results) -> Judged:
+    grid = results("tau_grid")
+    kd, note = best(_need(groups(grid, loss=lambda x: x in ("kl", "mse")), "tau_grid: kl/mse trials"))
+    ce = _one(groups(grid, loss="ce"), "tau_grid: ce trials")
+    return compare("beats", kd, ce, f"best KD{note}", "CE")
+
+
+def rises_with_tau(results: Results) -> Judged:
+    found = _need(groups(results("tau_grid"), loss="kl", alpha=1.0, tau=lambda t: t >= 1.0),
+                  "tau_grid: kl trials at alpha 1")
+    found.sort(key=lambda g: g.tau)
+    b, se = slope([rank for rank, g in enumerate(found) for _ in g.acc], [v for g in found for v in g.acc])
+    means = ", ".join(f"{fmt_number(g.tau)}: {np.mean(g.acc):.2f}" for g in found)
+    return (f"kl alpha=1, mean test acc % by tau ({means}); slope per tau step {b:+.3f}, se = {se:.3f}",
+            verdict("beats", b, se))
+
+
+def mse_at_least_best_kl(results: Results) -> Judged:
+    grid = results("tau_grid")
+    mse, mse_note = best(_need(groups(grid, loss="mse"), "tau_grid: mse trials"))
+    kl, kl_note = best(_need(groups(grid, loss="kl"), "tau_grid: kl trials"))
+    return compare("at_least", mse, kl, f"best MSE{mse_note}", f"best KL{kl_note}")
+
+
+def inf_agrees_with_mse(results: Results) -> Judged:
+    inf = _one(groups(results("tau_inf_rescaled"), loss="kl", tau=math.inf, alpha=1.0),
+               "tau_inf_rescaled: kl tau=inf alpha=1 trials")
+    mse = _one(groups(results("tau_grid"), loss="mse", alpha=1.0), "tau_grid: mse alpha=1 trials")
+    numbers, judged = compare("agree", inf, mse, "lr x2, weight decay /2", "MSE")
+    plain = groups(results("tau_grid"), loss="kl", tau=math.inf, alpha=1.0)
+    return numbers + (f" (tau=inf at the recipe's lr: {plain[0].text()})" if plain else ""), judged
+
+
+def _small_tau_best(found: list[Group], where: str) -> Judged:
+    small = [g for g in found if g.loss == "kl" and g.tau <= 1.0]
+    small_best, small_note = best(_need(small, f"{where}: kl trials with tau <= 1"))
+    other_best, other_note = best(_need([g for g in found if g not in small], f"{where}: kl tau > 1 or mse trials"))
+    return compare("at_least", small_best, other_best, f"best tau <= 1{small_note}", f"best other{other_note}")
+
+
+def small_tau_robust_to_noise(results: Results) -> Judged:
+    found = groups(results("label_noise"), loss=lambda x: x in ("kl", "mse"), noise_type="symmetric", noise_rate=0.4)
+    return _small_tau_best(found, "label_noise, symmetric 0.4")
+
+
+def small_tau_with_undertrained_teacher(results: Results) -> Judged:
+    trials = results("noisy_teacher")
+    found = groups(trials, loss=lambda x: x in ("kl", "mse"), teacher=lambda t: "@" in t)
+    numbers, judged = _small_tau_best(found, "noisy_teacher, an ARCH@E teacher")
+    teachers = sorted({t for t in trials["teacher"] if "@" in t})
+    return f"teacher {', '.join(teachers)}: {numbers}", judged
+
+
+def sequential_helps(results: Results, loss: str) -> Judged:
+    trials = results("sequential")
+    chains = sorted({t for t in trials["teacher"] if ">" in t})
+    if not chains:
+        raise Missing("sequential: trials distilling from a chain T>M")
+    chain, student = chains[0], trials["student"].iloc[0]
+    big = chain.split(">")[0]
+    where = {"loss": loss, **({"tau": 3.0} if loss == "kl" else {})}
+    via = _one(groups(trials, teacher=chain, **where), f"sequential: {loss} trials from {chain}")
+    direct = _one(groups(trials, teacher=big, **where), f"sequential: {loss} trials from {big}")
+    return compare("beats", via, direct, f"{chain.replace('>', ' -> ')} -> {student}", f"{big} -> {student}")
+
+
+def mse_logits_closest(results: Results) -> Judged:
+    grid = results("tau_grid")
+    mse = _one(groups(grid, loss="mse", alpha=1.0), "tau_grid: mse alpha=1 trials")
+    large = _need(groups(grid, loss="kl", alpha=1.0, tau=lambda t: t >= 20.0), "tau_grid: kl alpha=1, tau >= 20")
+    closest = min(large, key=lambda g: np.mean(g.logit_mse))
+    # The claim is "KL's logit MSE exceeds MSE's": KL first.
+    return compare("beats", closest, mse, "test logit MSE, closest KL with tau >= 20", "MSE", metric="logit_mse")
+
+
+CLAIMS: tuple[tuple[str, str, Callable[[Results], Judged]], ...] = (
+    ("1", "KD beats CE", kd_beats_ce),
+    ("2", "At alpha 1, accuracy rises with tau from 1", rises_with_tau),
+    ("3", "MSE is at least as good as the best KL", mse_at_least_best_kl),
+    ("4", "tau=inf and MSE agree once the factor 2 is accounted for", inf_agrees_with_mse),
+    ("5", "Small tau is the most robust under label noise", small_tau_robust_to_noise),
+    ("6", "With an under-trained teacher, small tau is best", small_tau_with_undertrained_teacher),
+    ("7a", "Sequential distillation helps when the capacity gap is large (kl tau=3)",
+     lambda results: sequential_helps(results, "kl")),
+    ("7b", "Sequential distillation helps when the capacity gap is large (mse)",
+     lambda results: sequential_helps(results, "mse")),
+    ("8", "MSE students' logits are closer to the teacher's than KL's at large tau", mse_logits_closest),
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim's statement, the numbers it rests on and its verdict."""
+
+    number: str
+    statement: str
+    numbers: str
+    verdict: str
+
+
+def judge(storage: Path) -> list[Claim]:
+    """Every claim, judged on the sweep folders in ``storage`` (missing results: not held, and why)."""
+    cache: dict[str, pd.DataFrame] = {}
+
+    def results(name: str) -> pd.DataFrame:
+        if name not in cache:
+            try:
+                cache[name] = load_trials(storage / name)
+            except FileNotFoundError as err:
+                raise Missing(str(err)) from None
+        return cache[name]
+
+    claims = []
+    for number, statement, rule in CLAIMS:
+        try:
+            numbers, judged = rule(results)
+        except Missing as err:
+            numbers, judged = f"no results: {err}", NOT_JUDGED
+        claims.append(Claim(number, statement, numbers, judged))
+    return claims
+
+
+RULE = ("d: difference of means over seeds (or a slope), se: its standard error. 'A beats B' holds if d > 2 se, "
+        "fails if d < -2 se; 'A is at least as good as B' holds if d >= 0, fails if d < -2 se; 'A and B agree' "
+        f"holds if |d| + 2 se <= {MARGIN:g} point, fails if |d| > 2 se; otherwise: not distinguishable at this n. "
+        "'Best' settings are chosen on validation accuracy.")
+
+
+def report(claims: list[Claim]) -> str:
+    """The rule, one paragraph per claim, then ``claims_held=K/N``."""
+    lines = [textwrap.fill(RULE, width=100), ""]
+    lines += [f"[{c.number}] {c.statement}: {c.verdict}\n     {c.numbers}" for c in claims]
+    held = sum(c.verdict == HOLDS for c in claims)
+    return "\n".join(lines) + f"\n\nclaims_held={held}/{len(claims)}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     usage="python benchmarks/paper_claims.py [--from STORAGE | --storage DIR "
+                                           "[--address ADDR] [SWEEP FLAGS ...]]")
+    parser.add_argument("--from", dest="source", type=Path, metavar="STORAGE",
+                        help="judge the sweeps already in STORAGE (its tau_grid/, label_noise/, ... folders); "
+                             "run nothing")
+    parser.add_argument("--storage", type=Path, default=Path("results"),
+                        help="where the sweeps run and are judged (default: ./results)")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="Ray cluster to join (auto or host:port); default: $RAY_ADDRESS, else an embedded Ray")
+    args, sweep_flags = parser.parse_known_args(argv)
+    if args.source is not None:
+        if sweep_flags or args.address:
+            parser.error("--from only reads results: it takes no --address and no sweep flags")
+        if not args.source.is_dir():
+            parser.error(f"--from {args.source}: no such folder")
+        print(report(judge(args.source)))
+        return 0
+    status = run_sweeps(args.storage, args.address, sweep_flags)
+    if status:
+        return status
+    print(report(judge(args.storage)))
+    return 0
+
+
+def run_sweeps(storage: Path, address: str | None, flags: list[str]) -> int:
+    """Run every sweep of :func:`sweeps` into ``storage`` with ``flags`` added; the first failing exit code, or 0."""
+    where = ["--storage", str(storage), *(["--address", address] if address else [])]
+    # The recipe the sweeps will use, so that tau_inf_rescaled doubles that learning rate.
+    base = load_spec("tau_grid")
+    config = config_from_args(build_parser(base).parse_args(flags))
+    walls = []
+    for name, script, extra in sweeps(config.lr, config.weight_decay):
+        print(f"\n=== {name}: python sweeps/{script}.py --name {name} {' '.join(extra + flags)}", flush=True)
+        started = time.perf_counter()
+        code = sweep_main(load_spec(script), ["--name", name, *where, *flags, *extra],
+                          prog=f"python sweeps/{script}.py")
+        walls.append(f"{name} {time.perf_counter() - started:.0f}s")
+        if code:
+            print(f"paper_claims: sweep {name} ended with exit code {code}; rerun the same command to resume it",
+                  file=sys.stderr)
+            return code
+    print(f"\nwall time per sweep (this machine, {os.cpu_count()} CPUs): {', '.join(walls)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
