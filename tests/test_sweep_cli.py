@@ -214,7 +214,7 @@ def test_dry_run_lists_trials_and_writes_nothing(tmp_path, capsys):
 def test_dry_run_shows_the_teacher_dag(tmp_path, capsys):
     storage = tmp_path / "results"
     argv = ["--storage", str(storage), "--dry-run", "--seeds", "1", "--losses", "kl,ce", "--taus", "3",
-            "--alphas", "1", "--teacher", "cnn-32@5 + cnn-16 > cnn-8"]
+            "--alphas", "1", "--teacher-epochs", "20", "--teacher", "cnn-32@5 + cnn-16 > cnn-8"]
     assert main(TAU_GRID, argv) == 0
     out = capsys.readouterr().out
     assert "teachers: 4 (0 already in" in out

@@ -70,7 +70,7 @@ def test_default_steps_take_the_runs_loss_tau_and_alpha():
     assert key("cnn-16>cnn-8[kl:3:1]", tau=20.0, alpha=0.1) == key("cnn-16>cnn-8[kl:3:1]")
     assert key(chain, seed=4, student="mlp-8") == key(chain)
     # What every teacher depends on: the recipe, its seed and epochs, the data.
-    for change in ({"lr": 0.05}, {"teacher_seed": 1}, {"teacher_epochs": 2}, {"val_size": 100}):
+    for change in ({"lr": RUN.lr / 2}, {"teacher_seed": 1}, {"teacher_epochs": 2}, {"val_size": 100}):
         assert key(chain, **change) != key(chain), change
 
 
@@ -93,7 +93,7 @@ def test_an_undertrained_teacher_keeps_the_full_recipe_and_its_stop_epoch():
     assert node.kind == "undertrained" and node.stop_epoch == 2 and node.run.epochs == RUN.epochs
     assert node.key == identity.undertrained_key(identity.teacher_key(RUN), 2)
     assert len({key("cnn-16@2"), key("cnn-16@1"), key("cnn-16"), key("cnn-16@2", teacher_epochs=5),
-                key("cnn-16@2", lr=0.05)}) == 5
+                key("cnn-16@2", lr=RUN.lr / 2)}) == 5
 
 
 def test_nodes_round_trip_through_plain_values_and_travel_with_the_trial():

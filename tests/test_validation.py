@@ -73,7 +73,7 @@ def test_a_model_name_that_does_not_build_is_named_with_its_role():
     ("cnn-32@21", "teacher='cnn-32@21': stop epoch 21 is beyond the teacher's 20 epochs"),
 ])
 def test_every_architecture_of_a_teacher_spec_is_checked(teacher, problem):
-    problems = run_problems(BASE.replace(teacher=teacher))
+    problems = run_problems(BASE.replace(teacher=teacher, epochs=20))
     if problem is None:
         assert problems == []
     else:
