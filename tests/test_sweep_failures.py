@@ -116,7 +116,8 @@ def test_damaged_results_are_rebuilt_and_a_deleted_mlflow_store_refilled(ray_clu
     assert after[list(SUMMARY)].isna().all().all() and before[list(SUMMARY)].notna().all().all()
     pd.testing.assert_frame_equal(after.drop(columns=["finished_at", *SUMMARY]),
                                   before.drop(columns=["finished_at", *SUMMARY]))
-    assert ((before["finished_at"] - after["finished_at"]).dt.total_seconds().between(0, 1)).all()
+    # Tune records whole seconds, a moment before the driver writes its row (longer on a loaded machine).
+    assert ((before["finished_at"] - after["finished_at"]).dt.total_seconds().between(0, 5)).all()
     epochs_after = load_epochs(sweep_dir).set_index(["trial_key", "epoch"]).sort_index()
     pd.testing.assert_frame_equal(epochs_after.drop(columns="reported_at"), epochs_before.drop(columns="reported_at"))
     assert any(p.name.startswith(".results.damaged-") for p in sweep_dir.iterdir())
@@ -155,7 +156,7 @@ def test_two_sweeps_sharing_a_storage_build_a_teacher_and_its_cache_once(ray_clu
     both = "\n".join(logs)
     assert "Traceback" not in both and "already exists" not in both
     assert len(re.findall(r"teacher cnn-8 \(\w+\) trained: ", both)) == 1  # trained once ...
-    assert len(list((tmp_path / "teachers").iterdir())) == 1
+    assert len([p for p in (tmp_path / "teachers").iterdir() if not p.name.startswith(".")]) == 1  # .locks aside
     builds = [line for line in both.splitlines() if re.match(r"teacher logits \w+ \(teacher cnn-8\): ", line)]
     assert len([line for line in builds if "by another sweep" not in line]) == 1  # ... and its logits once
     for name in ("kl", "mse"):

@@ -127,12 +127,14 @@ class MlflowSink(TrialSink):
         # A teacher has no teacher: its logit distance and mean gap are NaN, left out here.
         measured = {k: v for k, v in (teacher.measurements.summary if teacher.measurements else {}).items()
                     if math.isfinite(v)}
+        history = teacher.meta.get("history", [])
+        # A trained node's last epoch already holds its accuracies at this step; an ensemble has no epochs.
+        logged = set(history[-1]) if history else set()
+        accuracies = {k: final.get(k) for k in ("test_acc", "train_acc") if k not in logged}
         self.queue.record_teacher(
             self.invocation, node.key, f"teacher {node.spec} ({node.key})",
-            {**node.run.to_dict(), "teacher_kind": node.kind, "teacher_spec": node.spec},
-            teacher.meta.get("history", []),
-            {**measured, "test_acc": final.get("test_acc"), "train_acc": final.get("train_acc"),
-             "train_time_s": teacher.meta.get("train_seconds")},
+            {**node.run.to_dict(), "teacher_kind": node.kind, "teacher_spec": node.spec}, history,
+            {**measured, **accuracies, "train_time_s": teacher.meta.get("train_seconds")},
             int(final.get("epoch") or 0), dataset_fields(node.run, teacher.meta.get("noise_hash")))
 
     def sweep_ended(self, rows: Sequence[Mapping[str, Any]], artifacts: Iterable[Path]) -> None:
