@@ -104,8 +104,13 @@ class FileLock:
 
     def _try(self) -> bool:
         """Take the lock if it is free (False: its file was replaced meanwhile, try again)."""
-        self._make_parents()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._make_parents()
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            # A holder releasing meanwhile removed the ``.locks`` folder it had created
+            # (between our check of the folder and our open): make it again.
+            return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
