@@ -37,3 +37,22 @@ def ray_cluster(tmp_path_factory):
            "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats", "--block"]
     with server(cmd, port=port, log=log, env=ray_env(), ready_text="Ray runtime started"):
         yield f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """An S3-compatible store on 127.0.0.1 (moto's server, authentication on); see :mod:`s3_server`."""
+    from s3_server import s3_server
+
+    with s3_server(tmp_path_factory.mktemp("s3")) as store:
+        yield store
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch):
+    """This process's environment holding the store's credentials and endpoint, for one test."""
+    for name, value in s3.env({}).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return s3

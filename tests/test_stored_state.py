@@ -8,6 +8,8 @@ table.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from cifar_files import write_cifar10
 from test_sweep_cluster import run_sweep, sweep_cmd
@@ -80,4 +82,7 @@ def test_a_teacher_at_chance_is_said_under_the_table(ray_cluster, tmp_path):
     assert warning in proc.stdout.split("\nsweep finished")[0]  # when the teacher stage ends
     summary = closing_summary(proc.stdout)
     assert "1 diverged" in summary
-    assert f"{warning}" in summary and ") is at chance: test acc 10.28% on 360 images of 10 classes" in summary
+    # A teacher blown up by lr 1000 predicts one class (36 or 37 of the 360 test images,
+    # as its float rounding falls): the line names chance, not a particular class.
+    assert re.search(r"warning: teacher cnn-8 \(\w+\) is at chance: test acc 10\.(00|28)% on 360 images of 10 "
+                     r"classes", summary), summary
