@@ -23,11 +23,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kd_tune.netcheck import connect_error
+from kd_tune.storage import Storage
 
 CONNECT_TIMEOUT_S = 3.0
 
@@ -62,8 +64,11 @@ def requested_address(address: str | None) -> str | None:
     return None if value in (None, "", "local") else value
 
 
-def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> ClusterInfo:
-    """Connect the driver to Ray (see the module docstring for the address rules)."""
+def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int | None = None,
+            env_vars: Mapping[str, str] | None = None) -> ClusterInfo:
+    """Connect the driver to Ray (see the module docstring for the address rules); ``env_vars``
+    are set in this job's workers (never a credential: Ray keeps them in its job record)."""
+    runtime_env = {"env_vars": dict(env_vars)} if env_vars else None
     target = requested_address(address)
     if target is None or (target != "auto" and _is_loopback(target.rpartition(":")[0])):
         _loopback_only()
@@ -84,12 +89,13 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int |
             log_to_driver=False,
             configure_logging=True,
             logging_level="warning",
+            runtime_env=runtime_env,
         )
         return ClusterInfo("embedded", True, _alive_nodes())
     resolved = _resolve(target)
     _check_listening(target, resolved)
     try:
-        ray.init(address=resolved, log_to_driver=False, logging_level="warning")
+        ray.init(address=resolved, log_to_driver=False, logging_level="warning", runtime_env=runtime_env)
     except (ConnectionError, RuntimeError) as err:
         raise ClusterError(
             f"could not join the Ray cluster at {target!r} ({resolved}): {err}. A cluster started with "
@@ -211,38 +217,55 @@ def node_summary(info: ClusterInfo) -> str:
     return f"{where}: {len(info.nodes)} node(s), {info.total_cpus:g} CPUs, {info.total_gpus:g} GPUs"
 
 
-
-def check_shared_storage(info: ClusterInfo, storage: Path) -> None:
-    """On a multi-node cluster, make sure every node sees ``storage`` (a shared mount).
+def check_shared_storage(info: ClusterInfo, storage: Storage) -> None:
+    """Make sure every node reaches ``storage``: on a multi-node cluster a local path must be a
+    shared mount; an object store must answer every node with the credentials of its own
+    environment (a node without them would fail every trial it ran).
 
     A marker file written here must be visible from a task pinned to each node; a path
     that exists only on the driver's disk would scatter teachers, checkpoints and
     results across machines.
     """
-    if len(info.nodes) < 2:
+    if storage.is_local and len(info.nodes) < 2:
         return
     import uuid
 
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    storage.mkdir(parents=True, exist_ok=True)
-    marker = storage / f".kd_tune_probe_{uuid.uuid4().hex}"
-    marker.write_text("probe")
-    try:
-        probe = ray.remote(num_cpus=0)(os.path.exists)
+    def on_each_node(function: Any, *args: Any) -> dict[str, Any]:
+        task = ray.remote(num_cpus=0)(function)
         refs = {
-            n["ip"] or n["node_id"]: probe.options(
+            n["ip"] or n["node_id"]: task.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["node_id"], soft=False)
-            ).remote(str(marker))
+            ).remote(*args)
             for n in info.nodes
         }
-        missing = [node for node, ref in refs.items() if not ray.get(ref, timeout=60)]
+        return {node: ray.get(ref, timeout=60) for node, ref in refs.items()}
+
+    if not storage.is_local:
+        problems = {node: p for node, p in on_each_node(_storage_problem, storage).items() if p}
+        if problems:
+            node, problem = next(iter(problems.items()))
+            raise ClusterError(f"node(s) {', '.join(problems)} cannot use the storage: {problem} (on {node}); set "
+                               "the credentials (and AWS_ENDPOINT_URL) in the environment of `ray start` on "
+                               "every node")
+        return
+    folder = storage.local_path
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / f".kd_tune_probe_{uuid.uuid4().hex}"
+    marker.write_text("probe")
+    try:
+        missing = [node for node, seen in on_each_node(os.path.exists, str(marker)).items() if not seen]
     finally:
         marker.unlink(missing_ok=True)
     if missing:
         raise ClusterError(
-            f"--storage {str(storage)!r} is local to this machine: node(s) {', '.join(missing)} cannot see it. "
+            f"--storage {str(folder)!r} is local to this machine: node(s) {', '.join(missing)} cannot see it. "
             "On a multi-node cluster use a path on a shared file system (e.g. NFS) mounted at the same place "
-            "on every node."
+            "on every node, or an object store (s3://bucket/prefix)."
         )
+
+
+def _storage_problem(storage: Storage) -> str | None:
+    return storage.problem()

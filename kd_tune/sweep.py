@@ -10,7 +10,9 @@ one writer, behind one Tune callback. Rerunning with the same name restores the 
 experiment: finished trials are kept, unfinished ones continue from their last
 checkpoint.
 
-Folder layout under ``storage`` (absolute; a shared file system on a multi-node cluster)::
+Folder layout under ``storage``: an absolute local path (a shared file system on a
+multi-node cluster) or an object store (``s3://bucket/prefix``); every file goes through
+:mod:`kd_tune.storage`, so the layout is the same on both::
 
     teachers/<teacher key>/     teacher.pt + meta.json, shared by all sweeps in storage
     teacher_logits/<cache key>/ cached teacher logits (kd_tune.logit_cache), shared likewise
@@ -25,8 +27,13 @@ Folder layout under ``storage`` (absolute; a shared file system on a multi-node 
     <name>/tracking/            MLflow writes not yet sent (kd_tune.tracking_queue)
     <name>/tables/              tables written at the end (CSV, Markdown)
     <name>/...                  Ray Tune's experiment state and trial checkpoints
-    mlflow.db, mlartifacts/     the default MLflow store
-    .locks/                     lock files of running sweeps (kd_tune.locks)
+    mlflow.db, mlartifacts/     the default MLflow store (on an object store: mlartifacts/ only;
+                                the SQLite file stays on the driver, see kd_tune.tracking)
+    .locks/                     lock files of running sweeps (kd_tune.locks, kd_tune.store_lock)
+
+On an object store the driver keeps its MLflow outbox and the tables and figures it
+uploads in a folder of its own (:attr:`SweepOptions.driver_dir`), and each node keeps
+copies of the teacher-logit caches its trials map (:mod:`kd_tune.local_copies`).
 """
 from __future__ import annotations
 
@@ -40,11 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kd_tune.atomic import write_text
 from kd_tune.cluster import ClusterInfo, check_resources, check_shared_storage, concurrent_trials, connect, node_summary
 from kd_tune.config import RunConfig
 from kd_tune.plan import Plan, plan_trials
 from kd_tune.status import TrialStatus
+from kd_tune.storage import Storage
 from kd_tune.sweep_options import SweepError, SweepOptions
 from kd_tune.trainer import load_data
 from kd_tune.validation import validate_all
@@ -64,14 +71,14 @@ class SweepOutcome:
     chance, a damaged teacher or cache made again), to be said again under the table.
     """
 
-    sweep_dir: Path
+    sweep_dir: Storage
     tracking_uri: str
     parent_run_id: str | None
     counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     fit_seconds: float = 0.0
     interrupted: bool = False
-    artifacts: tuple[Path, ...] = ()
+    artifacts: tuple[Path, ...] = ()  # local files (on an object store: the driver's copies)
     warnings: tuple[str, ...] = ()
     experiment_id: str | None = None
 
@@ -122,13 +129,14 @@ def run_sweep(
     configs: Sequence[RunConfig],
     options: SweepOptions,
     *,
-    finalize: Callable[[Path], list[Path]] | None = None,
+    finalize: Callable[[Storage], list[Path]] | None = None,
     log: Callable[[str], None] = print,
 ) -> SweepOutcome:
     """Run every config as a Tune trial and record the results; return where they are.
 
-    ``finalize(sweep_dir)`` runs after the trials, before the MLflow parent run ends,
-    and returns files (tables, figures) to attach to it, each under its folder's name.
+    ``finalize(sweep_dir)`` (the sweep's :class:`~kd_tune.storage.Storage`) runs after the
+    trials, before the MLflow parent run ends, and returns local files (tables, figures)
+    to attach to it, each under its folder's name.
     Raises the errors of :func:`prepare`, :class:`SweepError` when another driver runs
     the same sweep, :class:`~kd_tune.results.ResultsError` when the stored results are
     damaged and :class:`~kd_tune.cluster.ClusterError`, all before writing anything;
@@ -151,14 +159,18 @@ def _grid_manifest(plan: Plan) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def sweep_lock(sweep_dir: Path, *, log: Callable[[str], None] = print) -> Iterator[None]:
+def sweep_lock(sweep_dir: Storage | str | Path, *, log: Callable[[str], None] = print) -> Iterator[None]:
     """Hold the lock of the sweep in ``sweep_dir`` (``<storage>/.locks/sweep-<name>.lock``)
-    for the block: one process at a time runs or repairs a sweep. Raises
+    for the block: one process at a time runs or repairs a sweep, on a local folder
+    (``flock``) or an object store (a lease, :mod:`kd_tune.store_lock`). Raises
     :class:`SweepError` naming the process that holds it."""
-    from kd_tune.locks import FileLock, LockBusy, lock_path
+    from kd_tune.locks import LockBusy
+    from kd_tune.storage import open_storage
+    from kd_tune.store_lock import storage_lock
 
+    sweep_dir = open_storage(sweep_dir)
     name, storage = sweep_dir.name, sweep_dir.parent
-    lock = FileLock(lock_path(storage, f"sweep-{name}"), f"sweep {name}")
+    lock = storage_lock(storage, f"sweep-{name}", f"sweep {name}")
     try:
         lock.acquire()
     except LockBusy as busy:
@@ -176,18 +188,23 @@ def sweep_lock(sweep_dir: Path, *, log: Callable[[str], None] = print) -> Iterat
 
 def connect_checked(options: SweepOptions, log: Callable[[str], None]) -> ClusterInfo:
     """Join Ray as ``options.address`` says and check that a trial fits and the storage is shared."""
-    info = connect(options.address)
+    env = {}
+    if options.storage_endpoint:
+        # Workers reopen the storage from its URI: they read the endpoint from their environment.
+        env = {"AWS_ENDPOINT_URL_S3": options.storage_endpoint}
+        os.environ.update(env)
+    info = connect(options.address, env_vars=env)
     log(node_summary(info))
     check_resources(info, cpus_per_trial=options.cpus_per_trial, gpus_per_trial=options.gpus_per_trial)
-    check_shared_storage(info, options.storage)
+    check_shared_storage(info, options.store)
     return info
 
 
 def write_manifest(options: SweepOptions, content: dict[str, Any], tracking_uri: str) -> None:
     """Write ``sweep.json`` (name, teacher cache, MLflow store and ``content``: the trials, or a
     search's settings)."""
-    options.sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_text(options.sweep_dir / MANIFEST, json.dumps(
+    options.sweep_dir.makedirs()
+    options.sweep_dir.write_text(MANIFEST, json.dumps(
         {"name": options.name, "teacher_cache": options.teacher_cache, "mlflow_uri": tracking_uri, **content},
         indent=1))
 
@@ -196,12 +213,12 @@ def write_manifest(options: SweepOptions, content: dict[str, Any], tracking_uri:
 class TuneRun:
     """One Tune experiment of a sweep: its folder, what it samples, and how trials are stopped.
 
-    ``path`` is the experiment folder (resumed when it holds one). A grid gives
+    ``path`` is the experiment folder (resumed when it holds one), on the sweep's storage. A grid gives
     ``param_space``; a search gives ``search_alg`` (already limited in concurrency),
     ``num_samples``, the maximised ``metric`` and optionally a ``scheduler``.
     """
 
-    path: Path
+    path: Storage
     param_space: dict[str, Any] = field(default_factory=dict)
     search_alg: Any = None
     scheduler: Any = None
@@ -209,7 +226,7 @@ class TuneRun:
     metric: str | None = None
 
     @classmethod
-    def grid(cls, path: Path, plan: Plan) -> TuneRun:
+    def grid(cls, path: Storage, plan: Plan) -> TuneRun:
         """Every planned trial of ``plan`` once: ``{"trial": grid_search([Trial.to_dict(), ...])}``."""
         from ray import tune
 
@@ -291,7 +308,7 @@ class Recorder:
         self.parquet.reconcile(callback.ended_in_tune)
         return [result.config for result in results]
 
-    def finish(self, keys: Sequence[str], finalize: Callable[[Path], list[Path]] | None, started: float,
+    def finish(self, keys: Sequence[str], finalize: Callable[[Storage], list[Path]] | None, started: float,
                fit_seconds: float, *, undrawn: int = 0) -> SweepOutcome:
         """End what a killed driver left open, count ``keys`` by status (and ``undrawn`` trials a
         search has yet to draw as missing), finalize; the outcome."""
@@ -320,7 +337,7 @@ def recording(options: SweepOptions, manifest: dict[str, Any], params: Mapping[s
     the queue is given a while to catch up; what it could not send waits for the next run.
     """
     from kd_tune.results import ResultsWriter
-    from kd_tune.tracking import resolve_tracking_uri
+    from kd_tune.tracking import artifact_root, resolve_tracking_uri
     from kd_tune.tracking_queue import TrackingQueue
 
     with sweep_lock(options.sweep_dir, log=log):
@@ -330,8 +347,11 @@ def recording(options: SweepOptions, manifest: dict[str, Any], params: Mapping[s
         tracking_uri = resolve_tracking_uri(options.mlflow_uri, options.storage)
         write_manifest(options, manifest, tracking_uri)
         invocation = uuid.uuid4().hex
-        queue = TrackingQueue(options.sweep_dir, tracking_uri, options.name,
-                              artifact_root=options.storage / "mlartifacts", log=log)
+        if options.on_object_store and options.store.endpoint:
+            # MLflow's own S3 client (boto3) sends the artifacts; it reads its endpoint here.
+            os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", options.store.endpoint)
+        queue = TrackingQueue(options.driver_dir, tracking_uri, options.name,
+                              artifact_root=artifact_root(options.storage), log=log)
         queue.start_parent(
             invocation, f"{options.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
             {**params, "cpus_per_trial": options.cpus_per_trial, "gpus_per_trial": options.gpus_per_trial,
@@ -376,10 +396,9 @@ def check_manifest(options: SweepOptions, wanted: Mapping[str, Any]) -> None:
     ``wanted`` is what :func:`write_manifest` will record: ``trials`` (trial key -> config)
     for a grid, ``search`` (its settings as plain values) for a search.
     """
-    manifest = options.sweep_dir / MANIFEST
-    if not manifest.is_file():
+    if not options.sweep_dir.is_file(MANIFEST):
         return
-    recorded = json.loads(manifest.read_text())
+    recorded = options.sweep_dir.read_json(MANIFEST)
     where = f"sweep {options.name!r} in {options.storage}"
     again = "rerun it with the same flags to resume it, or pick another --name"
     if ("search" in recorded) != ("search" in wanted):
@@ -417,6 +436,7 @@ def _fit(options: SweepOptions, callback: Any, run: TuneRun, check_token: str) -
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
+    from kd_tune.storage import s3_filesystem
     from kd_tune.trainable import distill_trial
 
     trainable = tune.with_resources(
@@ -427,11 +447,15 @@ def _fit(options: SweepOptions, callback: Any, run: TuneRun, check_token: str) -
         ),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
     )
-    path = str(run.path)
-    if tune.Tuner.can_restore(path):
+    # Tune keeps its experiment state and checkpoints on the sweep's storage: a local path, or
+    # an object store through a pyarrow file system (made from the environment's credentials,
+    # so the pickles Tune writes carry none).
+    filesystem = None if run.path.is_local else s3_filesystem(run.path)
+    path = run.path.fs_path()
+    if tune.Tuner.can_restore(path, storage_filesystem=filesystem):
         # Tune restores the searcher's state with the experiment (what it drew and learnt).
         tuner = tune.Tuner.restore(path, trainable=trainable, param_space=run.param_space or None,
-                                   resume_unfinished=True, resume_errored=True)
+                                   resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -444,8 +468,8 @@ def _fit(options: SweepOptions, callback: Any, run: TuneRun, check_token: str) -
                 metric=run.metric, mode="max" if run.metric else None,
             ),
             run_config=tune.RunConfig(
-                name=run.path.name, storage_path=str(run.path.parent), verbose=0,
-                callbacks=[callback, JsonLoggerCallback()],
+                name=run.path.name, storage_path=run.path.parent.fs_path(), storage_filesystem=filesystem,
+                verbose=0, callbacks=[callback, JsonLoggerCallback()],
                 failure_config=tune.FailureConfig(max_failures=options.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             ),

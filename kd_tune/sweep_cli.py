@@ -36,6 +36,7 @@ from kd_tune.results import ResultsError
 from kd_tune.search import SCHEDULERS, SEARCHES, Search, SearchSettings
 from kd_tune.search_space import Choice, Distribution, SampledSpace, SearchSpace, expand, parse_distribution
 from kd_tune.status import TrialStatus
+from kd_tune.storage import Storage
 from kd_tune.sweep_options import SweepError, SweepOptions
 from kd_tune.teacher_store import TeacherError, TeacherStore
 
@@ -162,10 +163,20 @@ def build_parser(spec: SweepSpec, prog: str | None = None) -> argparse.ArgumentP
                      "default: $RAY_ADDRESS, else an embedded Ray on this machine")
     run.add_argument("--name", default=spec.name, help=f"sweep name: folder under --storage, MLflow experiment; "
                      f"rerun with the same name to resume (default: {spec.name})")
-    run.add_argument("--storage", default="results",
-                     help="results folder (default: ./results); on a multi-node cluster a path on a shared file system")
+    run.add_argument("--storage", default="results", metavar="DIR_OR_URI",
+                     help="where results, teachers, caches and Tune's state go: a folder (default: ./results; on a "
+                     "multi-node cluster a shared file system) or an object store, s3://bucket/prefix (credentials "
+                     "from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the usual AWS chain)")
+    run.add_argument("--storage-endpoint", metavar="URL",
+                     help="endpoint of an S3-compatible store (MinIO, Ceph), e.g. http://127.0.0.1:9000 "
+                     "(default: $AWS_ENDPOINT_URL_S3, else $AWS_ENDPOINT_URL, else AWS)")
+    run.add_argument("--local-cache", metavar="DIR",
+                     help="node-local folder of the copies of stored teacher-logit caches that trials map, with an "
+                     "object-store --storage (default: $KD_TUNE_LOCAL_CACHE, else ~/.cache/kd-tune); see "
+                     "`python -m kd_tune.local_copies --help`")
     run.add_argument("--mlflow-uri", metavar="URI",
-                     help="MLflow tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///STORAGE/mlflow.db)")
+                     help="MLflow tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///STORAGE/mlflow.db; "
+                     "with an object-store --storage, sqlite:///./mlflow.db on this machine)")
     run.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="N",
                      help="CPUs per trial and teacher task (default: 1)")
     run.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="N",
@@ -308,6 +319,7 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None, *, prog: str | None
         max_concurrent=args.max_concurrent, checkpoint_every=args.checkpoint_every,
         max_failures=args.max_failures, teacher_cache=args.teacher_cache,
         feature_classes=args.feature_classes, log_models=args.log_models,
+        storage_endpoint=args.storage_endpoint, local_cache=args.local_cache,
     )
     searching = args.search == "optuna"
     table = "search" if searching else spec.table
@@ -327,11 +339,11 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None, *, prog: str | None
     try:
         # The runners repeat every check of the dry run before they write anything.
         if searching:
-            outcome = run_search(search, options, finalize=lambda folder: [*_write_search_views(folder),
-                                                                           *_write_figures(folder)])
+            outcome = run_search(search, options, finalize=_publishing(options, lambda sweep, local: [
+                *_write_search_views(sweep, local), *_write_figures(sweep, local)]))
         else:
-            outcome = run_sweep(configs, options,
-                                finalize=lambda folder: [*_write_tables(folder, spec.table), *_write_figures(folder)])
+            outcome = run_sweep(configs, options, finalize=_publishing(options, lambda sweep, local: [
+                *_write_tables(sweep, local, spec.table), *_write_figures(sweep, local)]))
     except (ClusterError, SweepError, ConfigError, DataError, ResultsError) as err:
         parser.error(str(err))
     except TeacherError as err:
@@ -341,40 +353,55 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None, *, prog: str | None
     return 0 if not outcome.interrupted and outcome.counts.get(TrialStatus.FAILED, 0) == 0 else 1
 
 
-def _write_search_views(sweep_dir: Path) -> list[Path]:
+def _publishing(options: SweepOptions, write: Callable[[Storage, Path], list[Path]]) -> Callable[[Storage], list[Path]]:
+    """The sweep's ``finalize``: ``write(sweep, local)`` reads the results from the sweep's storage
+    and writes its views (tables, figures) under the local folder ``local`` (the sweep
+    folder itself on local storage); on an object store each file is then uploaded to the
+    same place in the sweep folder. Returns the local files (attached to MLflow, printed)."""
+    def publish(sweep: Storage) -> list[Path]:
+        local = options.driver_dir
+        files = write(sweep, local)
+        if not sweep.is_local:
+            for path in files:
+                sweep.upload(path, path.relative_to(local).as_posix())
+        return files
+
+    return publish
+
+
+def _write_search_views(sweep: Storage, local: Path) -> list[Path]:
     from analysis.study import write_study_views
 
-    return _write_tables(sweep_dir, "search") + write_study_views(sweep_dir)
+    return _write_tables(sweep, local, "search") + write_study_views(sweep, local)
 
 
-def _write_tables(sweep_dir: Path, table: str) -> list[Path]:
+def _write_tables(sweep: Storage, local: Path, table: str) -> list[Path]:
     import analysis
     from analysis.search_table import load_records
     from kd_tune.atomic import write_text
 
-    tables = analysis.build_tables(analysis.load_trials(sweep_dir), table, records=load_records(sweep_dir),
-                                   teachers=analysis.load_teachers(sweep_dir))
+    tables = analysis.build_tables(analysis.load_trials(sweep), table, records=load_records(sweep),
+                                   teachers=analysis.load_teachers(sweep))
     if not tables:
         return []
-    out = sweep_dir / "tables"
+    out = local / "tables"
     paths = []
     for fmt, suffix in (("csv", "csv"), ("md", "md")):
         paths.append(write_text(out / f"{table}.{suffix}", analysis.render(tables, fmt)))
     return paths
 
 
-def _write_figures(sweep_dir: Path) -> list[Path]:
-    """The figures that fit the sweep's results, in ``sweep_dir/figures/`` (PNG and PDF).
+def _write_figures(sweep: Storage, local: Path) -> list[Path]:
+    """The figures that fit the sweep's results, in ``local/figures/`` (PNG and PDF).
 
     A figure that cannot be drawn is reported and left out: the results are recorded already.
     """
     from analysis.figures import write_figures
 
-    return write_figures(sweep_dir, sweep_dir / "figures", log=lambda line: print(f"figures: {line}"))
+    return write_figures(sweep, local / "figures", log=lambda line: print(f"figures: {line}"))
 
 
 def _print_summary(outcome: Any, table: str) -> None:
-    from kd_tune.results import epochs_table, trials_table
     from kd_tune.tracking import experiment_url, ui_command
 
     counts = ", ".join(f"{n} {what}" for what, n in outcome.counts.items() if n)
@@ -386,7 +413,8 @@ def _print_summary(outcome: Any, table: str) -> None:
             print(path.read_text())
     for warning in outcome.warnings:
         print(f"warning: {warning}")
-    print(f"Parquet:  {trials_table(outcome.sweep_dir).folder}/\n          {epochs_table(outcome.sweep_dir).folder}/")
+    print(f"Parquet:  {outcome.sweep_dir.uri_of('results/trials')}/\n"
+          f"          {outcome.sweep_dir.uri_of('results/epochs')}/")
     for path in outcome.artifacts:
         if path.suffix in (".csv", ".png"):
             print(f"{'CSV:' if path.suffix == '.csv' else 'Figure:':<10}{path}")
@@ -401,6 +429,8 @@ def _print_summary(outcome: Any, table: str) -> None:
     figures = [p for p in outcome.artifacts if p.suffix == ".png"]
     if figures:
         print(f"Figures:  {figures[0].parent} ({len(figures)} PNG + PDF)")
+        if not outcome.sweep_dir.is_local:
+            print(f"          {outcome.sweep_dir.uri_of('figures')}/ (uploaded)")
     print(f"Tables:   python -m analysis {outcome.sweep_dir} --table {table} --format csv --out {table}.csv")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from kd_tune.config import RunConfig
 from kd_tune.identity import CACHE_DTYPES
+from kd_tune.storage import Storage, StorageError, is_uri, open_storage
 
 CACHE_MODES = (*CACHE_DTYPES, "off")
 SHARED_DIRS = ("teachers", "teacher_logits")
@@ -20,7 +21,11 @@ class SweepError(ValueError):
 class SweepOptions:
     """How and where a sweep runs (everything except the run configs).
 
-    ``storage`` is made absolute; ``cpus_per_trial``/``gpus_per_trial`` are Ray resource
+    ``storage`` is a local folder (made absolute) or a URI (``s3://bucket/prefix``;
+    ``storage_endpoint`` the endpoint of an S3-compatible store, else
+    ``$AWS_ENDPOINT_URL``); ``local_cache`` the node-local folder of copies of stored
+    teacher-logit caches (None: the user's cache folder, see :mod:`kd_tune.local_copies`);
+    ``cpus_per_trial``/``gpus_per_trial`` are Ray resource
     requests per trial and per teacher task (GPUs may be fractional); a trial's CPU
     threads are its CPU share (:meth:`with_threads`);
     ``checkpoint_every`` is in epochs; ``max_failures`` retries per trial;
@@ -31,7 +36,7 @@ class SweepOptions:
     """
 
     name: str
-    storage: Path
+    storage: Path | str
     address: str | None = None
     mlflow_uri: str | None = None
     cpus_per_trial: float = 1.0
@@ -42,27 +47,44 @@ class SweepOptions:
     teacher_cache: str = "float32"
     feature_classes: tuple[int, ...] = (0, 1, 2)
     log_models: bool = False
+    storage_endpoint: str | None = None
+    local_cache: str | None = None
 
     def __post_init__(self) -> None:
-        if _is_uri(str(self.storage)):
-            return  # refused by problems(); a Path would mangle "s3://..."
-        object.__setattr__(self, "storage", Path(os.path.expanduser(str(self.storage))).absolute())
+        if is_uri(self.storage):
+            object.__setattr__(self, "storage", str(self.storage).rstrip("/"))  # a Path would mangle "s3://..."
+        else:
+            object.__setattr__(self, "storage", Path(os.path.expanduser(str(self.storage))).absolute())
 
     @property
-    def sweep_dir(self) -> Path:
-        return self.storage / self.name
+    def store(self) -> Storage:
+        """The storage root (raises :class:`~kd_tune.storage.StorageError` for a URI kd-tune cannot use)."""
+        return open_storage(self.storage, endpoint=self.storage_endpoint)
 
     @property
-    def teachers_dir(self) -> Path:
-        return self.storage / "teachers"
+    def on_object_store(self) -> bool:
+        return is_uri(self.storage)
 
     @property
-    def logits_dir(self) -> Path:
-        return self.storage / "teacher_logits"
+    def sweep_dir(self) -> Storage:
+        return self.store / self.name
 
     @property
-    def noise_dir(self) -> Path:
+    def teachers_dir(self) -> Storage:
+        return self.store / "teachers"
+
+    @property
+    def logits_dir(self) -> Storage:
+        return self.store / "teacher_logits"
+
+    @property
+    def noise_dir(self) -> Storage:
         return self.sweep_dir / "noise"
+
+    @property
+    def driver_dir(self) -> Path:
+        """The driver's own folder of this sweep (see :func:`driver_folder`)."""
+        return driver_folder(self.sweep_dir, self.local_cache)
 
     @property
     def cache_dtype(self) -> str | None:
@@ -88,11 +110,7 @@ class SweepOptions:
         if not self.name or "/" in self.name or self.name.startswith(".") or self.name in SHARED_DIRS:
             p.append(f"--name {self.name!r} must be a plain folder name (not {' or '.join(map(repr, SHARED_DIRS))}, "
                      "no '/')")
-        if _is_uri(str(self.storage)):
-            p.append(f"--storage {str(self.storage)!r}: URIs are not supported; mount the bucket or share a file "
-                     "system and give its path")
-        else:
-            p += _storage_problems(self.storage, (self.sweep_dir, self.teachers_dir, self.logits_dir))
+        p += self._storage_problems()
         if self.cpus_per_trial <= 0:
             p.append(f"--cpus-per-trial must be > 0, got {self.cpus_per_trial:g}")
         if self.gpus_per_trial < 0:
@@ -111,32 +129,54 @@ class SweepOptions:
                      "(on means float32)")
         return p
 
+    def _storage_problems(self) -> list[str]:
+        """Whether the storage can be used: a writable folder, or an object store that answers,
+        accepts the credentials and has the bucket (checked in seconds, before anything starts)."""
+        try:
+            store = self.store
+        except StorageError as err:
+            return [str(err)]
+        if store.is_local:
+            root = store.local_path
+            return _local_problems(root, tuple(root / d for d in (self.name, *SHARED_DIRS)))
+        if store.scheme != "s3":
+            return [f"--storage {store.uri}: sweeps can write to local folders and S3 (s3://, also MinIO or Ceph) "
+                    "only; kd-tune cannot make the conditional writes the sweep's locks need on other stores "
+                    "(python -m analysis can read them)"]
+        problem = store.problem()
+        return [problem] if problem else []
 
-def _storage_problems(storage: Path, inside: tuple[Path, ...]) -> list[str]:
+
+def driver_folder(sweep: Storage, local_cache: str | os.PathLike | None = None) -> Path:
+    """The driver's own folder of sweep ``sweep``: the sweep folder itself on local storage; on an
+    object store a folder on the driver's disk, under the local cache (``local_cache``, default
+    :func:`~kd_tune.local_copies.default_local_cache`): ``<local cache>/sweeps/<digest of the
+    sweep's URI>``. It holds the MLflow writes not yet sent (``tracking/``) and the tables and
+    figures before they are uploaded."""
+    if sweep.is_local:
+        return sweep.local_path
+    import hashlib
+
+    from kd_tune.local_copies import default_local_cache
+
+    root = Path(local_cache) if local_cache else default_local_cache()
+    return root / "sweeps" / hashlib.sha256(sweep.uri.encode()).hexdigest()[:16]
+
+
+def _local_problems(storage: Path, inside: tuple[Path, ...]) -> list[str]:
     """Whether a sweep can write ``storage`` and the folders ``inside`` it that exist; writes nothing.
 
     A missing ``storage`` must be creatable: its nearest existing parent must be a
     writable folder. Writable means writable by this process (a read-only mount is
     not, for any user).
     """
+    problem = open_storage(storage).problem()
+    if problem is not None or not storage.exists():
+        return [problem] if problem else []
     flag = f"--storage {str(storage)!r}"
-    existing = storage
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing != storage:
-        if not existing.is_dir():
-            return [f"{flag} cannot be created: {str(existing)!r} is a file, not a folder"]
-        if not os.access(existing, os.W_OK | os.X_OK):
-            return [f"{flag} cannot be created: {str(existing)!r} is not writable"]
-        return []
-    for folder in (storage, *inside):
-        what = flag if folder == storage else f"{flag}: {str(folder)!r}"
+    for folder in inside:
         if folder.exists() and not folder.is_dir():
-            return [f"{what} is a file, not a folder"]
+            return [f"{flag}: {str(folder)!r} is a file, not a folder"]
         if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
-            return [f"{what} is not writable"]
+            return [f"{flag}: {str(folder)!r} is not writable"]
     return []
-
-
-def _is_uri(text: str) -> bool:
-    return "://" in text

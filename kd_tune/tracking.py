@@ -26,8 +26,11 @@ invocation left RUNNING as KILLED, and continues an unfinished trial's child run
 are not logged again.
 
 The default tracking store is ``sqlite:///<storage>/mlflow.db`` with artifacts in
-``<storage>/mlartifacts``; ``MLFLOW_TRACKING_URI`` or ``--mlflow-uri`` selects another
-store, e.g. a tracking server ``http://host:5000``.
+``<storage>/mlartifacts``. With an object store as the storage (``s3://...``) the SQLite
+file stays on the driver, in its working directory (``./mlflow.db``, MLflow's own
+default, where ``mlflow ui`` finds it), and the artifacts go to ``<storage>/mlartifacts``
+in the bucket. ``MLFLOW_TRACKING_URI`` or ``--mlflow-uri`` selects another store, e.g. a
+tracking server ``http://host:5000``.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ from urllib.parse import urlparse
 from kd_tune.locks import held, lock_path
 from kd_tune.netcheck import connect_error
 from kd_tune.status import TrialStatus
+from kd_tune.storage import is_uri
 
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_TAG = "kd_tune.sweep"
@@ -65,8 +69,16 @@ _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 
 
 def default_tracking_uri(storage: str | Path) -> str:
-    """The SQLite store in the results folder: ``sqlite:///<storage>/mlflow.db``."""
-    return "sqlite:///" + str(Path(storage).absolute() / "mlflow.db")
+    """The SQLite store in the results folder, ``sqlite:///<storage>/mlflow.db``; for an object
+    store, on the driver: ``sqlite:///<working directory>/mlflow.db``."""
+    folder = Path.cwd() if is_uri(storage) else Path(storage).absolute()
+    return "sqlite:///" + str(folder / "mlflow.db")
+
+
+def artifact_root(storage: str | Path) -> str:
+    """Where the default store keeps artifacts: ``<storage>/mlartifacts`` (in the bucket, for an
+    object store)."""
+    return f"{str(storage).rstrip('/')}/mlartifacts" if is_uri(storage) else str(Path(storage) / "mlartifacts")
 
 
 def resolve_tracking_uri(flag: str | None, storage: str | Path) -> str:
@@ -156,7 +168,8 @@ class SweepTracker:
             else:
                 location = None
                 if artifact_root is not None and tracking_uri.startswith("sqlite:"):
-                    location = Path(artifact_root).absolute().as_uri()
+                    location = (str(artifact_root) if is_uri(artifact_root)
+                                else Path(artifact_root).absolute().as_uri())
                 self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
             self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         self.experiment = experiment

@@ -2,6 +2,7 @@
 and registries put back after every test."""
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -12,6 +13,14 @@ from processes import free_port, ray_env, server
 from kd_tune.data import DATASETS
 from kd_tune.losses import LOSSES
 from kd_tune.models import MODELS
+
+# Without credentials the AWS clients ask the instance metadata service (a link-local
+# address) for some; tests reach nothing but 127.0.0.1. Set before any client exists, and
+# inherited by every process the tests start.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+for _name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL",
+              "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(autouse=True)
@@ -24,18 +33,20 @@ def _restore_registries():
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
+def ray_cluster(tmp_path_factory, s3):
     """``ray start --head`` on 127.0.0.1 with token auth (Ray's default); yields its address.
 
     Drivers join it with ``--address auto`` (Ray records the running cluster on this
-    machine) and the environment of :func:`processes.ray_env`.
+    machine) and the environment of :func:`processes.ray_env`. The node runs with the
+    test S3 store's credentials in its environment, as `ray start` on a cluster that keeps
+    its sweeps in a bucket does (workers read them from there, never from the driver).
     """
     ray = shutil.which("ray", path=str(Path(sys.executable).parent))
     port = free_port()
     log = tmp_path_factory.mktemp("ray") / "head.log"
     cmd = [ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
            "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats", "--block"]
-    with server(cmd, port=port, log=log, env=ray_env(), ready_text="Ray runtime started"):
+    with server(cmd, port=port, log=log, env=s3.env(ray_env()), ready_text="Ray runtime started"):
         yield f"127.0.0.1:{port}"
 
 

@@ -13,8 +13,20 @@ def test_defaults_are_valid_and_storage_is_absolute(tmp_path, monkeypatch):
     options = SweepOptions(name="s", storage=Path("results"))
     assert options.problems() == []
     assert options.storage == tmp_path / "results"
-    assert options.sweep_dir == tmp_path / "results" / "s"
-    assert options.noise_dir == tmp_path / "results" / "s" / "noise"
+    assert options.sweep_dir.local_path == tmp_path / "results" / "s"
+    assert options.noise_dir.local_path == tmp_path / "results" / "s" / "noise"
+    assert options.driver_dir == tmp_path / "results" / "s"  # the driver's files are in the sweep folder
+
+
+def test_an_object_store_keeps_its_uri_and_the_driver_a_folder_of_its_own(tmp_path):
+    options = SweepOptions(name="s", storage="s3://bucket/prefix/", storage_endpoint="http://127.0.0.1:9",
+                           local_cache=str(tmp_path))
+    assert options.storage == "s3://bucket/prefix" and options.on_object_store
+    assert options.sweep_dir.uri == "s3://bucket/prefix/s" and options.sweep_dir.endpoint == "http://127.0.0.1:9"
+    assert options.teachers_dir.uri == "s3://bucket/prefix/teachers"
+    assert options.driver_dir.parent == tmp_path / "sweeps"
+    other = SweepOptions(name="s", storage="s3://bucket/other", local_cache=str(tmp_path))
+    assert other.driver_dir != options.driver_dir  # one folder per sweep URI
 
 
 @pytest.mark.parametrize("cpus", [0, -1, -0.5])
@@ -31,7 +43,9 @@ def test_cpus_per_trial_must_be_positive(cpus):
     ({"teacher_cache": "bfloat16"}, "--teacher-cache 'bfloat16' must be one of float32, float16, off"),
     ({"name": "teachers"}, "--name 'teachers' must be a plain folder name"),
     ({"name": "a/b"}, "--name 'a/b' must be a plain folder name"),
-    ({"storage": "s3://bucket/x"}, "URIs are not supported"),
+    ({"storage": "s3://bucket/x", "storage_endpoint": "http://127.0.0.1:9"}, "no credentials found"),
+    ({"storage": "s3://key:secret@bucket/x"}, "put no credentials in the URI"),
+    ({"storage": "gs://bucket/x"}, "sweeps can write to local folders and S3"),
 ])
 def test_each_problem_is_named(changes, text):
     problems = SweepOptions(**{"name": "s", "storage": Path("r"), **changes}).problems()
