@@ -1,19 +1,23 @@
 """``python -m analysis RESULTS_DIR``: print or write the paper's tables (or, with
-``--plot``, draw its figures) for sweep results."""
+``--plot``, draw its figures) for sweep results.
+
+``RESULTS_DIR`` is a local folder or an object store's ``s3://bucket/prefix/NAME``
+(credentials and endpoint from the environment: ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``); so may ``--out`` be.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 import textwrap
-from pathlib import Path
 
 from analysis.figures import FIGURE_HELP, FIGURES
 from analysis.render import FORMATS, render
 from analysis.results_io import load_teachers, load_trials
 from analysis.search_table import load_records
 from analysis.tables import TABLE_HELP, TABLES, build_tables
-from kd_tune.atomic import write_text
 from kd_tune.status import TrialStatus
+from kd_tune.storage import open_storage
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,14 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     parser.add_argument("results_dir", metavar="RESULTS_DIR",
                         help="a sweep folder (holding results/trials/) or a folder of sweep "
-                             "folders (all are read together)")
+                             "folders (all are read together); local, or s3://bucket/prefix/NAME")
     parser.add_argument("--table", default="tau_alpha", choices=TABLES,
                         help="which table to build (default: tau_alpha; see below)")
     parser.add_argument("--format", default="md", choices=FORMATS, dest="fmt",
                         help="output format (default: md)")
-    parser.add_argument("--out", type=Path, metavar="FILE",
-                        help="write to FILE (atomically) instead of standard output; with --plot, the folder "
-                             "the figures go to (required)")
+    parser.add_argument("--out", metavar="FILE",
+                        help="write to FILE (whole, atomically) instead of standard output; with --plot, the "
+                             "folder the figures go to (required); local or s3://...")
     parser.add_argument("--plot", metavar="NAME", choices=(*FIGURES, "all"),
                         help="draw a figure (or all that the results fit) instead of a table; see below")
     parser.add_argument("--no-reference", action="store_true",
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         records = load_records(args.results_dir) if args.table == "search" else None
         tables = build_tables(trials, args.table, reference=not args.no_reference, records=records,
                               teachers=load_teachers(args.results_dir))
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, OSError) as exc:
         parser.error(str(exc))
     if not tables and args.table == "search":
         parser.error(f"no searched sweep with a selection in {args.results_dir} (its search.json lists the "
@@ -78,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         sys.stdout.write(text)
     else:
-        write_text(args.out, text)
+        target = open_storage(args.out)
+        target.parent.write_text(target.name, text)
         print(f"wrote {len(tables)} {args.table} table(s) to {args.out}", file=sys.stderr)
     return 0
 
@@ -90,7 +95,8 @@ def _plot(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error("--plot needs --out DIR, the folder the figures go to")
     try:
         load_trials(args.results_dir)
-    except (FileNotFoundError, ValueError) as exc:
+        open_storage(args.out)
+    except (FileNotFoundError, ValueError, OSError) as exc:
         parser.error(str(exc))
     names = FIGURES if args.plot == "all" else (args.plot,)
     skipped: list[str] = []

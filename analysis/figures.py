@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.results_io import load_epochs, load_features, load_samples, load_trials
+from kd_tune.part_table import located
+from kd_tune.storage import Storage, open_storage
 
 FIGURES = ("heatmap", "tau", "logit_distance", "feature_norm", "logit_mean_gap", "features", "curves")
 FIGURE_HELP = {
@@ -401,7 +403,7 @@ _DRAW: dict[str, Callable[..., Any]] = {
 _NEEDS = {"logit_distance": "samples", "feature_norm": "samples", "features": "feats", "curves": "epochs"}
 
 
-def draw(name: str, results: str | os.PathLike) -> Any:
+def draw(name: str, results: str | os.PathLike | Storage) -> Any:
     """Figure ``name`` of the results in ``results`` (a sweep folder or a folder of them).
 
     Raises :class:`NoData` when the results hold nothing the figure shows.
@@ -414,8 +416,8 @@ def draw(name: str, results: str | os.PathLike) -> Any:
 class _Inputs:
     """The Parquet inputs of the figures, each read once and only when a figure needs it."""
 
-    def __init__(self, results: str | os.PathLike):
-        self.results = results
+    def __init__(self, results: str | os.PathLike | Storage):
+        self.results = open_storage(results)
         self.trials = load_trials(results)
         self._cache: dict[str, pd.DataFrame] = {}
 
@@ -432,21 +434,24 @@ def _draw(name: str, inputs: _Inputs) -> Any:
     return _DRAW[name](inputs.trials, **extra)
 
 
-def write_figures(results: str | os.PathLike, out: str | os.PathLike, names: tuple[str, ...] = FIGURES, *,
-                  log: Callable[[str], None] = print) -> list[Path]:
+def write_figures(results: str | os.PathLike | Storage, out: str | os.PathLike | Storage,
+                  names: tuple[str, ...] = FIGURES, *, log: Callable[[str], None] = print) -> list[Path | str]:
     """Draw ``names`` from ``results`` into ``out`` as ``NAME.png`` (150 dpi) and ``NAME.pdf``;
     return the files written. A figure the results cannot fill is skipped with a line to
-    ``log``; so is one that fails to draw (the others are still written)."""
+    ``log``; so is one that fails to draw (the others are still written).
+
+    ``results`` and ``out`` are local folders, URIs (``s3://...``) or
+    :class:`~kd_tune.storage.Storage`; each file is written whole (locally beside its place,
+    for an object store to a local temporary file, then uploaded). The files returned are
+    local Paths, or URIs (str) on an object store."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kd_tune.atomic import atomic_write
-
     inputs = _Inputs(results)
-    out = Path(out)
-    written = []
+    target = open_storage(out)
+    written: list[Path | str] = []
     for name in names:
         try:
             fig = _draw(name, inputs)
@@ -458,10 +463,9 @@ def write_figures(results: str | os.PathLike, out: str | os.PathLike, names: tup
             continue
         try:
             for suffix in ("png", "pdf"):
-                path = out / f"{name}.{suffix}"
-                with atomic_write(path) as handle:
+                with target.writer(f"{name}.{suffix}") as handle:
                     fig.savefig(handle, format=suffix, dpi=150)
-                written.append(path)
+                written.append(located(target, f"{name}.{suffix}"))
         finally:
             plt.close(fig)
     return written

@@ -19,11 +19,16 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from analysis.tables import ROW_HEADERS, SETTING_COLUMNS, CellStats, Table, label_sort_key
+from kd_tune.part_table import located
+from kd_tune.storage import Storage, open_storage
 
 FORMATS = ("csv", "md", "latex")
+_SUFFIX = {"csv": "csv", "md": "md", "latex": "tex"}
 
 
 def format_cell(stats: CellStats | None, reference: float | None = None, *,
@@ -164,3 +169,17 @@ def render(tables: Sequence[Table], fmt: str) -> str:
         return _csv(tables)
     one = _markdown if fmt == "md" else _latex
     return "\n".join(one(t) for t in tables)
+
+
+def write_tables(folder: str | os.PathLike | Storage, name: str, tables: Sequence[Table],
+                 formats: Sequence[str] = ("csv", "md")) -> list[Path | str]:
+    """Write ``tables`` rendered in each of ``formats`` as ``folder/NAME.csv``, ``NAME.md`` (``NAME.tex``
+    for latex), each file whole; ``folder`` is a local folder, a URI (``s3://.../NAME/tables``) or a
+    :class:`~kd_tune.storage.Storage`. Returns the files (local Paths, or URIs as str on an object store)."""
+    target = open_storage(folder)
+    written: list[Path | str] = []
+    for fmt in formats:
+        rel = f"{name}.{_SUFFIX[fmt]}"
+        target.write_text(rel, render(tables, fmt))
+        written.append(located(target, rel))
+    return written

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -27,6 +26,7 @@ import pandas as pd
 from analysis.tables import CellStats, Table, _records, _stats, teacher_stats
 from kd_tune.search_record import SearchRecord
 from kd_tune.status import TrialStatus
+from kd_tune.storage import Storage, open_storage
 
 COLUMNS = ("val (search)", "val (confirmation)", "test (confirmation)")
 
@@ -72,10 +72,11 @@ def search_tables(trials: pd.DataFrame, records: Mapping[str, SearchRecord],
     return tables
 
 
-def load_records(path: str | os.PathLike) -> dict[str, SearchRecord]:
-    """The search records of a sweep folder, or of the sweep folders directly under ``path``: sweep name -> record."""
-    path = Path(path)
-    folders = [path, *sorted(p for p in path.iterdir() if p.is_dir())] if path.is_dir() else []
+def load_records(path: str | os.PathLike | Storage) -> dict[str, SearchRecord]:
+    """The search records of a sweep folder, or of the sweep folders directly under ``path`` (a local
+    folder, a URI or a :class:`~kd_tune.storage.Storage`): sweep name -> record."""
+    storage = open_storage(path)
+    folders = [storage, *(storage / e.path for e in storage.list() if e.is_dir)] if storage.is_dir() else []
     records = (SearchRecord.read(folder) for folder in folders)
     return {record.sweep: record for record in records if record is not None}
 

@@ -18,30 +18,62 @@ importances (Optuna's default evaluator, PED-ANOVA, which handles conditional
 parameters such as tau) and the optimisation history as tables
 (``NAME/tables/importances.{csv,md}``, ``history.{csv,md}``) and as Optuna's matplotlib
 figures (``NAME/figures/param_importances.png``, ``optimization_history.png``).
+
+The sweep folder may be on an object store (``s3://bucket/prefix/NAME`` or a
+:class:`~kd_tune.storage.Storage`): the results and ``search.json`` are read from it and
+the tables and figures written into it. SQLite cannot live there, so by default the
+study is kept in a local copy of ``STORAGE/optuna.db`` (downloaded first when it exists,
+so other sweeps' studies stay) that is uploaded back whole when written; download it to
+open it with Optuna's tools.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
+import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from analysis.results_io import load_trials
-from kd_tune.atomic import atomic_write, write_text
+from kd_tune.part_table import located
 from kd_tune.search_record import SearchRecord
 from kd_tune.status import TrialStatus
+from kd_tune.storage import Storage, open_storage
 
 STUDY_DB = "optuna.db"
 
 
-def study_storage(sweep_dir: str | Path) -> str:
-    """The Optuna storage URL of a sweep's study: SQLite beside the sweep folder (``STORAGE/optuna.db``)."""
-    return "sqlite:///" + str(Path(sweep_dir).absolute().parent / STUDY_DB)
+def study_storage(sweep_dir: str | Path | Storage) -> str:
+    """The Optuna storage URL of a sweep's study: SQLite beside the sweep folder (``STORAGE/optuna.db``).
+
+    For a sweep on an object store this is the URI of that file (``s3://.../optuna.db``), not
+    an Optuna URL: download the file and open it as ``sqlite:///FILE``.
+    """
+    sweep = open_storage(sweep_dir)
+    if sweep.is_local:
+        return "sqlite:///" + str(sweep.local_path.parent / STUDY_DB)
+    return sweep.parent.uri_of(STUDY_DB)
+
+
+@contextlib.contextmanager
+def _study_db(sweep: Storage) -> Iterator[str]:
+    """The Optuna storage URL to write the sweep's study into; for an object store a local copy of
+    ``STORAGE/optuna.db``, uploaded back whole at the end of the block."""
+    if sweep.is_local:
+        yield study_storage(sweep)
+        return
+    with tempfile.TemporaryDirectory(prefix="kd-tune-optuna-") as folder:
+        db = Path(folder) / STUDY_DB
+        if sweep.parent.is_file(STUDY_DB):
+            sweep.parent.download(STUDY_DB, db)
+        yield "sqlite:///" + str(db)
+        sweep.parent.upload(db, STUDY_DB)
 
 
 def rebuild_study(trials: pd.DataFrame, record: SearchRecord, *, storage: str | None = None) -> Any:
@@ -104,32 +136,35 @@ def history(study: Any) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["number", "trial_key", "setting", "state", "epoch", "val_acc", "best_val_acc"])
 
 
-def write_study_views(sweep_dir: str | Path, *, storage: str | None = None) -> list[Path]:
-    """Rebuild the sweep's study into ``storage`` (default :func:`study_storage`) and write its views.
+def write_study_views(sweep_dir: str | Path | Storage, *, storage: str | None = None) -> list[Path | str]:
+    """Rebuild the sweep's study into ``storage`` (default :func:`study_storage`; for a sweep on
+    an object store, ``optuna.db`` beside it, see the module docstring) and write its views.
 
-    Returns the files written (tables, then figures). Raises FileNotFoundError when the
-    folder holds no searched sweep.
+    Returns the files written (tables, then figures): local Paths, or URIs (str) on an
+    object store. Raises FileNotFoundError when the folder holds no searched sweep.
     """
-    sweep_dir = Path(sweep_dir)
-    record = SearchRecord.read(sweep_dir)
+    sweep = open_storage(sweep_dir)
+    record = SearchRecord.read(sweep)
     if record is None:
-        raise FileNotFoundError(f"{sweep_dir}: no search.json; not a searched sweep (--search optuna)")
-    study = rebuild_study(load_trials(sweep_dir), record, storage=storage or study_storage(sweep_dir))
-    paths, ranked = [], importances(study)
+        raise FileNotFoundError(f"{located(sweep)}: no search.json; not a searched sweep (--search optuna)")
+    trials = load_trials(sweep)
+    with contextlib.nullcontext(storage) if storage else _study_db(sweep) as url:
+        study = rebuild_study(trials, record, storage=url)
+    paths: list[Path | str] = []
+    ranked = importances(study)
     views = (("importances", ranked, f"parameter importances for {record.objective} (Optuna, PED-ANOVA)"),
              ("history", history(study), f"optimisation history ({record.objective} in %)"))
     for name, frame, title in views:
-        paths.append(write_text(sweep_dir / "tables" / f"{name}.csv", frame.to_csv(index=False)))
-        paths.append(write_text(sweep_dir / "tables" / f"{name}.md", f"### {record.sweep}: {title}\n\n"
-                                + markdown(frame)))
+        for rel, text in ((f"tables/{name}.csv", frame.to_csv(index=False)),
+                          (f"tables/{name}.md", f"### {record.sweep}: {title}\n\n" + markdown(frame))):
+            sweep.write_text(rel, text)
+            paths.append(located(sweep, rel))
     if any(t.state.name == "COMPLETE" for t in study.trials):
         import optuna.visualization.matplotlib as plots
 
-        paths.append(_figure(sweep_dir / "figures" / "optimization_history.png", plots.plot_optimization_history,
-                             study))
+        paths.append(_figure(sweep, "figures/optimization_history.png", plots.plot_optimization_history, study))
         if len(ranked):
-            paths.append(_figure(sweep_dir / "figures" / "param_importances.png", plots.plot_param_importances,
-                                 study))
+            paths.append(_figure(sweep, "figures/param_importances.png", plots.plot_param_importances, study))
     return paths
 
 
@@ -143,7 +178,7 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _figure(path: Path, plot: Callable[[Any], Any], study: Any) -> Path:
+def _figure(sweep: Storage, rel: str, plot: Callable[[Any], Any], study: Any) -> Path | str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,16 +190,17 @@ def _figure(path: Path, plot: Callable[[Any], Any], study: Any) -> Path:
         axes = plot(study)
     figure = axes.figure
     figure.set_size_inches(7, 4.5)
-    with atomic_write(path) as handle:
+    with sweep.writer(rel) as handle:
         figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
     plt.close(figure)
-    return path
+    return located(sweep, rel)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a searched sweep's folder (holding search.json)")
+    parser.add_argument("sweep_dir", metavar="SWEEP_DIR",
+                        help="a searched sweep's folder (holding search.json), local or s3://bucket/prefix/NAME")
     parser.add_argument("--storage", metavar="URL",
                         help="Optuna storage to keep the study in (default: sqlite:///STORAGE/optuna.db)")
     args = parser.parse_args(argv)
@@ -172,10 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         paths = write_study_views(args.sweep_dir, storage=args.storage)
     except (FileNotFoundError, ValueError) as exc:
         parser.error(str(exc))
-    print((Path(args.sweep_dir) / "tables" / "importances.md").read_text())
+    sweep = open_storage(args.sweep_dir)
+    print(sweep.read_text("tables/importances.md"))
     for path in paths:
         print(f"wrote {path}")
-    print(f"study {Path(args.sweep_dir).name!r} in {args.storage or study_storage(args.sweep_dir)}")
+    print(f"study {sweep.name!r} in {args.storage or study_storage(sweep)}")
     return 0
 
 

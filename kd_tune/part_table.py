@@ -3,8 +3,12 @@
 A table is a folder holding only Parquet files named ``part-<seq>-<level>.parquet``
 (``seq`` a 9-digit sequence number, larger is newer; ``level`` how often its rows were
 merged). Each part has the table's schema, so the folder is a Parquet data set that
-``pyarrow.dataset``, pandas, DuckDB and Polars open directly. Files being written are
-hidden (``.part-...tmp``) and moved into place whole, so a reader never sees half a part.
+``pyarrow.dataset``, pandas, DuckDB and Polars open directly. The folder is a
+:class:`~kd_tune.storage.Storage`: a local folder or a prefix of an object store, one code
+path. A part is written whole or not at all (:meth:`Storage.writer`): locally as a hidden
+file (``.part-...tmp``) moved into place, on an object store as one upload that becomes
+visible when complete; so a reader never sees half a part. A part is removed with
+:meth:`Storage.delete`; nothing is ever renamed.
 
 One writer (one process) appends: every :meth:`PartTable.append` writes one new part of
 the rows given, so the cost of an append is the size of the rows, not of the table.
@@ -23,7 +27,7 @@ returns one row per key in any case.
 
 Every page is written with a CRC checksum and verified on every read, so a damaged part
 (truncated, overwritten, one flipped bit) raises :class:`DamagedPartError` naming the
-file instead of returning wrong numbers.
+file (its local path or URI) instead of returning wrong numbers.
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kd_tune.atomic import atomic_write
+from kd_tune.storage import Storage, open_storage
 
 FANOUT = 16  # parts of one level merged into one part of the next
 BATCH_ROWS = 65_536  # rows per row group written and per batch read
@@ -46,31 +50,48 @@ _READ_TRIES = 5  # a reader racing the writer's merges lists the parts again
 
 
 class DamagedPartError(ValueError):
-    """A part file cannot be read back (truncated, overwritten, a checksum mismatch)."""
+    """A part file cannot be read back (truncated, overwritten, a checksum mismatch);
+    ``path`` is its local path, or its URI (a str) on an object store."""
 
-    def __init__(self, path: Path, cause: BaseException):
+    def __init__(self, path: Path | str, cause: BaseException):
         self.path = path
         super().__init__(f"{path} is damaged ({type(cause).__name__}: {cause})")
 
 
 @dataclass(frozen=True)
 class Part:
-    """One part file: its path, sequence number (newer is larger) and merge level."""
+    """One part file: its path (a local Path, or a URI str on an object store), sequence
+    number (newer is larger) and merge level."""
 
-    path: Path
+    path: Path | str
     seq: int
     level: int
+
+    @property
+    def name(self) -> str:
+        """The file's name in the table's folder."""
+        return str(self.path).rsplit("/", 1)[-1]
+
+
+def located(storage: Storage, rel: str = "") -> Path | str:
+    """``rel`` of ``storage`` as kd-tune hands it out: a local Path for a local folder, the
+    URI (a str, ``s3://bucket/prefix/rel``) for an object store."""
+    return storage.local_path / rel if storage.is_local else storage.uri_of(rel)
 
 
 class PartTable:
     """The part files of one keyed table in ``folder`` (see the module docstring).
 
-    ``key`` names the columns that identify a row. Creating the object reads and
-    writes nothing; the folder is created by the first append.
+    ``folder`` is a local path, a URI (``s3://bucket/prefix/table``) or a
+    :class:`~kd_tune.storage.Storage`; :attr:`folder` is the local Path for a local folder,
+    else the URI (a str), and :attr:`storage` the Storage. ``key`` names the columns that
+    identify a row. Creating the object reads and writes nothing; the folder is created by
+    the first append.
     """
 
-    def __init__(self, folder: str | Path, schema: pa.Schema, key: Sequence[str]):
-        self.folder = Path(folder)
+    def __init__(self, folder: str | Path | Storage, schema: pa.Schema, key: Sequence[str]):
+        self.storage = open_storage(folder)
+        self.folder = located(self.storage)
         self.schema = schema
         self.key = tuple(key)
         self._own: list[Part] | None = None  # the writer's parts, listed once and kept current
@@ -79,37 +100,40 @@ class PartTable:
 
     def parts(self) -> list[Part]:
         """The table's parts, oldest first."""
-        if not self.folder.is_dir():
-            return []
         found = []
-        for path in self.folder.iterdir():
-            match = _PART.match(path.name)
-            if match:
-                found.append(Part(path, int(match[1]), int(match[2])))
+        for entry in self.storage.list():
+            match = _PART.match(entry.path)
+            if match and not entry.is_dir:
+                found.append(Part(located(self.storage, entry.path), int(match[1]), int(match[2])))
         return sorted(found, key=lambda p: p.seq)
 
     def batches(self, part: Part, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
         """The record batches of one part in the table's schema (a column the part lacks,
         written by an older version, is null); raises :class:`DamagedPartError`."""
-        return self._batches(part.path, columns)
+        return self._batches(self.storage / part.name, columns)
 
-    def read_file(self, path: Path, *, where: Mapping[str, Collection[Any]] | None = None) -> pa.Table:
+    def read_file(self, path: str | Path | Storage, *, where: Mapping[str, Collection[Any]] | None = None
+                  ) -> pa.Table:
         """One Parquet file of this table's rows (e.g. of an older layout), in the table's
-        schema, one row per key; raises :class:`DamagedPartError`."""
-        return _newest_per_key(_select(pa.Table.from_batches(list(self._batches(path)), self.schema), where),
+        schema, one row per key; raises :class:`DamagedPartError`. ``path`` is a local
+        path, a URI or the :class:`~kd_tune.storage.Storage` of the file (``folder / name``)."""
+        file = open_storage(path)
+        return _newest_per_key(_select(pa.Table.from_batches(list(self._batches(file)), self.schema), where),
                                self.key)
 
-    def _batches(self, path: Path, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+    def _batches(self, file: Storage, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
         try:
-            reader = pq.ParquetFile(path, page_checksum_verification=True)
-            present = set(reader.schema_arrow.names)
-            wanted = list(columns) if columns is not None else self.schema.names
-            for batch in reader.iter_batches(batch_size=BATCH_ROWS, columns=[c for c in wanted if c in present]):
-                yield _conform(batch, pa.schema([self.schema.field(c) for c in wanted]))
+            with file.open_input_file("") as source:
+                reader = pq.ParquetFile(source, page_checksum_verification=True)
+                present = set(reader.schema_arrow.names)
+                wanted = list(columns) if columns is not None else self.schema.names
+                for batch in reader.iter_batches(batch_size=BATCH_ROWS,
+                                                 columns=[c for c in wanted if c in present]):
+                    yield _conform(batch, pa.schema([self.schema.field(c) for c in wanted]))
         except FileNotFoundError:
             raise
         except (pa.ArrowException, OSError) as err:
-            raise DamagedPartError(path, err) from None
+            raise DamagedPartError(located(file), err) from None
 
     def read(self, columns: Sequence[str] | None = None, *, where: Mapping[str, Collection[Any]] | None = None
              ) -> pa.Table:
@@ -190,14 +214,15 @@ class PartTable:
         return parts[-1].seq + 1 if parts else 1
 
     def _write(self, batch_lists: Iterable[Iterable[pa.RecordBatch]], level: int) -> Part:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.storage.makedirs()
         seq = self._next_seq()
-        path = self.folder / f"part-{seq:09d}-{level}.parquet"
-        with atomic_write(path) as handle, pq.ParquetWriter(handle, self.schema, write_page_checksum=True) as out:
+        name = f"part-{seq:09d}-{level}.parquet"
+        with self.storage.writer(name) as handle, pq.ParquetWriter(handle, self.schema,
+                                                                     write_page_checksum=True) as out:
             for batches in batch_lists:
                 for batch in batches:
                     out.write_batch(batch, row_group_size=BATCH_ROWS)
-        part = Part(path, seq, level)
+        part = Part(located(self.storage, name), seq, level)
         self._own = [*self._parts(), part]
         return part
 
@@ -240,17 +265,17 @@ class PartTable:
             return 0
         table = pa.Table.from_batches(list(self.batches(part)), self.schema)
         kept = table.filter(pa.array([i not in drop for i in range(table.num_rows)]))
-        path = part.path
         if kept.num_rows == 0:
             self._unlink(part)
             return len(drop)
-        with atomic_write(path) as handle:
+        # A whole new version of the part in place of the old one (an object store's PUT
+        # replaces the object whole; locally a file moved over it).
+        with self.storage.writer(part.name) as handle:
             pq.write_table(kept, handle, row_group_size=BATCH_ROWS, write_page_checksum=True)
         return len(drop)
 
-
     def _unlink(self, part: Part) -> None:
-        part.path.unlink()
+        self.storage.delete(part.name)
         self._own = [p for p in self._parts() if p.seq != part.seq]
 
 

@@ -22,12 +22,20 @@ report times (whole seconds). The damaged results are kept beside the new ones a
 
 Both refuse (exit 2) while a driver runs the sweep. Exit codes: 0 done, 1 MLflow did not
 answer (the Parquet results are complete; run ``sync`` again later), 2 bad input.
+
+SWEEP_DIR is a local folder or an object store's ``s3://bucket/prefix/NAME`` (credentials
+and endpoint from the environment), where Ray Tune keeps its records beside the results;
+every read and write goes through :class:`~kd_tune.storage.Storage`. An object store has
+no rename: there the rebuilt tables are staged in ``<sweep>/.results.rebuilding/`` and
+moved into place, and the damaged ones aside, file by file (a server-side copy, then a
+delete); locally each is one rename.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fnmatch
 import json
-import shutil
 import sys
 import time
 import uuid
@@ -36,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kd_tune.part_table import BATCH_ROWS
+from kd_tune.part_table import BATCH_ROWS, located
 from kd_tune.plan import Trial
 from kd_tune.results import (
     RESULTS_DIR,
@@ -48,11 +56,13 @@ from kd_tune.results import (
     trials_table,
 )
 from kd_tune.status import STATUS_KEY, TrialStatus
+from kd_tune.storage import Storage, open_storage
 from kd_tune.sweep import MANIFEST, sweep_lock
 from kd_tune.sweep_options import SweepError
 from kd_tune.tracking import STARTED_TAG, resolve_tracking_uri
 
 SEND_TIMEOUT_S = 3600.0
+STAGING = ".results.rebuilding"  # the rebuilt tables, before they replace the sweep's results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,25 +71,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Bring a sweep's stored state back (MLflow runs, Parquet results) without training anything.",
         epilog=__doc__.split("\n\n", 2)[2].replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("sync", "rebuild"), help="what to do (see below)")
-    parser.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="the sweep's folder, STORAGE/NAME")
+    parser.add_argument("sweep_dir", metavar="SWEEP_DIR",
+                        help="the sweep's folder, STORAGE/NAME (local, or s3://bucket/prefix/NAME)")
     parser.add_argument("--mlflow-uri", metavar="URI",
                         help="tracking store (default: the one the sweep used, from SWEEP_DIR/sweep.json)")
     args = parser.parse_args(argv)
-    sweep_dir = args.sweep_dir.absolute()
-    if not (sweep_dir / MANIFEST).is_file():
-        parser.error(f"{sweep_dir} is not a sweep folder (no {MANIFEST})")
-    manifest = json.loads((sweep_dir / MANIFEST).read_text())
-    uri = args.mlflow_uri or manifest.get("mlflow_uri") or resolve_tracking_uri(None, sweep_dir.parent)
     try:
-        with sweep_lock(sweep_dir):
+        storage = open_storage(args.sweep_dir)
+        sweep_dir = _native(storage)
+        if not storage.is_file(MANIFEST):
+            parser.error(f"{located(storage)} is not a sweep folder (no {MANIFEST})")
+        manifest = json.loads(storage.read_bytes(MANIFEST))
+    except (ValueError, OSError) as err:
+        parser.error(str(err))
+    uri = args.mlflow_uri or manifest.get("mlflow_uri") or resolve_tracking_uri(None, _native(storage.parent))
+    try:
+        with _sweep_held(storage):
             if args.action == "rebuild":
-                rebuild(sweep_dir, manifest.get("name", sweep_dir.name), tracking_uri=uri)
+                rebuild(storage, manifest.get("name", storage.name), tracking_uri=uri)
             return 0 if sync(sweep_dir, uri) else 1
     except (SweepError, ResultsError) as err:
         parser.error(str(err))
 
 
-def sync(sweep_dir: Path, tracking_uri: str, *, log: Callable[[str], None] = print) -> bool:
+def sync(sweep_dir: str | Path | Storage, tracking_uri: str, *, log: Callable[[str], None] = print) -> bool:
     """Send the sweep's queued MLflow writes, refill MLflow from the results and record the
     run ids in them; False when MLflow does not answer (the writes stay queued)."""
     from kd_tune.sinks import MlflowSink
@@ -104,17 +119,18 @@ def sync(sweep_dir: Path, tracking_uri: str, *, log: Callable[[str], None] = pri
     return True
 
 
-def rebuild(sweep_dir: Path, sweep: str, *, tracking_uri: str, log: Callable[[str], None] = print) -> None:
+def rebuild(sweep_dir: str | Path | Storage, sweep: str, *, tracking_uri: str,
+            log: Callable[[str], None] = print) -> None:
     """Write the sweep's results again from Ray Tune's trial records (see the module docstring)."""
-    from kd_tune.teacher_store import TeacherStore
-
-    records = list(tune_records(sweep_dir))
+    storage = open_storage(sweep_dir)
+    where = located(storage)
+    records = list(tune_records(storage))
     if not records:
-        raise SweepError(f"{sweep_dir} holds no Ray Tune trial records (trial_*/result.json) to rebuild from")
-    runs = _mlflow_runs(sweep_dir, tracking_uri, log)
-    teachers = TeacherStore(sweep_dir.parent / "teachers")
-    staging = sweep_dir / ".results.rebuilding"
-    shutil.rmtree(staging, ignore_errors=True)
+        raise SweepError(f"{where} holds no Ray Tune trial records (trial_*/result.json) to rebuild from")
+    runs = _mlflow_runs(storage, tracking_uri, log)
+    teacher_acc = _teacher_accuracies(storage.parent / "teachers", log)
+    storage.delete_dir(STAGING)
+    staging = storage / STAGING
     epochs, trials = epochs_table(staging), trials_table(staging)
     batch: list[dict[str, Any]] = []
     finals = []
@@ -131,7 +147,7 @@ def rebuild(sweep_dir: Path, sweep: str, *, tracking_uri: str, log: Callable[[st
         teacher = record.trial.teacher_key
         row = trial_row(sweep=sweep, trial_key=record.trial.key, trial_id=record.trial_id,
                         config=record.trial.config, status=final, history=history, teacher_key=teacher,
-                        teacher_test_acc=teachers.test_acc(teacher) if teacher else None, started_at=started_at,
+                        teacher_test_acc=teacher_acc(teacher) if teacher else None, started_at=started_at,
                         error=record.error if final is TrialStatus.FAILED else None, mlflow_run_id=run_id)
         row["finished_at"] = _time(record.reports[-1])
         finals.append(row)
@@ -139,10 +155,10 @@ def rebuild(sweep_dir: Path, sweep: str, *, tracking_uri: str, log: Callable[[st
     trials.append(finals)
     epochs.compact()
     trials.compact()
-    kept = _set_aside(sweep_dir)
-    (staging / RESULTS_DIR).rename(sweep_dir / RESULTS_DIR)
-    staging.rmdir()
-    log(f"rebuilt the results of {sweep_dir} from Ray Tune's records: {len(finals)} trial row(s), "
+    kept = _set_aside(storage)
+    _move(storage, f"{STAGING}/{RESULTS_DIR}", RESULTS_DIR)
+    storage.delete_dir(STAGING)
+    log(f"rebuilt the results of {where} from Ray Tune's records: {len(finals)} trial row(s), "
         f"{sum(len(r.reports) for r in records)} epoch row(s) of {len(records)} trial(s)"
         + (f"; the old results are in {kept}" if kept else ""))
 
@@ -166,17 +182,21 @@ class TuneRecord:
         return TrialStatus.FAILED if self.error is not None else None
 
 
-def tune_records(sweep_dir: Path) -> Iterator[TuneRecord]:
-    """The trial records Ray Tune keeps in ``sweep_dir`` (``trial_*/result.json`` and ``error.txt``)."""
+def tune_records(sweep_dir: str | Path | Storage) -> Iterator[TuneRecord]:
+    """The trial records Ray Tune keeps in ``sweep_dir`` (``trial_*/result.json`` and ``error.txt``;
+    a local folder, a URI or a :class:`~kd_tune.storage.Storage`)."""
     from kd_tune.sinks.tune_callback import error_summary
 
-    for folder in sorted(sweep_dir.glob("trial_*")):
-        results = folder / "result.json"
-        if not results.is_file():
+    storage = open_storage(sweep_dir)
+    for folder in storage.list():
+        if not folder.is_dir or not fnmatch.fnmatchcase(folder.name, "trial_*"):
+            continue
+        text = _read_text(storage, f"{folder.path}/result.json")
+        if text is None:
             continue
         by_epoch: dict[int, dict[str, Any]] = {}
         planned = None
-        for line in results.read_text(errors="replace").splitlines():
+        for line in text.splitlines():
             try:
                 report = json.loads(line)
             except ValueError:
@@ -187,10 +207,18 @@ def tune_records(sweep_dir: Path) -> Iterator[TuneRecord]:
         if planned is None:
             continue
         reports = [by_epoch[e] for e in sorted(by_epoch)]
-        error_file = folder / "error.txt"
-        error = error_summary(error_file.read_text(errors="replace")) if error_file.is_file() else None
+        error_text = _read_text(storage, f"{folder.path}/error.txt")
+        error = error_summary(error_text) if error_text is not None else None
         yield TuneRecord(planned, str(reports[-1].get("trial_id", folder.name.removeprefix("trial_"))), reports,
                          error)
+
+
+def _read_text(storage: Storage, rel: str) -> str | None:
+    """The text of file ``rel`` (undecodable bytes replaced), or None when there is none."""
+    try:
+        return storage.read_bytes(rel).decode("utf-8", errors="replace")
+    except (FileNotFoundError, IsADirectoryError):
+        return None
 
 
 def _epoch(sweep: str, trial: Trial, report: dict[str, Any]) -> dict[str, Any]:
@@ -204,18 +232,41 @@ def _time(report: dict[str, Any]) -> datetime | None:
     return datetime.fromtimestamp(stamp, UTC) if isinstance(stamp, (int, float)) else None
 
 
-def _queue(sweep_dir: Path, tracking_uri: str, log: Callable[[str], None]) -> Any:
+def _teacher_accuracies(teachers: Storage, log: Callable[[str], None]) -> Callable[[str], float | None]:
+    """Teacher key -> its test accuracy in the teacher store ``teachers`` (None when unknown)."""
+    from kd_tune.teacher_store import TeacherStore
+
+    try:
+        store = TeacherStore(_native(teachers))  # type: ignore[arg-type]
+    except TypeError:  # a teacher store that cannot open this storage: the accuracies stay empty
+        log(f"the teacher store {teachers} cannot be read here: teacher_test_acc stays empty")
+        return lambda key: None
+    return store.test_acc
+
+
+def _native(storage: Storage) -> Path | Storage:
+    """What the modules that take a folder get: a local Path, else the Storage itself."""
+    return storage.local_path if storage.is_local else storage
+
+
+def _queue(sweep_dir: str | Path | Storage, tracking_uri: str, log: Callable[[str], None]) -> Any:
     from kd_tune.tracking_queue import TrackingQueue
 
-    return TrackingQueue(sweep_dir, tracking_uri, sweep_dir.name, artifact_root=sweep_dir.parent / "mlartifacts",
-                         log=log)
+    storage = open_storage(sweep_dir)
+    return TrackingQueue(_native(storage), tracking_uri, storage.name,
+                         artifact_root=_native(storage.parent / "mlartifacts"), log=log)
 
 
-def _mlflow_runs(sweep_dir: Path, tracking_uri: str, log: Callable[[str], None]
+def _mlflow_runs(sweep_dir: str | Path | Storage, tracking_uri: str, log: Callable[[str], None]
                  ) -> dict[str, tuple[str, datetime | None]]:
     """Trial key -> (MLflow run id, start recorded in it) of the sweep's child runs ({} when
     MLflow does not answer)."""
-    queue = _queue(sweep_dir, tracking_uri, log)
+    try:
+        queue = _queue(sweep_dir, tracking_uri, log)
+    except Exception as err:  # no tracking folder for this storage: the results do not need MLflow
+        log(f"MLflow at {tracking_uri} cannot be read ({str(err).splitlines()[0][:200]}): mlflow_run_id and "
+            "started_at stay empty")
+        return {}
     try:
         if not queue.send(timeout=SEND_TIMEOUT_S):
             raise ConnectionError(f"{queue.unsent()} queued write(s) could not be sent")
@@ -233,17 +284,60 @@ def _mlflow_runs(sweep_dir: Path, tracking_uri: str, log: Callable[[str], None]
     return found
 
 
-def _set_aside(sweep_dir: Path) -> Path | None:
-    """Move the current results (and files of the older layout) to ``.results.damaged-<time>``."""
-    old = [p for p in (sweep_dir / RESULTS_DIR, sweep_dir / "trials.parquet", sweep_dir / "epochs.parquet")
-           if p.exists()]
+def _set_aside(sweep_dir: str | Path | Storage) -> Path | str | None:
+    """Move the current results (and files of the older layout) to ``.results.damaged-<time>``;
+    return that folder (a local Path, or its URI on an object store), or None when there were none."""
+    storage = open_storage(sweep_dir)
+    old = [rel for rel in (RESULTS_DIR, "trials.parquet", "epochs.parquet") if storage.exists(rel)]
     if not old:
         return None
-    kept = sweep_dir / f".results.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
-    kept.mkdir()
-    for path in old:
-        path.rename(kept / path.name)
-    return kept
+    kept = f".results.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage.makedirs(kept)
+    for rel in old:
+        _move(storage, rel, f"{kept}/{rel}")
+    return located(storage, kept)
+
+
+def _move(storage: Storage, src: str, dst: str) -> None:
+    """Move file or folder ``src`` of ``storage`` to ``dst`` (whose parent exists locally).
+
+    Locally one rename. An object store has no rename (nor folders): each file of ``src`` is
+    copied on the store and then deleted, so a move cut short leaves every file in one place or
+    both, never none.
+    """
+    fs = storage.filesystem
+    if storage.is_local or storage.is_file(src):
+        fs.move(storage.fs_path(src), storage.fs_path(dst))
+        return
+    for entry in storage.list(src, recursive=True):
+        if not entry.is_dir:
+            fs.copy_file(storage.fs_path(f"{src}/{entry.path}"), storage.fs_path(f"{dst}/{entry.path}"))
+            storage.delete(f"{src}/{entry.path}")
+    storage.delete_dir(src)
+
+
+@contextlib.contextmanager
+def _sweep_held(storage: Storage) -> Iterator[None]:
+    """The sweep's lock for the block (:func:`kd_tune.sweep.sweep_lock` locally; on an object
+    store the lease lock of the same name, ``<storage>/.locks/sweep-<name>.lock``)."""
+    if storage.is_local:
+        with sweep_lock(storage.local_path):
+            yield
+        return
+    from kd_tune.locks import LockBusy
+    from kd_tune.store_lock import storage_lock
+
+    lock = storage_lock(storage.parent, f"sweep-{storage.name}", f"sweep {storage.name}")
+    try:
+        lock.acquire()
+    except LockBusy as busy:
+        who = busy.holder.describe() if busy.holder else "another process"
+        raise SweepError(f"sweep {storage.name!r} in {storage.parent} is already running ({who}); wait for it "
+                         "to end") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 if __name__ == "__main__":

@@ -40,6 +40,12 @@ A resumed trial that reports an epoch again replaces that row.
 Sweeps written before this layout kept ``trials.parquet`` and ``epochs.parquet`` in the
 sweep folder itself; the writer moves them into the tables when it opens the sweep, and
 the readers read either.
+
+Every function here taking a sweep folder takes a local path, a URI
+(``s3://bucket/prefix/NAME``) or a :class:`~kd_tune.storage.Storage`: one code path reads
+and writes both. What they hand back as a location (:func:`results_dir`,
+:attr:`ResultsWriter.sweep_dir`, :attr:`ResultsWriter.trials_dir`, ...) is a local Path
+for a local folder and the URI (a str) on an object store.
 """
 from __future__ import annotations
 
@@ -55,8 +61,9 @@ import pyarrow as pa
 
 from kd_tune.config import RunConfig, field_types
 from kd_tune.measurements import SUMMARY
-from kd_tune.part_table import DamagedPartError, PartTable
+from kd_tune.part_table import DamagedPartError, PartTable, located
 from kd_tune.status import TrialStatus
+from kd_tune.storage import Storage, open_storage
 
 RESULTS_DIR = "results"
 TRIALS_TABLE = "trials"
@@ -174,57 +181,61 @@ class ResultsError(ValueError):
     """A sweep's results cannot be read: a damaged Parquet file (named in the message)."""
 
 
-def rebuild_command(sweep_dir: str | Path) -> str:
+def rebuild_command(sweep_dir: str | Path | Storage) -> str:
     """The command that rebuilds a sweep's results from Ray Tune's own trial records."""
-    return f"python -m kd_tune.recover rebuild {Path(sweep_dir)}"
+    return f"python -m kd_tune.recover rebuild {located(open_storage(sweep_dir))}"
 
 
 @contextlib.contextmanager
-def _named_damage(sweep_dir: Path) -> Iterator[None]:
+def _named_damage(sweep: Storage) -> Iterator[None]:
     try:
         yield
     except DamagedPartError as err:
-        raise ResultsError(f"the results of sweep {sweep_dir.name!r} cannot be read: {err}; rebuild them from "
-                           f"Ray Tune's records with `{rebuild_command(sweep_dir)}`") from None
+        raise ResultsError(f"the results of sweep {sweep.name!r} cannot be read: {err}; rebuild them from "
+                           f"Ray Tune's records with `{rebuild_command(sweep)}`") from None
 
 
-def results_dir(sweep_dir: str | Path) -> Path:
-    """The folder of a sweep's result tables: ``<sweep_dir>/results``."""
-    return Path(sweep_dir) / RESULTS_DIR
+def results_dir(sweep_dir: str | Path | Storage) -> Path | str:
+    """The folder of a sweep's result tables: ``<sweep_dir>/results`` (a local Path, or the
+    URI on an object store)."""
+    return located(open_storage(sweep_dir) / RESULTS_DIR)
 
 
-def trials_table(sweep_dir: str | Path) -> PartTable:
-    return PartTable(results_dir(sweep_dir) / TRIALS_TABLE, TRIALS_SCHEMA, ("trial_key",))
+def trials_table(sweep_dir: str | Path | Storage) -> PartTable:
+    return PartTable(open_storage(sweep_dir) / RESULTS_DIR / TRIALS_TABLE, TRIALS_SCHEMA, ("trial_key",))
 
 
-def epochs_table(sweep_dir: str | Path) -> PartTable:
-    return PartTable(results_dir(sweep_dir) / EPOCHS_TABLE, EPOCHS_SCHEMA, ("trial_key", "epoch"))
+def epochs_table(sweep_dir: str | Path | Storage) -> PartTable:
+    return PartTable(open_storage(sweep_dir) / RESULTS_DIR / EPOCHS_TABLE, EPOCHS_SCHEMA, ("trial_key", "epoch"))
 
 
-def has_results(sweep_dir: str | Path) -> bool:
+def has_results(sweep_dir: str | Path | Storage) -> bool:
     """Whether ``sweep_dir`` holds a trials table (or a ``trials.parquet`` of the older layout)."""
-    return bool(trials_table(sweep_dir).parts()) or (Path(sweep_dir) / TRIALS_FILE).is_file()
+    sweep = open_storage(sweep_dir)
+    return bool(trials_table(sweep).parts()) or sweep.is_file(TRIALS_FILE)
 
 
-def read_trials(sweep_dir: str | Path, trial_keys: Collection[str] | None = None) -> pa.Table:
+def read_trials(sweep_dir: str | Path | Storage, trial_keys: Collection[str] | None = None) -> pa.Table:
     """The trial rows of a sweep (of ``trial_keys`` only, if given), one per trial.
 
     Raises :class:`ResultsError` for a damaged file.
     """
-    return _read(Path(sweep_dir), trials_table(sweep_dir), TRIALS_FILE, trial_keys)
+    sweep = open_storage(sweep_dir)
+    return _read(sweep, trials_table(sweep), TRIALS_FILE, trial_keys)
 
 
-def read_epochs(sweep_dir: str | Path, trial_keys: Collection[str] | None = None) -> pa.Table:
+def read_epochs(sweep_dir: str | Path | Storage, trial_keys: Collection[str] | None = None) -> pa.Table:
     """The epoch rows of a sweep (of ``trial_keys`` only, if given), one per trial and epoch,
     in no particular order. Raises :class:`ResultsError` for a damaged file."""
-    return _read(Path(sweep_dir), epochs_table(sweep_dir), EPOCHS_FILE, trial_keys)
+    sweep = open_storage(sweep_dir)
+    return _read(sweep, epochs_table(sweep), EPOCHS_FILE, trial_keys)
 
 
-def _read(sweep_dir: Path, table: PartTable, legacy: str, trial_keys: Collection[str] | None) -> pa.Table:
+def _read(sweep: Storage, table: PartTable, legacy: str, trial_keys: Collection[str] | None) -> pa.Table:
     where = None if trial_keys is None else {"trial_key": trial_keys}
-    with _named_damage(sweep_dir):
-        if not table.parts() and (sweep_dir / legacy).is_file():
-            return table.read_file(sweep_dir / legacy, where=where)
+    with _named_damage(sweep):
+        if not table.parts() and sweep.is_file(legacy):
+            return table.read_file(sweep / legacy, where=where)
         return table.read(where=where)
 
 
@@ -237,15 +248,20 @@ class ResultsWriter:
     (trials by ``trial_key``, epochs by ``(trial_key, epoch)``) and a newer row replaces
     an older one, stored or not, which gives exactly one final row per trial after retries
     and resumes. Added rows reach disk at :meth:`flush`.
+
+    ``sweep_dir`` is a local path, a URI or a :class:`~kd_tune.storage.Storage`;
+    :attr:`storage` is its Storage, :attr:`sweep_dir` (and :attr:`trials_dir`,
+    :attr:`epochs_dir`) a local Path, or the URI (a str) on an object store.
     """
 
-    def __init__(self, sweep_dir: str | Path):
-        self.sweep_dir = Path(sweep_dir)
-        self._trials = trials_table(self.sweep_dir)
-        self._epochs = epochs_table(self.sweep_dir)
-        with _named_damage(self.sweep_dir):
+    def __init__(self, sweep_dir: str | Path | Storage):
+        self.storage = open_storage(sweep_dir)
+        self.sweep_dir = located(self.storage)
+        self._trials = trials_table(self.storage)
+        self._epochs = epochs_table(self.storage)
+        with _named_damage(self.storage):
             for table, legacy in ((self._trials, TRIALS_FILE), (self._epochs, EPOCHS_FILE)):
-                _adopt(self.sweep_dir / legacy, table)
+                _adopt(self.storage, legacy, table)
             trials = self._trials.check(["status"])
             epochs = self._epochs.check()
         self._status = {k: TrialStatus(s) for k, s in zip(trials["trial_key"].to_pylist(),
@@ -258,11 +274,11 @@ class ResultsWriter:
         self._new_trials: dict[str, dict[str, Any]] = {}
 
     @property
-    def trials_dir(self) -> Path:
+    def trials_dir(self) -> Path | str:
         return self._trials.folder
 
     @property
-    def epochs_dir(self) -> Path:
+    def epochs_dir(self) -> Path | str:
         return self._epochs.folder
 
     def statuses(self) -> dict[str, TrialStatus]:
@@ -310,7 +326,7 @@ class ResultsWriter:
     def read_trials(self, trial_keys: Collection[str] | None = None) -> list[dict[str, Any]]:
         """The stored trial rows (of ``trial_keys`` only, if given), after a flush."""
         self.flush()
-        return read_trials(self.sweep_dir, trial_keys).to_pylist()
+        return read_trials(self.storage, trial_keys).to_pylist()
 
     def update_trials(self, changes: Mapping[str, Mapping[str, Any]]) -> None:
         """Change columns of stored trial rows: trial key -> {column: new value}."""
@@ -338,14 +354,15 @@ class ResultsWriter:
     def _stored_history(self, trial_key: str) -> dict[int, dict[str, Any]]:
         rows = {e: r for (k, e), r in self._new_epochs.items() if k == trial_key}
         if trial_key in self._stored_epoch:
-            with _named_damage(self.sweep_dir):
+            with _named_damage(self.storage):
                 stored = self._epochs.read(where={"trial_key": [trial_key]}).to_pylist()
             rows = {**{r["epoch"]: r for r in stored}, **rows}
         return rows
 
 
-def _adopt(legacy: Path, table: PartTable) -> None:
-    """Move a table file of the older layout (``<sweep>/trials.parquet``) into ``table``."""
-    if legacy.is_file():
-        table.append(table.read_file(legacy))
-        legacy.unlink()
+def _adopt(sweep: Storage, legacy: str, table: PartTable) -> None:
+    """Move a table file of the older layout (``<sweep>/trials.parquet``) into ``table``: its
+    rows are appended as a part, then the file is deleted (no rename, also on an object store)."""
+    if sweep.is_file(legacy):
+        table.append(table.read_file(sweep / legacy))
+        sweep.delete(legacy)

@@ -7,10 +7,12 @@ and ``pandas.read_parquet`` read as one table::
     <sweep>/samples.parquet/part-teacher-<teacher key>.parquet  one per teacher
     <sweep>/features.parquet/part-...                           the same names
 
-A part is written once, atomically (temporary name starting with ``.``, which readers
-skip, then a rename), and never grows: a sweep of thousands of trials adds one small
-file per trial and never rewrites what is there. Writing a part again (a trial run
-again after a killed driver) replaces it whole.
+A part is written once, whole or not at all (:meth:`kd_tune.storage.Storage.writer`:
+locally a temporary name starting with ``.``, which readers skip, then a rename; on an
+object store one upload, visible when complete), and never grows: a sweep of thousands
+of trials adds one small file per trial and never rewrites what is there. Writing a part
+again (a trial run again after a killed driver) replaces it whole. The sweep folder is a
+local folder or an object store (a path, a URI or a :class:`~kd_tune.storage.Storage`).
 
 ``samples.parquet`` columns: ``role`` (``trial`` or ``teacher``), ``key`` (the trial key
 or the teacher key), ``index`` (int32, test-set index), ``label`` (int32, test label),
@@ -29,8 +31,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kd_tune.atomic import atomic_write
 from kd_tune.measurements import PER_SAMPLE, EndMeasurements
+from kd_tune.part_table import located
+from kd_tune.storage import Storage, open_storage
 
 SAMPLES_DIR = "samples.parquet"
 FEATURES_DIR = "features.parquet"
@@ -50,12 +53,14 @@ def part_name(role: str, key: str) -> str:
     return f"part-{role}-{key}.parquet"
 
 
-def write_parts(sweep_dir: str | Path, role: str, key: str, measured: EndMeasurements) -> tuple[Path, Path]:
-    """Write the samples part and the features part of one trial or teacher; return their paths.
+def write_parts(sweep_dir: str | Path | Storage, role: str, key: str, measured: EndMeasurements
+                ) -> tuple[Path | str, Path | str]:
+    """Write the samples part and the features part of one trial or teacher; return their paths
+    (local Paths, or URIs as str on an object store).
 
     ``measured`` holds the features to keep (:meth:`EndMeasurements.of_classes`).
     """
-    sweep_dir = Path(sweep_dir)
+    sweep = open_storage(sweep_dir)
     name = part_name(role, key)
     n = len(measured.labels)
     samples = {"role": [role] * n, "key": [key] * n, "index": np.arange(n, dtype=np.int32),
@@ -69,14 +74,14 @@ def write_parts(sweep_dir: str | Path, role: str, key: str, measured: EndMeasure
     features = {"role": [role] * len(kept), "key": [key] * len(kept), "index": kept.astype(np.int32),
                 "label": measured.labels[kept].astype(np.int32),
                 "features": pa.ListArray.from_arrays(offsets, flat)}
-    return (_write(sweep_dir / SAMPLES_DIR / name, pa.table(samples, schema=SAMPLES_SCHEMA)),
-            _write(sweep_dir / FEATURES_DIR / name, pa.table(features, schema=FEATURES_SCHEMA)))
+    return (_write(sweep, f"{SAMPLES_DIR}/{name}", pa.table(samples, schema=SAMPLES_SCHEMA)),
+            _write(sweep, f"{FEATURES_DIR}/{name}", pa.table(features, schema=FEATURES_SCHEMA)))
 
 
-def _write(path: Path, table: pa.Table) -> Path:
+def _write(sweep: Storage, rel: str, table: pa.Table) -> Path | str:
     # Measured floats do not repeat: a dictionary only adds bytes (about 40% per float
     # column). Keys and labels repeat; test indices count up (delta-packed to almost nothing).
-    with atomic_write(path) as handle:
+    with sweep.writer(rel) as handle:
         pq.write_table(table, handle, use_dictionary=["role", "key", "label"],
                        column_encoding={"index": "DELTA_BINARY_PACKED"})
-    return path
+    return located(sweep, rel)

@@ -1,12 +1,13 @@
 """The record a searched sweep keeps beside its results: ``<sweep folder>/search.json``.
 
-The driver writes it (atomically) after the search and after the confirmation; the
+The driver writes it (whole or not at all) after the search and after the confirmation; the
 analysis reads it to tell the search's trials from the confirmation's, for the
 ``search`` table and the Optuna study rebuilt from ``trials.parquet``. It holds what
 was decided once and is not derived again: the space, the settings, each drawn trial
 (Optuna's trial number, the trial key, the setting key of
 :func:`kd_tune.identity.setting_key`) and the selection with its confirmation trials.
-Accuracies are fractions in [0, 1].
+Accuracies are fractions in [0, 1]. The folder is a local path, a URI (``s3://...``) or a
+:class:`~kd_tune.storage.Storage`.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kd_tune.atomic import write_text
+from kd_tune.part_table import located
 from kd_tune.search_space import SampledSpace
+from kd_tune.storage import Storage, open_storage
 
 RECORD_FILE = "search.json"
 RECORD_FORMAT = 1
@@ -66,8 +68,10 @@ class SearchRecord:
     selected: tuple[Selected, ...] = ()
     pick: int | None = None
 
-    def write(self, folder: str | Path) -> Path:
-        return write_text(Path(folder) / RECORD_FILE, json.dumps({
+    def write(self, folder: str | Path | Storage) -> Path | str:
+        """Write ``folder/search.json``; return it (a local Path, or its URI as a str on an object store)."""
+        storage = open_storage(folder)
+        storage.write_text(RECORD_FILE, json.dumps({
             "format": RECORD_FORMAT, "sweep": self.sweep, "objective": self.objective,
             "space": self.space.to_json(), "settings": self.settings,
             "trials": [vars(t) for t in self.trials],
@@ -75,16 +79,18 @@ class SearchRecord:
                          for s in self.selected],
             "pick": self.pick,
         }, indent=1))
+        return located(storage, RECORD_FILE)
 
     @classmethod
-    def read(cls, folder: str | Path) -> SearchRecord | None:
+    def read(cls, folder: str | Path | Storage) -> SearchRecord | None:
         """The record in ``folder``, or None when it has none (not a searched sweep)."""
-        path = Path(folder) / RECORD_FILE
-        if not path.is_file():
+        storage = open_storage(folder)
+        if not storage.is_file(RECORD_FILE):
             return None
-        data = json.loads(path.read_text())
+        data = storage.read_json(RECORD_FILE)
         if data.get("format") != RECORD_FORMAT:
-            raise ValueError(f"{path}: search record format {data.get('format')!r} is not {RECORD_FORMAT}")
+            raise ValueError(f"{located(storage, RECORD_FILE)}: search record format {data.get('format')!r} is not "
+                             f"{RECORD_FORMAT}")
         return cls(
             sweep=data["sweep"], objective=data["objective"], space=SampledSpace.from_json(data["space"]),
             settings=data["settings"], trials=tuple(SearchTrial(**t) for t in data["trials"]),

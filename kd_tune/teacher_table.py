@@ -16,8 +16,9 @@ itself. Columns:
   when the store first made it, also for a teacher a later sweep reuses).
 
 The driver writes it (the teachers sink, after the teacher stage), rewriting the file
-atomically with the rows it had and the new ones, one per key; analysis reads it through
-:func:`analysis.results_io.load_teachers`.
+whole (:meth:`kd_tune.storage.Storage.writer`) with the rows it had and the new ones, one
+per key; analysis reads it through :func:`analysis.results_io.load_teachers`. The sweep
+folder is a local path, a URI (``s3://...``) or a :class:`~kd_tune.storage.Storage`.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kd_tune.atomic import atomic_write
+from kd_tune.part_table import located
+from kd_tune.storage import Storage, open_storage
 from kd_tune.teacher_dag import TeacherNode
 
 TEACHERS_FILE = "teachers.parquet"
@@ -56,18 +58,28 @@ def teacher_row(sweep: str, node: TeacherNode, meta: Mapping[str, Any]) -> dict[
             "test_acc": metrics.get("test_acc"), "seconds": float(meta.get("train_seconds") or 0.0)}
 
 
-def write_teachers(sweep_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Add ``rows`` to the sweep's ``teachers.parquet`` (a row of a key already there replaces it)."""
-    path = Path(sweep_dir) / TEACHERS_FILE
-    by_key = {row["teacher_key"]: row for row in read_teachers(sweep_dir)}
+def write_teachers(sweep_dir: str | Path | Storage, rows: Iterable[Mapping[str, Any]]) -> Path | str:
+    """Add ``rows`` to the sweep's ``teachers.parquet`` (a row of a key already there replaces it);
+    return the file (a local Path, or its URI as a str on an object store)."""
+    sweep = open_storage(sweep_dir)
+    by_key = {row["teacher_key"]: row for row in read_teachers(sweep)}
     by_key.update({row["teacher_key"]: dict(row) for row in rows})
     table = pa.Table.from_pylist(list(by_key.values()), schema=TEACHERS_SCHEMA)
-    with atomic_write(path) as handle:
+    with sweep.writer(TEACHERS_FILE) as handle:
         pq.write_table(table, handle)
-    return path
+    return located(sweep, TEACHERS_FILE)
 
 
-def read_teachers(sweep_dir: str | Path) -> list[dict[str, Any]]:
+def read_teachers(sweep_dir: str | Path | Storage) -> list[dict[str, Any]]:
     """The rows of the sweep's ``teachers.parquet`` (none when it has none)."""
-    path = Path(sweep_dir) / TEACHERS_FILE
-    return pq.read_table(path).to_pylist() if path.is_file() else []
+    table = read_teachers_table(sweep_dir)
+    return table.to_pylist() if table is not None else []
+
+
+def read_teachers_table(sweep_dir: str | Path | Storage) -> pa.Table | None:
+    """The sweep's ``teachers.parquet`` as a table, or None when it has none."""
+    sweep = open_storage(sweep_dir)
+    if not sweep.is_file(TEACHERS_FILE):
+        return None
+    with sweep.open_input_file(TEACHERS_FILE) as source:
+        return pq.read_table(source)

@@ -20,6 +20,7 @@ from kd_tune.plan import Trial
 from kd_tune.results import ResultsWriter, epoch_row, trial_row, utc_now
 from kd_tune.sinks.base import EndedTrial, TrialSink
 from kd_tune.status import TrialStatus
+from kd_tune.storage import Storage
 from kd_tune.trial_end import TrialEnd
 
 FLUSH_EVERY_S = 5.0
@@ -35,13 +36,14 @@ class ParquetSink(TrialSink):
     ``teacher_acc(teacher_key)`` is a teacher's test accuracy or None (the rows'
     ``teacher_test_acc``) and ``run_id(trial_key)`` the trial's MLflow child run or None
     (``mlflow_run_id``); both are asked when a trial's row is written. ``clock`` is a
-    monotonic clock in seconds. Rows already in the folder are kept. ``sweep_dir`` may be
-    the sweep's writer, opened already.
+    monotonic clock in seconds. Rows already in the folder are kept. ``sweep_dir`` is a
+    local path, a URI (``s3://...``), a :class:`~kd_tune.storage.Storage`, or the sweep's
+    writer, opened already.
     """
 
     def __init__(
         self,
-        sweep_dir: str | Path | ResultsWriter,
+        sweep_dir: str | Path | Storage | ResultsWriter,
         *,
         sweep: str,
         teacher_acc: Callable[[str], float | None],

@@ -10,24 +10,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from kd_tune.part_table import located
 from kd_tune.plan import Trial
 from kd_tune.samples import write_parts
 from kd_tune.sinks.base import TeacherRecord, TrialSink
+from kd_tune.storage import Storage, open_storage
 from kd_tune.trial_end import TrialEnd
 
 
 class SamplesSink(TrialSink):
     """Writes ``samples.parquet/`` and ``features.parquet/`` parts in ``sweep_dir``; a
     teacher's features are kept for the test samples of ``feature_classes`` (a trial
-    sends only those)."""
+    sends only those). ``sweep_dir`` is a local path, a URI or a
+    :class:`~kd_tune.storage.Storage` (:attr:`sweep_dir`: a local Path, or the URI)."""
 
-    def __init__(self, sweep_dir: str | Path, feature_classes: Sequence[int]):
-        self.sweep_dir = Path(sweep_dir)
+    def __init__(self, sweep_dir: str | Path | Storage, feature_classes: Sequence[int]):
+        self.storage = open_storage(sweep_dir)
+        self.sweep_dir = located(self.storage)
         self.feature_classes = tuple(feature_classes)
 
     def trial_measured(self, trial: Trial, trial_id: str, end: TrialEnd) -> None:
-        write_parts(self.sweep_dir, "trial", trial.key, end.measurements)
+        write_parts(self.storage, "trial", trial.key, end.measurements)
 
     def teacher_ready(self, teacher: TeacherRecord) -> None:
         if teacher.measurements is not None:
-            write_parts(self.sweep_dir, "teacher", teacher.key, teacher.measurements.of_classes(self.feature_classes))
+            write_parts(self.storage, "teacher", teacher.key, teacher.measurements.of_classes(self.feature_classes))

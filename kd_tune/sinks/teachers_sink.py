@@ -8,16 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kd_tune.part_table import located
 from kd_tune.sinks.base import TeacherRecord, TrialSink
+from kd_tune.storage import Storage, open_storage
 from kd_tune.teacher_table import teacher_row, write_teachers
 
 
 class TeachersSink(TrialSink):
-    """Writes ``sweep_dir/teachers.parquet`` for sweep ``sweep``."""
+    """Writes ``sweep_dir/teachers.parquet`` for sweep ``sweep`` (``sweep_dir``: a local path, a
+    URI or a :class:`~kd_tune.storage.Storage`; :attr:`sweep_dir` a local Path, or the URI)."""
 
-    def __init__(self, sweep_dir: str | Path, *, sweep: str):
-        self.sweep_dir = Path(sweep_dir)
+    def __init__(self, sweep_dir: str | Path | Storage, *, sweep: str):
+        self.storage = open_storage(sweep_dir)
+        self.sweep_dir = located(self.storage)
         self.sweep = sweep
 
     def teacher_ready(self, teacher: TeacherRecord) -> None:
-        write_teachers(self.sweep_dir, [teacher_row(self.sweep, teacher.node, teacher.meta)])
+        write_teachers(self.storage, [teacher_row(self.sweep, teacher.node, teacher.meta)])
