@@ -33,7 +33,6 @@ delete); locally each is one rename.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fnmatch
 import json
 import sys
@@ -58,7 +57,7 @@ from kd_tune.results import (
 from kd_tune.status import STATUS_KEY, TrialStatus
 from kd_tune.storage import Storage, open_storage
 from kd_tune.sweep import MANIFEST, sweep_lock
-from kd_tune.sweep_options import SweepError
+from kd_tune.sweep_options import SweepError, driver_folder
 from kd_tune.tracking import STARTED_TAG, resolve_tracking_uri
 
 SEND_TIMEOUT_S = 3600.0
@@ -86,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(err))
     uri = args.mlflow_uri or manifest.get("mlflow_uri") or resolve_tracking_uri(None, _native(storage.parent))
     try:
-        with _sweep_held(storage):
+        with sweep_lock(storage):
             if args.action == "rebuild":
                 rebuild(storage, manifest.get("name", storage.name), tracking_uri=uri)
             return 0 if sync(sweep_dir, uri) else 1
@@ -250,11 +249,14 @@ def _native(storage: Storage) -> Path | Storage:
 
 
 def _queue(sweep_dir: str | Path | Storage, tracking_uri: str, log: Callable[[str], None]) -> Any:
+    """The sweep's MLflow queue: its outbox in the driver's folder of the sweep (the sweep folder
+    itself on local storage; see :func:`~kd_tune.sweep_options.driver_folder`)."""
+    from kd_tune.tracking import artifact_root
     from kd_tune.tracking_queue import TrackingQueue
 
     storage = open_storage(sweep_dir)
-    return TrackingQueue(_native(storage), tracking_uri, storage.name,
-                         artifact_root=_native(storage.parent / "mlartifacts"), log=log)
+    return TrackingQueue(driver_folder(storage), tracking_uri, storage.name,
+                         artifact_root=artifact_root(storage.parent.uri), log=log)
 
 
 def _mlflow_runs(sweep_dir: str | Path | Storage, tracking_uri: str, log: Callable[[str], None]
@@ -314,30 +316,6 @@ def _move(storage: Storage, src: str, dst: str) -> None:
             fs.copy_file(storage.fs_path(f"{src}/{entry.path}"), storage.fs_path(f"{dst}/{entry.path}"))
             storage.delete(f"{src}/{entry.path}")
     storage.delete_dir(src)
-
-
-@contextlib.contextmanager
-def _sweep_held(storage: Storage) -> Iterator[None]:
-    """The sweep's lock for the block (:func:`kd_tune.sweep.sweep_lock` locally; on an object
-    store the lease lock of the same name, ``<storage>/.locks/sweep-<name>.lock``)."""
-    if storage.is_local:
-        with sweep_lock(storage.local_path):
-            yield
-        return
-    from kd_tune.locks import LockBusy
-    from kd_tune.store_lock import storage_lock
-
-    lock = storage_lock(storage.parent, f"sweep-{storage.name}", f"sweep {storage.name}")
-    try:
-        lock.acquire()
-    except LockBusy as busy:
-        who = busy.holder.describe() if busy.holder else "another process"
-        raise SweepError(f"sweep {storage.name!r} in {storage.parent} is already running ({who}); wait for it "
-                         "to end") from None
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 if __name__ == "__main__":

@@ -339,11 +339,11 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None, *, prog: str | None
     try:
         # The runners repeat every check of the dry run before they write anything.
         if searching:
-            outcome = run_search(search, options, finalize=_publishing(options, lambda sweep, local: [
-                *_write_search_views(sweep, local), *_write_figures(sweep, local)]))
+            outcome = run_search(search, options, finalize=_publishing(options, lambda sweep: [
+                *_write_search_views(sweep), *_write_figures(sweep)]))
         else:
-            outcome = run_sweep(configs, options, finalize=_publishing(options, lambda sweep, local: [
-                *_write_tables(sweep, local, spec.table), *_write_figures(sweep, local)]))
+            outcome = run_sweep(configs, options, finalize=_publishing(options, lambda sweep: [
+                *_write_tables(sweep, spec.table), *_write_figures(sweep)]))
     except (ClusterError, SweepError, ConfigError, DataError, ResultsError) as err:
         parser.error(str(err))
     except TeacherError as err:
@@ -353,52 +353,45 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None, *, prog: str | None
     return 0 if not outcome.interrupted and outcome.counts.get(TrialStatus.FAILED, 0) == 0 else 1
 
 
-def _publishing(options: SweepOptions, write: Callable[[Storage, Path], list[Path]]) -> Callable[[Storage], list[Path]]:
-    """The sweep's ``finalize``: ``write(sweep, local)`` reads the results from the sweep's storage
-    and writes its views (tables, figures) under the local folder ``local`` (the sweep
-    folder itself on local storage); on an object store each file is then uploaded to the
-    same place in the sweep folder. Returns the local files (attached to MLflow, printed)."""
+def _publishing(options: SweepOptions, write: Callable[[Storage], list[Path | str]]) -> Callable[[Storage], list[Path]]:
+    """The sweep's ``finalize``: ``write(sweep)`` reads the results from the sweep's storage and
+    writes its views (tables, figures) into it; returns them as local files, for MLflow and
+    the closing summary. On an object store those are copies in the driver's folder
+    (:attr:`SweepOptions.driver_dir`) of the files just uploaded."""
     def publish(sweep: Storage) -> list[Path]:
+        written = write(sweep)
+        if sweep.is_local:
+            return [Path(p) for p in written]
         local = options.driver_dir
-        files = write(sweep, local)
-        if not sweep.is_local:
-            for path in files:
-                sweep.upload(path, path.relative_to(local).as_posix())
-        return files
+        return [sweep.download(rel, local / rel) for rel in (str(uri)[len(sweep.uri) + 1:] for uri in written)]
 
     return publish
 
 
-def _write_search_views(sweep: Storage, local: Path) -> list[Path]:
+def _write_search_views(sweep: Storage) -> list[Path | str]:
     from analysis.study import write_study_views
 
-    return _write_tables(sweep, local, "search") + write_study_views(sweep, local)
+    return _write_tables(sweep, "search") + write_study_views(sweep)
 
 
-def _write_tables(sweep: Storage, local: Path, table: str) -> list[Path]:
+def _write_tables(sweep: Storage, table: str) -> list[Path | str]:
     import analysis
+    from analysis.render import write_tables
     from analysis.search_table import load_records
-    from kd_tune.atomic import write_text
 
     tables = analysis.build_tables(analysis.load_trials(sweep), table, records=load_records(sweep),
                                    teachers=analysis.load_teachers(sweep))
-    if not tables:
-        return []
-    out = local / "tables"
-    paths = []
-    for fmt, suffix in (("csv", "csv"), ("md", "md")):
-        paths.append(write_text(out / f"{table}.{suffix}", analysis.render(tables, fmt)))
-    return paths
+    return write_tables(sweep / "tables", table, tables) if tables else []
 
 
-def _write_figures(sweep: Storage, local: Path) -> list[Path]:
-    """The figures that fit the sweep's results, in ``local/figures/`` (PNG and PDF).
+def _write_figures(sweep: Storage) -> list[Path | str]:
+    """The figures that fit the sweep's results, in ``figures/`` of the sweep (PNG and PDF).
 
     A figure that cannot be drawn is reported and left out: the results are recorded already.
     """
     from analysis.figures import write_figures
 
-    return write_figures(sweep, local / "figures", log=lambda line: print(f"figures: {line}"))
+    return write_figures(sweep, sweep / "figures", log=lambda line: print(f"figures: {line}"))
 
 
 def _print_summary(outcome: Any, table: str) -> None:
