@@ -404,12 +404,15 @@ def _human(count: int) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kd_tune.local_copies",
                                      description="The node-local copies of stored teacher-logit caches.")
-    parser.add_argument("--folder", default=None,
-                        help=f"the local copies folder (default ${ENV_FOLDER}, $XDG_CACHE_HOME/kd-tune or "
-                             "~/.cache/kd-tune)")
+    folder_help = f"the local copies folder (default ${ENV_FOLDER}, $XDG_CACHE_HOME/kd-tune or ~/.cache/kd-tune)"
+    parser.add_argument("--folder", default=None, help=folder_help)
+    # --folder before or after the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--folder", default=argparse.SUPPRESS, help=folder_help)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="list the copies: URI, key, size, last use, downloads, reuses")
-    prune = commands.add_parser("prune", help="remove copies no process uses, least recently used first")
+    commands.add_parser("list", parents=[common], help="list the copies: URI, key, size, last use, downloads, reuses")
+    prune = commands.add_parser("prune", parents=[common],
+                                help="remove copies no process uses, least recently used first")
     prune.add_argument("--keep-bytes", default=None,
                        help=f"keep at most this much (e.g. 10G; default ${ENV_MAX_BYTES} or 50G; 0 removes every "
                             "copy not in use)")
