@@ -302,10 +302,9 @@ class LogitCache:
             # Last: its presence says the cache is complete.
             stored.write_json("meta.json", meta, indent=2)
         except BaseException:
-            if not stored.exists("meta.json"):
-                for name in uploaded:
-                    with contextlib.suppress(Exception):
-                        stored.delete(name)
+            if uploaded and not stored.exists("meta.json"):
+                with contextlib.suppress(Exception):  # what is left is absent anyway (no meta.json)
+                    stored.delete_dir("")
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         try:
