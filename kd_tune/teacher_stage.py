@@ -8,7 +8,10 @@ cache keys. A node's task is handed the tasks of its sources as arguments, so Ra
 it once they are done: the steps of a chain one after the other, independent branches
 (an ensemble's members, two chains) at the same time. What exists already (in the
 teacher store, in the cache) is reused, by every later sweep too. The task functions
-(in :mod:`kd_tune.trainable`) run in workers and take plain values only.
+(in :mod:`kd_tune.trainable`) run in workers and take plain values only: places as a
+local path string or, on an object store, a :class:`~kd_tune.storage.Storage`
+(:func:`location`), and the node-local copies folder ``options.local_cache`` (when the
+options have one; None: :func:`kd_tune.local_copies.default_local_cache`).
 
 Both check what they reuse before a trial uses it: a stored teacher whose file does not
 hold the weights its record names (an ensemble: whose members changed), and a cache

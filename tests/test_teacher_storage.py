@@ -31,6 +31,7 @@ from kd_tune.plan import plan_trial
 from kd_tune.storage import open_storage
 from kd_tune.teacher_stage import local_cache_of, location
 from kd_tune.teacher_store import DamagedTeacher, TeacherStore
+from kd_tune.trainable import BUILT_ELSEWHERE, build_logits_task
 from kd_tune.trainer import load_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,6 +244,19 @@ def test_a_cache_object_that_does_not_hold_what_was_written_fails_at_fetch_and_i
     assert said == [f"{problem}; computing it again"]
     assert meta["files"] == local_cache.meta(key)["files"]
     assert torch.equal(node_c.load(key).train, local_cache.load(key).train)
+
+
+def test_the_cache_task_builds_into_s3_once_and_then_finds_it(stores, local_cache, s3m, tmp_path):
+    trial, _, _, remote, _ = stores
+    uri = f"{s3m.uri()}/teacher_logits"
+    args = (location(remote.storage), location(uri), trial.to_dict(), None, None)
+    built = build_logits_task(*args, local_cache=str(tmp_path / "node"))
+    assert BUILT_ELSEWHERE not in built and built["files"] == local_cache.meta(trial.cache_key)["files"]
+    found = build_logits_task(*args, local_cache=str(tmp_path / "node"))
+    assert found == {**built, BUILT_ELSEWHERE: True}
+    [copy] = LocalCopies(tmp_path / "node").copies()  # the builder's copy, used by the second call
+    assert (copy.built, copy.downloads, copy.reuses) == (1, 0, 1)
+    assert [k for k in s3m.keys(bucket_prefix(uri)) if k.endswith(".lock")] == []
 
 
 def test_the_stage_hands_workers_paths_as_strings_and_object_stores_as_storage(s3m, tmp_path):
