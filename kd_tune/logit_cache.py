@@ -41,6 +41,18 @@ temporary folder keyed by the cache folder, its checksums and a token drawn once
 sweep invocation; later trials on that node with that token find the marker and skip
 the read. A damaged cache (rows reordered, payload overwritten, a file truncated or
 replaced) is derived data: it is removed, with a warning naming it, and built again.
+
+On an object store (``--storage s3://...``) the layout is the same, but a folder cannot
+be renamed into place: the builder computes the cache in a node-local temporary folder
+and uploads it file by file, ``meta.json`` last, so a key whose ``meta.json`` exists is
+still complete and a failed build leaves no ``meta.json`` (its files, if any, are
+removed; a key without ``meta.json`` is absent). Object stores cannot be memory-mapped:
+trials map a node-local copy (:class:`kd_tune.local_copies.LocalCopies`, under
+``local_cache``), downloaded once per node and checked file by file against the sha256
+``meta.json`` records when it is fetched, which is this store's once-per-node
+checksum (the ``token`` is not needed there). The node that built a cache keeps what it
+uploaded as its copy. On a local folder (or NFS) no copy is made: the files are mapped
+where they are.
 """
 from __future__ import annotations
 
@@ -54,6 +66,7 @@ import shutil
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,7 +80,9 @@ from kd_tune.atomic import write_text
 from kd_tune.config import RunConfig
 from kd_tune.data import Dataset
 from kd_tune.identity import CACHE_DTYPES
+from kd_tune.local_copies import CopyError, LocalCopies
 from kd_tune.plan import Trial
+from kd_tune.storage import Storage, open_storage
 from kd_tune.teacher_logits import TeacherLogits, compute_teacher_logits, forward_count, train_shape
 from kd_tune.teacher_store import TeacherStore
 
@@ -89,27 +104,60 @@ def print_warning(message: str) -> None:
 
 
 class LogitCache:
-    """Reads and builds cached teacher logits under ``root`` (an absolute, shared path)."""
+    """Reads and builds cached teacher logits under ``root``: a local (shared) folder, or a
+    :class:`~kd_tune.storage.Storage` or URI (``s3://...``) of an object store.
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    ``local_cache`` is where an object store's caches are copied to be memory-mapped on
+    this node (a folder or :class:`~kd_tune.local_copies.LocalCopies`; None:
+    :func:`~kd_tune.local_copies.default_local_cache`); unused for a local ``root``.
+    """
 
-    def path(self, key: str) -> Path:
+    def __init__(self, root: str | os.PathLike | Storage, *,
+                 local_cache: str | os.PathLike | LocalCopies | None = None):
+        self.storage = open_storage(root)
+        self._local_cache = local_cache
+        self._copies = local_cache if isinstance(local_cache, LocalCopies) else None
+
+    @property
+    def root(self) -> Path | Storage:
+        """The cache root: a local path, or the object store's :class:`~kd_tune.storage.Storage`."""
+        return self.storage.local_path if self.storage.is_local else self.storage
+
+    @property
+    def copies(self) -> LocalCopies:
+        """This node's copies of the caches of an object store (made on first use)."""
+        if self._copies is None:
+            self._copies = LocalCopies(self._local_cache)
+        return self._copies
+
+    def path(self, key: str) -> Path | Storage:
         """The folder of cache ``key`` (complete once its ``meta.json`` exists)."""
         return self.root / key
 
+    def uri(self, key: str, name: str = "") -> str:
+        """The path or URI of cache ``key``'s folder, or of its file ``name``."""
+        return self.storage.uri_of(f"{key}/{name}" if name else key)
+
     def has(self, key: str) -> bool:
-        return (self.path(key) / "meta.json").is_file()
+        if self.storage.is_local:
+            return (self.storage.local_path / key / "meta.json").is_file()
+        return self.storage.is_file(f"{key}/meta.json")
 
     def meta(self, key: str) -> dict[str, Any]:
-        return json.loads((self.path(key) / "meta.json").read_text())
+        return json.loads(self.storage.read_bytes(f"{key}/meta.json"))
 
     def remove(self, key: str) -> None:
-        """Delete cache ``key`` (moved aside first, so readers never see half a folder)."""
-        if not self.path(key).exists():
+        """Delete cache ``key`` (moved aside first, so readers never see half a folder; on an
+        object store its ``meta.json`` goes first, so the key is absent at once)."""
+        if not self.storage.is_local:
+            self.storage.delete(f"{key}/meta.json")
+            self.storage.delete_dir(key)
             return
-        aside = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".old", dir=self.root))
-        os.rename(self.path(key), aside / key)
+        root = self.storage.local_path
+        if not (root / key).exists():
+            return
+        aside = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".old", dir=root))
+        os.rename(root / key, aside / key)
         shutil.rmtree(aside, ignore_errors=True)
 
     def problem(self, key: str, *, teacher_sha256: str | None = None, token: str | None = None) -> str | None:
@@ -119,9 +167,11 @@ class LogitCache:
         came from the teacher weights ``teacher_sha256`` (when given); every file's
         header and size match ``meta.json``; every file's sha256 is the one recorded at
         build. With ``token`` (drawn once per sweep invocation) the sha256 is checked
-        once per node and token (see the module docstring); without, on every call.
+        once per node and token (see the module docstring); without, on every call. On
+        an object store the sha256 is checked when this node's copy is fetched (once per
+        node: the fetch here is what trials on this node use then).
         """
-        folder = self.path(key)
+        folder = self.uri(key)
         try:
             meta = self.meta(key)
         except (OSError, ValueError) as err:
@@ -131,22 +181,68 @@ class LogitCache:
                     "(made by an older kd-tune, without checksums)")
         if teacher_sha256 is not None and meta.get("teacher_weights_sha256") != teacher_sha256:
             return f"teacher-logit cache {folder} was made from other teacher weights than the stored teacher's"
-        return _layout_problem(folder, meta) or _checksum_problem_once(folder, meta, token)
+        if self.storage.is_local:
+            local = self.storage.local_path / key
+            return _layout_problem(local, meta) or _checksum_problem_once(local, meta, token)
+        try:
+            copy = self._fetch(key, meta)
+        except (CopyError, KeyError, TypeError) as err:
+            return f"teacher-logit cache file {err}" if isinstance(err, CopyError) else \
+                f"teacher-logit cache {folder}: meta.json records no files ({type(err).__name__}: {err})"
+        try:
+            return _layout_problem(copy, meta, shown=folder)
+        finally:
+            self.copies.release(copy)
+
+    def local_folder(self, key: str) -> Path:
+        """The local folder whose files are mapped for cache ``key``: the stored folder itself on a
+        local store, else this node's copy (fetched, and then held in use until :meth:`load`'s arrays
+        or the process are gone)."""
+        if self.storage.is_local:
+            return self.storage.local_path / key
+        try:
+            return self._fetch(key, self.meta(key))
+        except CopyError as err:
+            raise CacheError(f"teacher-logit cache file {err}") from None
+
+    def _fetch(self, key: str, meta: dict[str, Any]) -> Path:
+        files = sorted(meta["files"])
+        return self.copies.fetch(self.storage / key, key, files, {n: meta["files"][n]["sha256"] for n in files})
 
     def load(self, key: str) -> TeacherLogits:
         """The cached logits of ``key``, memory-mapped (pages are read on first use, never copied).
 
         Raises :class:`CacheError` when a file's header or size does not match ``meta.json``
-        (the content checksum is :meth:`problem`'s job).
+        (the content checksum is :meth:`problem`'s job; on an object store it is also
+        checked when this node's copy is fetched).
         """
         if not self.has(key):
             raise FileNotFoundError(f"no teacher-logit cache {key} under {self.root}")
-        problem = _layout_problem(self.path(key), self.meta(key))
-        if problem is not None:
-            raise CacheError(problem)
-        # Copy-on-write maps are writable for torch.from_numpy, yet share the page cache
-        # with every other reader as long as nobody writes (nobody does).
-        arrays = {s: np.load(self.path(key) / f"{s}.npy", mmap_mode="c") for s in _SPLITS}
+        meta = self.meta(key)
+        if self.storage.is_local:
+            folder = self.storage.local_path / key
+        else:
+            try:
+                folder = self._fetch(key, meta)
+            except CopyError as err:
+                raise CacheError(f"teacher-logit cache file {err}") from None
+        try:
+            problem = _layout_problem(folder, meta, shown=None if self.storage.is_local else self.uri(key))
+            if problem is not None:
+                raise CacheError(problem)
+            # Copy-on-write maps are writable for torch.from_numpy, yet share the page cache
+            # with every other reader as long as nobody writes (nobody does).
+            arrays = {s: np.load(folder / f"{s}.npy", mmap_mode="c") for s in _SPLITS}
+        except BaseException:
+            if not self.storage.is_local:
+                self.copies.release(folder)
+            raise
+        if not self.storage.is_local:
+            # The copy stays in use (never evicted) while any of its arrays is mapped.
+            for array in arrays.values():
+                self.copies.hold(folder)
+                weakref.finalize(array, self.copies.release, folder)
+            self.copies.release(folder)
         return TeacherLogits(**{s: torch.from_numpy(a) for s, a in arrays.items()})
 
     def build(
@@ -166,46 +262,85 @@ class LogitCache:
         Does nothing but return the meta when the key is already complete. The training
         logits are written straight into a memory-mapped file, view by view; each file's
         size and sha256 are recorded in ``meta.json`` (read back from the written file).
-        With ``token``, this node counts the new cache as checked for that token.
+        With ``token``, this node counts the new cache as checked for that token. On an
+        object store the files are computed in a node-local folder and uploaded,
+        ``meta.json`` last (see the module docstring).
         """
         if self.has(key):
             return self.meta(key)
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=self.root))
+        if not self.storage.is_local:
+            return self._build_and_upload(key, teacher, data, config, dtype=dtype, device=device, extra=extra)
+        root = self.storage.local_path
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
         try:
-            started = time.perf_counter()
-            torch_dtype = DTYPES[dtype]
-            shape = train_shape(data, config.epochs)
-            train = np.lib.format.open_memmap(tmp / "train.npy", mode="w+", dtype=_NUMPY[torch_dtype], shape=shape)
-            logits = compute_teacher_logits(teacher, data, config, device=device, dtype=torch_dtype,
-                                            train_out=torch.from_numpy(train))
-            train.flush()
-            del train
-            np.save(tmp / "val.npy", logits.val.numpy())
-            np.save(tmp / "test.npy", logits.test.numpy())
-            files = {f"{s}.npy": {"bytes": (tmp / f"{s}.npy").stat().st_size, "sha256": _sha256(tmp / f"{s}.npy")}
-                     for s in _SPLITS}
-            meta = {
-                "key": key, "format": CACHE_FORMAT, "dtype": dtype, "augment": data.augment,
-                "views": shape[0], "train_shape": list(shape), "val_shape": list(logits.val.shape),
-                "test_shape": list(logits.test.shape), "bytes": sum(f["bytes"] for f in files.values()),
-                "files": files, "teacher_forward_samples": forward_count(data, config.epochs),
-                "build_seconds": time.perf_counter() - started, "device": str(device),
-                "created_at": datetime.now(UTC).isoformat(), **(extra or {}),
-            }
+            meta = _compute(tmp, key, teacher, data, config, dtype=dtype, device=device, extra=extra)
             write_text(tmp / "meta.json", json.dumps(meta, indent=2))
             try:
-                os.rename(tmp, self.path(key))
+                os.rename(tmp, root / key)
             except OSError:
                 if not self.has(key):
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)  # another builder finished first
                 return self.meta(key)
-            _mark_checked(self.path(key), meta, token)
+            _mark_checked(root / key, meta, token)
             return meta
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def _build_and_upload(self, key: str, teacher: nn.Module, data: Dataset, config: RunConfig, *, dtype: str,
+                          device: torch.device | str, extra: dict[str, Any] | None) -> dict[str, Any]:
+        stored = self.storage / key
+        tmp = self.copies.staging(stored, key)
+        uploaded: list[str] = []
+        try:
+            meta = _compute(tmp, key, teacher, data, config, dtype=dtype, device=device, extra=extra)
+            for name in meta["files"]:
+                uploaded.append(name)
+                stored.upload(tmp / name, name)
+            # Last: its presence says the cache is complete.
+            stored.write_json("meta.json", meta, indent=2)
+        except BaseException:
+            if uploaded and not stored.exists("meta.json"):
+                with contextlib.suppress(Exception):  # what is left is absent anyway (no meta.json)
+                    stored.delete_dir("")
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        try:
+            # What was just uploaded is this node's copy already: trials here download nothing.
+            self.copies.adopt(stored, key, tmp, {n: f["sha256"] for n, f in meta["files"].items()})
+        except OSError as err:
+            print_warning(f"the teacher-logit cache {stored.uri} was stored, but this node could not keep "
+                          f"its copy in {self.copies.folder} ({err}); trials here will download it")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return meta
+
+
+def _compute(tmp: Path, key: str, teacher: nn.Module, data: Dataset, config: RunConfig, *, dtype: str,
+             device: torch.device | str, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """Write the cache's array files into the local folder ``tmp``; return its meta (not written)."""
+    started = time.perf_counter()
+    torch_dtype = DTYPES[dtype]
+    shape = train_shape(data, config.epochs)
+    train = np.lib.format.open_memmap(tmp / "train.npy", mode="w+", dtype=_NUMPY[torch_dtype], shape=shape)
+    logits = compute_teacher_logits(teacher, data, config, device=device, dtype=torch_dtype,
+                                    train_out=torch.from_numpy(train))
+    train.flush()
+    del train
+    np.save(tmp / "val.npy", logits.val.numpy())
+    np.save(tmp / "test.npy", logits.test.numpy())
+    files = {f"{s}.npy": {"bytes": (tmp / f"{s}.npy").stat().st_size, "sha256": _sha256(tmp / f"{s}.npy")}
+             for s in _SPLITS}
+    return {
+        "key": key, "format": CACHE_FORMAT, "dtype": dtype, "augment": data.augment,
+        "views": shape[0], "train_shape": list(shape), "val_shape": list(logits.val.shape),
+        "test_shape": list(logits.test.shape), "bytes": sum(f["bytes"] for f in files.values()),
+        "files": files, "teacher_forward_samples": forward_count(data, config.epochs),
+        "build_seconds": time.perf_counter() - started, "device": str(device),
+        "created_at": datetime.now(UTC).isoformat(), **(extra or {}),
+    }
 
 
 def ensure_cached(
@@ -255,20 +390,24 @@ def intact_meta(trial: Trial, store: TeacherStore, cache: LogitCache, *, token: 
     return None
 
 
-def _layout_problem(folder: Path, meta: dict[str, Any]) -> str | None:
-    """Whether each array file's header (shape, dtype) and size are what ``meta.json`` records."""
+def _layout_problem(folder: Path, meta: dict[str, Any], *, shown: str | None = None) -> str | None:
+    """Whether each array file's header (shape, dtype) and size are what ``meta.json`` records.
+
+    The files are read in the local ``folder``; messages name them under ``shown`` (the
+    stored folder's URI, for a node's copy) when given."""
     for split in _SPLITS:
-        path = folder / f"{split}.npy"
+        local = folder / f"{split}.npy"
+        path: Path | str = local if shown is None else f"{shown}/{split}.npy"
         try:
             want = tuple(meta[f"{split}_shape"]), np.dtype(meta["dtype"])
-            recorded = meta["files"][path.name]["bytes"]
-            with open(path, "rb") as handle:
+            recorded = meta["files"][local.name]["bytes"]
+            with open(local, "rb") as handle:
                 version = np.lib.format.read_magic(handle)
                 if version not in _NPY_HEADERS:
                     raise ValueError(f".npy version {version} is not one the cache writes")
                 shape, fortran, dtype = _NPY_HEADERS[version](handle)
                 data_at = handle.tell()
-            size = path.stat().st_size
+            size = local.stat().st_size
         except (OSError, ValueError, KeyError, TypeError) as err:
             return f"teacher-logit cache file {path} cannot be read ({type(err).__name__}: {err})"
         if (shape, dtype) != want or fortran:

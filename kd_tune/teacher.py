@@ -83,21 +83,24 @@ def _evaluate_ensemble(model: MeanLogits, data: Dataset, run: RunConfig) -> Trai
     return TrainResult(TrialStatus.COMPLETED, (metrics,), model, measurements=measured)
 
 
+def teacher_state(run: RunConfig, result: TrainResult, data: Dataset) -> dict[str, Any]:
+    """What a teacher file holds: the trained network, the run that trained it (``run.student``
+    is its architecture) and its final metrics."""
+    return {
+        "format": TEACHER_FORMAT,
+        "arch": run.student,
+        "num_classes": data.num_classes,
+        "in_channels": data.in_channels,
+        "config": run.to_dict(),
+        "metrics": result.final,
+        "model": result.model.state_dict(),
+    }
+
+
 def save_teacher(path: str | os.PathLike, run: RunConfig, result: TrainResult, data: Dataset) -> Path:
     """Store a trained network with the run that trained it (``run.student`` is its
-    architecture) and its final metrics."""
-    return save_state(
-        path,
-        {
-            "format": TEACHER_FORMAT,
-            "arch": run.student,
-            "num_classes": data.num_classes,
-            "in_channels": data.in_channels,
-            "config": run.to_dict(),
-            "metrics": result.final,
-            "model": result.model.state_dict(),
-        },
-    )
+    architecture) and its final metrics (:func:`teacher_state`)."""
+    return save_state(path, teacher_state(run, result, data))
 
 
 def load_teacher(path: str | os.PathLike, config: RunConfig, data: Dataset) -> tuple[nn.Module, dict[str, Any]]:

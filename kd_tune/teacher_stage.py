@@ -8,7 +8,10 @@ cache keys. A node's task is handed the tasks of its sources as arguments, so Ra
 it once they are done: the steps of a chain one after the other, independent branches
 (an ensemble's members, two chains) at the same time. What exists already (in the
 teacher store, in the cache) is reused, by every later sweep too. The task functions
-(in :mod:`kd_tune.trainable`) run in workers and take plain values only.
+(in :mod:`kd_tune.trainable`) run in workers and take plain values only: places as a
+local path string or, on an object store, a :class:`~kd_tune.storage.Storage`
+(:func:`location`), and the node-local copies folder ``options.local_cache`` (when the
+options have one; None: :func:`kd_tune.local_copies.default_local_cache`).
 
 Both check what they reuse before a trial uses it: a stored teacher whose file does not
 hold the weights its record names (an ensemble: whose members changed), and a cache
@@ -24,6 +27,7 @@ from typing import Any
 
 from kd_tune.logit_cache import LogitCache, intact_meta, print_warning
 from kd_tune.plan import Plan
+from kd_tune.storage import Storage, open_storage
 from kd_tune.sweep_options import SweepOptions
 from kd_tune.teacher_store import TeacherError, TeacherStore, at_chance
 from kd_tune.trainable import BUILT_ELSEWHERE, build_logits_task, train_teacher_task
@@ -51,7 +55,7 @@ def ensure_teachers(plan: Plan, store: TeacherStore, options: SweepOptions, *, l
             store.discard(key)
     missing = {k for k in needed if not store.has(k)}
     # Teachers stored before kd-tune measured them are measured once, not trained again.
-    unmeasured = {k for k in needed if store.has(k) and not store.measurements_path(k).is_file()}
+    unmeasured = {k for k in needed if store.has(k) and not store.has_measurements(k)}
     log(f"teachers: {len(needed)} needed, {len(needed) - len(missing)} in the store, {len(missing)} to train"
         + (f", {len(unmeasured)} to measure" if unmeasured else ""))
     task = _task(train_teacher_task, options)
@@ -59,7 +63,7 @@ def ensure_teachers(plan: Plan, store: TeacherStore, options: SweepOptions, *, l
     for key, node in needed.items():  # dependency order: a node's sources have their tasks already
         if key in missing or key in unmeasured:
             after = [refs[source] for source in node.sources if source in refs]
-            refs[key] = task.remote(str(store.root), node.to_dict(), str(options.noise_dir), *after)
+            refs[key] = task.remote(location(store.storage), node.to_dict(), location(options.noise_dir), *after)
     pending = {ref: key for key, ref in refs.items()}
 
     def still_training(key: str) -> None:
@@ -101,13 +105,15 @@ def ensure_teacher_logits(plan: Plan, store: TeacherStore, options: SweepOptions
     built again. A build that fails is reported and not fatal: the trials that need it
     try again themselves, and fail and are recorded one by one if it still fails.
     """
-    cache = LogitCache(options.logits_dir)
+    local_cache = local_cache_of(options)
+    cache = LogitCache(options.logits_dir, local_cache=local_cache)
     needed = plan.caches()
     missing = {k: t for k, t in needed.items() if intact_meta(t, store, cache, token=token, warn=warn) is None}
     log(f"teacher logits ({options.teacher_cache}): {len(needed)} view set(s) needed, "
         f"{len(needed) - len(missing)} cached, {len(missing)} to compute")
-    pending = {_task(build_logits_task, options).remote(str(store.root), str(cache.root), t.to_dict(),
-                                                        str(options.noise_dir), token): k
+    task = _task(build_logits_task, options)
+    pending = {task.remote(location(store.storage), location(cache.storage), t.to_dict(), location(options.noise_dir),
+                           token, local_cache): k
                for k, t in missing.items()}
 
     def built(key: str, meta: dict[str, Any]) -> None:
@@ -123,6 +129,22 @@ def ensure_teacher_logits(plan: Plan, store: TeacherStore, options: SweepOptions
     _await_tasks(pending, on_done=built, on_wait=lambda key: log(f"teacher logits {key}: computing"),
                  on_error=failed)
     return {k: cache.meta(k) for k in needed if cache.has(k)}
+
+
+def location(where: Any) -> str | Storage | None:
+    """What a worker is told of a place (a path, a URI string or a Storage): a local absolute path
+    as a string, an object store's location as its :class:`~kd_tune.storage.Storage` (it pickles
+    without credentials and keeps a ``--storage-endpoint``); workers :func:`open_storage` either."""
+    if where is None:
+        return None
+    storage = open_storage(where)
+    return str(storage) if storage.is_local else storage
+
+
+def local_cache_of(options: Any) -> str | None:
+    """The node-local copies folder the sweep names (``options.local_cache``), as a string; None: the default."""
+    folder = getattr(options, "local_cache", None)
+    return None if folder is None else str(folder)
 
 
 def _task(function: Callable[..., Any], options: SweepOptions) -> Any:

@@ -27,27 +27,39 @@ against its members': a truncated, replaced or altered file raises
 :class:`DamagedTeacher` naming the file, never a bare zip-reader error, and is never
 used. A teacher is derived data: the sweep's teacher stage discards a damaged one and
 trains it again.
+
+The root is a local (shared) folder or an object store (``s3://bucket/prefix``; a
+:class:`~kd_tune.storage.Storage`): every file is read and written through
+:class:`~kd_tune.storage.Storage`, whole or not at all, in the same layout. The lock of a
+key (:meth:`TeacherStore.building`, one builder per key across sweeps and nodes) is a
+``flock`` on a local folder and a lease on an object store (:mod:`kd_tune.store_lock`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
+import os
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from kd_tune.atomic import write_text
-from kd_tune.checkpoint import load_state
 from kd_tune.data import Dataset
 from kd_tune.identity import weights_digest
 from kd_tune.measurements import EndMeasurements
 from kd_tune.runtime import resolve_device
 from kd_tune.status import TrialStatus
-from kd_tune.teacher import MeanLogits, save_teacher, teacher_from_state, train_node
+from kd_tune.storage import Storage, open_storage
+from kd_tune.store_lock import storage_held
+from kd_tune.teacher import MeanLogits, teacher_from_state, teacher_state, train_node
 from kd_tune.teacher_dag import TeacherNode
 from kd_tune.trainer import EpochEnd, load_data, measure_model
 
@@ -61,47 +73,82 @@ class DamagedTeacher(TeacherError):
 
 
 class TeacherStore:
-    """Paths and reads of a teacher store rooted at ``root`` (an absolute, shared path)."""
+    """Reads and writes of a teacher store rooted at ``root``: an absolute, shared local path, or a
+    :class:`~kd_tune.storage.Storage` or URI (``s3://...``) of an object store."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike | Storage):
+        self.storage = open_storage(root)
 
-    def weights_path(self, key: str) -> Path:
+    @property
+    def root(self) -> Path | Storage:
+        """The store's root: a local path, or the object store's :class:`~kd_tune.storage.Storage`."""
+        return self.storage.local_path if self.storage.is_local else self.storage
+
+    def uri(self, key: str, name: str = "") -> str:
+        """The path or URI of teacher ``key``'s folder, or of its file ``name``."""
+        return self.storage.uri_of(f"{key}/{name}" if name else key)
+
+    def weights_path(self, key: str) -> Path | Storage:
         return self.root / key / "teacher.pt"
 
-    def meta_path(self, key: str) -> Path:
+    def meta_path(self, key: str) -> Path | Storage:
         return self.root / key / "meta.json"
 
     def progress(self, key: str) -> dict[str, Any] | None:
         """The last epoch record of a teacher being trained (None before its first epoch)."""
-        path = self.root / key / "progress.json"
         try:
-            return json.loads(path.read_text())
+            return json.loads(self.storage.read_bytes(f"{key}/progress.json"))
         except (OSError, ValueError):
             return None
 
-    def measurements_path(self, key: str) -> Path:
+    def measurements_path(self, key: str) -> Path | Storage:
         return self.root / key / "measurements.npz"
+
+    def has_measurements(self, key: str) -> bool:
+        """Whether teacher ``key``'s end-of-run test measurements are stored."""
+        return self.storage.is_file(f"{key}/measurements.npz")
 
     def measurements(self, key: str) -> EndMeasurements | None:
         """Teacher ``key``'s end-of-run test measurements, None when the store has none
         (a teacher stored before kd-tune measured teachers: see :meth:`measure`)."""
-        path = self.measurements_path(key)
-        return EndMeasurements.load(str(path)) if path.is_file() else None
+        if self.storage.is_local:
+            path = self.storage.local_path / key / "measurements.npz"
+            return EndMeasurements.load(str(path)) if path.is_file() else None
+        try:
+            data = self.storage.read_bytes(f"{key}/measurements.npz")
+        except FileNotFoundError:
+            return None
+        return EndMeasurements.load(io.BytesIO(data))  # type: ignore[arg-type]  # np.load reads file objects
 
-    def measure(self, node: TeacherNode, *, noise_dir: str | None = None) -> dict[str, Any]:
+    def _save_measurements(self, key: str, measured: EndMeasurements) -> None:
+        if self.storage.is_local:
+            measured.save(str(self.storage.local_path / key / "measurements.npz"))
+            return
+        with tempfile.TemporaryDirectory(prefix="kd-tune-measurements-") as folder:
+            local = os.path.join(folder, "measurements.npz")
+            measured.save(local)
+            self.storage.upload(local, f"{key}/measurements.npz")
+
+    def measure(self, node: TeacherNode, *, noise_dir: str | os.PathLike | Storage | None = None) -> dict[str, Any]:
         """Measure a stored teacher that has no measurements yet; return its record."""
         data = load_data(node.run, noise_dir=noise_dir)
         model, meta = self.load(node.key, data)
         device = resolve_device(node.run.device)
-        measure_model(model.to(device), data, None, device=device).save(str(self.measurements_path(node.key)))
+        self._save_measurements(node.key, measure_model(model.to(device), data, None, device=device))
         return meta
+
+    @contextlib.contextmanager
+    def building(self, key: str, *, log: Callable[[str], None] | None = None) -> Iterator[Any]:
+        """Hold the lock of teacher ``key`` for the block: one builder per key, across sweeps
+        and nodes (``<root>/.locks/<key>.lock``: a flock, or a lease on an object store)."""
+        with storage_held(self.storage, key, f"teacher {key}", log=log) as lock:
+            yield lock
 
     def has(self, key: str) -> bool:
         """Whether teacher ``key`` is complete: its record and (but for an ensemble) its weights."""
-        if not self.meta_path(key).is_file():
+        if not self.storage.is_file(f"{key}/meta.json"):
             return False
-        return self.weights_path(key).is_file() or _kind(self._record(key)) == "ensemble"
+        return self.storage.is_file(f"{key}/teacher.pt") or _kind(self._record(key)) == "ensemble"
 
     def meta(self, key: str) -> dict[str, Any]:
         """The stored record of teacher ``key`` (raises :class:`TeacherError` if absent)."""
@@ -110,7 +157,7 @@ class TeacherStore:
         return self._record(key)
 
     def _record(self, key: str) -> dict[str, Any]:
-        return json.loads(self.meta_path(key).read_text())
+        return json.loads(self.storage.read_bytes(f"{key}/meta.json"))
 
     def test_acc(self, key: str) -> float | None:
         """The stored teacher's final test accuracy in [0, 1] (None if it is not stored)."""
@@ -167,15 +214,17 @@ class TeacherStore:
 
     def discard(self, key: str) -> None:
         """Remove teacher ``key`` from the store; ``meta.json`` goes first, so the key is incomplete at once."""
-        for path in (self.meta_path(key), self.weights_path(key), self.root / key / "progress.json"):
-            path.unlink(missing_ok=True)
+        for name in ("meta.json", "teacher.pt", "progress.json"):
+            self.storage.delete(f"{key}/{name}")
 
     def _read(self, key: str) -> dict[str, Any]:
         """The state in ``teacher.pt``, checked against the digest ``meta.json`` records."""
         recorded = self.meta(key).get("weights_sha256")
         path = self.weights_path(key)
         try:
-            state = load_state(path)
+            # The whole file, then torch reads it from memory: one code path for a local file and an object.
+            state = torch.load(io.BytesIO(self.storage.read_bytes(f"{key}/teacher.pt")), map_location="cpu",
+                               weights_only=True)
             digest = weights_digest(state["model"])
         except Exception as err:  # torch's errors (zip reader, unpickler) name no file
             first = str(err).split(". ")[0]  # torch's zip error goes on for five sentences
@@ -185,7 +234,7 @@ class TeacherStore:
                                  f"(sha256 {digest[:12]}..., recorded {recorded[:12]}...)")
         return state
 
-    def train(self, node: TeacherNode, *, noise_dir: str | None = None) -> dict[str, Any]:
+    def train(self, node: TeacherNode, *, noise_dir: str | os.PathLike | Storage | None = None) -> dict[str, Any]:
         """Make teacher ``node`` (its sources already stored), store it under its key and
         return its record (:func:`kd_tune.teacher.train_node`).
 
@@ -199,7 +248,7 @@ class TeacherStore:
 
         def progress(end: EpochEnd) -> None:
             record = {"epoch": int(end.metrics["epoch"]), "epochs": last, "test_acc": _finite(end.metrics["test_acc"])}
-            write_text(self.root / key / "progress.json", json.dumps(record))
+            self.storage.write_text(f"{key}/progress.json", json.dumps(record))
 
         result = train_node(node, data, sources, on_epoch=progress)
         seconds = time.perf_counter() - started if node.trains else 0.0
@@ -209,13 +258,14 @@ class TeacherStore:
                 "lower the learning rate or check the data"
             )
         if node.trains:
-            save_teacher(self.weights_path(key), run, result, data)
+            with self.storage.writer(f"{key}/teacher.pt") as out:
+                torch.save(teacher_state(run, result, data), out)
             digest = weights_digest(result.model)
         else:
             digest = members_digest([self.weights_digest(source) for source in node.sources])
-        self.root.joinpath(key).mkdir(parents=True, exist_ok=True)
+        self.storage.makedirs(key)
         if result.measurements is not None:
-            result.measurements.save(str(self.measurements_path(key)))
+            self._save_measurements(key, result.measurements)
         meta = {
             "key": key,
             "kind": node.kind,
@@ -235,7 +285,7 @@ class TeacherStore:
             "noise_hash": data.noise_hash,
             "created_at": datetime.now(UTC).isoformat(),
         }
-        write_text(self.meta_path(key), json.dumps(meta, indent=2))
+        self.storage.write_text(f"{key}/meta.json", json.dumps(meta, indent=2))
         return meta
 
 

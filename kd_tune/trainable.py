@@ -21,9 +21,16 @@ is missing, by the trial) when its plan names a cache; otherwise it runs the tea
 online.
 
 Teachers and caches are shared by every sweep in the storage: the tasks that make them
-hold a lock per key (:mod:`kd_tune.locks`), so two sweeps that need the same one at
-once build it once, the other waiting for it; the record a task returns then says
-``built_by_another_sweep``.
+hold a lock per key (:mod:`kd_tune.store_lock`: a flock on a local folder, a lease on an
+object store), so two sweeps that need the same one at once build it once, the other
+waiting for it; the record a task returns then says ``built_by_another_sweep``.
+
+Where things are (``teachers_dir``, ``logits_dir``, ``noise_dir``) is handed to the
+workers as a local absolute path or a URI (``s3://bucket/prefix/...``) string, or as a
+:class:`~kd_tune.storage.Storage` (which pickles without credentials); each worker opens
+it with :func:`~kd_tune.storage.open_storage`. ``local_cache`` is the node-local folder
+where caches kept on an object store are copied to be memory-mapped
+(:mod:`kd_tune.local_copies`; None: its default).
 
 Fixed cost per trial is kept low for actor reuse: the data set, the teacher and the
 cached logits are held in the worker process (a few entries, keyed by what identifies
@@ -31,6 +38,7 @@ them), so a reused actor loads them once, not once per trial.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -42,12 +50,13 @@ import torch
 
 from kd_tune.checkpoint import load_state, save_state
 from kd_tune.config import RunConfig
-from kd_tune.locks import held, lock_path
 from kd_tune.logit_cache import LogitCache, ensure_cached
 from kd_tune.measurements import EndMeasurements
 from kd_tune.plan import Trial
 from kd_tune.runtime import use_threads
 from kd_tune.status import STATUS_KEY, TrialStatus
+from kd_tune.storage import Storage
+from kd_tune.store_lock import storage_held
 from kd_tune.teacher import TEACHER_FORMAT
 from kd_tune.teacher_dag import TeacherNode
 from kd_tune.teacher_store import TeacherError, TeacherStore
@@ -63,13 +72,19 @@ _held: dict[str, OrderedDict[Hashable, Any]] = {"data": OrderedDict(), "teacher"
                                                  "logits": OrderedDict()}
 
 
-def distill_trial(config: dict[str, Any], *, teachers_dir: str, logits_dir: str, noise_dir: str,
+Where = str | Storage  # a local absolute path or a URI, or the Storage itself
+
+
+def distill_trial(config: dict[str, Any], *, teachers_dir: Where, logits_dir: Where, noise_dir: Where,
                   checkpoint_every: int, check_token: str | None = None,
-                  feature_classes: tuple[int, ...] = (0, 1, 2), log_models: bool = False) -> None:
+                  feature_classes: tuple[int, ...] = (0, 1, 2), log_models: bool = False,
+                  local_cache: str | None = None) -> None:
     """Run one planned sweep trial (called by Ray Tune in a worker).
 
     ``check_token`` is the sweep invocation's token: a cached-logit checksum is read
     once per node and token (:meth:`kd_tune.logit_cache.LogitCache.problem`).
+    ``local_cache``: this node's folder of copies of an object store's caches (None:
+    :func:`~kd_tune.local_copies.default_local_cache`).
     """
     from ray import tune
 
@@ -80,10 +95,10 @@ def distill_trial(config: dict[str, Any], *, teachers_dir: str, logits_dir: str,
     store = TeacherStore(teachers_dir)
     teacher = logits = None
     if trial.cache_key is not None:
-        cache = LogitCache(logits_dir)
+        cache = LogitCache(logits_dir, local_cache=local_cache)
         meta = _cached_once(trial, data, store, cache, run.device, check_token)
         # Held per build: a cache rebuilt during the sweep is mapped afresh, not served from the old map.
-        logits = _held_or_load("logits", (logits_dir, trial.cache_key, meta["created_at"]),
+        logits = _held_or_load("logits", (str(logits_dir), trial.cache_key, meta["created_at"]),
                                lambda: cache.load(trial.cache_key))
     elif trial.distils or store.has(trial.teacher_key):
         # A CE trial with a stored teacher reports its agreement with it; it does without a damaged one.
@@ -132,7 +147,7 @@ def distill_trial(config: dict[str, Any], *, teachers_dir: str, logits_dir: str,
     train(run, data=data, teacher=teacher, teacher_logits=logits, on_epoch=on_epoch, resume_state=resume)
 
 
-def train_teacher_task(teachers_dir: str, node: dict[str, Any], noise_dir: str, *after: Any) -> dict[str, Any]:
+def train_teacher_task(teachers_dir: Where, node: dict[str, Any], noise_dir: Where, *after: Any) -> dict[str, Any]:
     """Make one teacher node into the store (a Ray task of the teacher stage), or only measure
     it when the store has it without measurements; return its record.
 
@@ -143,28 +158,42 @@ def train_teacher_task(teachers_dir: str, node: dict[str, Any], noise_dir: str, 
     planned = dataclasses.replace(planned, run=planned.run.replace(device=assigned_device(planned.run.device)))
     use_threads(run_threads(planned.run))
     store = TeacherStore(teachers_dir)
-    with held(lock_path(store.root, planned.key), f"teacher {planned.key}"):
+    with store.building(planned.key):
         if not store.has(planned.key):
             return store.train(planned, noise_dir=noise_dir)
-        if not store.measurements_path(planned.key).is_file():
+        if not store.has_measurements(planned.key):
             return store.measure(planned, noise_dir=noise_dir)
         return {**store.meta(planned.key), BUILT_ELSEWHERE: True}
 
 
-def build_logits_task(teachers_dir: str, logits_dir: str, trial: dict[str, Any], noise_dir: str,
-                      check_token: str | None = None) -> dict[str, Any]:
-    """Fill the teacher-logit cache of one planned trial (a Ray task of the cache stage); return the cache's meta."""
+def build_logits_task(teachers_dir: Where, logits_dir: Where, trial: dict[str, Any], noise_dir: Where,
+                      check_token: str | None = None, local_cache: str | None = None) -> dict[str, Any]:
+    """Fill the teacher-logit cache of one planned trial (a Ray task of the cache stage); return the cache's meta.
+
+    ``local_cache`` as in :func:`distill_trial` (a cache built on an object store stays on this node as its copy).
+    """
     planned = Trial.from_dict(trial)
     device = assigned_device(planned.config.device)
     use_threads(run_threads(planned.config))
     data = load_data(planned.config, noise_dir=noise_dir)
-    return _cached_once(planned, data, TeacherStore(teachers_dir), LogitCache(logits_dir), device, check_token)
+    return _cached_once(planned, data, TeacherStore(teachers_dir), LogitCache(logits_dir, local_cache=local_cache),
+                        device, check_token)
 
 
 def _cached_once(trial: Trial, data: Any, store: TeacherStore, cache: LogitCache, device: str,
                  token: str | None) -> dict[str, Any]:
-    """:func:`ensure_cached` under the cache key's lock: one builder per key across sweeps."""
-    with held(lock_path(cache.root, trial.cache_key), f"teacher logits {trial.cache_key}"):
+    """:func:`ensure_cached` under the cache key's lock: one builder per key across sweeps.
+
+    On an object store an intact cache is used without the lock (the lease is a few
+    requests to the store, and a node's first fetch of a large cache would otherwise
+    hold every other node's trials): only a missing or damaged one is built under it.
+    """
+    key = trial.cache_key
+    if not cache.storage.is_local and cache.has(key):
+        with contextlib.suppress(OSError, ValueError):  # removed or rebuilt meanwhile: see under the lock
+            if cache.problem(key, teacher_sha256=store.weights_digest(trial.teacher_key), token=token) is None:
+                return {**cache.meta(key), BUILT_ELSEWHERE: True}
+    with storage_held(cache.storage, key, f"teacher logits {key}"):
         existed = cache.has(trial.cache_key)
         meta = ensure_cached(trial, data, store, cache, device=device, token=token)
     return {**meta, BUILT_ELSEWHERE: True} if existed else meta

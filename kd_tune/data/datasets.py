@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..registry import Registry
+from ..storage import Storage, open_storage
 from .base import DataError, SourceData, Split
 from .cifar import load_cifar10_source, load_cifar100_source
 from .digits import load_digits_source
@@ -128,15 +129,16 @@ def load_dataset(
     noise_type: str = "none",
     noise_rate: float = 0.0,
     noise_seed: int = 0,
-    noise_dir: str | None = None,
+    noise_dir: str | os.PathLike | Storage | None = None,
 ) -> Dataset:
     """Load data set ``name``, carve ``val_size`` validation samples, apply label noise.
 
     The validation split is stratified and drawn with ``split_seed``. Noise (see
     :mod:`kd_tune.data.noise`) touches the remaining training labels only. With
-    ``noise_dir``, the noisy labels are stored there under a name built from (dataset,
-    noise type, rate, seed, val_size, split_seed) and later calls reload that file (hash
-    verified) instead of drawing again. Raises ValueError for bad arguments (an unknown
+    ``noise_dir`` (a local folder, an ``s3://...`` URI or a :class:`~kd_tune.storage.Storage`),
+    the noisy labels are stored there under a name built from (dataset, noise type, rate,
+    seed, val_size, split_seed) and later calls reload that file (hash verified) instead
+    of drawing again. Raises ValueError for bad arguments (an unknown
     name: ``unknown dataset 'name'; known: ...``) and :class:`DataError` for missing or
     malformed data, or a ``val_size`` the training pool cannot hold.
     """
@@ -190,21 +192,24 @@ def _noisy_labels(
     seed: int,
     val_size: int,
     split_seed: int,
-    noise_dir: str | None,
+    noise_dir: str | os.PathLike | Storage | None,
 ) -> np.ndarray:
     identity = dict(dataset=name, noise_type=noise_type, noise_rate=rate, noise_seed=seed,
                     val_size=val_size, split_seed=split_seed)
-    path = None
+    path: str | Storage | None = None
     if noise_dir is not None:
-        path = os.path.join(os.fspath(noise_dir),
-                            noise_file_name(name, noise_type, rate, seed, val_size, split_seed))
-        if os.path.exists(path):
+        file_name = noise_file_name(name, noise_type, rate, seed, val_size, split_seed)
+        folder = open_storage(noise_dir)
+        # A local path as given (messages name it so); an object store's file as a Storage (its endpoint kept).
+        given = os.fspath(noise_dir) if isinstance(noise_dir, (str, os.PathLike)) else str(folder)
+        path = folder / file_name if not folder.is_local else os.path.join(given, file_name)
+        if os.path.exists(path) if isinstance(path, str) else folder.is_file(file_name):
             noisy, meta = read_noisy_labels(path)
             # The file is only valid for the same clean labels; other files (a different
             # copy of the data set) would silently pair images with foreign labels.
             if noisy.shape != clean.shape or meta.get("clean_label_hash") != label_hash(clean):
                 raise DataError(
-                    f"noisy-label file {path!r} was made from different training labels "
+                    f"noisy-label file {str(path)!r} was made from different training labels "
                     f"({meta.get('num_labels')} labels, clean hash {meta.get('clean_label_hash')}) "
                     f"than the ones loaded now ({clean.size} labels, clean hash {label_hash(clean)}); "
                     f"delete it or use another noise_dir"

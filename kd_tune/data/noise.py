@@ -14,11 +14,16 @@ Conventions:
   becomes ``map[c]``; labels of classes outside the map never change. The realised
   overall fraction of changed labels is therefore ``rate`` times the fraction of samples
   whose class is in the map (CIFAR-10: 5 of 10 classes, so about ``rate / 2``).
+
+Persistence: a noisy-label file is a local path or a location on an object store (an
+``s3://...`` URI, or a :class:`~kd_tune.storage.Storage` naming the file); either is
+read and written through :class:`~kd_tune.storage.Storage`, whole or not at all.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -27,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kd_tune.atomic import atomic_write
 from kd_tune.config import noise_problems
+from kd_tune.storage import Storage, open_storage
 
 from .base import DataError
 
@@ -181,24 +186,34 @@ def label_hash(labels: np.ndarray | torch.Tensor | Sequence[int]) -> str:
     return digest.hexdigest()
 
 
-def save_noisy_labels(path: str | os.PathLike, labels: Any, **meta: Any) -> str:
+def _place(path: str | os.PathLike | Storage) -> tuple[Storage, str]:
+    """The folder holding the file ``path`` (a local path, a URI or a Storage of the file), and its name."""
+    where = open_storage(path)
+    return where.parent, where.name
+
+
+def save_noisy_labels(path: str | os.PathLike | Storage, labels: Any, **meta: Any) -> str:
     """Write labels (and JSON-serialisable ``meta``) to an ``.npz`` file; return their hash.
 
-    Written to a temporary file in the same folder and moved into place with
-    ``os.replace``, so concurrent trials writing the same labels never leave a partial file.
+    ``path`` is a local path, a URI (``s3://...``) or a :class:`~kd_tune.storage.Storage`
+    of the file. Written whole or not at all (locally: to a temporary file in the same
+    folder moved into place with ``os.replace``), so concurrent trials writing the same
+    labels never leave a partial file.
     """
     array = _as_int64(labels)
     digest = label_hash(array)
     record = dict(meta, label_hash=digest, num_labels=int(array.size))
-    with atomic_write(path) as handle:
+    folder, name = _place(path)
+    with folder.writer(name) as handle:
         np.savez(handle, labels=array, meta=np.array(json.dumps(record, sort_keys=True)))
     return digest
 
 
-def read_noisy_labels(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+def read_noisy_labels(path: str | os.PathLike | Storage) -> tuple[np.ndarray, dict[str, Any]]:
     """Labels and metadata from a file written by :func:`save_noisy_labels`, hash verified."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        folder, name = _place(path)
+        with np.load(io.BytesIO(folder.read_bytes(name)), allow_pickle=False) as archive:
             labels = archive["labels"]
             meta = json.loads(str(archive["meta"]))
     except FileNotFoundError:
@@ -219,7 +234,7 @@ def read_noisy_labels(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, An
     return labels, meta
 
 
-def load_noisy_labels(path: str | os.PathLike) -> np.ndarray:
+def load_noisy_labels(path: str | os.PathLike | Storage) -> np.ndarray:
     """Labels from a file written by :func:`save_noisy_labels`; DataError if the hash mismatches."""
     return read_noisy_labels(path)[0]
 
