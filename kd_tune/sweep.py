@@ -437,12 +437,16 @@ def _fit(options: SweepOptions, callback: Any, run: TuneRun, check_token: str) -
     from ray.tune.logger import JsonLoggerCallback
 
     from kd_tune.storage import s3_filesystem
+    from kd_tune.teacher_stage import location
     from kd_tune.trainable import distill_trial
 
     trainable = tune.with_resources(
         tune.with_parameters(
-            distill_trial, teachers_dir=str(options.teachers_dir), logits_dir=str(options.logits_dir),
-            noise_dir=str(options.noise_dir), checkpoint_every=options.checkpoint_every,
+            # A local path as a string; an object store as its Storage (no credentials in it;
+            # it keeps a --storage-endpoint, which a bare URI would lose on the workers).
+            distill_trial, teachers_dir=location(options.teachers_dir), logits_dir=location(options.logits_dir),
+            noise_dir=location(options.noise_dir), local_cache=options.local_cache,
+            checkpoint_every=options.checkpoint_every,
             check_token=check_token, feature_classes=options.feature_classes, log_models=options.log_models,
         ),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from processes import ray_env
@@ -29,6 +30,21 @@ TRIALS = 2 * (2 + 1 + 1)  # seeds x (kl tau 3, kl tau inf, mse, ce)
 def s3_sweep(s3, uri: str, name: str, local_cache, *extra: str, address: str = "auto") -> list[str]:
     return [sys.executable, TAU_GRID, "--address", address, "--storage", uri, "--name", name,
             "--local-cache", str(local_cache), *SMALL, *extra]
+
+
+def copy_records(folder) -> list[dict]:
+    """The records of the node-local cache copies in ``folder`` (kd_tune.local_copies)."""
+    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("copies/*/*/.copy.json"))]
+
+
+def check_copies_once(caches, trials) -> None:
+    """Each node holds one copy of the one cache, downloaded at most once (not at all on the
+    node that built it), and the trials' uses of it were served from that copy."""
+    records = [copy_records(folder) for folder in caches]
+    assert [len(r) for r in records] == [1] * len(caches), records
+    assert all(r[0]["downloads"] == (0 if r[0]["built"] else 1) for r in records), records
+    uses = sum(r[0]["downloads"] + r[0]["reuses"] + int(r[0]["built"]) for r in records)
+    assert uses >= int((trials["loss"] != "ce").sum()), records
 
 
 def run(cmd, cwd, env, timeout=400) -> subprocess.CompletedProcess:
@@ -126,6 +142,9 @@ def test_a_sweep_on_s3_resumes_is_reused_and_leaves_only_mlflow_here(ray_cluster
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert "teachers: 1 needed, 1 in the store, 0 to train" in again.stdout
     assert "1 cached, 0 to compute" in again.stdout
+    # One node (this machine, the driver's too): one copy of the one cache for both sweeps.
+    (record,) = copy_records(cache)
+    assert record["downloads"] <= 1 and record["uri"].startswith(f"{uri}/teacher_logits/"), record
 
 
 @pytest.mark.parametrize(("change", "message"), [
