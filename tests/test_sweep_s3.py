@@ -10,9 +10,11 @@ second sweep reuses the stored teacher and cache; each node downloads a cache on
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -169,6 +171,7 @@ def test_bad_object_storage_is_refused_in_seconds_before_ray(s3, tmp_path, chang
 TWO_NODES = """
 import json, os, subprocess, sys
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is imported: loopback only
+os.environ["RAY_AUTH_MODE"] = "token"  # auth on, with the token of ~/.ray/auth_token, as the driver expects
 from ray.cluster_utils import Cluster
 
 caches, cmd = json.loads(sys.argv[1]), json.loads(sys.argv[2])
@@ -188,13 +191,18 @@ def test_on_two_nodes_each_node_downloads_the_cache_once(s3, tmp_path):
     # Each raylet runs with the store's credentials and a local cache of its own, as two
     # machines would; the driver keeps its own local cache too.
     env = s3.env(ray_env())
-    env["RAY_TMPDIR"] = str(tmp_path / "ray")
+    # A Ray folder of its own (the session cluster's stays untouched), short for Ray's socket paths.
+    ray_tmp = tempfile.mkdtemp(prefix="kdr-", dir="/tmp")
+    env["RAY_TMPDIR"] = ray_tmp
     caches = [str(tmp_path / "node-a"), str(tmp_path / "node-b")]
     env["KD_TUNE_LOCAL_CACHE"] = str(tmp_path / "driver")
     uri = s3.uri()
     cmd = [sys.executable, TAU_GRID, "--storage", uri, "--name", "two", *SMALL, "--epochs", "1", "--seeds", "3",
            "--taus", "3", "--alphas", "1", "--losses", "kl,mse"]
-    proc = run([sys.executable, "-c", TWO_NODES, json.dumps(caches), json.dumps(cmd)], tmp_path, env, timeout=600)
+    try:
+        proc = run([sys.executable, "-c", TWO_NODES, json.dumps(caches), json.dumps(cmd)], tmp_path, env, timeout=600)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["rc"] == 0, (result["out"] + result["err"])[-4000:]
