@@ -31,9 +31,9 @@ multi-node cluster) or an object store (``s3://bucket/prefix``); every file goes
                                 the SQLite file stays on the driver, see kd_tune.tracking)
     .locks/                     lock files of running sweeps (kd_tune.locks, kd_tune.store_lock)
 
-On an object store the driver keeps its MLflow outbox and the tables and figures it
-uploads in a folder of its own (:attr:`SweepOptions.driver_dir`), and each node keeps
-copies of the teacher-logit caches its trials map (:mod:`kd_tune.local_copies`).
+On an object store the driver keeps its MLflow outbox, and copies of the tables and
+figures for MLflow, in a folder of its own (:attr:`SweepOptions.driver_dir`), and each
+node keeps copies of the teacher-logit caches its trials map (:mod:`kd_tune.local_copies`).
 """
 from __future__ import annotations
 
@@ -213,8 +213,8 @@ def write_manifest(options: SweepOptions, content: dict[str, Any], tracking_uri:
 class TuneRun:
     """One Tune experiment of a sweep: its folder, what it samples, and how trials are stopped.
 
-    ``path`` is the experiment folder (resumed when it holds one), on the sweep's storage. A grid gives
-    ``param_space``; a search gives ``search_alg`` (already limited in concurrency),
+    ``path`` is the experiment folder (resumed when it holds one), on the sweep's storage. A
+    grid gives ``param_space``; a search gives ``search_alg`` (already limited in concurrency),
     ``num_samples``, the maximised ``metric`` and optionally a ``scheduler``.
     """
 

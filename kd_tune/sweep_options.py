@@ -23,9 +23,10 @@ class SweepOptions:
 
     ``storage`` is a local folder (made absolute) or a URI (``s3://bucket/prefix``;
     ``storage_endpoint`` the endpoint of an S3-compatible store, else
-    ``$AWS_ENDPOINT_URL``); ``local_cache`` the node-local folder of copies of stored
-    teacher-logit caches (None: the user's cache folder, see :mod:`kd_tune.local_copies`);
-    ``cpus_per_trial``/``gpus_per_trial`` are Ray resource
+    ``$AWS_ENDPOINT_URL``); the folders (``sweep_dir``, ``teachers_dir``, ...) are
+    :class:`~kd_tune.storage.Storage` either way. ``local_cache`` is the node-local folder
+    of copies of stored teacher-logit caches (None: the user's cache folder, see
+    :mod:`kd_tune.local_copies`). ``cpus_per_trial``/``gpus_per_trial`` are Ray resource
     requests per trial and per teacher task (GPUs may be fractional); a trial's CPU
     threads are its CPU share (:meth:`with_threads`);
     ``checkpoint_every`` is in epochs; ``max_failures`` retries per trial;
@@ -151,8 +152,8 @@ def driver_folder(sweep: Storage, local_cache: str | os.PathLike | None = None) 
     """The driver's own folder of sweep ``sweep``: the sweep folder itself on local storage; on an
     object store a folder on the driver's disk, under the local cache (``local_cache``, default
     :func:`~kd_tune.local_copies.default_local_cache`): ``<local cache>/sweeps/<digest of the
-    sweep's URI>``. It holds the MLflow writes not yet sent (``tracking/``) and the tables and
-    figures before they are uploaded."""
+    sweep's URI>``. It holds the MLflow writes not yet sent (``tracking/``) and copies of the
+    tables and figures written into the sweep folder, for MLflow to attach."""
     if sweep.is_local:
         return sweep.local_path
     import hashlib
