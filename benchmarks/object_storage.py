@@ -11,8 +11,10 @@ listing instead of renaming), not a real store's.
 1. The default ``python sweeps/tau_grid.py`` twice, one after the other on an embedded
    Ray: ``--storage`` a local folder, then ``--storage s3://kd-tune-test/bench``; wall
    time of each (the whole command) and the bytes each stores (the storage folder, or
-   the bucket's objects under the prefix plus the driver's ``mlflow.db``). ``--quick``
-   runs both at 1 seed and 10 epochs.
+   the bucket's objects under the prefix plus the driver's ``mlflow.db``), and the CPU
+   seconds the store's server spent meanwhile: moto is a Python server on the same 2
+   cores as the trials, so its work is charged to the S3 run here, where a real store
+   would do it elsewhere. ``--quick`` runs both at 1 seed and 10 epochs.
 2. A node fetching a CIFAR-100-sized teacher-logit cache: ``--views`` views of 50,000 x
    100 float32 logits (20 MB a view), stored in the bucket, downloaded and checked
    (sha256) into a node-local copy (``kd_tune.local_copies``); then a second trial on the
@@ -55,6 +57,12 @@ def _sweep(storage: str, work: Path, env: dict[str, str], quick: bool) -> float:
     if done.returncode != 0:
         sys.exit(f"the sweep on {storage} failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
     return seconds
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _local_bytes(folder: Path) -> int:
@@ -111,7 +119,9 @@ def main() -> None:
                 (folder / "local").mkdir()
                 (folder / "s3").mkdir()
                 local_s = _sweep(str(folder / "local" / "results"), folder / "local", env, args.quick)
+                before = _cpu_seconds(s3.pid)
                 s3_s = _sweep(s3.uri("bench"), folder / "s3", env, args.quick)
+                server_cpu = _cpu_seconds(s3.pid) - before
                 local_b = _local_bytes(folder / "local" / "results")
                 s3_b = _stored_bytes(s3, "bench")
                 db_b = (folder / "s3" / "mlflow.db").stat().st_size
@@ -123,6 +133,7 @@ def main() -> None:
                 print(f"| local folder | {local_s:.1f} | {local_b:,} (mlflow.db included) |")
                 print(f"| s3:// (moto on 127.0.0.1) | {s3_s:.1f} | {s3_b:,} in the bucket + {db_b:,} "
                       "mlflow.db on the driver |")
+                print(f"the store's server used {server_cpu:.0f} CPU-s of the 2 cores during the S3 run")
             upload, fetched, reused, size = _fetch(s3, folder, args.views)
             print(f"\nCIFAR-100-sized cache: {args.views} views x {SAMPLES} x {CLASSES} float32 = {size / 1e6:.0f} MB")
             print(f"  upload to the bucket:        {upload:.2f} s ({size / upload / 1e6:.0f} MB/s)")

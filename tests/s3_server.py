@@ -32,6 +32,7 @@ class S3Server:
     access_key: str
     secret_key: str
     bucket: str = BUCKET
+    pid: int = 0  # the server's process (its CPU time is what a benchmark charges to the store)
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """``base`` (default: this process's environment) with this store's credentials and endpoint."""
@@ -68,7 +69,7 @@ def s3_server(folder: Path) -> Iterator[S3Server]:
     moto = shutil.which("moto_server", path=str(Path(sys.executable).parent))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    with server([moto, "-H", "127.0.0.1", "-p", str(port)], port=port, log=folder / "moto.log", env=env):
+    with server([moto, "-H", "127.0.0.1", "-p", str(port)], port=port, log=folder / "moto.log", env=env) as proc:
         endpoint = f"http://127.0.0.1:{port}"
         # Authentication on from the next call but _SETUP_CALLS (moto's own switch).
         urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset-auth",
@@ -80,6 +81,6 @@ def s3_server(folder: Path) -> Iterator[S3Server]:
         iam.put_user_policy(UserName="kd-tune", PolicyName="everything", PolicyDocument=(
             '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'))
         key = iam.create_access_key(UserName="kd-tune")["AccessKey"]
-        store = S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+        store = S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], pid=proc.pid)
         store.client().create_bucket(Bucket=store.bucket)
         yield store
