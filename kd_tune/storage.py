@@ -380,15 +380,18 @@ class ConditionalWrites:
                 return None
             raise
 
-    def get(self, rel: str) -> tuple[bytes, str, float] | None:
-        """The object's bytes, ETag and last-modified time (epoch seconds), or None when absent."""
+    def get(self, rel: str) -> tuple[bytes, str, float, float] | None:
+        """The object's bytes, ETag, last-modified time and the store's clock when it answered
+        (both epoch seconds, from the store: the age of an object is judged by one clock,
+        whatever the nodes' clocks say), or None when it is absent."""
         try:
             answer = self._client.get_object(Bucket=self.bucket, Key=self._key(rel))
         except self._client.exceptions.ClientError as err:
             if _code(err) in ("NoSuchKey", "404"):
                 return None
             raise
-        return answer["Body"].read(), answer["ETag"], answer["LastModified"].timestamp()
+        now = _http_date(answer["ResponseMetadata"]["HTTPHeaders"].get("date"))
+        return answer["Body"].read(), answer["ETag"], answer["LastModified"].timestamp(), now
 
     def delete(self, rel: str, *, if_match: str | None = None) -> bool:
         """Remove ``rel`` (if at version ``if_match``): False when another process changed it first."""
@@ -404,12 +407,6 @@ class ConditionalWrites:
                 return True
             raise
         return True
-
-    def server_time(self) -> float:
-        """The store's clock now (epoch seconds), read from a write's answer: leases are judged
-        by one clock, the store's, whatever the nodes' clocks say."""
-        answer = self._client.put_object(Bucket=self.bucket, Key=self._key(".locks/.clock"), Body=b"")
-        return _http_date(answer["ResponseMetadata"]["HTTPHeaders"].get("date"))
 
 
 def open_storage(uri: str | os.PathLike | Storage, *, endpoint: str | None = None) -> Storage:

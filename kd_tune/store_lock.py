@@ -125,9 +125,9 @@ class LeaseLock:
         current = self._writes.get(self.rel)
         if current is None:
             return self._try()  # released meanwhile
-        body, stale_etag, modified = current
+        body, stale_etag, modified, now = current
         holder, lease = _parse(body)
-        if not self._stale(holder, lease, modified):
+        if not self._stale(holder, lease, now - modified):
             return holder or Holder("?", 0, "?", "unreadable lock record")
         etag = self._writes.put(self.rel, record, if_match=stale_etag)
         if etag is None:
@@ -135,10 +135,11 @@ class LeaseLock:
         self.previous, self._etag = holder, etag
         return None
 
-    def _stale(self, holder: Holder | None, lease: float, modified: float) -> bool:
+    def _stale(self, holder: Holder | None, lease: float, age: float) -> bool:
+        """Whether a lock last renewed ``age`` seconds ago (by the store's clock) is left behind."""
         if holder is not None and holder.host == socket.gethostname() and not _alive(holder.pid):
             return True
-        return self._writes.server_time() - modified > lease
+        return age > lease
 
     def _start_renewing(self) -> None:
         self._stop.clear()
