@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -139,16 +139,20 @@ class EndMeasurements:
         """Write to ``path`` (an ``.npz`` file, written atomically; plain arrays, no pickle)."""
         from kd_tune.atomic import atomic_write
 
+        with atomic_write(path) as handle:
+            self.write(handle)
+
+    def write(self, handle: BinaryIO) -> None:
+        """Write as an ``.npz`` into the open binary file ``handle`` (plain arrays, no pickle)."""
         arrays = {"labels": self.labels, "feature_index": self.feature_index, "features": self.features,
                   "summary_names": np.asarray(list(self.summary), dtype=str),
                   "summary_values": np.asarray(list(self.summary.values()), dtype=np.float64),
                   **{f"value_{k}": v for k, v in self.values.items()}}
-        with atomic_write(path) as handle:
-            np.savez(handle, **arrays)
+        np.savez(handle, **arrays)
 
     @classmethod
-    def load(cls, path: str) -> EndMeasurements:
-        """Read a file written by :meth:`save`."""
+    def load(cls, path: str | BinaryIO) -> EndMeasurements:
+        """Read a file (a path, or an open binary file) written by :meth:`save` or :meth:`write`."""
         with np.load(path, allow_pickle=False) as f:
             values = {k.removeprefix("value_"): f[k] for k in f.files if k.startswith("value_")}
             summary = dict(zip(f["summary_names"].tolist(), f["summary_values"].tolist()))

@@ -42,7 +42,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -111,23 +110,15 @@ class TeacherStore:
     def measurements(self, key: str) -> EndMeasurements | None:
         """Teacher ``key``'s end-of-run test measurements, None when the store has none
         (a teacher stored before kd-tune measured teachers: see :meth:`measure`)."""
-        if self.storage.is_local:
-            path = self.storage.local_path / key / "measurements.npz"
-            return EndMeasurements.load(str(path)) if path.is_file() else None
         try:
             data = self.storage.read_bytes(f"{key}/measurements.npz")
         except FileNotFoundError:
             return None
-        return EndMeasurements.load(io.BytesIO(data))  # type: ignore[arg-type]  # np.load reads file objects
+        return EndMeasurements.load(io.BytesIO(data))
 
     def _save_measurements(self, key: str, measured: EndMeasurements) -> None:
-        if self.storage.is_local:
-            measured.save(str(self.storage.local_path / key / "measurements.npz"))
-            return
-        with tempfile.TemporaryDirectory(prefix="kd-tune-measurements-") as folder:
-            local = os.path.join(folder, "measurements.npz")
-            measured.save(local)
-            self.storage.upload(local, f"{key}/measurements.npz")
+        with self.storage.writer(f"{key}/measurements.npz") as out:
+            measured.write(out)
 
     def measure(self, node: TeacherNode, *, noise_dir: str | os.PathLike | Storage | None = None) -> dict[str, Any]:
         """Measure a stored teacher that has no measurements yet; return its record."""
