@@ -36,8 +36,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.results_io import load_epochs, load_features, load_samples, load_trials
-from kd_tune.part_table import located
-from kd_tune.storage import Storage, open_storage
+from kd_tune.storage import Storage, located, open_storage
 
 FIGURES = ("heatmap", "tau", "logit_distance", "feature_norm", "logit_mean_gap", "features", "curves")
 FIGURE_HELP = {

@@ -24,8 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from analysis.tables import ROW_HEADERS, SETTING_COLUMNS, CellStats, Table, label_sort_key
-from kd_tune.part_table import located
-from kd_tune.storage import Storage, open_storage
+from kd_tune.storage import Storage, located, open_storage
 
 FORMATS = ("csv", "md", "latex")
 _SUFFIX = {"csv": "csv", "md": "md", "latex": "tex"}

@@ -21,10 +21,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from kd_tune.part_table import located
 from kd_tune.results import RESULTS_DIR, TRIALS_FILE, has_results, read_epochs, read_trials
 from kd_tune.samples import FEATURES_DIR, SAMPLES_DIR
-from kd_tune.storage import Storage, open_storage
+from kd_tune.storage import Storage, located, open_storage
 
 Location = str | os.PathLike | Storage
 

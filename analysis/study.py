@@ -41,10 +41,9 @@ from typing import Any
 import pandas as pd
 
 from analysis.results_io import load_trials
-from kd_tune.part_table import located
 from kd_tune.search_record import SearchRecord
 from kd_tune.status import TrialStatus
-from kd_tune.storage import Storage, open_storage
+from kd_tune.storage import Storage, located, open_storage
 
 STUDY_DB = "optuna.db"
 

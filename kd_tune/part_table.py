@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kd_tune.storage import Storage, open_storage
+from kd_tune.storage import Storage, located, open_storage
 
 FANOUT = 16  # parts of one level merged into one part of the next
 BATCH_ROWS = 65_536  # rows per row group written and per batch read
@@ -71,12 +71,6 @@ class Part:
     def name(self) -> str:
         """The file's name in the table's folder."""
         return str(self.path).rsplit("/", 1)[-1]
-
-
-def located(storage: Storage, rel: str = "") -> Path | str:
-    """``rel`` of ``storage`` as kd-tune hands it out: a local Path for a local folder, the
-    URI (a str, ``s3://bucket/prefix/rel``) for an object store."""
-    return storage.local_path / rel if storage.is_local else storage.uri_of(rel)
 
 
 class PartTable:

@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kd_tune.part_table import BATCH_ROWS, located
+from kd_tune.part_table import BATCH_ROWS
 from kd_tune.plan import Trial
 from kd_tune.results import (
     RESULTS_DIR,
@@ -55,7 +55,7 @@ from kd_tune.results import (
     trials_table,
 )
 from kd_tune.status import STATUS_KEY, TrialStatus
-from kd_tune.storage import Storage, open_storage
+from kd_tune.storage import Storage, located, open_storage
 from kd_tune.sweep import MANIFEST, sweep_lock
 from kd_tune.sweep_options import SweepError, driver_folder
 from kd_tune.tracking import STARTED_TAG, resolve_tracking_uri

@@ -61,9 +61,9 @@ import pyarrow as pa
 
 from kd_tune.config import RunConfig, field_types
 from kd_tune.measurements import SUMMARY
-from kd_tune.part_table import DamagedPartError, PartTable, located
+from kd_tune.part_table import DamagedPartError, PartTable
 from kd_tune.status import TrialStatus
-from kd_tune.storage import Storage, open_storage
+from kd_tune.storage import Storage, located, open_storage
 
 RESULTS_DIR = "results"
 TRIALS_TABLE = "trials"

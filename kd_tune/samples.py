@@ -32,8 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kd_tune.measurements import PER_SAMPLE, EndMeasurements
-from kd_tune.part_table import located
-from kd_tune.storage import Storage, open_storage
+from kd_tune.storage import Storage, located, open_storage
 
 SAMPLES_DIR = "samples.parquet"
 FEATURES_DIR = "features.parquet"

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kd_tune.part_table import located
 from kd_tune.search_space import SampledSpace
-from kd_tune.storage import Storage, open_storage
+from kd_tune.storage import Storage, located, open_storage
 
 RECORD_FILE = "search.json"
 RECORD_FORMAT = 1

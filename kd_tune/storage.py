@@ -432,6 +432,12 @@ def open_storage(uri: str | os.PathLike | Storage, *, endpoint: str | None = Non
     return Storage(text, endpoint=endpoint)
 
 
+def located(storage: Storage, rel: str = "") -> Path | str:
+    """``rel`` of ``storage`` as kd-tune hands it out: a local Path for a local folder, the
+    URI (a str, ``s3://bucket/prefix/rel``) for an object store."""
+    return storage.local_path / rel if storage.is_local else storage.uri_of(rel)
+
+
 def _reopen(uri: str, endpoint: str | None) -> Storage:
     return Storage(uri, endpoint=endpoint)
 

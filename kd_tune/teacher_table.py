@@ -29,8 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kd_tune.part_table import located
-from kd_tune.storage import Storage, open_storage
+from kd_tune.storage import Storage, located, open_storage
 from kd_tune.teacher_dag import TeacherNode
 
 TEACHERS_FILE = "teachers.parquet"

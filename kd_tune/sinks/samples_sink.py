@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from kd_tune.part_table import located
 from kd_tune.plan import Trial
 from kd_tune.samples import write_parts
 from kd_tune.sinks.base import TeacherRecord, TrialSink
-from kd_tune.storage import Storage, open_storage
+from kd_tune.storage import Storage, located, open_storage
 from kd_tune.trial_end import TrialEnd
 
 

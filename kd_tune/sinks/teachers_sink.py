@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kd_tune.part_table import located
 from kd_tune.sinks.base import TeacherRecord, TrialSink
-from kd_tune.storage import Storage, open_storage
+from kd_tune.storage import Storage, located, open_storage
 from kd_tune.teacher_table import teacher_row, write_teachers
 
 
