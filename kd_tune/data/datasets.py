@@ -196,14 +196,12 @@ def _noisy_labels(
 ) -> np.ndarray:
     identity = dict(dataset=name, noise_type=noise_type, noise_rate=rate, noise_seed=seed,
                     val_size=val_size, split_seed=split_seed)
-    path: str | Storage | None = None
+    path: Storage | None = None
     if noise_dir is not None:
         file_name = noise_file_name(name, noise_type, rate, seed, val_size, split_seed)
         folder = open_storage(noise_dir)
-        # A local path as given (messages name it so); an object store's file as a Storage (its endpoint kept).
-        given = os.fspath(noise_dir) if isinstance(noise_dir, (str, os.PathLike)) else str(folder)
-        path = folder / file_name if not folder.is_local else os.path.join(given, file_name)
-        if os.path.exists(path) if isinstance(path, str) else folder.is_file(file_name):
+        path = folder / file_name  # the file as a Storage: an object store's endpoint is kept
+        if folder.is_file(file_name):
             noisy, meta = read_noisy_labels(path)
             # The file is only valid for the same clean labels; other files (a different
             # copy of the data set) would silently pair images with foreign labels.
