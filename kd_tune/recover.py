@@ -77,18 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         storage = open_storage(args.sweep_dir)
-        sweep_dir = _native(storage)
         if not storage.is_file(MANIFEST):
             parser.error(f"{located(storage)} is not a sweep folder (no {MANIFEST})")
         manifest = json.loads(storage.read_bytes(MANIFEST))
     except (ValueError, OSError) as err:
         parser.error(str(err))
-    uri = args.mlflow_uri or manifest.get("mlflow_uri") or resolve_tracking_uri(None, _native(storage.parent))
+    uri = args.mlflow_uri or manifest.get("mlflow_uri") or resolve_tracking_uri(None, located(storage.parent))
     try:
         with sweep_lock(storage):
             if args.action == "rebuild":
                 rebuild(storage, manifest.get("name", storage.name), tracking_uri=uri)
-            return 0 if sync(sweep_dir, uri) else 1
+            return 0 if sync(storage, uri) else 1
     except (SweepError, ResultsError) as err:
         parser.error(str(err))
 
@@ -121,13 +120,15 @@ def sync(sweep_dir: str | Path | Storage, tracking_uri: str, *, log: Callable[[s
 def rebuild(sweep_dir: str | Path | Storage, sweep: str, *, tracking_uri: str,
             log: Callable[[str], None] = print) -> None:
     """Write the sweep's results again from Ray Tune's trial records (see the module docstring)."""
+    from kd_tune.teacher_store import TeacherStore
+
     storage = open_storage(sweep_dir)
     where = located(storage)
     records = list(tune_records(storage))
     if not records:
         raise SweepError(f"{where} holds no Ray Tune trial records (trial_*/result.json) to rebuild from")
     runs = _mlflow_runs(storage, tracking_uri, log)
-    teacher_acc = _teacher_accuracies(storage.parent / "teachers", log)
+    teacher_acc = TeacherStore(storage.parent / "teachers").test_acc
     storage.delete_dir(STAGING)
     staging = storage / STAGING
     epochs, trials = epochs_table(staging), trials_table(staging)
@@ -229,23 +230,6 @@ def _epoch(sweep: str, trial: Trial, report: dict[str, Any]) -> dict[str, Any]:
 def _time(report: dict[str, Any]) -> datetime | None:
     stamp = report.get("timestamp")
     return datetime.fromtimestamp(stamp, UTC) if isinstance(stamp, (int, float)) else None
-
-
-def _teacher_accuracies(teachers: Storage, log: Callable[[str], None]) -> Callable[[str], float | None]:
-    """Teacher key -> its test accuracy in the teacher store ``teachers`` (None when unknown)."""
-    from kd_tune.teacher_store import TeacherStore
-
-    try:
-        store = TeacherStore(_native(teachers))  # type: ignore[arg-type]
-    except TypeError:  # a teacher store that cannot open this storage: the accuracies stay empty
-        log(f"the teacher store {teachers} cannot be read here: teacher_test_acc stays empty")
-        return lambda key: None
-    return store.test_acc
-
-
-def _native(storage: Storage) -> Path | Storage:
-    """What the modules that take a folder get: a local Path, else the Storage itself."""
-    return storage.local_path if storage.is_local else storage
 
 
 def _queue(sweep_dir: str | Path | Storage, tracking_uri: str, log: Callable[[str], None]) -> Any:
