@@ -306,6 +306,8 @@ class Recorder:
         callback = TuneSinks([self.parquet, self.samples, self.mlflow, console], skip=finished, hold_new=hold_new)
         results = _fit(self.options, callback, run, self.check_token)
         self.parquet.reconcile(callback.ended_in_tune)
+        done = self.parquet.finished_keys()
+        prune_checkpoints(run.path, [r.path for r in results if r.path and r.config["trial"]["key"] in done])
         return [result.config for result in results]
 
     def finish(self, keys: Sequence[str], finalize: Callable[[Storage], list[Path]] | None, started: float,
@@ -475,10 +477,31 @@ def _fit(options: SweepOptions, callback: Any, run: TuneRun, check_token: str) -
                 name=run.path.name, storage_path=run.path.parent.fs_path(), storage_filesystem=filesystem,
                 verbose=0, callbacks=[callback, JsonLoggerCallback()],
                 failure_config=tune.FailureConfig(max_failures=options.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                # Tune keeps every checkpoint while a trial runs: with num_to_keep it deletes
+                # older ones before its saved state stops naming them, so a driver killed in
+                # that window left a trial that could never resume ("checkpoint does not exist
+                # on storage anymore"), and on an object store it forced a full upload of the
+                # experiment folder every num_to_keep checkpoints. Finished trials are pruned
+                # to their last checkpoint by prune_checkpoints.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             ),
         )
     return tuner.fit()
+
+
+def prune_checkpoints(experiment: Storage, trial_paths: Sequence[str]) -> int:
+    """Remove all but the newest checkpoint of each finished trial (``trial_paths``: Tune's
+    trial folders, their last part being the folder's name in ``experiment``); the number
+    removed. Only finished trials (their rows recorded) are given: none resumes from an
+    older checkpoint, and the newest lets Tune report a restarted trial's end again."""
+    removed = 0
+    for path in trial_paths:
+        trial = experiment / str(path).rstrip("/").rsplit("/", 1)[-1]
+        checkpoints = sorted(e.path for e in trial.list() if e.is_dir and e.path.startswith("checkpoint_"))
+        for name in checkpoints[:-1]:
+            trial.delete_dir(name)
+            removed += 1
+    return removed
 
 
 def _counts(statuses: dict[str, TrialStatus], keys: list[str]) -> dict[str, int]:

@@ -214,6 +214,10 @@ def test_driver_killed_then_resumed(ray_cluster, tmp_path):
     assert len(epochs) == 27 * 3 and not epochs.duplicated(["trial_key", "epoch"]).any()
     # and the files hold one row per key too, not only the readers
     assert ds.dataset(sweep_dir / "results" / "epochs").count_rows() == 27 * 3
+    # Every finished trial keeps its last checkpoint only (3 were made, one per epoch).
+    folders = sorted(sweep_dir.glob("trial_*"))
+    assert len(folders) == 27
+    assert {f.name: len(list(f.glob("checkpoint_*"))) for f in folders} == {f.name: 1 for f in folders}
 
     _, parents, children = mlflow_runs(tmp_path, "resume")
     assert sorted(p.info.status for p in parents) == ["FINISHED", "KILLED"]
