@@ -1,16 +1,16 @@
 """Loading sweep results: the Parquet data a sweep writes (the only thing analysis reads).
 
 A sweep keeps them in ``<sweep>/results/trials/`` and ``<sweep>/results/epochs/`` (Parquet
-part files; layout in :mod:`kd_tune.results`); sweeps of the older layout kept
+part files; layout in :mod:`kd_tune.results.trial_tables`); sweeps of the older layout kept
 ``<sweep>/trials.parquet`` and ``<sweep>/epochs.parquet``. Both are read here, one row per
-key, through :func:`kd_tune.results.read_trials` and :func:`kd_tune.results.read_epochs`.
+key, through :func:`kd_tune.results.trial_tables.read_trials` and :func:`kd_tune.results.trial_tables.read_epochs`.
 The teacher nodes a sweep used are ``<sweep>/teachers.parquet``
-(:mod:`kd_tune.teacher_table`). The per-sample end measurements are the part-file data
-sets ``<sweep>/samples.parquet/`` and ``<sweep>/features.parquet/`` (:mod:`kd_tune.samples`).
+(:mod:`kd_tune.results.teacher_table`). The per-sample end measurements are the part-file data
+sets ``<sweep>/samples.parquet/`` and ``<sweep>/features.parquet/`` (:mod:`kd_tune.results.samples`).
 
 Every ``path`` here is a local path, a URI of an object store (``s3://bucket/prefix/NAME``;
-credentials and endpoint from the environment, see :mod:`kd_tune.storage`) or a
-:class:`~kd_tune.storage.Storage`: one code path reads both.
+credentials and endpoint from the environment, see :mod:`kd_tune.storage.location`) or a
+:class:`~kd_tune.storage.location.Storage`: one code path reads both.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from kd_tune.results import RESULTS_DIR, TRIALS_FILE, has_results, read_epochs, read_trials
-from kd_tune.samples import FEATURES_DIR, SAMPLES_DIR
-from kd_tune.storage import Storage, located, open_storage
+from kd_tune.results.samples import FEATURES_DIR, SAMPLES_DIR
+from kd_tune.results.trial_tables import RESULTS_DIR, TRIALS_FILE, has_results, read_epochs, read_trials
+from kd_tune.storage.location import Storage, located, open_storage
 
 Location = str | os.PathLike | Storage
 
@@ -39,7 +39,7 @@ def find_sweeps(path: Location) -> list[Path | str]:
 
 
 def sweep_storages(path: Location) -> list[Storage]:
-    """The sweep folders ``path`` names, as :class:`~kd_tune.storage.Storage` (see :func:`find_sweeps`)."""
+    """The sweep folders ``path`` names, as :class:`~kd_tune.storage.location.Storage` (see :func:`find_sweeps`)."""
     storage = open_storage(path)
     where = located(storage)
     if not storage.is_dir():
@@ -68,7 +68,7 @@ def load_trials(path: Location) -> pd.DataFrame:
     the ``sweep`` column tells them apart). Every status is kept (completed, diverged,
     failed); the tables use only ``status == "completed"`` rows. Accuracies stay
     fractions in [0, 1] here; the tables convert them to percent. A damaged file raises
-    :class:`kd_tune.results.ResultsError` (a ValueError) naming it.
+    :class:`kd_tune.results.trial_tables.ResultsError` (a ValueError) naming it.
     """
     storage = open_storage(path)
     if storage.is_file():
@@ -95,12 +95,12 @@ def _load(path: Location, read: Callable[[Storage], pa.Table]) -> pd.DataFrame:
 def load_teachers(path: Location) -> pd.DataFrame:
     """The ``teachers.parquet`` rows of the sweep folder(s) of ``path``: one row per teacher
     node a sweep used (every ensemble member, every intermediate student of a chain, the
-    composite teacher itself; columns in :mod:`kd_tune.teacher_table`, ``epochs_trained``
+    composite teacher itself; columns in :mod:`kd_tune.results.teacher_table`, ``epochs_trained``
     as pandas' nullable Int64). A sweep without the file adds no rows; with none at all the
     frame is empty, with those columns. The same teacher used by several sweeps has a row
     in each (the ``sweep`` column tells them apart).
     """
-    from kd_tune.teacher_table import TEACHERS_SCHEMA, read_teachers_table
+    from kd_tune.results.teacher_table import TEACHERS_SCHEMA, read_teachers_table
 
     found = (read_teachers_table(sweep) for sweep in sweep_storages(path))
     tables = [t for t in found if t is not None] or [TEACHERS_SCHEMA.empty_table()]

@@ -1,7 +1,7 @@
 """The ``search`` table: a searched sweep's selected settings, their search and confirmation accuracies.
 
 One table per searched sweep, from its ``trials.parquet`` rows and its record
-(``search.json``, :mod:`kd_tune.search_record`), which says which trials the search drew
+(``search.json``, :mod:`kd_tune.results.search_record`), which says which trials the search drew
 and which reran each selected setting. Rows are the selected settings in rank order
 (``1. kl tau=3.21 alpha=0.432``, the final pick marked ``(final)``); columns, in percent,
 mean ± sample std (n):
@@ -24,9 +24,9 @@ from typing import Any
 import pandas as pd
 
 from analysis.tables import CellStats, Table, _records, _stats, teacher_stats
-from kd_tune.search_record import SearchRecord
-from kd_tune.status import TrialStatus
-from kd_tune.storage import Storage, open_storage
+from kd_tune.core.status import TrialStatus
+from kd_tune.results.search_record import SearchRecord
+from kd_tune.storage.location import Storage, open_storage
 
 COLUMNS = ("val (search)", "val (confirmation)", "test (confirmation)")
 
@@ -74,7 +74,7 @@ def search_tables(trials: pd.DataFrame, records: Mapping[str, SearchRecord],
 
 def load_records(path: str | os.PathLike | Storage) -> dict[str, SearchRecord]:
     """The search records of a sweep folder, or of the sweep folders directly under ``path`` (a local
-    folder, a URI or a :class:`~kd_tune.storage.Storage`): sweep name -> record."""
+    folder, a URI or a :class:`~kd_tune.storage.location.Storage`): sweep name -> record."""
     storage = open_storage(path)
     folders = [storage, *(storage / e.path for e in storage.list() if e.is_dir)] if storage.is_dir() else []
     records = (SearchRecord.read(folder) for folder in folders)

@@ -4,7 +4,7 @@
 
 :func:`rebuild_study` makes an Optuna study from the sweep's rows and its record
 (``search.json``): one trial per drawn trial in the order Optuna drew them, with the
-parameters the space drew (:meth:`~kd_tune.search_space.SampledSpace.params`, read back
+parameters the space drew (:meth:`~kd_tune.plan.search_space.SampledSpace.params`, read back
 from the run's config) and their distributions. The value is the last-epoch validation
 accuracy (a fraction) of a completed trial; a trial the scheduler stopped early is
 PRUNED with its validation accuracy at the epoch it stopped as an intermediate value; a
@@ -20,7 +20,7 @@ parameters such as tau) and the optimisation history as tables
 figures (``NAME/figures/param_importances.png``, ``optimization_history.png``).
 
 The sweep folder may be on an object store (``s3://bucket/prefix/NAME`` or a
-:class:`~kd_tune.storage.Storage`): the results and ``search.json`` are read from it and
+:class:`~kd_tune.storage.location.Storage`): the results and ``search.json`` are read from it and
 the tables and figures written into it. SQLite cannot live there, so by default the
 study is kept in a local copy of ``STORAGE/optuna.db`` (downloaded first when it exists,
 so other sweeps' studies stay) that is uploaded back whole when written; download it to
@@ -41,9 +41,9 @@ from typing import Any
 import pandas as pd
 
 from analysis.results_io import load_trials
-from kd_tune.search_record import SearchRecord
-from kd_tune.status import TrialStatus
-from kd_tune.storage import Storage, located, open_storage
+from kd_tune.core.status import TrialStatus
+from kd_tune.results.search_record import SearchRecord
+from kd_tune.storage.location import Storage, located, open_storage
 
 STUDY_DB = "optuna.db"
 

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.reference import fmt_number, reference_value
-from kd_tune.status import TrialStatus
+from kd_tune.core.status import TrialStatus
 
 TABLES = ("tau_alpha", "loss", "noise", "search", "pairs", "sequential", "noisy_teacher")
 METRIC = "test_acc"
@@ -414,7 +414,7 @@ def build_tables(trials: pd.DataFrame, table: str, *, reference: bool = True,
     completed trials only (see the module docstring for units and conventions); an
     empty list means no completed trial fits the table. ``reference=True`` attaches the
     published values where a clean-label cell matches one. The ``search`` table needs
-    ``records``: sweep name -> its :class:`~kd_tune.search_record.SearchRecord` (see
+    ``records``: sweep name -> its :class:`~kd_tune.results.search_record.SearchRecord` (see
     :mod:`analysis.search_table`). ``teachers`` is the sweeps' ``teachers.parquet``
     (:func:`analysis.results_io.load_teachers`): the teachers' train accuracy and kind under
     each table (the ``noisy_teacher`` table needs it for the train accuracy). Raises

@@ -7,7 +7,7 @@ std, n over completed trials). What is particular to these three:
   is placed by student: in ``pairs`` the ``ce`` column of every row with that student,
   in ``sequential`` the ``no teacher (ce)`` row (repeated in every loss column), in
   ``noisy_teacher`` the ``ce`` row (repeated in every teacher column).
-- A teacher is shown by its spec (:mod:`kd_tune.teacher_spec`); a chain ``A>B`` reads
+- A teacher is shown by its spec (:mod:`kd_tune.core.teacher_spec`); a chain ``A>B`` reads
   ``A -> B -> student`` in a row label.
 - Published values (:mod:`analysis.reference`) match on the teacher spec as written, so
   ``wrn-28-4>wrn-16-4 -> wrn-16-2`` finds the paper's sequential row; clean labels only.

@@ -7,7 +7,7 @@ training images, 100 classes, float32 (20 MB per view: 160 MB at 8 views, 4 GB a
 paper's 200), plus 10,000 test images. Measured in one run, each but the build the median of
 ``--rounds`` rounds:
 
-- build (once): :meth:`kd_tune.logit_cache.LogitCache.build` with a stand-in teacher
+- build (once): :meth:`kd_tune.teachers.logit_cache.LogitCache.build` with a stand-in teacher
   (one linear layer): the views, a cheap forward pass, the writes and the checksum at
   the end, i.e. everything of a real build but the teacher's own cost;
 - the real teacher's cost: WRN-28-4 forward passes on ``--teacher-samples`` images on
@@ -41,10 +41,10 @@ import torch
 from torch import nn
 
 from kd_tune import models
-from kd_tune.config import RunConfig
+from kd_tune.core.config import RunConfig
 from kd_tune.data import SourceData, Split, register_dataset
-from kd_tune.logit_cache import LogitCache
-from kd_tune.trainer import load_data
+from kd_tune.teachers.logit_cache import LogitCache
+from kd_tune.train.trainer import load_data
 
 TRAIN, TEST, CLASSES = 50_000, 10_000, 100
 

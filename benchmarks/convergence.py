@@ -40,14 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kd_tune.cli_args import parse_tau
-from kd_tune.config import ConfigError, RunConfig, field_types, preset
-from kd_tune.identity import teacher_key
-from kd_tune.search_space import expand
-from kd_tune.teacher import train_teacher
-from kd_tune.teacher_logits import compute_teacher_logits
-from kd_tune.trainer import TrainResult, load_data, train
-from kd_tune.validation import validate_run
+from kd_tune.cli.args import parse_tau
+from kd_tune.core.config import ConfigError, RunConfig, field_types, preset
+from kd_tune.core.identity import teacher_key
+from kd_tune.plan.search_space import expand
+from kd_tune.teachers.training import train_teacher
+from kd_tune.train.teacher_logits import compute_teacher_logits
+from kd_tune.train.trainer import TrainResult, load_data, train
+from kd_tune.train.validation import validate_run
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 # The noisy-teacher sweep's temperature that neither tau_grid nor label_noise has on clean labels.

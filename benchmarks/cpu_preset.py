@@ -12,9 +12,9 @@ import argparse
 import statistics
 import time
 
-from kd_tune.config import preset
-from kd_tune.teacher import train_teacher
-from kd_tune.trainer import load_data, train
+from kd_tune.core.config import preset
+from kd_tune.teachers.training import train_teacher
+from kd_tune.train.trainer import load_data, train
 
 LOSSES = {
     "ce": {"loss": "ce"},

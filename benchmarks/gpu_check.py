@@ -14,10 +14,10 @@ and alpha 0.9 throughout.
        it; on the CPU, CPU bf16 autocast) against float32 (TF32 off) on the same batch
        and weights: relative loss difference and relative L2 difference of the whole
        student gradient, against the tolerances in ``TOLERANCES``;
-   (b) a 2-epoch :func:`kd_tune.trainer.train` run (lr drop after epoch 1) resumed from
-       its epoch-1 checkpoint, written and read back with :mod:`kd_tune.checkpoint`,
+   (b) a 2-epoch :func:`kd_tune.train.trainer.train` run (lr drop after epoch 1) resumed from
+       its epoch-1 checkpoint, written and read back with :mod:`kd_tune.train.checkpoint`,
        against the uninterrupted run: weights and per-epoch metrics bitwise equal;
-   (c) the cached teacher logits (:func:`kd_tune.teacher_logits.compute_teacher_logits`)
+   (c) the cached teacher logits (:func:`kd_tune.train.teacher_logits.compute_teacher_logits`)
        against the teacher run online on the trainer's views under the same autocast,
        and the student trained from the cache against the student trained with the
        teacher online: bitwise equal.
@@ -71,14 +71,14 @@ from torch import nn
 
 from analysis.results_io import load_epochs, load_trials
 from kd_tune import models
-from kd_tune.checkpoint import load_state, save_state
-from kd_tune.config import RunConfig, preset
+from kd_tune.core.config import RunConfig, preset
+from kd_tune.core.runtime import amp_dtype, autocast, resolve_device, seed_everything
 from kd_tune.data import Dataset, Split, epoch_batches
-from kd_tune.losses import make_loss
-from kd_tune.optim import build_optimizer
-from kd_tune.runtime import amp_dtype, autocast, resolve_device, seed_everything
-from kd_tune.teacher_logits import TeacherLogits, compute_teacher_logits, forward_count
-from kd_tune.trainer import EpochEnd, TrainResult, train
+from kd_tune.train.checkpoint import load_state, save_state
+from kd_tune.train.losses import make_loss
+from kd_tune.train.optim import build_optimizer
+from kd_tune.train.teacher_logits import TeacherLogits, compute_teacher_logits, forward_count
+from kd_tune.train.trainer import EpochEnd, TrainResult, train
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = 100
@@ -341,7 +341,8 @@ VARIANTS = (
 
 @contextlib.contextmanager
 def determinism(on: bool) -> Iterator[None]:
-    """Deterministic kernels on or off (as :func:`kd_tune.runtime.seed_everything` sets them), restored afterwards."""
+    """Deterministic kernels on or off (as :func:`kd_tune.core.runtime.seed_everything` sets them), restored
+    afterwards."""
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     torch.use_deterministic_algorithms(on, warn_only=True)

@@ -2,11 +2,11 @@
 
     python benchmarks/measurements.py
 
-For each case it times, per trial: the measurements (kd_tune.measurements.measure on the
+For each case it times, per trial: the measurements (kd_tune.train.measurements.measure on the
 test set's logits, features and the teacher's logits; the features come from the last
 epoch's own test pass, so no extra forward pass is counted), the payload a trial sends
 the driver (pickled, as Ray sends it), and the driver writing the two part files
-(kd_tune.samples.write_parts); and it reports the bytes of the payload and of the part
+(kd_tune.results.samples.write_parts); and it reports the bytes of the payload and of the part
 files. Digits uses a trained cnn-4 student and cnn-32 teacher of the cpu preset (360
 test samples, 10 classes, features 16 wide); CIFAR-100 uses random numbers of its shapes
 (10,000 test samples, 100 classes, WRN-16-2 features 128 wide; 3 feature classes = 300
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from kd_tune.config import preset
-from kd_tune.measurements import measure
-from kd_tune.samples import FEATURES_DIR, SAMPLES_DIR, write_parts
-from kd_tune.teacher import train_teacher
-from kd_tune.trainer import load_data, predict_outputs, train
+from kd_tune.core.config import preset
+from kd_tune.results.samples import FEATURES_DIR, SAMPLES_DIR, write_parts
+from kd_tune.teachers.training import train_teacher
+from kd_tune.train.measurements import measure
+from kd_tune.train.trainer import load_data, predict_outputs, train
 
 
 def _median_seconds(work, rounds: int = 5) -> float:

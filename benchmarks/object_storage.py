@@ -17,7 +17,7 @@ listing instead of renaming), not a real store's.
    would do it elsewhere. ``--quick`` runs both at 1 seed and 10 epochs.
 2. A node fetching a CIFAR-100-sized teacher-logit cache: ``--views`` views of 50,000 x
    100 float32 logits (20 MB a view), stored in the bucket, downloaded and checked
-   (sha256) into a node-local copy (``kd_tune.local_copies``); then a second trial on the
+   (sha256) into a node-local copy (``kd_tune.storage.local_copies``); then a second trial on the
    same node finding the copy.
 
 Last line: ``s3_vs_local_sweep=R fetch_cifar100_cache_s=T`` (R: S3 wall time / local).
@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from s3_server import s3_server  # noqa: E402  (the tests' server, found through the path above)
 
-from kd_tune.local_copies import LocalCopies  # noqa: E402
-from kd_tune.storage import open_storage  # noqa: E402
+from kd_tune.storage.local_copies import LocalCopies  # noqa: E402
+from kd_tune.storage.location import open_storage  # noqa: E402
 
 SAMPLES, CLASSES = 50_000, 100  # CIFAR-100's training set
 

@@ -6,7 +6,7 @@
     python benchmarks/paper_claims.py --storage /tmp/r --epochs 3 --seeds 2    # other flags go to every sweep
 
 It runs, through the sweep scripts' own entry point (``sweeps/*.py``'s SPEC and
-:func:`kd_tune.sweep_cli.main`, exactly what ``python sweeps/NAME.py`` does), into
+:func:`kd_tune.cli.sweep.main`, exactly what ``python sweeps/NAME.py`` does), into
 ``--storage``: ``tau_grid``, ``label_noise``, ``noisy_teacher`` and ``sequential`` with
 their defaults, and ``tau_inf_rescaled``: ``python sweeps/tau_grid.py --name
 tau_inf_rescaled --losses kl --taus inf --alphas 1 --lr 2*LR --weight-decay WD/2`` (LR, WD:
@@ -70,9 +70,9 @@ import pandas as pd
 from analysis import load_trials
 from analysis.reference import fmt_number
 from analysis.tables import method_label
-from kd_tune.cli_args import config_from_args
-from kd_tune.sweep_cli import build_parser
-from kd_tune.sweep_cli import main as sweep_main
+from kd_tune.cli.args import config_from_args
+from kd_tune.cli.sweep import build_parser
+from kd_tune.cli.sweep import main as sweep_main
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLDS, FAILS, UNCLEAR = "holds", "does not hold", "not distinguishable at this n"

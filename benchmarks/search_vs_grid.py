@@ -47,10 +47,10 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import load_trials
-from kd_tune.search import run_search
-from kd_tune.search_record import SearchRecord
-from kd_tune.sweep import SweepOptions, run_sweep
-from kd_tune.sweep_cli import build_parser, expand_args, search_args
+from kd_tune.cli.sweep import build_parser, expand_args, search_args
+from kd_tune.results.search_record import SearchRecord
+from kd_tune.sweep.runner import SweepOptions, run_sweep
+from kd_tune.sweep.search import run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 WITHIN = 0.5  # points of validation accuracy

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from analysis.results_io import load_trials
-from kd_tune.config import preset
-from kd_tune.search_space import expand
-from kd_tune.sweep import SweepOptions, run_sweep
+from kd_tune.core.config import preset
+from kd_tune.plan.search_space import expand
+from kd_tune.sweep.runner import SweepOptions, run_sweep
 
 
 def _bare_trainable(config: dict) -> None:

@@ -4,13 +4,13 @@
 
 (a), (b) Student steps, WRN-28-4 -> WRN-16-2 on CIFAR-shaped random images (3x32x32,
     100 classes, batch 128, ``steps * 128`` training samples, augmentation on): one epoch
-    of :func:`kd_tune.trainer.train` each way (CE only; KL-4 with the cached logits; KL-4
+    of :func:`kd_tune.train.trainer.train` each way (CE only; KL-4 with the cached logits; KL-4
     with the teacher online), interleaved, after a warm-up round; per mode the fastest
     of ``--rounds`` rounds, as ms per step (the epoch time over its steps; it includes
     the student's evaluation on 8 test images, the same in every mode).
 (c) A digits sweep (cpu preset: cnn-32 -> cnn-4, at ``DIGITS_RECIPE``: lr 0.02, 20 epochs,
     the preset's recipe when the README's table was measured) of ``--trials`` KL/MSE
-    trials through :func:`kd_tune.sweep.run_sweep` on an embedded Ray, once with
+    trials through :func:`kd_tune.sweep.runner.run_sweep` on an embedded Ray, once with
     ``teacher_cache="off"`` and once with the cache (the teacher is trained before
     both). Teacher forward passes are counted as samples: the trainer's
     ``teacher_forward_samples`` per epoch, plus the cache's own build. Wall time is the
@@ -52,17 +52,17 @@ import torch
 
 from analysis.results_io import load_epochs, load_trials
 from kd_tune import models
-from kd_tune.config import RunConfig, preset
+from kd_tune.core.config import RunConfig, preset
+from kd_tune.core.identity import teacher_key
 from kd_tune.data import SourceData, Split, register_dataset
-from kd_tune.identity import teacher_key
-from kd_tune.logit_cache import LogitCache
-from kd_tune.losses import make_loss
-from kd_tune.search_space import expand
-from kd_tune.sweep import SweepOptions, run_sweep
-from kd_tune.teacher_dag import teacher_dag
-from kd_tune.teacher_logits import compute_teacher_logits
-from kd_tune.teacher_store import TeacherStore
-from kd_tune.trainer import load_data, train
+from kd_tune.plan.search_space import expand
+from kd_tune.plan.teacher_dag import teacher_dag
+from kd_tune.sweep.runner import SweepOptions, run_sweep
+from kd_tune.teachers.logit_cache import LogitCache
+from kd_tune.teachers.store import TeacherStore
+from kd_tune.train.losses import make_loss
+from kd_tune.train.teacher_logits import compute_teacher_logits
+from kd_tune.train.trainer import load_data, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep_overhead import bare_tune, kd_sweep  # noqa: E402  (importable only after the sys.path line)
@@ -125,8 +125,8 @@ def digits_sweeps(trials: int, storage: Path) -> dict[str, dict[str, float]]:
     TeacherStore(storage / "teachers").train(teacher_dag(configs[0])[-1])  # both sweeps find it stored
     from mlflow import MlflowClient
 
-    from kd_tune.cluster import connect
-    from kd_tune.tracking import resolve_tracking_uri
+    from kd_tune.sweep.cluster import connect
+    from kd_tune.tracking.tracker import resolve_tracking_uri
 
     # One-time costs outside both timings: the embedded Ray's start, the MLflow store's tables.
     connect(None)

@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 
 from analysis.results_io import find_sweeps
-from kd_tune.config import RunConfig
-from kd_tune.plan import plan_trial
-from kd_tune.results import epochs_table, read_trials, trials_table
-from kd_tune.sinks import ParquetSink
-from kd_tune.status import TrialStatus
+from kd_tune.core.config import RunConfig
+from kd_tune.core.status import TrialStatus
+from kd_tune.plan.planner import plan_trial
+from kd_tune.results.parquet_sink import ParquetSink
+from kd_tune.results.trial_tables import epochs_table, read_trials, trials_table
 
 CHECKPOINT_EVERY = 5
 SAVE_STATE_EVERY = 50  # trials between Tune's experiment-state saves

@@ -10,7 +10,7 @@ change it with --alphas.
 """
 import sys
 
-from kd_tune.sweep_cli import Axis, SweepSpec, main, parse_float_list, parse_name_list
+from kd_tune.cli.sweep import Axis, SweepSpec, main, parse_float_list, parse_name_list
 
 NOISE = {"noise_type": ["symmetric", "asymmetric"], "noise_rate": [0.0, 0.2, 0.4, 0.6]}
 SPEC = SweepSpec(

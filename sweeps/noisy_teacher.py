@@ -19,7 +19,7 @@ import math
 import sys
 from collections.abc import Sequence
 
-from kd_tune.sweep_cli import SpaceFlag, SweepSpec, main, parse_name_list
+from kd_tune.cli.sweep import SpaceFlag, SweepSpec, main, parse_name_list
 
 TAUS = [0.5, 1.0, 3.0, 5.0, 20.0, math.inf]
 

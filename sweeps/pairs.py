@@ -23,7 +23,7 @@ import math
 import sys
 from collections.abc import Sequence
 
-from kd_tune.sweep_cli import SpaceFlag, SweepSpec, main
+from kd_tune.cli.sweep import SpaceFlag, SweepSpec, main
 
 TAUS = [3.0, 20.0, math.inf]
 CPU_PAIRS = (

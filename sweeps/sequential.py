@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from kd_tune.sweep_cli import SpaceFlag, SweepSpec, main
+from kd_tune.cli.sweep import SpaceFlag, SweepSpec, main
 
 
 def chain_space(chain: Sequence[str]) -> list[dict]:

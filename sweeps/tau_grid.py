@@ -9,7 +9,7 @@ alpha in {0.1, 0.5, 1.0}; the ce baseline; 3 seeds (57 trials, one teacher).
 import math
 import sys
 
-from kd_tune.sweep_cli import SweepSpec, main
+from kd_tune.cli.sweep import SweepSpec, main
 
 ALPHAS = [0.1, 0.5, 1.0]
 SPEC = SweepSpec(

@@ -13,8 +13,8 @@ search table reports their test accuracy.
 import math
 import sys
 
-from kd_tune.search_space import SampledSpace, loguniform, uniform
-from kd_tune.sweep_cli import SweepSpec, main
+from kd_tune.cli.sweep import SweepSpec, main
+from kd_tune.plan.search_space import SampledSpace, loguniform, uniform
 
 TAU_SEARCH = SampledSpace.of(
     {"loss": ["kl"], "tau": loguniform(0.25, 64.0, points=[math.inf]), "alpha": uniform(0.0, 1.0)},

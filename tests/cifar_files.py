@@ -132,7 +132,7 @@ def tiny_cifar10_run(root: Path, config, *, teacher_seed: int):
     import torch
 
     from kd_tune import models
-    from kd_tune.trainer import load_data
+    from kd_tune.train.trainer import load_data
 
     write_cifar10(root, per_batch=40, test_size=40)
     config = config.replace(data_dir=str(root))

@@ -11,8 +11,8 @@ import pytest
 from processes import free_port, ray_env, server
 
 from kd_tune.data import DATASETS
-from kd_tune.losses import LOSSES
 from kd_tune.models import MODELS
+from kd_tune.train.losses import LOSSES
 
 # Without credentials the AWS clients ask the instance metadata service (a link-local
 # address) for some; tests reach nothing but 127.0.0.1. Set before any client exists, and

@@ -188,7 +188,7 @@ def test_a_crafted_pickle_is_refused_and_runs_nothing(cifar10_dir, tmp_path, nam
 def test_a_crafted_pickle_is_refused_by_the_sweep_command_before_anything_runs(cifar10_dir, tmp_path, capsys):
     from test_sweep_cli import TAU_GRID
 
-    from kd_tune.sweep_cli import main
+    from kd_tune.cli.sweep import main
 
     root, written = cifar10_dir
     ran = tmp_path / "ran"

@@ -1,4 +1,4 @@
-"""The pure parts of kd_tune.cluster: resource checks, packing, addresses (no Ray started)."""
+"""The pure parts of kd_tune.sweep.cluster: resource checks, packing, addresses (no Ray started)."""
 from __future__ import annotations
 
 import os
@@ -7,8 +7,8 @@ import time
 import pytest
 from processes import free_port
 
-from kd_tune import cluster
-from kd_tune.cluster import (
+from kd_tune.sweep import cluster
+from kd_tune.sweep.cluster import (
     CONNECT_TIMEOUT_S,
     ClusterError,
     ClusterInfo,

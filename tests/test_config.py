@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from kd_tune.config import PRESETS, ConfigError, RunConfig, field_types, preset
+from kd_tune.core.config import PRESETS, ConfigError, RunConfig, field_types, preset
 
 
 def test_cpu_preset_is_valid_and_the_default():
@@ -35,14 +35,15 @@ def test_validate_checks_fields_alone_and_reports_all_problems_at_once():
     for word in ["tau=0.0", "alpha=1.5", "noise_rate=1.0", "epochs=0", "milestones", "device='tpu'", "seed=-1",
                  "noise_seed=-2", "lr=-1.0", "momentum=1.0", "threads=0"]:
         assert word in text, word
-    # Names are the registries' business (kd_tune.validation): a field check knows none.
+    # Names are the registries' business (kd_tune.train.validation): a field check knows none.
     assert RunConfig(loss="hinge", teacher="wrn-15-2", dataset="mnist").problems() == []
 
 
 def test_the_config_module_is_a_leaf_without_torch():
-    code = "import sys, kd_tune.config; print(sorted(m for m in sys.modules if m.startswith(('torch', 'kd_tune'))))"
+    code = ("import sys, kd_tune.core.config; "
+            "print(sorted(m for m in sys.modules if m.startswith(('torch', 'kd_tune'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['kd_tune', 'kd_tune.config']"
+    assert out.strip() == "['kd_tune', 'kd_tune.core', 'kd_tune.core.config']"
 
 
 def test_field_types_read_optional_and_tuple_fields():

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from convergence import RowResult, build_parser, keep, sweep_rows  # noqa: E402
 
-from kd_tune.config import preset  # noqa: E402
+from kd_tune.core.config import preset  # noqa: E402
 
 
 def row(before: float, end: float, longer: float | None) -> RowResult:

@@ -16,12 +16,12 @@ import pytest
 from analysis import build_tables, load_trials
 from analysis.figures import FIGURES, draw
 from analysis.results_io import load_epochs, load_features, load_samples
-from kd_tune.config import RunConfig
-from kd_tune.identity import teacher_key, trial_key
-from kd_tune.measurements import PER_SAMPLE, EndMeasurements, summarize
-from kd_tune.results import ResultsWriter, epoch_row, trial_row
-from kd_tune.samples import FEATURES_DIR, SAMPLES_DIR, write_parts
-from kd_tune.search_space import expand
+from kd_tune.core.config import RunConfig
+from kd_tune.core.identity import teacher_key, trial_key
+from kd_tune.plan.search_space import expand
+from kd_tune.results.samples import FEATURES_DIR, SAMPLES_DIR, write_parts
+from kd_tune.results.trial_tables import ResultsWriter, epoch_row, trial_row
+from kd_tune.train.measurements import PER_SAMPLE, EndMeasurements, summarize
 
 matplotlib.use("Agg")
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kd_tune import models
-from kd_tune.results import ResultsWriter, epoch_row
+from kd_tune.results.trial_tables import ResultsWriter, epoch_row
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from kd_tune.config import RunConfig
-from kd_tune.identity import (
+from kd_tune.core.config import RunConfig
+from kd_tune.core.identity import (
     TEACHER_KEY_FORMAT,
     cache_key,
     config_hash,
@@ -17,7 +17,7 @@ from kd_tune.identity import (
     teacher_key,
     trial_key,
 )
-from kd_tune.search_space import expand
+from kd_tune.plan.search_space import expand
 
 BASE = RunConfig()
 STUDENT = RunConfig(teacher="cnn-8", student="cnn-4", loss="kl", tau=4.0, alpha=0.9, epochs=1, device="cpu")
@@ -195,7 +195,7 @@ def test_without_augmentation_every_seed_and_length_shares_one_cache():
 def test_weights_digest_follows_the_weights():
     import torch
 
-    from kd_tune.identity import weights_digest
+    from kd_tune.core.identity import weights_digest
     from kd_tune.models import build
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Node-local copies of stored folders (kd_tune.local_copies), from a real S3-compatible server
+"""Node-local copies of stored folders (kd_tune.storage.local_copies), from a real S3-compatible server
 (moto, auth on) and from a local folder: one download per node however many fetch at once,
 a checksum at fetch, a bounded folder that evicts what no process uses, and its CLI."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kd_tune.local_copies import (
+from kd_tune.storage.local_copies import (
     ENV_FOLDER,
     ENV_MAX_BYTES,
     RECORD,
@@ -22,7 +22,7 @@ from kd_tune.local_copies import (
     default_local_cache,
     parse_bytes,
 )
-from kd_tune.storage import open_storage
+from kd_tune.storage.location import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,8 +133,8 @@ def test_concurrent_fetchers_in_threads_download_once(s3_env, tmp_path):
 
 FETCH = """
 import json, sys
-from kd_tune.local_copies import LocalCopies
-from kd_tune.storage import open_storage
+from kd_tune.storage.local_copies import LocalCopies
+from kd_tune.storage.location import open_storage
 folder = open_storage(sys.argv[1])
 sums = json.loads(sys.argv[3])
 sys.stdin.readline()  # start together

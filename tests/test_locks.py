@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from kd_tune.locks import FileLock, LockBusy, held, lock_path
+from kd_tune.storage.locks import FileLock, LockBusy, held, lock_path
 
 HOLD = """
 import sys, time
-from kd_tune.locks import FileLock
+from kd_tune.storage.locks import FileLock
 FileLock(sys.argv[1], "a test holder").acquire()
 print("held", flush=True)
 time.sleep(600)

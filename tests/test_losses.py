@@ -1,4 +1,4 @@
-"""The loss conventions (kd_tune.losses, docs/architecture.md), checked against formulas written out here."""
+"""The loss conventions (kd_tune.train.losses, docs/architecture.md), checked against formulas written out here."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from kd_tune.losses import distillation_loss, loss_names, make_loss, register_kd_term
+from kd_tune.train.losses import distillation_loss, loss_names, make_loss, register_kd_term
 
 B, K = 6, 5
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from kd_tune.config import RunConfig
-from kd_tune.measurements import (
+from kd_tune.core.config import RunConfig
+from kd_tune.teachers.training import train_teacher
+from kd_tune.train.measurements import (
     PER_SAMPLE,
     SUMMARY,
     EndMeasurements,
@@ -18,8 +19,7 @@ from kd_tune.measurements import (
     per_sample,
     summarize,
 )
-from kd_tune.teacher import train_teacher
-from kd_tune.trainer import load_data, measure_model, train
+from kd_tune.train.trainer import load_data, measure_model, train
 
 # Three samples, four classes. Sample 0 is right (label 2), sample 1 wrong (label 0,
 # predicted 3), sample 2 right with a tie-free margin (label 1).

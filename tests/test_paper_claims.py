@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from kd_tune.config import preset
-from kd_tune.plan import plan_trial
-from kd_tune.results import ResultsWriter, trial_row
-from kd_tune.sweep_cli import build_parser, expand_args
+from kd_tune.cli.sweep import build_parser, expand_args
+from kd_tune.core.config import preset
+from kd_tune.plan.planner import plan_trial
+from kd_tune.results.trial_tables import ResultsWriter, trial_row
 
 ROOT = Path(__file__).resolve().parents[1]
 

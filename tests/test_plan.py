@@ -5,10 +5,10 @@ import math
 
 import pytest
 
-from kd_tune import identity
-from kd_tune.config import RunConfig
-from kd_tune.plan import Trial, label, plan_trial, plan_trials
-from kd_tune.search_space import expand
+from kd_tune.core import identity
+from kd_tune.core.config import RunConfig
+from kd_tune.plan.planner import Trial, label, plan_trial, plan_trials
+from kd_tune.plan.search_space import expand
 
 BASE = RunConfig()
 

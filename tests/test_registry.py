@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from kd_tune.core.registry import Registry
 from kd_tune.data import DATASETS, dataset_names, register_dataset
-from kd_tune.losses import LOSSES, loss_names, register_kd_term
 from kd_tune.models import MODELS, model_patterns, register_model
-from kd_tune.registry import Registry
+from kd_tune.train.losses import LOSSES, loss_names, register_kd_term
 
 
 def test_call_form_returns_the_object_and_keeps_order():

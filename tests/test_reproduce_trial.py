@@ -20,15 +20,15 @@ from mlflow import MlflowClient
 from processes import ray_env
 
 from analysis import load_trials
-from kd_tune.config import PRESETS, RunConfig
-from kd_tune.results import FINAL_METRICS
-from kd_tune.sweep_options import SweepOptions
+from kd_tune.core.config import PRESETS, RunConfig
+from kd_tune.results.trial_tables import FINAL_METRICS
+from kd_tune.sweep.options import SweepOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_flags(row: pd.Series) -> list[str]:
-    """The `kd_tune.run` flags that give a trials-table row's config (the fields off the cpu preset)."""
+    """The `kd_tune.cli.run` flags that give a trials-table row's config (the fields off the cpu preset)."""
     flags = []
     for field in dataclasses.fields(RunConfig):
         value = row[field.name]

@@ -13,11 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.results_io import load_epochs, load_trials
-from kd_tune.atomic import atomic_write
-from kd_tune.config import RunConfig
-from kd_tune.identity import trial_key
-from kd_tune.part_table import PartTable
-from kd_tune.results import (
+from kd_tune.core.config import RunConfig
+from kd_tune.core.identity import trial_key
+from kd_tune.results.trial_tables import (
     EPOCH_METRICS,
     EPOCHS_FILE,
     EPOCHS_SCHEMA,
@@ -32,6 +30,8 @@ from kd_tune.results import (
     trial_row,
     trials_table,
 )
+from kd_tune.storage.atomic import atomic_write
+from kd_tune.storage.part_table import PartTable
 
 STARTED = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 

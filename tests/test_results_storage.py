@@ -21,12 +21,16 @@ from analysis.render import render, write_tables
 from analysis.results_io import find_sweeps, load_epochs, load_features, load_samples, load_teachers, load_trials
 from analysis.study import study_storage, write_study_views
 from analysis.tables import build_tables
-from kd_tune.config import RunConfig
-from kd_tune.identity import teacher_key, trial_key
-from kd_tune.part_table import DamagedPartError
-from kd_tune.plan import plan_trial
-from kd_tune.recover import _move, _set_aside, rebuild, tune_records
-from kd_tune.results import (
+from kd_tune.cli.recover import _move, _set_aside, rebuild, tune_records
+from kd_tune.core.config import RunConfig
+from kd_tune.core.identity import teacher_key, trial_key
+from kd_tune.core.status import STATUS_KEY, TrialStatus
+from kd_tune.plan.planner import plan_trial
+from kd_tune.plan.search_space import expand
+from kd_tune.results.samples import write_parts
+from kd_tune.results.search_record import SearchRecord
+from kd_tune.results.teacher_table import read_teachers, write_teachers
+from kd_tune.results.trial_tables import (
     TRIALS_FILE,
     TRIALS_SCHEMA,
     ResultsError,
@@ -39,12 +43,8 @@ from kd_tune.results import (
     trial_row,
     trials_table,
 )
-from kd_tune.samples import write_parts
-from kd_tune.search_record import SearchRecord
-from kd_tune.search_space import expand
-from kd_tune.status import STATUS_KEY, TrialStatus
-from kd_tune.storage import open_storage
-from kd_tune.teacher_table import read_teachers, write_teachers
+from kd_tune.storage.location import open_storage
+from kd_tune.storage.part_table import DamagedPartError
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = [{"loss": ["kl"], "tau": [1.0, 4.0, math.inf], "alpha": [0.5, 1.0]}, {"loss": ["mse"], "alpha": [1.0]},

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from kd_tune.run import main
+from kd_tune.cli.run import main
 
 FAST = ["--epochs", "2", "--teacher-epochs", "2", "--teacher", "cnn-8", "--student", "cnn-4"]
 

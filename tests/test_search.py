@@ -9,16 +9,16 @@ import pytest
 
 from analysis import build_tables, load_trials, render
 from analysis.study import history, importances, rebuild_study, write_study_views
-from kd_tune.config import ConfigError, RunConfig
-from kd_tune.identity import setting_key, trial_key
-from kd_tune.plan import Trial, plan_trial
-from kd_tune.search import OBJECTIVE, SamplePlanner, Search, SearchSettings, prepare_search
-from kd_tune.search_record import SearchRecord, SearchTrial, Selected
-from kd_tune.search_space import SampledSpace, loguniform, uniform
-from kd_tune.sinks import ParquetSink
-from kd_tune.status import TrialStatus
-from kd_tune.sweep import write_manifest
-from kd_tune.sweep_options import SweepError, SweepOptions
+from kd_tune.core.config import ConfigError, RunConfig
+from kd_tune.core.identity import setting_key, trial_key
+from kd_tune.core.status import TrialStatus
+from kd_tune.plan.planner import Trial, plan_trial
+from kd_tune.plan.search_space import SampledSpace, loguniform, uniform
+from kd_tune.results.parquet_sink import ParquetSink
+from kd_tune.results.search_record import SearchRecord, SearchTrial, Selected
+from kd_tune.sweep.options import SweepError, SweepOptions
+from kd_tune.sweep.runner import write_manifest
+from kd_tune.sweep.search import OBJECTIVE, SamplePlanner, Search, SearchSettings, prepare_search
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 BASE = RunConfig(epochs=3, teacher="cnn-8", teacher_epochs=1)

@@ -20,7 +20,7 @@ from processes import ray_env
 from test_sweep_cluster import mlflow_runs, run_sweep
 
 from analysis import load_epochs, load_trials
-from kd_tune.search_record import SearchRecord
+from kd_tune.results.search_record import SearchRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 TAU_SEARCH = str(ROOT / "sweeps" / "tau_search.py")

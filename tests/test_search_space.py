@@ -7,9 +7,9 @@ import re
 import optuna
 import pytest
 
-from kd_tune.config import ConfigError, RunConfig
-from kd_tune.identity import trial_key
-from kd_tune.search_space import (
+from kd_tune.core.config import ConfigError, RunConfig
+from kd_tune.core.identity import trial_key
+from kd_tune.plan.search_space import (
     Choice,
     Range,
     SampledSpace,

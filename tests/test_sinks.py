@@ -14,24 +14,20 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from kd_tune.config import RunConfig
-from kd_tune.measurements import measure
-from kd_tune.plan import plan_trial
-from kd_tune.results import EPOCH_METRICS, epochs_table, read_epochs, read_trials
-from kd_tune.samples import FEATURES_DIR, SAMPLES_DIR
-from kd_tune.sinks import (
-    ConsoleProgress,
-    EndedTrial,
-    MlflowSink,
-    ParquetSink,
-    SamplesSink,
-    TeacherRecord,
-    TrialSink,
-    TuneSinks,
-)
-from kd_tune.sinks.mlflow_sink import best_setting
-from kd_tune.status import TrialStatus
-from kd_tune.tracking import (
+from kd_tune.core.config import RunConfig
+from kd_tune.core.status import TrialStatus
+from kd_tune.plan.planner import plan_trial
+from kd_tune.results.parquet_sink import ParquetSink
+from kd_tune.results.samples import FEATURES_DIR, SAMPLES_DIR
+from kd_tune.results.samples_sink import SamplesSink
+from kd_tune.results.sinks import EndedTrial, TeacherRecord, TrialSink
+from kd_tune.results.trial_end import TrialEnd
+from kd_tune.results.trial_tables import EPOCH_METRICS, epochs_table, read_epochs, read_trials
+from kd_tune.sweep.console import ConsoleProgress
+from kd_tune.sweep.tune_callback import TuneSinks
+from kd_tune.tracking.mlflow_sink import MlflowSink, best_setting
+from kd_tune.tracking.queue import TrackingQueue
+from kd_tune.tracking.tracker import (
     KEY_TAG,
     PARENT_TAG,
     STATUS_TAG,
@@ -40,8 +36,7 @@ from kd_tune.tracking import (
     SweepTracker,
     default_tracking_uri,
 )
-from kd_tune.tracking_queue import TrackingQueue
-from kd_tune.trial_end import TrialEnd
+from kd_tune.train.measurements import measure
 
 COMPLETED, DIVERGED, STOPPED, FAILED, RUNNING = (TrialStatus.COMPLETED, TrialStatus.DIVERGED, TrialStatus.STOPPED,
                                                  TrialStatus.FAILED, TrialStatus.RUNNING)

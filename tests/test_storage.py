@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from kd_tune.locks import LockBusy
-from kd_tune.storage import Storage, StorageError, open_storage
-from kd_tune.store_lock import LeaseLock, storage_lock
+from kd_tune.storage.location import Storage, StorageError, open_storage
+from kd_tune.storage.locks import LockBusy
+from kd_tune.storage.store_lock import LeaseLock, storage_lock
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -156,8 +156,8 @@ def test_locks_exclude_and_name_the_holder(storage):
 
 HOLD = """
 import sys, time
-from kd_tune.storage import open_storage
-from kd_tune.store_lock import storage_lock
+from kd_tune.storage.location import open_storage
+from kd_tune.storage.store_lock import storage_lock
 storage_lock(open_storage(sys.argv[1]), "sweep-k", "a test holder").acquire()
 print("held", flush=True)
 time.sleep(600)

@@ -15,7 +15,7 @@ import pytest
 from processes import ray_env
 
 from analysis import load_teachers, load_trials
-from kd_tune.sweep_cli import build_parser, expand_args, main
+from kd_tune.cli.sweep import build_parser, expand_args, main
 
 ROOT = Path(__file__).resolve().parents[1]
 

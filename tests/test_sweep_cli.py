@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from kd_tune.identity import trial_key
-from kd_tune.search import SearchSettings
-from kd_tune.sweep_cli import build_parser, expand_args, main, search_args
+from kd_tune.cli.sweep import build_parser, expand_args, main, search_args
+from kd_tune.core.identity import trial_key
+from kd_tune.sweep.search import SearchSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 

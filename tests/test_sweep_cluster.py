@@ -22,11 +22,11 @@ from processes import ray_env
 from sweep_runs import ROOT, TAU_GRID, mlflow_runs, run_sweep, start_sweep, sweep_cmd
 
 from analysis.results_io import load_epochs, load_teachers, load_trials
-from kd_tune.checkpoint import load_state
-from kd_tune.config import RunConfig
-from kd_tune.results import EPOCHS_SCHEMA, TRIALS_SCHEMA
-from kd_tune.teacher import load_teacher
-from kd_tune.trainer import load_data
+from kd_tune.core.config import RunConfig
+from kd_tune.results.trial_tables import EPOCHS_SCHEMA, TRIALS_SCHEMA
+from kd_tune.teachers.training import load_teacher
+from kd_tune.train.checkpoint import load_state
+from kd_tune.train.trainer import load_data
 
 
 def test_tiny_grid_end_to_end(ray_cluster, tmp_path):

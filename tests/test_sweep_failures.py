@@ -19,8 +19,8 @@ from processes import descendants, free_port, listening_sockets, mlflow_server, 
 from sweep_runs import ROOT, mlflow_runs, run_sweep, start_sweep, sweep_cmd
 
 from analysis.results_io import load_epochs, load_trials
-from kd_tune.measurements import SUMMARY
-from kd_tune.results import trials_table
+from kd_tune.results.trial_tables import trials_table
+from kd_tune.train.measurements import SUMMARY
 
 
 def recover(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from kd_tune.sweep_options import CACHE_MODES, SweepOptions
+from kd_tune.sweep.options import CACHE_MODES, SweepOptions
 
 
 def test_defaults_are_valid_and_storage_is_absolute(tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ from processes import ray_env
 from sweep_runs import SMALL, TAU_GRID, mlflow_runs
 
 from analysis.results_io import load_epochs, load_trials
-from kd_tune.storage import open_storage
+from kd_tune.storage.location import open_storage
 
 GRID = ["--epochs", "2", "--seeds", "2", "--taus", "3,inf", "--alphas", "1", "--checkpoint-every", "1"]
 TRIALS = 2 * (2 + 1 + 1)  # seeds x (kl tau 3, kl tau inf, mse, ce)
@@ -35,7 +35,7 @@ def s3_sweep(s3, uri: str, name: str, local_cache, *extra: str, address: str = "
 
 
 def copy_records(folder) -> list[dict]:
-    """The records of the node-local cache copies in ``folder`` (kd_tune.local_copies)."""
+    """The records of the node-local cache copies in ``folder`` (kd_tune.storage.local_copies)."""
     return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("copies/*/*/.copy.json"))]
 
 
@@ -132,7 +132,8 @@ def test_a_sweep_on_s3_resumes_is_reused_and_leaves_only_mlflow_here(ray_cluster
 
     # Ray Tune's own reader opens the experiment on the URI.
     analysis = run([sys.executable, "-c", (
-        "import sys; from ray.tune import ExperimentAnalysis; from kd_tune.storage import open_storage, s3_filesystem;"
+        "import sys; from ray.tune import ExperimentAnalysis; "
+        "from kd_tune.storage.location import open_storage, s3_filesystem;"
         "s = open_storage(sys.argv[1]); a = ExperimentAnalysis(s.fs_path(), storage_filesystem=s3_filesystem(s));"
         "print(len(a.trials))"), f"{uri}/tiny"], work, env, timeout=120)
     assert analysis.returncode == 0, analysis.stderr[-3000:]

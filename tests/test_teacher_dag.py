@@ -5,11 +5,11 @@ import math
 
 import pytest
 
-from kd_tune import identity
-from kd_tune.config import RunConfig
-from kd_tune.plan import plan_trial, plan_trials
-from kd_tune.search_space import expand
-from kd_tune.teacher_dag import TeacherNode, teacher_dag
+from kd_tune.core import identity
+from kd_tune.core.config import RunConfig
+from kd_tune.plan.planner import plan_trial, plan_trials
+from kd_tune.plan.search_space import expand
+from kd_tune.plan.teacher_dag import TeacherNode, teacher_dag
 
 RUN = RunConfig(teacher="cnn-16", student="cnn-4", loss="kl", tau=4.0, alpha=0.9, epochs=3)
 

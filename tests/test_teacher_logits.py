@@ -13,14 +13,14 @@ import torch
 from cifar_files import tiny_cifar10_run
 
 from kd_tune import models
-from kd_tune.config import RunConfig
-from kd_tune.identity import cache_key, teacher_key, weights_digest
-from kd_tune.logit_cache import CacheError, LogitCache, ensure_cached
-from kd_tune.losses import make_loss
-from kd_tune.plan import plan_trial
-from kd_tune.teacher_logits import TeacherLogits, compute_teacher_logits, forward_count
-from kd_tune.teacher_store import TeacherStore
-from kd_tune.trainer import load_data, train
+from kd_tune.core.config import RunConfig
+from kd_tune.core.identity import cache_key, teacher_key, weights_digest
+from kd_tune.plan.planner import plan_trial
+from kd_tune.teachers.logit_cache import CacheError, LogitCache, ensure_cached
+from kd_tune.teachers.store import TeacherStore
+from kd_tune.train.losses import make_loss
+from kd_tune.train.teacher_logits import TeacherLogits, compute_teacher_logits, forward_count
+from kd_tune.train.trainer import load_data, train
 
 # Batches of 32 over 180 training images: five full batches and a partial one.
 CIFAR = RunConfig(dataset="cifar10", student="cnn-4", teacher="cnn-8", val_size=20, epochs=3, batch_size=32,

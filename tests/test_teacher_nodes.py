@@ -6,13 +6,13 @@ import shutil
 import pytest
 import torch
 
-from kd_tune.config import RunConfig
-from kd_tune.evaluation import accuracy, predict_logits
-from kd_tune.logit_cache import LogitCache, ensure_cached
-from kd_tune.plan import plan_trial
-from kd_tune.teacher_dag import teacher_dag
-from kd_tune.teacher_store import TeacherError, TeacherStore
-from kd_tune.trainer import EpochEnd, load_data, train
+from kd_tune.core.config import RunConfig
+from kd_tune.plan.planner import plan_trial
+from kd_tune.plan.teacher_dag import teacher_dag
+from kd_tune.teachers.logit_cache import LogitCache, ensure_cached
+from kd_tune.teachers.store import TeacherError, TeacherStore
+from kd_tune.train.evaluation import accuracy, predict_logits
+from kd_tune.train.trainer import EpochEnd, load_data, train
 
 RUN = RunConfig(teacher="cnn-8", student="cnn-4", loss="kl", tau=4.0, alpha=0.9, epochs=2, val_size=100,
                 device="cpu", lr=0.05)

@@ -6,10 +6,10 @@ import torch
 from cifar_files import tiny_cifar10_run
 
 from kd_tune import models
-from kd_tune.config import RunConfig
+from kd_tune.core.config import RunConfig
 from kd_tune.data import epoch_batches
-from kd_tune.teacher_logits import compute_teacher_logits
-from kd_tune.teacher_signal import CachedTeacher, NoTeacher, OnlineTeacher, teacher_signal
+from kd_tune.train.teacher_logits import compute_teacher_logits
+from kd_tune.train.teacher_signal import CachedTeacher, NoTeacher, OnlineTeacher, teacher_signal
 
 CPU = torch.device("cpu")
 # 180 training images in batches of 32 (the last one partial), 20 validation, 40 test.

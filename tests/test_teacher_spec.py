@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from kd_tune.teacher_spec import Ensemble, Single, SpecError, Step, StepLoss, architectures, parse
+from kd_tune.core.teacher_spec import Ensemble, Single, SpecError, Step, StepLoss, architectures, parse
 
 
 @pytest.mark.parametrize("text, tree", [

@@ -20,19 +20,19 @@ import numpy as np
 import pytest
 import torch
 
-from kd_tune.config import RunConfig
+from kd_tune.core.config import RunConfig
 from kd_tune.data import load_dataset
 from kd_tune.data.base import DataError
 from kd_tune.data.noise import label_hash, load_noisy_labels, noise_file_name, read_noisy_labels, save_noisy_labels
-from kd_tune.evaluation import predict_logits
-from kd_tune.local_copies import RECORD, LocalCopies
-from kd_tune.logit_cache import CacheError, LogitCache, ensure_cached, intact_meta
-from kd_tune.plan import plan_trial
-from kd_tune.storage import open_storage
-from kd_tune.teacher_stage import local_cache_of, location
-from kd_tune.teacher_store import DamagedTeacher, TeacherStore
-from kd_tune.trainable import BUILT_ELSEWHERE, build_logits_task
-from kd_tune.trainer import load_data
+from kd_tune.plan.planner import plan_trial
+from kd_tune.storage.local_copies import RECORD, LocalCopies
+from kd_tune.storage.location import open_storage
+from kd_tune.sweep.teacher_stage import local_cache_of, location
+from kd_tune.sweep.trainable import BUILT_ELSEWHERE, build_logits_task
+from kd_tune.teachers.logit_cache import CacheError, LogitCache, ensure_cached, intact_meta
+from kd_tune.teachers.store import DamagedTeacher, TeacherStore
+from kd_tune.train.evaluation import predict_logits
+from kd_tune.train.trainer import load_data
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = RunConfig(student="cnn-4", teacher="cnn-8", epochs=2, teacher_epochs=1, val_size=100, loss="mse",
@@ -148,7 +148,7 @@ def test_a_damaged_teacher_in_the_bucket_is_named_by_its_uri_and_never_loaded(st
 
 BUILD = """
 import json, sys
-from kd_tune.trainable import BUILT_ELSEWHERE, train_teacher_task
+from kd_tune.sweep.trainable import BUILT_ELSEWHERE, train_teacher_task
 sys.stdin.readline()  # start together
 record = train_teacher_task(sys.argv[1], json.loads(sys.argv[2]), None)
 print(json.dumps({"elsewhere": bool(record.get(BUILT_ELSEWHERE)), "created_at": record["created_at"]}))

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from kd_tune.checkpoint import load_state
-from kd_tune.config import RunConfig
-from kd_tune.evaluation import accuracy, predict_logits
-from kd_tune.identity import teacher_key
-from kd_tune.teacher_dag import teacher_dag
-from kd_tune.teacher_store import DamagedTeacher, TeacherError, TeacherStore, at_chance
-from kd_tune.trainer import load_data
+from kd_tune.core.config import RunConfig
+from kd_tune.core.identity import teacher_key
+from kd_tune.plan.teacher_dag import teacher_dag
+from kd_tune.teachers.store import DamagedTeacher, TeacherError, TeacherStore, at_chance
+from kd_tune.train.checkpoint import load_state
+from kd_tune.train.evaluation import accuracy, predict_logits
+from kd_tune.train.trainer import load_data
 
 STUDENT = RunConfig(teacher="cnn-8", student="cnn-4", loss="kl", tau=4.0, alpha=0.9, epochs=1, device="cpu")
 NOISY = dict(noise_type="symmetric", noise_rate=0.4)

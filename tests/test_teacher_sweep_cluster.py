@@ -21,7 +21,7 @@ from analysis.results_io import load_teachers, load_trials
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = '''
 import sys
-from kd_tune.sweep_cli import SweepSpec, main
+from kd_tune.cli.sweep import SweepSpec, main
 
 SPEC = SweepSpec(name="teachers", description="composite teachers", seeds=1, table="tau_alpha", space=[
     {"loss": ["kl"], "tau": [3.0], "alpha": [1.0], "teacher": TEACHERS},

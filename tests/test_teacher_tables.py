@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 from analysis import build_tables, load_teachers, load_trials, render
-from kd_tune.config import RunConfig
-from kd_tune.plan import plan_trial
-from kd_tune.results import ResultsWriter, trial_row
-from kd_tune.search_space import expand
-from kd_tune.teacher_table import TEACHERS_SCHEMA, write_teachers
+from kd_tune.core.config import RunConfig
+from kd_tune.plan.planner import plan_trial
+from kd_tune.plan.search_space import expand
+from kd_tune.results.teacher_table import TEACHERS_SCHEMA, write_teachers
+from kd_tune.results.trial_tables import ResultsWriter, trial_row
 
 KD = [{"loss": ["kl"], "tau": [3.0, math.inf], "alpha": [1.0]}, {"loss": ["mse"], "alpha": [1.0]}]
 TEACHER_ACC = {"cnn-32": 0.99, "cnn-8": 0.95, "cnn-32@1": 0.31, "cnn-32>cnn-8": 0.96, "cnn-16+cnn-8": 0.97}

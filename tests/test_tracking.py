@@ -14,8 +14,8 @@ import pytest
 from mlflow import MlflowClient
 from processes import free_port, server
 
-from kd_tune.status import TrialStatus
-from kd_tune.tracking import (
+from kd_tune.core.status import TrialStatus
+from kd_tune.tracking.tracker import (
     KEY_TAG,
     PARENT_TAG,
     ROLE_TAG,

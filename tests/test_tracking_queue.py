@@ -11,9 +11,9 @@ import pytest
 from mlflow import MlflowClient
 from processes import end_group, free_port, mlflow_server
 
-from kd_tune.status import TrialStatus
-from kd_tune.tracking import KEY_TAG, PARENT_TAG, STATUS_TAG, SweepTracker, default_tracking_uri
-from kd_tune.tracking_queue import Outbox, TrackingQueue
+from kd_tune.core.status import TrialStatus
+from kd_tune.tracking.queue import Outbox, TrackingQueue
+from kd_tune.tracking.tracker import KEY_TAG, PARENT_TAG, STATUS_TAG, SweepTracker, default_tracking_uri
 
 
 def epochs(queue, key, first, last):

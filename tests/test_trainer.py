@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from kd_tune import models
-from kd_tune.checkpoint import load_state, save_state
-from kd_tune.config import RunConfig
-from kd_tune.optim import build_optimizer, build_scheduler
-from kd_tune.status import TrialStatus
-from kd_tune.teacher import load_teacher, save_teacher, train_teacher
-from kd_tune.trainer import EpochEnd, load_data, train
+from kd_tune.core.config import RunConfig
+from kd_tune.core.status import TrialStatus
+from kd_tune.teachers.training import load_teacher, save_teacher, train_teacher
+from kd_tune.train.checkpoint import load_state, save_state
+from kd_tune.train.optim import build_optimizer, build_scheduler
+from kd_tune.train.trainer import EpochEnd, load_data, train
 
 METRICS = {"epoch", "train_loss", "train_acc", "val_acc", "test_acc", "test_logit_mse", "test_agreement",
            "lr", "epoch_time_s", "teacher_forward_samples"}

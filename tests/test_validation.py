@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from kd_tune.config import ConfigError, RunConfig
-from kd_tune.search_space import expand
-from kd_tune.validation import run_problems, validate_all, validate_run
+from kd_tune.core.config import ConfigError, RunConfig
+from kd_tune.plan.search_space import expand
+from kd_tune.train.validation import run_problems, validate_all, validate_run
 
 BASE = RunConfig()
 

@@ -7,9 +7,9 @@ augmentation (:func:`dataset_augments`) and whether it is read from ``data_dir``
 (:func:`dataset_needs_files`).
 """
 
-from .augment import augment_batch, augment_params
-from .base import DataError, SourceData, Split
-from .datasets import (
+from kd_tune.data.augment import augment_batch, augment_params
+from kd_tune.data.base import DataError, SourceData, Split
+from kd_tune.data.datasets import (
     DATASETS,
     Dataset,
     dataset_augments,
@@ -18,14 +18,14 @@ from .datasets import (
     load_dataset,
     register_dataset,
 )
-from .noise import (
+from kd_tune.data.noise import (
     apply_label_noise,
     asymmetric_map,
     label_hash,
     load_noisy_labels,
     save_noisy_labels,
 )
-from .order import epoch_batches, epoch_order
+from kd_tune.data.order import epoch_batches, epoch_order
 
 __all__ = [
     "DATASETS",

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from .base import DataError, SourceData, Split
-from .safe_pickle import RefusedPickle, load_cifar_pickle
+from kd_tune.data.base import DataError, SourceData, Split
+from kd_tune.data.safe_pickle import RefusedPickle, load_cifar_pickle
 
 ROW = 3 * 32 * 32  # one image per row: 1024 red, then 1024 green, then 1024 blue values
 OFFICIAL_SIZES = (50_000, 10_000)  # training and test images of both official archives

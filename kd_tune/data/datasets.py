@@ -15,12 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..registry import Registry
-from ..storage import Storage, open_storage
-from .base import DataError, SourceData, Split
-from .cifar import load_cifar10_source, load_cifar100_source
-from .digits import load_digits_source
-from .noise import (
+from kd_tune.core.registry import Registry
+from kd_tune.data.base import DataError, SourceData, Split
+from kd_tune.data.cifar import load_cifar10_source, load_cifar100_source
+from kd_tune.data.digits import load_digits_source
+from kd_tune.data.noise import (
     apply_label_noise,
     asymmetric_map,
     label_hash,
@@ -29,7 +28,8 @@ from .noise import (
     save_noisy_labels,
     validate_noise,
 )
-from .splits import stratified_split
+from kd_tune.data.splits import stratified_split
+from kd_tune.storage.location import Storage, open_storage
 
 Loader = Callable[[str | None, bool], SourceData]
 """A loader is called as ``loader(data_dir, download)`` and returns a :class:`SourceData`."""
@@ -135,7 +135,7 @@ def load_dataset(
 
     The validation split is stratified and drawn with ``split_seed``. Noise (see
     :mod:`kd_tune.data.noise`) touches the remaining training labels only. With
-    ``noise_dir`` (a local folder, an ``s3://...`` URI or a :class:`~kd_tune.storage.Storage`),
+    ``noise_dir`` (a local folder, an ``s3://...`` URI or a :class:`~kd_tune.storage.location.Storage`),
     the noisy labels are stored there under a name built from (dataset, noise type, rate,
     seed, val_size, split_seed) and later calls reload that file (hash verified) instead
     of drawing again. Raises ValueError for bad arguments (an unknown

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import SourceData, Split
+from kd_tune.data.base import SourceData, Split
 
 TEST_SIZE = 360
 MAX_VALUE = 16.0  # load_digits stores integer grey levels 0..16

@@ -16,8 +16,8 @@ Conventions:
   whose class is in the map (CIFAR-10: 5 of 10 classes, so about ``rate / 2``).
 
 Persistence: a noisy-label file is a local path or a location on an object store (an
-``s3://...`` URI, or a :class:`~kd_tune.storage.Storage` naming the file); either is
-read and written through :class:`~kd_tune.storage.Storage`, whole or not at all.
+``s3://...`` URI, or a :class:`~kd_tune.storage.location.Storage` naming the file); either is
+read and written through :class:`~kd_tune.storage.location.Storage`, whole or not at all.
 """
 
 from __future__ import annotations
@@ -32,10 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from kd_tune.config import noise_problems
-from kd_tune.storage import Storage, open_storage
-
-from .base import DataError
+from kd_tune.core.config import noise_problems
+from kd_tune.data.base import DataError
+from kd_tune.storage.location import Storage, open_storage
 
 # CIFAR-10 asymmetric noise of Patrini et al. 2017 (also used by the KD/noise literature):
 # visually similar classes are confused, by class name.
@@ -78,7 +77,7 @@ CIFAR100_SUPERCLASSES: dict[str, tuple[str, ...]] = {
 
 
 def validate_noise(noise_type: str, rate: float, seed: int) -> float:
-    """Check noise arguments (:func:`kd_tune.config.noise_problems`); return the rate as a float.
+    """Check noise arguments (:func:`kd_tune.core.config.noise_problems`); return the rate as a float.
 
     Raises ValueError naming every problem.
     """
@@ -195,7 +194,7 @@ def _place(path: str | os.PathLike | Storage) -> tuple[Storage, str]:
 def save_noisy_labels(path: str | os.PathLike | Storage, labels: Any, **meta: Any) -> str:
     """Write labels (and JSON-serialisable ``meta``) to an ``.npz`` file; return their hash.
 
-    ``path`` is a local path, a URI (``s3://...``) or a :class:`~kd_tune.storage.Storage`
+    ``path`` is a local path, a URI (``s3://...``) or a :class:`~kd_tune.storage.location.Storage`
     of the file. Written whole or not at all (locally: to a temporary file in the same
     folder moved into place with ``os.replace``), so concurrent trials writing the same
     labels never leave a partial file.

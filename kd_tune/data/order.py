@@ -1,7 +1,7 @@
 """What a training epoch feeds the network: the sample order and each sample's view.
 
 Both are pure functions of (seed, epoch) and the sample indices, so the student's
-training loop and the teacher-logit cache (:mod:`kd_tune.teacher_logits`) produce the
+training loop and the teacher-logit cache (:mod:`kd_tune.train.teacher_logits`) produce the
 very same batches from the same call, and a resumed run sees the batches an
 uninterrupted one would.
 """
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .augment import augment_batch
+from kd_tune.data.augment import augment_batch
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:

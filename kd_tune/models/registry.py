@@ -12,7 +12,7 @@ strings (``None`` for a group that did not participate). A builder signals an
 invalid parameter (e.g. a WRN depth that is not 6n+4) by raising ``ValueError``;
 :func:`build` re-raises it with the name and the list of valid patterns.
 
-The entries live in :data:`MODELS`, a :class:`kd_tune.registry.Registry` keyed by
+The entries live in :data:`MODELS`, a :class:`kd_tune.core.registry.Registry` keyed by
 pattern, and follow its re-registration rule.
 """
 
@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from kd_tune.registry import Registry
+from kd_tune.core.registry import Registry
 
 ModelBuilder = Callable[..., nn.Module]
 

@@ -1,0 +1,235 @@
+"""Worker-side entry points: the Ray Tune trainable and the tasks of the teacher and cache stages.
+
+The trainable is a thin adapter from one planned trial to :func:`kd_tune.train.trainer.train`.
+A trial's Tune config is ``{"trial": Trial.to_dict()}`` (:mod:`kd_tune.plan.planner`): every key
+it needs (teacher, cache, data) was computed by the planner and is read, not recomputed.
+The trainable reports every epoch's metrics through ``ray.tune.report`` together with
+``kd_status``, the status the trainer decided for that epoch (``running``,
+``completed`` or ``diverged``); it saves a checkpoint every ``checkpoint_every`` epochs
+and at the end, and resumes from ``ray.tune.get_checkpoint()`` after a failure or a
+restored sweep. A checkpoint of the last epoch makes a restarted trial report its final
+metrics again without training.
+
+The last report of a completed trial also carries its :class:`~kd_tune.results.trial_end.TrialEnd`
+(under ``kd_end``): the trainer's end-of-run test measurements, with the penultimate
+features of the test samples of ``feature_classes`` only, the hash of its training
+labels, and with ``log_models`` its final weights. The driver's sinks write them.
+
+A distilling trial takes the teacher's outputs from the teacher-logit cache
+(:mod:`kd_tune.teachers.logit_cache`, memory-mapped, built by the driver's cache stage and, if it
+is missing, by the trial) when its plan names a cache; otherwise it runs the teacher
+online.
+
+Teachers and caches are shared by every sweep in the storage: the tasks that make them
+hold a lock per key (:mod:`kd_tune.storage.store_lock`: a flock on a local folder, a lease on an
+object store), so two sweeps that need the same one at once build it once, the other
+waiting for it; the record a task returns then says ``built_by_another_sweep``.
+
+Where things are (``teachers_dir``, ``logits_dir``, ``noise_dir``) is handed to the
+workers as a local absolute path or a URI (``s3://bucket/prefix/...``) string, or as a
+:class:`~kd_tune.storage.location.Storage` (which pickles without credentials); each worker opens
+it with :func:`~kd_tune.storage.location.open_storage`. ``local_cache`` is the node-local folder
+where caches kept on an object store are copied to be memory-mapped
+(:mod:`kd_tune.storage.local_copies`; None: its default).
+
+Fixed cost per trial is kept low for actor reuse: the data set, the teacher and the
+cached logits are held in the worker process (a few entries, keyed by what identifies
+them), so a reused actor loads them once, not once per trial.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import tempfile
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+
+import torch
+
+from kd_tune.core.config import RunConfig
+from kd_tune.core.runtime import use_threads
+from kd_tune.core.status import STATUS_KEY, TrialStatus
+from kd_tune.plan.planner import Trial
+from kd_tune.plan.teacher_dag import TeacherNode
+from kd_tune.results.trial_end import END_KEY, TrialEnd
+from kd_tune.storage.location import Storage
+from kd_tune.storage.store_lock import storage_held
+from kd_tune.teachers.logit_cache import LogitCache, ensure_cached
+from kd_tune.teachers.store import TeacherError, TeacherStore
+from kd_tune.teachers.training import TEACHER_FORMAT
+from kd_tune.train.checkpoint import load_state, save_state
+from kd_tune.train.measurements import EndMeasurements
+from kd_tune.train.trainer import EpochEnd, load_data, train
+
+STATE_FILE = "state.pt"
+BUILT_ELSEWHERE = "built_by_another_sweep"
+_CACHE_ENTRIES = 3
+
+T = TypeVar("T")
+_held: dict[str, OrderedDict[Hashable, Any]] = {"data": OrderedDict(), "teacher": OrderedDict(),
+                                                 "logits": OrderedDict()}
+
+
+Where = str | Storage  # a local absolute path or a URI, or the Storage itself
+
+
+def distill_trial(config: dict[str, Any], *, teachers_dir: Where, logits_dir: Where, noise_dir: Where,
+                  checkpoint_every: int, check_token: str | None = None,
+                  feature_classes: tuple[int, ...] = (0, 1, 2), log_models: bool = False,
+                  local_cache: str | None = None) -> None:
+    """Run one planned sweep trial (called by Ray Tune in a worker).
+
+    ``check_token`` is the sweep invocation's token: a cached-logit checksum is read
+    once per node and token (:meth:`kd_tune.teachers.logit_cache.LogitCache.problem`).
+    ``local_cache``: this node's folder of copies of an object store's caches (None:
+    :func:`~kd_tune.storage.local_copies.default_local_cache`).
+    """
+    from ray import tune
+
+    trial = Trial.from_dict(config["trial"])
+    run = trial.config.replace(device=assigned_device(trial.config.device))
+    use_threads(run_threads(run))
+    data = _held_or_load("data", trial.data_key, lambda: load_data(run, noise_dir=noise_dir))
+    store = TeacherStore(teachers_dir)
+    teacher = logits = None
+    if trial.cache_key is not None:
+        cache = LogitCache(logits_dir, local_cache=local_cache)
+        meta = _cached_once(trial, data, store, cache, run.device, check_token)
+        # Held per build: a cache rebuilt during the sweep is mapped afresh, not served from the old map.
+        logits = _held_or_load("logits", (str(logits_dir), trial.cache_key, meta["created_at"]),
+                               lambda: cache.load(trial.cache_key))
+    elif trial.distils or store.has(trial.teacher_key):
+        # A CE trial with a stored teacher reports its agreement with it; it does without a damaged one.
+        try:
+            teacher, _ = _held_or_load("teacher", (trial.teacher_key, run.device),
+                                       lambda: store.load(trial.teacher_key, data))
+        except TeacherError:
+            if trial.distils:
+                raise
+
+    def trial_end(measurements: EndMeasurements, weights: Callable[[], dict[str, torch.Tensor]]) -> TrialEnd:
+        record = None
+        if log_models:
+            # The teacher file format: a logged student can be distilled from (--teacher-checkpoint).
+            record = {"format": TEACHER_FORMAT, "arch": run.student, "num_classes": data.num_classes,
+                      "in_channels": data.in_channels, "config": trial.config.to_dict(),
+                      # numpy, not tensors: Ray Tune refuses tensors in reported results.
+                      "model": {k: v.detach().cpu().numpy() for k, v in weights().items()}}
+        return TrialEnd(measurements.of_classes(feature_classes), data.noise_hash, record)
+
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_state(os.path.join(folder, STATE_FILE))
+        if resume["epoch"] >= run.epochs:
+            # The trial had finished; the driver may not have recorded it before it stopped.
+            # Training from the final state runs no epoch; it measures the final weights again.
+            result = train(run, data=data, teacher=teacher, teacher_logits=logits, resume_state=resume)
+            tune.report({**result.final, STATUS_KEY: TrialStatus.COMPLETED.value,
+                         END_KEY: trial_end(result.measurements, result.model.state_dict).to_dict()})
+            return
+
+    def on_epoch(end: EpochEnd) -> None:
+        report = {**end.metrics, STATUS_KEY: end.status.value}
+        if end.measurements is not None:
+            report[END_KEY] = trial_end(end.measurements, lambda: end.state()["model"]).to_dict()
+        epoch = int(end.metrics["epoch"])
+        if end.status is TrialStatus.DIVERGED or not (epoch % checkpoint_every == 0 or end.status.ended):
+            tune.report(report)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            save_state(os.path.join(folder, STATE_FILE), end.state())
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    train(run, data=data, teacher=teacher, teacher_logits=logits, on_epoch=on_epoch, resume_state=resume)
+
+
+def train_teacher_task(teachers_dir: Where, node: dict[str, Any], noise_dir: Where, *after: Any) -> dict[str, Any]:
+    """Make one teacher node into the store (a Ray task of the teacher stage), or only measure
+    it when the store has it without measurements; return its record.
+
+    ``node`` is :meth:`TeacherNode.to_dict`; ``after`` are the records of the tasks that
+    made its sources (Ray runs this task once they are done; their values are not used).
+    """
+    planned = TeacherNode.from_dict(node)
+    planned = dataclasses.replace(planned, run=planned.run.replace(device=assigned_device(planned.run.device)))
+    use_threads(run_threads(planned.run))
+    store = TeacherStore(teachers_dir)
+    with store.building(planned.key):
+        if not store.has(planned.key):
+            return store.train(planned, noise_dir=noise_dir)
+        if not store.has_measurements(planned.key):
+            return store.measure(planned, noise_dir=noise_dir)
+        return {**store.meta(planned.key), BUILT_ELSEWHERE: True}
+
+
+def build_logits_task(teachers_dir: Where, logits_dir: Where, trial: dict[str, Any], noise_dir: Where,
+                      check_token: str | None = None, local_cache: str | None = None) -> dict[str, Any]:
+    """Fill the teacher-logit cache of one planned trial (a Ray task of the cache stage); return the cache's meta.
+
+    ``local_cache`` as in :func:`distill_trial` (a cache built on an object store stays on this node as its copy).
+    """
+    planned = Trial.from_dict(trial)
+    device = assigned_device(planned.config.device)
+    use_threads(run_threads(planned.config))
+    data = load_data(planned.config, noise_dir=noise_dir)
+    return _cached_once(planned, data, TeacherStore(teachers_dir), LogitCache(logits_dir, local_cache=local_cache),
+                        device, check_token)
+
+
+def _cached_once(trial: Trial, data: Any, store: TeacherStore, cache: LogitCache, device: str,
+                 token: str | None) -> dict[str, Any]:
+    """:func:`ensure_cached` under the cache key's lock: one builder per key across sweeps.
+
+    On an object store an intact cache is used without the lock (the lease is a few
+    requests to the store, and a node's first fetch of a large cache would otherwise
+    hold every other node's trials): only a missing or damaged one is built under it.
+    """
+    key = trial.cache_key
+    if not cache.storage.is_local and cache.has(key):
+        with contextlib.suppress(OSError, ValueError):  # removed or rebuilt meanwhile: see under the lock
+            if cache.problem(key, teacher_sha256=store.weights_digest(trial.teacher_key), token=token) is None:
+                return {**cache.meta(key), BUILT_ELSEWHERE: True}
+    with storage_held(cache.storage, key, f"teacher logits {key}"):
+        existed = cache.has(trial.cache_key)
+        meta = ensure_cached(trial, data, store, cache, device=device, token=token)
+    return {**meta, BUILT_ELSEWHERE: True} if existed else meta
+
+
+def assigned_device(device: str) -> str:
+    """A worker's device for a run's ``device`` setting: as set, or for ``auto`` the GPU
+    Ray assigned to this worker when there is one, else the CPU."""
+    if device != "auto":
+        return device
+    import ray
+
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+def run_threads(config: RunConfig) -> int:
+    """The CPU threads a worker runs ``config`` at: the count the driver planned
+    (:meth:`~kd_tune.sweep.options.SweepOptions.with_threads`), or for a trial planned
+    without one (a sweep started before the count was recorded) its CPU share, at least 1,
+    never every core of the node."""
+    if config.threads is not None:
+        return config.threads
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    return max(1, int(cpus))
+
+
+def _held_or_load(kind: str, key: Hashable, load: Callable[[], T]) -> T:
+    """The worker's held ``kind`` entry for ``key``, loading it on a miss (a small LRU)."""
+    held = _held[kind]
+    if key in held:
+        held.move_to_end(key)
+        return held[key]
+    value = load()
+    held[key] = value
+    while len(held) > _CACHE_ENTRIES:
+        held.popitem(last=False)
+    return value

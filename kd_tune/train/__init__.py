@@ -1,0 +1,1 @@
+"""kd_tune.train."""

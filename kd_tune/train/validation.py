@@ -1,0 +1,78 @@
+"""Whole-run validation: a config's own field checks plus the checks that need the registries.
+
+:meth:`kd_tune.core.config.RunConfig.problems` checks each field on its own terms; here the
+names are checked against what is registered (data sets, model architectures that
+build, every architecture a teacher spec names, losses). Every command validates with :func:`validate_run` (or
+:func:`validate_all` for a sweep) before anything runs, so a bad name fails with one
+clear list of problems instead of deep inside a worker.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from kd_tune import models
+from kd_tune.core import teacher_spec
+from kd_tune.core.config import ConfigError, RunConfig
+from kd_tune.data import dataset_names, dataset_needs_files
+from kd_tune.train.losses import loss_name_problems
+
+
+def run_problems(config: RunConfig) -> list[str]:
+    """Every problem with ``config``: its field checks, then names the registries do not know."""
+    p: list[str] = []
+    if config.dataset not in dataset_names():
+        p.append(f"dataset={config.dataset!r} is unknown; allowed: {', '.join(dataset_names())}")
+    elif dataset_needs_files(config.dataset) and not config.data_dir:
+        p.append(f"dataset={config.dataset!r} needs data_dir (a directory in torchvision's format)")
+    p += teacher_problems(config)
+    p += _model_problems("student", config.student)
+    p += loss_name_problems(config.loss)
+    return p + config.problems()
+
+
+def teacher_problems(config: RunConfig) -> list[str]:
+    """Problems with ``config.teacher``, a teacher spec (:mod:`kd_tune.core.teacher_spec`): its
+    grammar, every architecture it names, each stop epoch within the teacher's epochs."""
+    try:
+        spec = teacher_spec.parse(config.teacher)
+    except teacher_spec.SpecError as err:
+        return [f"teacher={config.teacher!r}: {err}"]
+    p = []
+    for arch in dict.fromkeys(teacher_spec.architectures(spec)):
+        p += _model_problems("teacher", arch, config.teacher)
+    epochs = config.teacher_epochs or config.epochs
+    for stop in teacher_spec.stop_epochs(spec):
+        if stop > epochs:
+            p.append(f"teacher={config.teacher!r}: stop epoch {stop} is beyond the teacher's {epochs} epochs "
+                     "(teacher_epochs, or epochs when it is not set)")
+    return p
+
+
+def _model_problems(role: str, name: str, spec: str | None = None) -> list[str]:
+    try:
+        with torch.device("meta"):  # builds no real weights: cheap for wrn-28-4 too
+            models.build(name, num_classes=10, in_channels=3)
+    except ValueError as err:
+        where = f"{role}={name!r}" if spec is None or spec == name else f"{role}={spec!r}: {name!r}"
+        return [f"{where}: {err}"]
+    return []
+
+
+def validate_run(config: RunConfig) -> RunConfig:
+    """Raise :class:`ConfigError` listing every problem of ``config`` at once; return it if valid."""
+    problems = run_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def validate_all(configs: Sequence[RunConfig]) -> None:
+    """Raise one :class:`ConfigError` listing every distinct problem of every config."""
+    problems: dict[str, None] = {}
+    for config in configs:
+        for problem in run_problems(config):
+            problems.setdefault(problem, None)
+    if problems:
+        raise ConfigError(list(problems))
