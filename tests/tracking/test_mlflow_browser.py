@@ -18,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 from processes import free_port, ray_env, server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_MS = 60_000
 
 

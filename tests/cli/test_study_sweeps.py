@@ -17,7 +17,7 @@ from processes import ray_env
 from analysis import load_teachers, load_trials
 from kd_tune.cli.sweep import build_parser, expand_args, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_sweep(name: str):

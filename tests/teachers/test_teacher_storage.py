@@ -34,7 +34,7 @@ from kd_tune.teachers.store import DamagedTeacher, TeacherStore
 from kd_tune.train.evaluation import predict_logits
 from kd_tune.train.trainer import load_data
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = RunConfig(student="cnn-4", teacher="cnn-8", epochs=2, teacher_epochs=1, val_size=100, loss="mse",
                    device="cpu", threads=1)
 NOISE = dict(val_size=100, noise_type="symmetric", noise_rate=0.3, noise_seed=4)

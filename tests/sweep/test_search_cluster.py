@@ -22,7 +22,7 @@ from test_sweep_cluster import mlflow_runs, run_sweep
 from analysis import load_epochs, load_trials
 from kd_tune.results.search_record import SearchRecord
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TAU_SEARCH = str(ROOT / "sweeps" / "tau_search.py")
 SMALL = ["--teacher", "cnn-8", "--student", "cnn-4", "--teacher-epochs", "2"]
 

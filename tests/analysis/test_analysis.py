@@ -17,7 +17,7 @@ import pytest
 import analysis
 from analysis import TABLES, build_tables, load_trials, render
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # the schema the sweep writer produces (one row per trial)
 SCHEMA = pa.schema([

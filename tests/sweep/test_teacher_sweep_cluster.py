@@ -18,7 +18,7 @@ from processes import ray_env
 
 from analysis.results_io import load_teachers, load_trials
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = '''
 import sys
 from kd_tune.cli.sweep import SweepSpec, main

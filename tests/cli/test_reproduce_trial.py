@@ -24,7 +24,7 @@ from kd_tune.core.config import PRESETS, RunConfig
 from kd_tune.results.trial_tables import FINAL_METRICS
 from kd_tune.sweep.options import SweepOptions
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_flags(row: pd.Series) -> list[str]:

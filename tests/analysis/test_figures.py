@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
+from recorded import CLASSES, N_TEST, fake_measurements
 
 from analysis import build_tables, load_trials
 from analysis.figures import FIGURES, draw
@@ -21,27 +22,13 @@ from kd_tune.core.identity import teacher_key, trial_key
 from kd_tune.plan.search_space import expand
 from kd_tune.results.samples import FEATURES_DIR, SAMPLES_DIR, write_parts
 from kd_tune.results.trial_tables import ResultsWriter, epoch_row, trial_row
-from kd_tune.train.measurements import PER_SAMPLE, EndMeasurements, summarize
+from kd_tune.train.measurements import PER_SAMPLE
 
 matplotlib.use("Agg")
 
-N_TEST, WIDTH, TEACHER_WIDTH, CLASSES = 60, 4, 6, 5
+WIDTH, TEACHER_WIDTH = 4, 6
 SPACE = [{"loss": ["kl"], "tau": [1.0, 4.0, math.inf], "alpha": [0.5, 1.0]},
          {"loss": ["mse"], "alpha": [0.5, 1.0]}, {"loss": ["ce"]}]
-
-
-def fake_measurements(seed: int, width: int, teacher: bool = False) -> EndMeasurements:
-    rng = np.random.default_rng(seed)
-    labels = np.arange(N_TEST) % CLASSES
-    values = {name: rng.normal(size=N_TEST).astype(np.float32) for name in PER_SAMPLE}
-    values["feature_norm"] = np.abs(values["feature_norm"]) + (5 if teacher else 1)
-    if teacher:
-        values["logit_distance"][:] = np.nan
-        values["logit_mean_gap"][:] = np.nan
-    values["correct"] = rng.random(N_TEST) > 0.3
-    return EndMeasurements(labels=labels, values=values, feature_index=np.arange(N_TEST),
-                           features=rng.normal(size=(N_TEST, width)).astype(np.float32),
-                           summary=summarize(values, 0.05))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 from kd_tune import models
 from kd_tune.results.trial_tables import ResultsWriter, epoch_row
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_check  # noqa: E402
 from gpu_check import EAGER, MODES, TINY, WHOLE_GPU, MemorySample, PackingError, Variant  # noqa: E402

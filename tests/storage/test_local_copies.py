@@ -24,7 +24,7 @@ from kd_tune.storage.local_copies import (
 )
 from kd_tune.storage.location import open_storage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def stored_folder(storage, key: str, sizes: dict[str, int], seed: int = 0):

@@ -13,8 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_figures import fake_measurements
-from test_search import recorded_search
+from recorded import fake_measurements, recorded_search
 
 from analysis.figures import write_figures
 from analysis.render import render, write_tables
@@ -46,7 +45,7 @@ from kd_tune.results.trial_tables import (
 from kd_tune.storage.location import open_storage
 from kd_tune.storage.part_table import DamagedPartError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPACE = [{"loss": ["kl"], "tau": [1.0, 4.0, math.inf], "alpha": [0.5, 1.0]}, {"loss": ["mse"], "alpha": [1.0]},
          {"loss": ["ce"]}]
 

@@ -15,7 +15,7 @@ from kd_tune.cli.sweep import build_parser, expand_args, main, search_args
 from kd_tune.core.identity import trial_key
 from kd_tune.sweep.search import SearchSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_spec(name: str):

@@ -16,7 +16,7 @@ from kd_tune.core.config import preset
 from kd_tune.plan.planner import plan_trial
 from kd_tune.results.trial_tables import ResultsWriter, trial_row
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load(path: Path, name: str):

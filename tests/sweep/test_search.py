@@ -6,24 +6,20 @@ import math
 
 import optuna
 import pytest
+from recorded import BASE, SPACE, recorded_search
 
 from analysis import build_tables, load_trials, render
 from analysis.study import history, importances, rebuild_study, write_study_views
-from kd_tune.core.config import ConfigError, RunConfig
+from kd_tune.core.config import ConfigError
 from kd_tune.core.identity import setting_key, trial_key
-from kd_tune.core.status import TrialStatus
-from kd_tune.plan.planner import Trial, plan_trial
-from kd_tune.plan.search_space import SampledSpace, loguniform, uniform
-from kd_tune.results.parquet_sink import ParquetSink
-from kd_tune.results.search_record import SearchRecord, SearchTrial, Selected
+from kd_tune.plan.planner import Trial
+from kd_tune.plan.search_space import SampledSpace, loguniform
+from kd_tune.results.search_record import SearchRecord
 from kd_tune.sweep.options import SweepError, SweepOptions
 from kd_tune.sweep.runner import write_manifest
-from kd_tune.sweep.search import OBJECTIVE, SamplePlanner, Search, SearchSettings, prepare_search
+from kd_tune.sweep.search import SamplePlanner, Search, SearchSettings, prepare_search
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-BASE = RunConfig(epochs=3, teacher="cnn-8", teacher_epochs=1)
-SPACE = SampledSpace.of({"loss": ["kl"], "tau": loguniform(0.25, 64, points=[math.inf]), "alpha": uniform(0, 1)},
-                        {"loss": ["mse"], "alpha": uniform(0, 1)})
 
 
 def test_the_planner_plans_each_draw_once_and_a_repeated_setting_trains_the_next_seed():
@@ -130,39 +126,6 @@ def test_a_name_reused_for_another_search_is_refused(tmp_path):
 
 
 # -- the study and the table, from real Parquet rows -------------------------------------------
-
-
-def _history(epochs: int, val: float, test: float) -> list[dict]:
-    return [{"epoch": e, "train_loss": 0.5, "train_acc": 0.8, "val_acc": val * e / epochs, "test_acc": test,
-             "test_logit_mse": 0.1, "test_agreement": 0.9, "lr": 0.02, "epoch_time_s": 0.1,
-             "teacher_forward_samples": 0.0} for e in range(1, epochs + 1)]
-
-
-def recorded_search(folder):
-    """A finished search written through the Parquet sink: 5 drawn trials, one confirmed setting."""
-    sink = ParquetSink(folder, sweep="s", teacher_acc=lambda key: 0.99)
-    draws = [  # (config, status, epochs run, last val acc, test acc)
-        (BASE.replace(loss="kl", tau=3.0, alpha=0.4), TrialStatus.COMPLETED, 3, 0.90, 0.80),
-        (BASE.replace(loss="mse", tau=1.0, alpha=0.7), TrialStatus.STOPPED, 1, 0.60, 0.50),
-        (BASE.replace(loss="kl", tau=math.inf, alpha=0.9), TrialStatus.COMPLETED, 3, 0.95, 0.70),
-        (BASE.replace(loss="mse", tau=1.0, alpha=0.2), TrialStatus.DIVERGED, 2, math.nan, math.nan),
-        (BASE.replace(loss="kl", tau=20.0, alpha=0.1), TrialStatus.COMPLETED, 3, 0.85, 0.90),
-    ]
-    confirm = [draws[2][0].replace(seed=s) for s in (1, 2)]
-    for i, (config, status, epochs, val, test) in enumerate(draws + [(c, TrialStatus.COMPLETED, 3, 0.9 + c.seed / 100,
-                                                                       0.75 + c.seed / 100) for c in confirm]):
-        trial = plan_trial(config)
-        for row in _history(epochs, val, test):
-            sink.epoch_reported(trial, f"t{i}", row, TrialStatus.RUNNING)
-        sink.trial_ended(trial, f"t{i}", status, None)
-    keys = [trial_key(c) for c, *_ in draws]
-    best = Selected(rank=1, setting=setting_key(draws[2][0]), label="kl tau=inf alpha=0.9", val_acc=0.95,
-                    search_keys=(keys[2],), confirm_keys=tuple(trial_key(c) for c in confirm))
-    record = SearchRecord("s", OBJECTIVE, SPACE, {"confirm_seeds": 2, "confirm_top": 1},
-                          tuple(SearchTrial(n, k, setting_key(c)) for n, (k, (c, *_)) in enumerate(zip(keys, draws))),
-                          (best,), pick=1)
-    record.write(folder)
-    return record, keys
 
 
 def test_the_rebuilt_study_holds_the_search_and_its_best_trial_is_the_best_row(tmp_path):
