@@ -1,20 +1,22 @@
 """kd-tune: knowledge-distillation sweeps comparing KL-divergence and MSE losses.
 
-Data flow of one run: ``config.RunConfig`` (checked by ``validation``) ->
-``trainer.load_data`` (``data``) -> the teacher: every node of its spec
-(``teacher_dag``) made by ``teacher.train_node``, or ``teacher.load_teacher`` ->
-``trainer.train`` with a loss from ``losses``, models from
-``models`` and the teacher's logits through ``teacher_signal``. ``python -m kd_tune.run``
-does it from the command line.
+The library is layered; each subpackage owns one concern and imports only the ones
+below it (``pyproject.toml``'s import-linter contract states it, CI enforces it):
 
-Data flow of a sweep: ``search_space`` (blocks -> configs) -> ``plan`` (configs ->
-planned trials with their teacher DAGs, every key from ``identity`` computed once) ->
-``sweep`` on the driver (checks, ``cluster`` connection, ``teacher_stage``: teacher
-nodes into ``teacher_store`` in dependency order,
-logits into ``logit_cache``; ``tune.Tuner``) -> ``trainable`` in the workers ->
-``sinks`` on the driver, the one writer of ``results`` (Parquet) and ``tracking``
-(MLflow). ``sweeps/*.py`` run it through ``sweep_cli``; ``analysis`` turns the Parquet
-files into tables. ``docs/architecture.md`` draws the whole picture.
+    cli                        the commands; the one place a sweep meets ``analysis``
+    sweep                      Ray: the driver, the searched sweep, the workers, the stages
+    tracking                   MLflow, a view of the results
+    results                    the Parquet record and its one writer's sinks
+    teachers                   teachers trained once, stored, their logits cached
+    train | plan               one training run (plain PyTorch) | configs planned into trials
+    data | models              data sets with label noise | architectures
+    storage                    local folders and object stores, locks, part tables
+    core                       config, keys, registry, runtime, status
+
+Data flow of a sweep: ``plan`` (configs -> trials with every key) -> ``sweep`` on the
+driver (checks, teachers and caches as Ray tasks, ``tune.Tuner``) -> ``sweep.trainable`` in
+the workers (``train``) -> the sinks on the driver: ``results`` (Parquet), ``tracking``
+(MLflow) -> ``analysis`` (tables, figures). ``docs/architecture.md`` draws the whole picture.
 """
 
 __version__ = "0.1.0"

@@ -5,6 +5,9 @@ offline), ``cifar10`` and ``cifar100`` (torchvision's on-disk layout). More can 
 with :func:`register_dataset`, which also fixes whether the data set is trained with
 augmentation (:func:`dataset_augments`) and whether it is read from ``data_dir``
 (:func:`dataset_needs_files`).
+
+May import: :mod:`kd_tune.storage` (noisy labels are persisted on a storage) and
+:mod:`kd_tune.core`. Independent of :mod:`kd_tune.models`.
 """
 
 from kd_tune.data.augment import augment_batch, augment_params

@@ -9,6 +9,8 @@ Every model maps ``(B, in_channels, H, W)`` images to logits
 penultimate representation ``(B, model.feature_dim)`` (the input of the final
 linear layer) from the same forward pass. See :func:`model_patterns` for the
 available names and :func:`register_model` to add architectures.
+
+May import: :mod:`kd_tune.core`. Independent of :mod:`kd_tune.data`.
 """
 
 from kd_tune.models import catalog as _catalog  # noqa: F401  (registers built-ins)

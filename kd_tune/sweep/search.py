@@ -54,6 +54,7 @@ from kd_tune.core.status import TrialStatus
 from kd_tune.plan.planner import Plan, Trial, plan_trial, plan_trials
 from kd_tune.plan.search_space import SampledSpace, canonical
 from kd_tune.results.search_record import SearchRecord, SearchTrial, Selected
+from kd_tune.results.trial_tables import read_trials
 from kd_tune.sweep.options import SweepError, SweepOptions
 from kd_tune.sweep.runner import (
     SweepOutcome,
@@ -307,9 +308,7 @@ def _select(record: SearchRecord, trials: Mapping[str, Trial], sweep_dir: Path,
     validation accuracy over the epochs, then to the setting drawn first. Only completed
     trials compete: a stopped trial's accuracy is from an earlier epoch.
     """
-    from analysis import load_trials
-
-    rows = load_trials(sweep_dir).set_index("trial_key")
+    rows = read_trials(sweep_dir).to_pandas().set_index("trial_key")
     scores: dict[str, list[tuple[str, float, float]]] = {}
     for drawn in record.trials:
         if drawn.key in rows.index and rows.at[drawn.key, "status"] == TrialStatus.COMPLETED:
@@ -333,9 +332,7 @@ def _select(record: SearchRecord, trials: Mapping[str, Trial], sweep_dir: Path,
 def _pick(record: SearchRecord, sweep_dir: Path) -> int | None:
     """The rank of the selected setting with the best mean validation accuracy over its completed
     confirmation trials (ties: the better rank); None until every confirmation trial has ended."""
-    from analysis import load_trials
-
-    rows = load_trials(sweep_dir).set_index("trial_key")
+    rows = read_trials(sweep_dir).to_pandas().set_index("trial_key")
     if not all(key in rows.index for key in record.confirm_keys):
         return None
     means = {}
