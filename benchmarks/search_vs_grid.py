@@ -96,7 +96,7 @@ def main() -> int:
         grid_spec, search_spec = load_spec("tau_grid"), load_spec("tau_search")
         started = time.perf_counter()
         grid_out = run_sweep(expand_args(grid_spec, build_parser(grid_spec).parse_args(RECIPE)),
-                             SweepOptions(name="grid", storage=storage), log=_quiet)
+                             SweepOptions(name="grid", storage=storage))
         print(f"grid: {sum(grid_out.counts.values())} trials in {time.perf_counter() - started:.0f}s", flush=True)
         grid = load_trials(grid_out.sweep_dir)
         done = grid[grid["status"] == "completed"]
@@ -113,7 +113,7 @@ def main() -> int:
             started = time.perf_counter()
             flags = [*RECIPE, "--num-samples", str(args.num_samples), "--search-seed", str(seed)]
             search = search_args(search_spec, build_parser(search_spec).parse_args(flags))
-            out = run_search(search, SweepOptions(name=f"search_seed{seed}", storage=storage), log=_quiet)
+            out = run_search(search, SweepOptions(name=f"search_seed{seed}", storage=storage))
             record = SearchRecord.read(out.sweep_dir)
             trials = load_trials(out.sweep_dir).set_index("trial_key")
             searched = trials.loc[record.search_keys]
@@ -142,10 +142,6 @@ def main() -> int:
     ratio = statistics.mean(ratios)
     print(f"\nsearch_epochs_vs_grid={ratio:.3f} best_val_search_minus_grid={statistics.mean(deltas):.2f}")
     return 0
-
-
-def _quiet(line: str) -> None:
-    pass
 
 
 def _label(loss: str, tau: float, alpha: float) -> str:

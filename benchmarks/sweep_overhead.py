@@ -63,7 +63,7 @@ def kd_sweep(trials: int, slots: int, storage: Path) -> tuple[float, float, floa
     seeds = range(math.ceil(trials / 8))
     configs = expand(base, space, seeds=seeds)[:trials]
     options = SweepOptions(name="overhead", storage=storage, cpus_per_trial=1.0, checkpoint_every=1)
-    outcome = run_sweep(configs, options, log=lambda _line: None)
+    outcome = run_sweep(configs, options)
     compute = load_trials(outcome.sweep_dir)["train_time_s"].sum()
     return (outcome.fit_seconds * slots - compute) / len(configs), compute / len(configs), outcome.fit_seconds
 

@@ -134,7 +134,7 @@ def digits_sweeps(trials: int, storage: Path) -> dict[str, dict[str, float]]:
     out = {}
     for mode in ("off", "float32"):
         options = SweepOptions(name=f"cache_{mode}", storage=storage, teacher_cache=mode)
-        outcome = run_sweep(configs, options, log=lambda _line: None)
+        outcome = run_sweep(configs, options)
         epochs = load_epochs(outcome.sweep_dir)
         built = sum(json.loads(Path(p).read_text())["teacher_forward_samples"]
                     for p in glob.glob(str(storage / "teacher_logits" / "*" / "meta.json")))

@@ -35,14 +35,16 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import logging
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kd_tune.core.logs import console
 from kd_tune.core.status import STATUS_KEY, TrialStatus
 from kd_tune.plan.planner import Trial
 from kd_tune.results.trial_tables import (
@@ -58,7 +60,13 @@ from kd_tune.storage.location import Storage, located, open_storage
 from kd_tune.storage.part_table import BATCH_ROWS
 from kd_tune.sweep.options import SweepError, driver_folder
 from kd_tune.sweep.runner import MANIFEST, sweep_lock
-from kd_tune.tracking.tracker import STARTED_TAG, resolve_tracking_uri
+from kd_tune.sweep.tune_callback import error_summary
+from kd_tune.teachers.store import TeacherStore
+from kd_tune.tracking.mlflow_sink import MlflowSink
+from kd_tune.tracking.queue import TrackingQueue
+from kd_tune.tracking.tracker import STARTED_TAG, artifact_root, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 3600.0
 STAGING = ".results.rebuilding"  # the rebuilt tables, before they replace the sweep's results
@@ -75,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mlflow-uri", metavar="URI",
                         help="tracking store (default: the one the sweep used, from SWEEP_DIR/sweep.json)")
     args = parser.parse_args(argv)
+    console()
     try:
         storage = open_storage(args.sweep_dir)
         if not storage.is_file(MANIFEST):
@@ -92,42 +101,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(err))
 
 
-def sync(sweep_dir: str | Path | Storage, tracking_uri: str, *, log: Callable[[str], None] = print) -> bool:
+def sync(sweep_dir: str | Path | Storage, tracking_uri: str) -> bool:
     """Send the sweep's queued MLflow writes, refill MLflow from the results and record the
     run ids in them; False when MLflow does not answer (the writes stay queued)."""
-    from kd_tune.tracking.mlflow_sink import MlflowSink
-
     writer = ResultsWriter(sweep_dir)
-    queue = _queue(sweep_dir, tracking_uri, log)
+    queue = _queue(sweep_dir, tracking_uri)
     waiting = queue.unsent()
     try:
         if not queue.send(timeout=SEND_TIMEOUT_S):
-            log(f"MLflow at {tracking_uri} does not answer: {queue.unsent()} write(s) still wait in "
-                f"{queue.outbox.path}; run this again later")
+            log.info(f"MLflow at {tracking_uri} does not answer: {queue.unsent()} write(s) still wait in "
+                     f"{queue.outbox.path}; run this again later")
             return False
-        ids = MlflowSink(queue, uuid.uuid4().hex).mirror(writer, log=log)
+        ids = MlflowSink(queue, uuid.uuid4().hex).mirror(writer)
     except Exception as err:  # the store failed in the middle of the refill
-        log(f"MLflow at {tracking_uri} failed ({str(err).splitlines()[0][:200]}); run this again later")
+        log.info(f"MLflow at {tracking_uri} failed ({str(err).splitlines()[0][:200]}); run this again later")
         return False
     finally:
         queue.close()
     changed = writer.record_run_ids(ids)
-    log(f"MLflow at {tracking_uri}: {waiting} queued write(s) sent; {len(ids)} of {len(writer.statuses())} "
-        f"recorded trials have their run ({changed} run id(s) updated in the results)")
+    log.info(f"MLflow at {tracking_uri}: {waiting} queued write(s) sent; {len(ids)} of {len(writer.statuses())} "
+             f"recorded trials have their run ({changed} run id(s) updated in the results)")
     return True
 
 
-def rebuild(sweep_dir: str | Path | Storage, sweep: str, *, tracking_uri: str,
-            log: Callable[[str], None] = print) -> None:
+def rebuild(sweep_dir: str | Path | Storage, sweep: str, *, tracking_uri: str) -> None:
     """Write the sweep's results again from Ray Tune's trial records (see the module docstring)."""
-    from kd_tune.teachers.store import TeacherStore
-
     storage = open_storage(sweep_dir)
     where = located(storage)
     records = list(tune_records(storage))
     if not records:
         raise SweepError(f"{where} holds no Ray Tune trial records (trial_*/result.json) to rebuild from")
-    runs = _mlflow_runs(storage, tracking_uri, log)
+    runs = _mlflow_runs(storage, tracking_uri)
     teacher_acc = TeacherStore(storage.parent / "teachers").test_acc
     storage.delete_dir(STAGING)
     staging = storage / STAGING
@@ -158,9 +162,9 @@ def rebuild(sweep_dir: str | Path | Storage, sweep: str, *, tracking_uri: str,
     kept = _set_aside(storage)
     _move(storage, f"{STAGING}/{RESULTS_DIR}", RESULTS_DIR)
     storage.delete_dir(STAGING)
-    log(f"rebuilt the results of {where} from Ray Tune's records: {len(finals)} trial row(s), "
-        f"{sum(len(r.reports) for r in records)} epoch row(s) of {len(records)} trial(s)"
-        + (f"; the old results are in {kept}" if kept else ""))
+    log.info(f"rebuilt the results of {where} from Ray Tune's records: {len(finals)} trial row(s), "
+             f"{sum(len(r.reports) for r in records)} epoch row(s) of {len(records)} trial(s)"
+             + (f"; the old results are in {kept}" if kept else ""))
 
 
 class TuneRecord:
@@ -185,8 +189,6 @@ class TuneRecord:
 def tune_records(sweep_dir: str | Path | Storage) -> Iterator[TuneRecord]:
     """The trial records Ray Tune keeps in ``sweep_dir`` (``trial_*/result.json`` and ``error.txt``;
     a local folder, a URI or a :class:`~kd_tune.storage.location.Storage`)."""
-    from kd_tune.sweep.tune_callback import error_summary
-
     storage = open_storage(sweep_dir)
     for folder in storage.list():
         if not folder.is_dir or not fnmatch.fnmatchcase(folder.name, "trial_*"):
@@ -232,34 +234,30 @@ def _time(report: dict[str, Any]) -> datetime | None:
     return datetime.fromtimestamp(stamp, UTC) if isinstance(stamp, (int, float)) else None
 
 
-def _queue(sweep_dir: str | Path | Storage, tracking_uri: str, log: Callable[[str], None]) -> Any:
+def _queue(sweep_dir: str | Path | Storage, tracking_uri: str) -> TrackingQueue:
     """The sweep's MLflow queue: its outbox in the driver's folder of the sweep (the sweep folder
     itself on local storage; see :func:`~kd_tune.sweep.options.driver_folder`)."""
-    from kd_tune.tracking.queue import TrackingQueue
-    from kd_tune.tracking.tracker import artifact_root
-
     storage = open_storage(sweep_dir)
     return TrackingQueue(driver_folder(storage), tracking_uri, storage.name,
-                         artifact_root=artifact_root(storage.parent.uri), log=log)
+                         artifact_root=artifact_root(storage.parent.uri))
 
 
-def _mlflow_runs(sweep_dir: str | Path | Storage, tracking_uri: str, log: Callable[[str], None]
-                 ) -> dict[str, tuple[str, datetime | None]]:
+def _mlflow_runs(sweep_dir: str | Path | Storage, tracking_uri: str) -> dict[str, tuple[str, datetime | None]]:
     """Trial key -> (MLflow run id, start recorded in it) of the sweep's child runs ({} when
     MLflow does not answer)."""
     try:
-        queue = _queue(sweep_dir, tracking_uri, log)
+        queue = _queue(sweep_dir, tracking_uri)
     except Exception as err:  # no tracking folder for this storage: the results do not need MLflow
-        log(f"MLflow at {tracking_uri} cannot be read ({str(err).splitlines()[0][:200]}): mlflow_run_id and "
-            "started_at stay empty")
+        log.info(f"MLflow at {tracking_uri} cannot be read ({str(err).splitlines()[0][:200]}): mlflow_run_id and "
+                 "started_at stay empty")
         return {}
     try:
         if not queue.send(timeout=SEND_TIMEOUT_S):
             raise ConnectionError(f"{queue.unsent()} queued write(s) could not be sent")
         runs = queue.tracker().trial_runs()
     except Exception as err:  # MLflow is not needed for the results themselves
-        log(f"MLflow at {tracking_uri} cannot be read ({str(err).splitlines()[0][:200]}): mlflow_run_id and "
-            "started_at stay empty")
+        log.info(f"MLflow at {tracking_uri} cannot be read ({str(err).splitlines()[0][:200]}): mlflow_run_id and "
+                 "started_at stay empty")
         return {}
     finally:
         queue.close()

@@ -28,6 +28,7 @@ from typing import Any
 
 from kd_tune.cli.args import add_config_arguments, config_from_args
 from kd_tune.core.config import ConfigError, RunConfig
+from kd_tune.core.logs import console
 from kd_tune.core.status import TrialStatus
 from kd_tune.data import DataError
 from kd_tune.plan.planner import Plan
@@ -36,8 +37,10 @@ from kd_tune.results.trial_tables import ResultsError
 from kd_tune.storage.location import Storage
 from kd_tune.sweep.cluster import ClusterError
 from kd_tune.sweep.options import SweepError, SweepOptions
-from kd_tune.sweep.search import SCHEDULERS, SEARCHES, Search, SearchSettings
+from kd_tune.sweep.runner import prepare, run_sweep
+from kd_tune.sweep.search import SCHEDULERS, SEARCHES, Search, SearchSettings, prepare_search, run_search
 from kd_tune.teachers.store import TeacherError, TeacherStore
+from kd_tune.tracking.tracker import experiment_url, ui_command
 from kd_tune.train.losses import loss_names
 
 
@@ -310,8 +313,7 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None, *, prog: str | None
     """Parse flags, check, run the sweep (a grid or a search), print the table and where everything is."""
     parser = build_parser(spec, prog)
     args = parser.parse_args(argv)
-    from kd_tune.sweep.runner import prepare, run_sweep
-    from kd_tune.sweep.search import prepare_search, run_search
+    console()
 
     options = SweepOptions(
         name=args.name, storage=args.storage, address=args.address, mlflow_uri=args.mlflow_uri,
@@ -395,8 +397,6 @@ def _write_figures(sweep: Storage) -> list[Path | str]:
 
 
 def _print_summary(outcome: Any, table: str) -> None:
-    from kd_tune.tracking.tracker import experiment_url, ui_command
-
     counts = ", ".join(f"{n} {what}" for what, n in outcome.counts.items() if n)
     print(f"\nsweep finished in {outcome.seconds:.0f}s: {counts}" if not outcome.interrupted
           else f"\nsweep stopped after {outcome.seconds:.0f}s: {counts}; rerun the same command to resume it")

@@ -155,6 +155,7 @@ def cache_key(config: RunConfig, teacher: str, *, augment: bool, dtype: str = "f
 
 def weights_digest(weights: nn.Module | Mapping[str, torch.Tensor]) -> str:
     """sha256 (hex) of a network's state dict: names, dtypes, shapes and raw bytes, in name order."""
+    # kd_tune.core imports no torch (2.2 CPU-s): keys and plans are computed without it.
     import torch
 
     state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights

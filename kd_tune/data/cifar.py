@@ -142,6 +142,7 @@ def _load(spec: _Spec, data_dir: str | None, download: bool) -> SourceData:
 
 
 def _download(spec: _Spec, data_dir: str) -> None:
+    # torchvision's utilities cost about 1.8 CPU-s to import beyond torch; only a download needs them.
     from torchvision.datasets.utils import download_and_extract_archive
 
     try:

@@ -399,6 +399,7 @@ class SampledSpace:
 
     def distributions(self) -> dict[str, Any]:
         """Every parameter :meth:`sample` can draw -> its Optuna distribution."""
+        # Optuna (0.24 CPU-s to import) only where a search asks for its distributions.
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
         losses = self.losses()

@@ -15,6 +15,7 @@ printed for 30 s, so that long trials show progress.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -24,20 +25,20 @@ from kd_tune.core.status import TrialStatus
 from kd_tune.plan.planner import Trial
 from kd_tune.results.sinks import TrialSink
 
+log = logging.getLogger(__name__)
+
 PROGRESS_EVERY_S = 30.0
 
 
 class ConsoleProgress(TrialSink):
     """Progress lines of ``total`` trials, ``done`` of them finished before this invocation.
 
-    ``log`` takes each line; ``clock`` is a monotonic clock in seconds.
+    Each line goes to this module's logger at INFO; ``clock`` is a monotonic clock in seconds.
     """
 
-    def __init__(self, total: int, done: int = 0, *, log: Callable[[str], None] = print,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, total: int, done: int = 0, *, clock: Callable[[], float] = time.monotonic):
         self.total = total
         self.done = done
-        self._log = log
         self._clock = clock
         self._started: dict[str, float] = {}
         self._last: dict[str, Mapping[str, Any]] = {}
@@ -50,11 +51,11 @@ class ConsoleProgress(TrialSink):
         self._last[trial.key] = metrics
         if self._clock() - self._last_progress > PROGRESS_EVERY_S:
             self._last_progress = self._clock()
-            self._log(f"[{self.done}/{self.total}] running {trial.label}: epoch {int(metrics['epoch'])}/"
+            log.info(f"[{self.done}/{self.total}] running {trial.label}: epoch {int(metrics['epoch'])}/"
                       f"{trial.config.epochs}, test acc {_percent(metrics.get('test_acc'))}")
 
     def trial_retried(self, trial: Trial, error: str) -> None:
-        self._log(f"retrying {trial.label} after an error: {error}")
+        log.info(f"retrying {trial.label} after an error: {error}")
 
     def trial_ended(self, trial: Trial, trial_id: str, status: TrialStatus, error: str | None) -> None:
         self.done += 1
@@ -68,7 +69,7 @@ class ConsoleProgress(TrialSink):
         else:
             line = (f"{head}, test acc {_percent(last.get('test_acc'))} after {_epoch(last)} epochs "
                     f"({seconds:.1f}s)")
-        self._log(line)
+        log.info(line)
 
 
 def _epoch(metrics: Mapping[str, Any]) -> Any:

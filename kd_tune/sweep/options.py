@@ -1,12 +1,14 @@
 """How and where a sweep runs: everything but its trials, checked before anything starts."""
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from kd_tune.core.config import RunConfig
 from kd_tune.core.identity import CACHE_DTYPES
+from kd_tune.storage.local_copies import default_local_cache
 from kd_tune.storage.location import Storage, StorageError, is_uri, open_storage
 
 CACHE_MODES = (*CACHE_DTYPES, "off")
@@ -156,10 +158,6 @@ def driver_folder(sweep: Storage, local_cache: str | os.PathLike | None = None) 
     tables and figures written into the sweep folder, for MLflow to attach."""
     if sweep.is_local:
         return sweep.local_path
-    import hashlib
-
-    from kd_tune.storage.local_copies import default_local_cache
-
     root = Path(local_cache) if local_cache else default_local_cache()
     return root / "sweeps" / hashlib.sha256(sweep.uri.encode()).hexdigest()[:16]
 

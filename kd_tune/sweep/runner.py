@@ -5,7 +5,7 @@ can be checked before anything is written (options, configs, data, a name reused
 other trials), connects to Ray (embedded or a cluster) and checks the resources, trains
 each distinct teacher once and fills the teacher-logit cache once per key
 (:mod:`kd_tune.sweep.teacher_stage`), opens the MLflow parent run and runs ``tune.Tuner`` with
-actor reuse. The result sinks (:mod:`kd_tune.sinks`: Parquet, MLflow, console) are the
+actor reuse. The result sinks (Parquet, samples and teachers in :mod:`kd_tune.results`, MLflow, console) are the
 one writer, behind one Tune callback. Rerunning with the same name restores the Tune
 experiment: finished trials are kept, unfinished ones continue from their last
 checkpoint.
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -48,9 +49,17 @@ from pathlib import Path
 from typing import Any
 
 from kd_tune.core.config import RunConfig
+from kd_tune.core.logs import KeptWarnings
 from kd_tune.core.status import TrialStatus
 from kd_tune.plan.planner import Plan, plan_trials
-from kd_tune.storage.location import Storage
+from kd_tune.results.parquet_sink import ParquetSink
+from kd_tune.results.samples_sink import SamplesSink
+from kd_tune.results.sinks import TeacherRecord
+from kd_tune.results.teachers_sink import TeachersSink
+from kd_tune.results.trial_tables import ResultsWriter
+from kd_tune.storage.location import Storage, open_storage, s3_filesystem
+from kd_tune.storage.locks import LockBusy
+from kd_tune.storage.store_lock import storage_lock
 from kd_tune.sweep.cluster import (
     ClusterInfo,
     check_resources,
@@ -59,9 +68,23 @@ from kd_tune.sweep.cluster import (
     connect,
     node_summary,
 )
+from kd_tune.sweep.console import ConsoleProgress
+from kd_tune.sweep.context import WorkerContext
 from kd_tune.sweep.options import SweepError, SweepOptions
+from kd_tune.sweep.teacher_stage import ensure_teacher_logits, ensure_teachers
+from kd_tune.sweep.trainable import distill_trial
+from kd_tune.teachers.store import TeacherStore
+from kd_tune.tracking.mlflow_sink import MlflowSink
+from kd_tune.tracking.queue import TrackingQueue
+from kd_tune.tracking.tracker import artifact_root, check_reachable, resolve_tracking_uri
 from kd_tune.train.trainer import load_data
 from kd_tune.train.validation import validate_all
+
+# Ray is imported inside the functions that use it: `import ray` costs 0.5 CPU-s and Ray Tune
+# 1.6 CPU-s (measured on a 2-core machine), which the driver's checks, --dry-run and a refused
+# command line do without.
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "sweep.json"
 START_SEND_S = 60.0  # at most this long sending an earlier run's queued MLflow writes before the trials
@@ -74,7 +97,7 @@ class SweepOutcome:
 
     ``counts`` maps each final status (and ``missing``: no final row) to a number of
     trials; ``seconds`` is the whole run, ``fit_seconds`` the Tune phase (after the
-    teacher and cache stages); ``warnings`` are the stages' warnings (a teacher at
+    teacher and cache stages); ``warnings`` are the invocation's warnings (a teacher at
     chance, a damaged teacher or cache made again), to be said again under the table.
     """
 
@@ -92,8 +115,6 @@ class SweepOutcome:
 
 def check_options(options: SweepOptions) -> None:
     """Raise :class:`SweepError` listing every problem of the options (and an unreachable tracking server)."""
-    from kd_tune.tracking.tracker import check_reachable, resolve_tracking_uri
-
     problems = options.problems()
     unreachable = check_reachable(resolve_tracking_uri(options.mlflow_uri, options.storage)) if not problems else None
     if unreachable:
@@ -137,8 +158,8 @@ def run_sweep(
     options: SweepOptions,
     *,
     finalize: Callable[[Storage], list[Path]] | None = None,
-    log: Callable[[str], None] = print,
 ) -> SweepOutcome:
+
     """Run every config as a Tune trial and record the results; return where they are.
 
     ``finalize(sweep_dir)`` (the sweep's :class:`~kd_tune.storage.location.Storage`) runs after the
@@ -151,10 +172,10 @@ def run_sweep(
     """
     started = time.perf_counter()
     plan = prepare(configs, options)
-    with recording(options, _grid_manifest(plan), {"trials": len(plan.trials)}, log) as recorder:
+    with recording(options, _grid_manifest(plan), {"trials": len(plan.trials)}) as recorder:
         recorder.stages(plan)
-        log(f"sweep {options.name!r}: {len(plan.trials)} trials ({len(recorder.finished(plan.keys))} already "
-            f"finished), up to {concurrency(recorder.info, options)} at a time; results in {options.sweep_dir}")
+        log.info(f"sweep {options.name!r}: {len(plan.trials)} trials ({len(recorder.finished(plan.keys))} already "
+                 f"finished), up to {concurrency(recorder.info, options)} at a time; results in {options.sweep_dir}")
         fit_started = time.perf_counter()
         recorder.fit(TuneRun.grid(options.sweep_dir, plan), total=len(plan.trials),
                      done=len(recorder.finished(plan.keys)))
@@ -166,15 +187,11 @@ def _grid_manifest(plan: Plan) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def sweep_lock(sweep_dir: Storage | str | Path, *, log: Callable[[str], None] = print) -> Iterator[None]:
+def sweep_lock(sweep_dir: Storage | str | Path) -> Iterator[None]:
     """Hold the lock of the sweep in ``sweep_dir`` (``<storage>/.locks/sweep-<name>.lock``)
     for the block: one process at a time runs or repairs a sweep, on a local folder
     (``flock``) or an object store (a lease, :mod:`kd_tune.storage.store_lock`). Raises
     :class:`SweepError` naming the process that holds it."""
-    from kd_tune.storage.location import open_storage
-    from kd_tune.storage.locks import LockBusy
-    from kd_tune.storage.store_lock import storage_lock
-
     sweep_dir = open_storage(sweep_dir)
     name, storage = sweep_dir.name, sweep_dir.parent
     lock = storage_lock(storage, f"sweep-{name}", f"sweep {name}")
@@ -185,15 +202,15 @@ def sweep_lock(sweep_dir: Storage | str | Path, *, log: Callable[[str], None] = 
         raise SweepError(f"sweep {name!r} in {storage} is already running ({who}); wait for it to end, or pick "
                          "another --name") from None
     if lock.previous is not None:
-        log(f"sweep {name!r}: the process that held it before ({lock.previous.describe()}) stopped without "
-            "releasing it; taking over")
+        log.info(f"sweep {name!r}: the process that held it before ({lock.previous.describe()}) stopped without "
+                 "releasing it; taking over")
     try:
         yield
     finally:
         lock.release()
 
 
-def connect_checked(options: SweepOptions, log: Callable[[str], None]) -> ClusterInfo:
+def connect_checked(options: SweepOptions) -> ClusterInfo:
     """Join Ray as ``options.address`` says and check that a trial fits and the storage is shared."""
     env = {}
     if options.storage_endpoint:
@@ -201,7 +218,7 @@ def connect_checked(options: SweepOptions, log: Callable[[str], None]) -> Cluste
         env = {"AWS_ENDPOINT_URL_S3": options.storage_endpoint}
         os.environ.update(env)
     info = connect(options.address, env_vars=env)
-    log(node_summary(info))
+    log.info(node_summary(info))
     check_resources(info, cpus_per_trial=options.cpus_per_trial, gpus_per_trial=options.gpus_per_trial)
     check_shared_storage(info, options.store)
     return info
@@ -249,22 +266,16 @@ class Recorder:
     """
 
     def __init__(self, options: SweepOptions, info: ClusterInfo, results: Any, queue: Any, invocation: str,
-                 log: Callable[[str], None]):
-        from kd_tune.results.parquet_sink import ParquetSink
-        from kd_tune.results.samples_sink import SamplesSink
-        from kd_tune.results.teachers_sink import TeachersSink
-        from kd_tune.teachers.store import TeacherStore
-        from kd_tune.tracking.mlflow_sink import MlflowSink
-
+                 kept: KeptWarnings):
         self.options = options
         self.info = info
         self.queue = queue
         self.invocation = invocation
-        self.log = log
         self.status = "FAILED"
-        self.warnings: list[str] = []
-        # Stored caches are checksummed once per node and invocation: the token names this one.
-        self.check_token = uuid.uuid4().hex
+        self.kept = kept
+        # What the workers need, one per invocation: its check token has stored caches checksummed
+        # once per node and invocation.
+        self.context = WorkerContext.of(options)
         self.store = TeacherStore(options.teachers_dir)
         self.parquet = ParquetSink(results, sweep=options.name, teacher_acc=self.store.test_acc,
                                    run_id=lambda key: self.mlflow.run_id(key))
@@ -274,11 +285,6 @@ class Recorder:
         self.samples = SamplesSink(options.sweep_dir, options.feature_classes)
         self.teachers = TeachersSink(options.sweep_dir, sweep=options.name)
 
-    def warn(self, message: str) -> None:
-        """Say ``message`` now and keep it for the closing summary."""
-        self.log(f"warning: {message}")
-        self.warnings.append(message)
-
     def finished(self, keys: Sequence[str]) -> set[str]:
         """The keys among ``keys`` whose trials finished before this invocation."""
         return self.parquet.finished_keys() & set(keys)
@@ -286,13 +292,9 @@ class Recorder:
     def stages(self, plan: Plan) -> None:
         """Train the plan's missing teacher nodes, then fill its missing teacher-logit caches;
         record each node (its ``teachers.parquet`` row, measurements and MLflow run)."""
-        from kd_tune.results.sinks import TeacherRecord
-        from kd_tune.sweep.teacher_stage import ensure_teacher_logits, ensure_teachers
-
-        records = ensure_teachers(plan, self.store, self.options, log=self.log, warn=self.warn)
+        records = ensure_teachers(plan, self.store, self.options, self.context)
         if self.options.cache_dtype is not None:
-            ensure_teacher_logits(plan, self.store, self.options, token=self.check_token, log=self.log,
-                                  warn=self.warn)
+            ensure_teacher_logits(plan, self.store, self.options, self.context)
         for key, node in plan.teacher_nodes.items():
             teacher = TeacherRecord(node, records[key], self.store.measurements(key))
             for sink in (self.parquet, self.samples, self.teachers, self.mlflow):
@@ -305,17 +307,17 @@ class Recorder:
         ``total`` and ``done`` (finished before) count the experiment's trials for the
         progress lines. ``hold_new``: a
         trial's end is recorded only once Tune's experiment state holds the trial (a
-        search draws trials as it goes; see :class:`~kd_tune.sinks.TuneSinks`).
+        search draws trials as it goes; see :class:`~kd_tune.sweep.tune_callback.TuneSinks`).
         """
-        from kd_tune.sweep.console import ConsoleProgress
+        # Imported here: it imports Ray Tune (see the note on imports above).
         from kd_tune.sweep.tune_callback import TuneSinks
 
         finished = self.parquet.finished_keys()
-        console = ConsoleProgress(total=total, done=done, log=self.log)
+        console = ConsoleProgress(total=total, done=done)
         # The row is written before the MLflow run is ended: a driver killed in between leaves
         # a RUNNING run, which finish() ends, never a finished run without its row.
         callback = TuneSinks([self.parquet, self.samples, self.mlflow, console], skip=finished, hold_new=hold_new)
-        results = _fit(self.options, callback, run, self.check_token)
+        results = _fit(self.options, callback, run, self.context)
         self.parquet.reconcile(callback.ended_in_tune)
         done = self.parquet.finished_keys()
         prune_checkpoints(run.path, [r.path for r in results if r.path and r.config["trial"]["key"] in done])
@@ -333,12 +335,11 @@ class Recorder:
         self.status = "KILLED" if interrupted else ("FINISHED" if counts[TrialStatus.FAILED] == 0 else "FAILED")
         return SweepOutcome(self.options.sweep_dir, self.queue.tracking_uri, self.queue.parent_id(self.invocation),
                             counts, time.perf_counter() - started, fit_seconds, interrupted, artifacts,
-                            tuple(self.warnings), self.queue.experiment_id())
+                            tuple(self.kept.messages), self.queue.experiment_id())
 
 
 @contextlib.contextmanager
-def recording(options: SweepOptions, manifest: dict[str, Any], params: Mapping[str, Any],
-              log: Callable[[str], None]) -> Iterator[Recorder]:
+def recording(options: SweepOptions, manifest: dict[str, Any], params: Mapping[str, Any]) -> Iterator[Recorder]:
     """One invocation of a sweep, from its lock to its MLflow parent run's end.
 
     Holds the sweep's lock (:func:`sweep_lock`), opens (and so checks) its stored results
@@ -349,14 +350,10 @@ def recording(options: SweepOptions, manifest: dict[str, Any], params: Mapping[s
     results. At the end the parent run gets the recorder's status (KILLED on Ctrl-C) and
     the queue is given a while to catch up; what it could not send waits for the next run.
     """
-    from kd_tune.results.trial_tables import ResultsWriter
-    from kd_tune.tracking.queue import TrackingQueue
-    from kd_tune.tracking.tracker import artifact_root, resolve_tracking_uri
-
-    with sweep_lock(options.sweep_dir, log=log):
+    with sweep_lock(options.sweep_dir), KeptWarnings() as kept:
         # Opening the results checks them: a damaged file stops here, before Ray starts.
         results = ResultsWriter(options.sweep_dir)
-        info = connect_checked(options, log)
+        info = connect_checked(options)
         tracking_uri = resolve_tracking_uri(options.mlflow_uri, options.storage)
         write_manifest(options, manifest, tracking_uri)
         invocation = uuid.uuid4().hex
@@ -364,16 +361,16 @@ def recording(options: SweepOptions, manifest: dict[str, Any], params: Mapping[s
             # MLflow's own S3 client (boto3) sends the artifacts; it reads its endpoint here.
             os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", options.store.endpoint)
         queue = TrackingQueue(options.driver_dir, tracking_uri, options.name,
-                              artifact_root=artifact_root(options.storage), log=log)
+                              artifact_root=artifact_root(options.storage))
         queue.start_parent(
             invocation, f"{options.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
             {**params, "cpus_per_trial": options.cpus_per_trial, "gpus_per_trial": options.gpus_per_trial,
              "cluster": info.address, "storage": str(options.storage), "teacher_cache": options.teacher_cache},
             {"kd_tune.sweep_dir": str(options.sweep_dir)},
         )
-        recorder = Recorder(options, info, results, queue, invocation, log)
+        recorder = Recorder(options, info, results, queue, invocation, kept)
         if queue.send(timeout=START_SEND_S):
-            _mirror(recorder, log)
+            _mirror(recorder)
         queue.start()
         try:
             yield recorder
@@ -383,24 +380,24 @@ def recording(options: SweepOptions, manifest: dict[str, Any], params: Mapping[s
         finally:
             queue.end_parent(invocation, recorder.status)
             if queue.stop(timeout=END_SEND_S):
-                _mirror(recorder, log)
+                _mirror(recorder)
                 # Run ids recorded by the mirror came after the tables' compaction at the experiment's end.
                 recorder.parquet.writer.compact()
             else:
-                log(f"MLflow is still behind: {queue.unsent()} write(s) wait in {queue.outbox.path}; they are "
-                    f"sent on the next run of this sweep, or with `python -m kd_tune.recover sync "
-                    f"{options.sweep_dir}` (the Parquet results are complete)")
+                log.info(f"MLflow is still behind: {queue.unsent()} write(s) wait in {queue.outbox.path}; they are "
+                         f"sent on the next run of this sweep, or with `python -m kd_tune.recover sync "
+                         f"{options.sweep_dir}` (the Parquet results are complete)")
             queue.close()
 
 
-def _mirror(recorder: Recorder, log: Callable[[str], None]) -> None:
+def _mirror(recorder: Recorder) -> None:
     """MLflow made whole from the results (refilled, stale runs ended) and the run ids
     recorded in the results; a store that fails meanwhile is left for the next run."""
     try:
-        recorder.parquet.writer.record_run_ids(recorder.mlflow.mirror(recorder.parquet.writer, log=log))
+        recorder.parquet.writer.record_run_ids(recorder.mlflow.mirror(recorder.parquet.writer))
     except Exception as err:  # MLflow is a view of the results: the sweep goes on without it
-        log(f"could not check MLflow against the results ({str(err).splitlines()[0][:200]}); it is checked "
-            "again on the next run of this sweep")
+        log.info(f"could not check MLflow against the results ({str(err).splitlines()[0][:200]}); it is checked "
+                 "again on the next run of this sweep")
 
 
 def check_manifest(options: SweepOptions, wanted: Mapping[str, Any]) -> None:
@@ -436,10 +433,10 @@ def check_manifest(options: SweepOptions, wanted: Mapping[str, Any]) -> None:
         )
 
 
-def _fit(options: SweepOptions, callback: Any, run: TuneRun, check_token: str) -> Any:
+def _fit(options: SweepOptions, callback: Any, run: TuneRun, context: WorkerContext) -> Any:
     """Run the Tune experiment ``run``, or resume it when its folder holds one; return Tune's ResultGrid.
 
-    ``check_token`` names this invocation for the once-per-node cache checks of the trials.
+    ``context`` is what every trial is handed besides its config.
     """
     # Tune's own console table and default loggers are replaced by the sinks; the JSON
     # logger stays for Tune's own result bookkeeping.
@@ -449,19 +446,9 @@ def _fit(options: SweepOptions, callback: Any, run: TuneRun, check_token: str) -
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
-    from kd_tune.storage.location import s3_filesystem
-    from kd_tune.sweep.teacher_stage import location
-    from kd_tune.sweep.trainable import distill_trial
 
     trainable = tune.with_resources(
-        tune.with_parameters(
-            # A local path as a string; an object store as its Storage (no credentials in it;
-            # it keeps a --storage-endpoint, which a bare URI would lose on the workers).
-            distill_trial, teachers_dir=location(options.teachers_dir), logits_dir=location(options.logits_dir),
-            noise_dir=location(options.noise_dir), local_cache=options.local_cache,
-            checkpoint_every=options.checkpoint_every,
-            check_token=check_token, feature_classes=options.feature_classes, log_models=options.log_models,
-        ),
+        tune.with_parameters(distill_trial, context=context),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
     )
     # Tune keeps its experiment state and checkpoints on the sweep's storage: a local path, or

@@ -25,12 +25,10 @@ hold a lock per key (:mod:`kd_tune.storage.store_lock`: a flock on a local folde
 object store), so two sweeps that need the same one at once build it once, the other
 waiting for it; the record a task returns then says ``built_by_another_sweep``.
 
-Where things are (``teachers_dir``, ``logits_dir``, ``noise_dir``) is handed to the
-workers as a local absolute path or a URI (``s3://bucket/prefix/...``) string, or as a
-:class:`~kd_tune.storage.location.Storage` (which pickles without credentials); each worker opens
-it with :func:`~kd_tune.storage.location.open_storage`. ``local_cache`` is the node-local folder
-where caches kept on an object store are copied to be memory-mapped
-(:mod:`kd_tune.storage.local_copies`; None: its default).
+Where things are (the teacher store, the cache, the noisy labels, this node's copies
+folder) and how trials checkpoint and report come in one
+:class:`~kd_tune.sweep.context.WorkerContext`, the same for every trial and task of an
+invocation.
 
 Fixed cost per trial is kept low for actor reuse: the data set, the teacher and the
 cached logits are held in the worker process (a few entries, keyed by what identifies
@@ -54,14 +52,18 @@ from kd_tune.core.status import STATUS_KEY, TrialStatus
 from kd_tune.plan.planner import Trial
 from kd_tune.plan.teacher_dag import TeacherNode
 from kd_tune.results.trial_end import END_KEY, TrialEnd
-from kd_tune.storage.location import Storage
 from kd_tune.storage.store_lock import storage_held
+from kd_tune.sweep.context import WorkerContext
 from kd_tune.teachers.logit_cache import LogitCache, ensure_cached
 from kd_tune.teachers.store import TeacherError, TeacherStore
 from kd_tune.teachers.training import TEACHER_FORMAT
 from kd_tune.train.checkpoint import load_state, save_state
 from kd_tune.train.measurements import EndMeasurements
 from kd_tune.train.trainer import EpochEnd, load_data, train
+
+# Ray is imported inside the functions that use it: `import ray` costs 0.5 CPU-s and Ray Tune
+# 1.6 CPU-s (measured on a 2-core machine), which the driver's checks, --dry-run and a refused
+# command line do without.
 
 STATE_FILE = "state.pt"
 BUILT_ELSEWHERE = "built_by_another_sweep"
@@ -72,33 +74,21 @@ _held: dict[str, OrderedDict[Hashable, Any]] = {"data": OrderedDict(), "teacher"
                                                  "logits": OrderedDict()}
 
 
-Where = str | Storage  # a local absolute path or a URI, or the Storage itself
-
-
-def distill_trial(config: dict[str, Any], *, teachers_dir: Where, logits_dir: Where, noise_dir: Where,
-                  checkpoint_every: int, check_token: str | None = None,
-                  feature_classes: tuple[int, ...] = (0, 1, 2), log_models: bool = False,
-                  local_cache: str | None = None) -> None:
-    """Run one planned sweep trial (called by Ray Tune in a worker).
-
-    ``check_token`` is the sweep invocation's token: a cached-logit checksum is read
-    once per node and token (:meth:`kd_tune.teachers.logit_cache.LogitCache.problem`).
-    ``local_cache``: this node's folder of copies of an object store's caches (None:
-    :func:`~kd_tune.storage.local_copies.default_local_cache`).
-    """
+def distill_trial(config: dict[str, Any], *, context: WorkerContext) -> None:
+    """Run one planned sweep trial (called by Ray Tune in a worker); ``context`` is the invocation's."""
     from ray import tune
 
     trial = Trial.from_dict(config["trial"])
     run = trial.config.replace(device=assigned_device(trial.config.device))
     use_threads(run_threads(run))
-    data = _held_or_load("data", trial.data_key, lambda: load_data(run, noise_dir=noise_dir))
-    store = TeacherStore(teachers_dir)
+    data = _held_or_load("data", trial.data_key, lambda: load_data(run, noise_dir=context.noise_dir))
+    store = context.teacher_store()
     teacher = logits = None
     if trial.cache_key is not None:
-        cache = LogitCache(logits_dir, local_cache=local_cache)
-        meta = _cached_once(trial, data, store, cache, run.device, check_token)
+        cache = context.logit_cache()
+        meta = _cached_once(trial, data, store, cache, run.device)
         # Held per build: a cache rebuilt during the sweep is mapped afresh, not served from the old map.
-        logits = _held_or_load("logits", (str(logits_dir), trial.cache_key, meta["created_at"]),
+        logits = _held_or_load("logits", (str(context.logits_dir), trial.cache_key, meta["created_at"]),
                                lambda: cache.load(trial.cache_key))
     elif trial.distils or store.has(trial.teacher_key):
         # A CE trial with a stored teacher reports its agreement with it; it does without a damaged one.
@@ -111,13 +101,13 @@ def distill_trial(config: dict[str, Any], *, teachers_dir: Where, logits_dir: Wh
 
     def trial_end(measurements: EndMeasurements, weights: Callable[[], dict[str, torch.Tensor]]) -> TrialEnd:
         record = None
-        if log_models:
+        if context.log_models:
             # The teacher file format: a logged student can be distilled from (--teacher-checkpoint).
             record = {"format": TEACHER_FORMAT, "arch": run.student, "num_classes": data.num_classes,
                       "in_channels": data.in_channels, "config": trial.config.to_dict(),
                       # numpy, not tensors: Ray Tune refuses tensors in reported results.
                       "model": {k: v.detach().cpu().numpy() for k, v in weights().items()}}
-        return TrialEnd(measurements.of_classes(feature_classes), data.noise_hash, record)
+        return TrialEnd(measurements.of_classes(context.feature_classes), data.noise_hash, record)
 
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -137,7 +127,7 @@ def distill_trial(config: dict[str, Any], *, teachers_dir: Where, logits_dir: Wh
         if end.measurements is not None:
             report[END_KEY] = trial_end(end.measurements, lambda: end.state()["model"]).to_dict()
         epoch = int(end.metrics["epoch"])
-        if end.status is TrialStatus.DIVERGED or not (epoch % checkpoint_every == 0 or end.status.ended):
+        if end.status is TrialStatus.DIVERGED or not (epoch % context.checkpoint_every == 0 or end.status.ended):
             tune.report(report)
             return
         with tempfile.TemporaryDirectory() as folder:
@@ -147,7 +137,7 @@ def distill_trial(config: dict[str, Any], *, teachers_dir: Where, logits_dir: Wh
     train(run, data=data, teacher=teacher, teacher_logits=logits, on_epoch=on_epoch, resume_state=resume)
 
 
-def train_teacher_task(teachers_dir: Where, node: dict[str, Any], noise_dir: Where, *after: Any) -> dict[str, Any]:
+def train_teacher_task(context: WorkerContext, node: dict[str, Any], *after: Any) -> dict[str, Any]:
     """Make one teacher node into the store (a Ray task of the teacher stage), or only measure
     it when the store has it without measurements; return its record.
 
@@ -157,31 +147,28 @@ def train_teacher_task(teachers_dir: Where, node: dict[str, Any], noise_dir: Whe
     planned = TeacherNode.from_dict(node)
     planned = dataclasses.replace(planned, run=planned.run.replace(device=assigned_device(planned.run.device)))
     use_threads(run_threads(planned.run))
-    store = TeacherStore(teachers_dir)
+    store = context.teacher_store()
     with store.building(planned.key):
         if not store.has(planned.key):
-            return store.train(planned, noise_dir=noise_dir)
+            return store.train(planned, noise_dir=context.noise_dir)
         if not store.has_measurements(planned.key):
-            return store.measure(planned, noise_dir=noise_dir)
+            return store.measure(planned, noise_dir=context.noise_dir)
         return {**store.meta(planned.key), BUILT_ELSEWHERE: True}
 
 
-def build_logits_task(teachers_dir: Where, logits_dir: Where, trial: dict[str, Any], noise_dir: Where,
-                      check_token: str | None = None, local_cache: str | None = None) -> dict[str, Any]:
+def build_logits_task(context: WorkerContext, trial: dict[str, Any]) -> dict[str, Any]:
     """Fill the teacher-logit cache of one planned trial (a Ray task of the cache stage); return the cache's meta.
 
-    ``local_cache`` as in :func:`distill_trial` (a cache built on an object store stays on this node as its copy).
+    A cache built on an object store stays on this node as its copy (``context.local_cache``).
     """
     planned = Trial.from_dict(trial)
     device = assigned_device(planned.config.device)
     use_threads(run_threads(planned.config))
-    data = load_data(planned.config, noise_dir=noise_dir)
-    return _cached_once(planned, data, TeacherStore(teachers_dir), LogitCache(logits_dir, local_cache=local_cache),
-                        device, check_token)
+    data = load_data(planned.config, noise_dir=context.noise_dir)
+    return _cached_once(planned, data, context.teacher_store(), context.logit_cache(), device)
 
 
-def _cached_once(trial: Trial, data: Any, store: TeacherStore, cache: LogitCache, device: str,
-                 token: str | None) -> dict[str, Any]:
+def _cached_once(trial: Trial, data: Any, store: TeacherStore, cache: LogitCache, device: str) -> dict[str, Any]:
     """:func:`ensure_cached` under the cache key's lock: one builder per key across sweeps.
 
     On an object store an intact cache is used without the lock (the lease is a few
@@ -191,11 +178,11 @@ def _cached_once(trial: Trial, data: Any, store: TeacherStore, cache: LogitCache
     key = trial.cache_key
     if not cache.storage.is_local and cache.has(key):
         with contextlib.suppress(OSError, ValueError):  # removed or rebuilt meanwhile: see under the lock
-            if cache.problem(key, teacher_sha256=store.weights_digest(trial.teacher_key), token=token) is None:
+            if cache.problem(key, teacher_sha256=store.weights_digest(trial.teacher_key)) is None:
                 return {**cache.meta(key), BUILT_ELSEWHERE: True}
     with storage_held(cache.storage, key, f"teacher logits {key}"):
         existed = cache.has(trial.cache_key)
-        meta = ensure_cached(trial, data, store, cache, device=device, token=token)
+        meta = ensure_cached(trial, data, store, cache, device=device)
     return {**meta, BUILT_ELSEWHERE: True} if existed else meta
 
 

@@ -60,14 +60,14 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,8 @@ from kd_tune.storage.location import Storage, open_storage
 from kd_tune.teachers.store import TeacherStore
 from kd_tune.train.teacher_logits import TeacherLogits, compute_teacher_logits, forward_count, train_shape
 
+log = logging.getLogger(__name__)
+
 CACHE_FORMAT = 3  # 3: meta.json records each file's size and sha256
 DTYPES = {name: getattr(torch, name) for name in CACHE_DTYPES}
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16}
@@ -98,11 +100,6 @@ class CacheError(ValueError):
     """A teacher-logit cache's files do not match its ``meta.json`` (the message names the file)."""
 
 
-def print_warning(message: str) -> None:
-    """The default ``warn``: one ``warning:`` line on stderr (in a worker, its log)."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
 class LogitCache:
     """Reads and builds cached teacher logits under ``root``: a local (shared) folder, or a
     :class:`~kd_tune.storage.location.Storage` or URI (``s3://...``) of an object store.
@@ -110,11 +107,14 @@ class LogitCache:
     ``local_cache`` is where an object store's caches are copied to be memory-mapped on
     this node (a folder or :class:`~kd_tune.storage.local_copies.LocalCopies`; None:
     :func:`~kd_tune.storage.local_copies.default_local_cache`); unused for a local ``root``.
+    ``check_token`` is drawn once per sweep invocation: with it, this node reads each
+    cache's checksum once per token (see the module docstring); without, on every check.
     """
 
     def __init__(self, root: str | os.PathLike | Storage, *,
-                 local_cache: str | os.PathLike | LocalCopies | None = None):
+                 local_cache: str | os.PathLike | LocalCopies | None = None, check_token: str | None = None):
         self.storage = open_storage(root)
+        self.check_token = check_token
         self._local_cache = local_cache
         self._copies = local_cache if isinstance(local_cache, LocalCopies) else None
 
@@ -160,14 +160,14 @@ class LogitCache:
         os.rename(root / key, aside / key)
         shutil.rmtree(aside, ignore_errors=True)
 
-    def problem(self, key: str, *, teacher_sha256: str | None = None, token: str | None = None) -> str | None:
+    def problem(self, key: str, *, teacher_sha256: str | None = None) -> str | None:
         """Why cache ``key`` must not be used (a sentence naming the folder or file), or None.
 
         Checks, in order: ``meta.json`` can be read and is of this format; the logits
         came from the teacher weights ``teacher_sha256`` (when given); every file's
         header and size match ``meta.json``; every file's sha256 is the one recorded at
-        build. With ``token`` (drawn once per sweep invocation) the sha256 is checked
-        once per node and token (see the module docstring); without, on every call. On
+        build. With the cache's ``check_token`` the sha256 is checked once per node and
+        token (see the module docstring); without, on every call. On
         an object store the sha256 is checked when this node's copy is fetched (once per
         node: the fetch here is what trials on this node use then).
         """
@@ -183,7 +183,7 @@ class LogitCache:
             return f"teacher-logit cache {folder} was made from other teacher weights than the stored teacher's"
         if self.storage.is_local:
             local = self.storage.local_path / key
-            return _layout_problem(local, meta) or _checksum_problem_once(local, meta, token)
+            return _layout_problem(local, meta) or _checksum_problem_once(local, meta, self.check_token)
         try:
             copy = self._fetch(key, meta)
         except (CopyError, KeyError, TypeError) as err:
@@ -255,14 +255,13 @@ class LogitCache:
         dtype: str = "float32",
         device: torch.device | str = "cpu",
         extra: dict[str, Any] | None = None,
-        token: str | None = None,
     ) -> dict[str, Any]:
         """Compute ``teacher``'s logits for ``config``'s views into folder ``key``; return its meta.
 
         Does nothing but return the meta when the key is already complete. The training
         logits are written straight into a memory-mapped file, view by view; each file's
         size and sha256 are recorded in ``meta.json`` (read back from the written file).
-        With ``token``, this node counts the new cache as checked for that token. On an
+        With a ``check_token``, this node counts the new cache as checked for it. On an
         object store the files are computed in a node-local folder and uploaded,
         ``meta.json`` last (see the module docstring).
         """
@@ -283,7 +282,7 @@ class LogitCache:
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)  # another builder finished first
                 return self.meta(key)
-            _mark_checked(root / key, meta, token)
+            _mark_checked(root / key, meta, self.check_token)
             return meta
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -311,7 +310,7 @@ class LogitCache:
             # What was just uploaded is this node's copy already: trials here download nothing.
             self.copies.adopt(stored, key, tmp, {n: f["sha256"] for n, f in meta["files"].items()})
         except OSError as err:
-            print_warning(f"the teacher-logit cache {stored.uri} was stored, but this node could not keep "
+            log.warning(f"the teacher-logit cache {stored.uri} was stored, but this node could not keep "
                           f"its copy in {self.copies.folder} ({err}); trials here will download it")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -350,42 +349,37 @@ def ensure_cached(
     cache: LogitCache,
     *,
     device: torch.device | str = "cpu",
-    token: str | None = None,
-    warn: Callable[[str], None] = print_warning,
 ) -> dict[str, Any]:
     """The meta of ``trial``'s teacher-logit cache, checked, building it when missing or unusable.
 
     The trial's teacher must be in ``store``. A cache that :func:`intact_meta` rejects
     (made from other weights than the stored teacher's, or damaged) is removed and built
-    again from the stored teacher. ``token`` and ``warn`` as in :func:`intact_meta`.
+    again from the stored teacher.
     """
-    meta = intact_meta(trial, store, cache, token=token, warn=warn)
+    meta = intact_meta(trial, store, cache)
     if meta is not None:
         return meta
     teacher, _ = store.load(trial.teacher_key, data)
     return cache.build(trial.cache_key, teacher, data, trial.config, dtype=trial.cache_dtype, device=device,
                        extra={"teacher_key": trial.teacher_key,
-                              "teacher_weights_sha256": store.weights_digest(trial.teacher_key)},
-                       token=token)
+                              "teacher_weights_sha256": store.weights_digest(trial.teacher_key)})
 
 
-def intact_meta(trial: Trial, store: TeacherStore, cache: LogitCache, *, token: str | None = None,
-                warn: Callable[[str], None] = print_warning) -> dict[str, Any] | None:
+def intact_meta(trial: Trial, store: TeacherStore, cache: LogitCache) -> dict[str, Any] | None:
     """The meta of ``trial``'s cache when it exists and :meth:`LogitCache.problem` finds nothing.
 
-    A cache with a problem (stale or damaged) is removed, after ``warn`` is told the
+    A cache with a problem (stale or damaged) is removed, after a warning that names the
     problem; then, as when there is no cache, None.
-    ``token`` is the sweep invocation's token for the once-per-node checksum.
     """
     key = trial.cache_key
     if key is None:
         raise ValueError(f"trial {trial.key} ({trial.label}) reads no teacher-logit cache")
     if not cache.has(key):
         return None
-    problem = cache.problem(key, teacher_sha256=store.weights_digest(trial.teacher_key), token=token)
+    problem = cache.problem(key, teacher_sha256=store.weights_digest(trial.teacher_key))
     if problem is None:
         return cache.meta(key)
-    warn(f"{problem}; computing it again")
+    log.warning(f"{problem}; computing it again")
     cache.remove(key)
     return None
 

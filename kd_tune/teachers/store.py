@@ -43,7 +43,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -129,10 +129,10 @@ class TeacherStore:
         return meta
 
     @contextlib.contextmanager
-    def building(self, key: str, *, log: Callable[[str], None] | None = None) -> Iterator[Any]:
+    def building(self, key: str) -> Iterator[Any]:
         """Hold the lock of teacher ``key`` for the block: one builder per key, across sweeps
         and nodes (``<root>/.locks/<key>.lock``: a flock, or a lease on an object store)."""
-        with storage_held(self.storage, key, f"teacher {key}", log=log) as lock:
+        with storage_held(self.storage, key, f"teacher {key}") as lock:
             yield lock
 
     def has(self, key: str) -> bool:

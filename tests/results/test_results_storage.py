@@ -309,7 +309,7 @@ def test_recover_reads_tune_records_from_the_bucket_and_rebuilds_there(bucket, t
 
     ResultsWriter(sweep).flush()
     trials_table(sweep).append([dict(made_row, sweep="sweep") for _, made_row, *_ in make_sweep(seeds=1)[:1]])
-    rebuild(sweep, "sweep", tracking_uri="http://127.0.0.1:9", log=lambda line: None)
+    rebuild(sweep, "sweep", tracking_uri="http://127.0.0.1:9")
     rows = {r["trial_key"]: r for r in read_trials(sweep).to_pylist()}
     assert set(rows) == {done.key, failed.key}  # unfinished trials get no row; the old row is set aside
     assert rows[done.key]["status"] == "completed" and rows[failed.key]["status"] == "failed"

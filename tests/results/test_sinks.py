@@ -3,6 +3,7 @@ Tune adapter driven by stand-in Tune trials; real Parquet files and a real MLflo
 from __future__ import annotations
 
 import json
+import logging
 import math
 import pickle
 import uuid
@@ -340,10 +341,14 @@ def test_mirror_ends_runs_of_recorded_trials_and_refills_missing_ones(store, tmp
 # -- ConsoleProgress -------------------------------------------------------------------------
 
 
-def test_console_lines_of_ended_and_retried_trials():
-    lines: list[str] = []
+def console_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "kd_tune.sweep.console"]
+
+
+def test_console_lines_of_ended_and_retried_trials(caplog):
+    caplog.set_level(logging.INFO, logger="kd_tune.sweep.console")
     clock = Clock()
-    console = ConsoleProgress(5, 1, log=lines.append, clock=clock)
+    console = ConsoleProgress(5, 1, clock=clock)
     done, diverged, failed, stopped = planned(0), planned(1, loss="mse"), planned(2, loss="ce"), planned(3)
     for trial in (done, diverged, failed, stopped):
         console.trial_started(trial, "t")
@@ -357,7 +362,7 @@ def test_console_lines_of_ended_and_retried_trials():
     console.trial_ended(failed, "t", FAILED, "RuntimeError: boom")
     clock.now += 1.0
     console.trial_ended(stopped, "t", STOPPED, None)
-    assert lines == [
+    assert console_lines(caplog) == [
         "[2/5] kl tau=4 alpha=0.9 seed=0: completed, test acc 97.22% after 3 epochs (1.4s)",
         "[3/5] mse alpha=0.9 seed=1: diverged at epoch 2 (1.4s)",
         "retrying ce seed=2 after an error: RuntimeError: boom",
@@ -366,10 +371,10 @@ def test_console_lines_of_ended_and_retried_trials():
     ]
 
 
-def test_console_running_line_at_most_every_30_s():
-    lines: list[str] = []
+def test_console_running_line_at_most_every_30_s(caplog):
+    caplog.set_level(logging.INFO, logger="kd_tune.sweep.console")
     clock = Clock()
-    console = ConsoleProgress(3, 1, log=lines.append, clock=clock)
+    console = ConsoleProgress(3, 1, clock=clock)
     trial = planned(0, epochs=20)
     console.trial_started(trial, "t")
     console.epoch_reported(trial, "t", metrics(1), RUNNING)
@@ -379,7 +384,7 @@ def test_console_running_line_at_most_every_30_s():
     console.epoch_reported(trial, "t", metrics(3), RUNNING)
     clock.now += 1.5
     console.epoch_reported(trial, "t", metrics(4, test_acc=0.5), RUNNING)
-    assert lines == ["[1/3] running kl tau=4 alpha=0.9 seed=0: epoch 2/20, test acc 90.10%",
+    assert console_lines(caplog) == ["[1/3] running kl tau=4 alpha=0.9 seed=0: epoch 2/20, test acc 90.10%",
                      "[1/3] running kl tau=4 alpha=0.9 seed=0: epoch 4/20, test acc 50.00%"]
 
 

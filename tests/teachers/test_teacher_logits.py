@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -237,7 +238,7 @@ def older_format(folder):
     (replace_val, "val.npy", "holds float32 (3, 10), its meta.json records float32 (20, 10)", False),
     (older_format, "", "has format 2, not 3 (made by an older kd-tune, without checksums)", False),
 ])
-def test_a_damaged_cache_is_named_and_built_again(tmp_path, stored, damage, named, message, loads):
+def test_a_damaged_cache_is_named_and_built_again(tmp_path, stored, damage, named, message, loads, caplog):
     trial, data, store, original = stored
     cache = copy_of(original, tmp_path / "logits")
     fresh = {split: getattr(cache.load(trial.cache_key), split).clone() for split in ("train", "val", "test")}
@@ -253,9 +254,9 @@ def test_a_damaged_cache_is_named_and_built_again(tmp_path, stored, damage, name
         with pytest.raises(CacheError, match=f"teacher-logit cache file {folder / named}"):
             cache.load(trial.cache_key)
 
-    said = []
-    meta = ensure_cached(trial, data, store, cache, warn=said.append)
-    assert said == [f"{problem}; computing it again"]
+    caplog.set_level(logging.WARNING, logger="kd_tune.teachers.logit_cache")
+    meta = ensure_cached(trial, data, store, cache)
+    assert warnings_of(caplog) == [f"{problem}; computing it again"]
     assert cache.problem(trial.cache_key) is None and meta == cache.meta(trial.cache_key)
     rebuilt = cache.load(trial.cache_key)
     for split, logits in fresh.items():
@@ -265,19 +266,25 @@ def test_a_damaged_cache_is_named_and_built_again(tmp_path, stored, damage, name
 
 def test_the_checksum_is_read_once_per_node_and_token(tmp_path, stored):
     trial, data, store, original = stored
-    cache = LogitCache(tmp_path / "logits")
     token, other = uuid.uuid4().hex, uuid.uuid4().hex
+    cache = LogitCache(tmp_path / "logits", check_token=token)
     # The builder counts the cache it wrote as checked for its token.
-    ensure_cached(trial, data, store, cache, token=token)
+    ensure_cached(trial, data, store, cache)
     reorder_rows(cache.path(trial.cache_key))
-    assert cache.problem(trial.cache_key, token=token) is None  # not read again on this node
-    assert "does not hold what was written" in cache.problem(trial.cache_key, token=other)
-    assert "does not hold what was written" in cache.problem(trial.cache_key)  # no token: every time
+    assert cache.problem(trial.cache_key) is None  # not read again on this node
+    assert "does not hold what was written" in LogitCache(cache.root, check_token=other).problem(trial.cache_key)
+    assert "does not hold what was written" in LogitCache(cache.root).problem(trial.cache_key)  # no token: every time
 
     # A check that passes leaves the marker too; layout is checked on every call regardless.
-    checked = copy_of(original, tmp_path / "checked")
-    assert checked.problem(trial.cache_key, token=other) is None
+    checked = LogitCache(copy_of(original, tmp_path / "checked").root, check_token=other)
+    assert checked.problem(trial.cache_key) is None
     random_payload(checked.path(trial.cache_key))
-    assert checked.problem(trial.cache_key, token=other) is None
+    assert checked.problem(trial.cache_key) is None
     truncate(checked.path(trial.cache_key))
-    assert "is 21628 bytes" in checked.problem(trial.cache_key, token=other)
+    assert "is 21628 bytes" in checked.problem(trial.cache_key)
+
+
+def warnings_of(caplog) -> list[str]:
+    """The warnings the teacher-logit cache said."""
+    return [r.getMessage() for r in caplog.records
+            if r.name == "kd_tune.teachers.logit_cache" and r.levelno == logging.WARNING]

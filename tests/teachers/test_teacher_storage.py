@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import io
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ from kd_tune.data.noise import label_hash, load_noisy_labels, noise_file_name, r
 from kd_tune.plan.planner import plan_trial
 from kd_tune.storage.local_copies import RECORD, LocalCopies
 from kd_tune.storage.location import open_storage
-from kd_tune.sweep.teacher_stage import local_cache_of, location
+from kd_tune.sweep.context import WorkerContext, local_cache_of, location
 from kd_tune.sweep.trainable import BUILT_ELSEWHERE, build_logits_task
 from kd_tune.teachers.logit_cache import CacheError, LogitCache, ensure_cached, intact_meta
 from kd_tune.teachers.store import DamagedTeacher, TeacherStore
@@ -148,9 +149,11 @@ def test_a_damaged_teacher_in_the_bucket_is_named_by_its_uri_and_never_loaded(st
 
 BUILD = """
 import json, sys
+from kd_tune.sweep.context import WorkerContext
 from kd_tune.sweep.trainable import BUILT_ELSEWHERE, train_teacher_task
 sys.stdin.readline()  # start together
-record = train_teacher_task(sys.argv[1], json.loads(sys.argv[2]), None)
+context = WorkerContext(teachers_dir=sys.argv[1], logits_dir=sys.argv[1], noise_dir=None)
+record = train_teacher_task(context, json.loads(sys.argv[2]))
 print(json.dumps({"elsewhere": bool(record.get(BUILT_ELSEWHERE)), "created_at": record["created_at"]}))
 """
 
@@ -221,7 +224,7 @@ def test_a_cache_built_into_s3_is_uploaded_meta_last_and_mapped_from_one_local_c
 
 
 def test_a_cache_object_that_does_not_hold_what_was_written_fails_at_fetch_and_is_built_again(
-        stores, local_cache, s3m, tmp_path):
+        stores, local_cache, s3m, tmp_path, caplog):
     trial, data, _, remote, _ = stores
     key = trial.cache_key
     uri = f"{s3m.uri()}/teacher_logits"
@@ -239,9 +242,9 @@ def test_a_cache_object_that_does_not_hold_what_was_written_fails_at_fetch_and_i
         node_c.load(key)
     assert node_c.copies.copies() == [] and not node_c.copies.place(node_c.storage / key, key).exists()
 
-    said: list[str] = []
-    meta = ensure_cached(trial, data, remote, node_c, warn=said.append)
-    assert said == [f"{problem}; computing it again"]
+    caplog.set_level(logging.WARNING, logger="kd_tune.teachers.logit_cache")
+    meta = ensure_cached(trial, data, remote, node_c)
+    assert warnings_of(caplog) == [f"{problem}; computing it again"]
     assert meta["files"] == local_cache.meta(key)["files"]
     assert torch.equal(node_c.load(key).train, local_cache.load(key).train)
 
@@ -249,10 +252,11 @@ def test_a_cache_object_that_does_not_hold_what_was_written_fails_at_fetch_and_i
 def test_the_cache_task_builds_into_s3_once_and_then_finds_it(stores, local_cache, s3m, tmp_path):
     trial, _, _, remote, _ = stores
     uri = f"{s3m.uri()}/teacher_logits"
-    args = (location(remote.storage), location(uri), trial.to_dict(), None, None)
-    built = build_logits_task(*args, local_cache=str(tmp_path / "node"))
+    context = WorkerContext(teachers_dir=location(remote.storage), logits_dir=location(uri), noise_dir=None,
+                            local_cache=str(tmp_path / "node"))
+    built = build_logits_task(context, trial.to_dict())
     assert BUILT_ELSEWHERE not in built and built["files"] == local_cache.meta(trial.cache_key)["files"]
-    found = build_logits_task(*args, local_cache=str(tmp_path / "node"))
+    found = build_logits_task(context, trial.to_dict())
     assert found == {**built, BUILT_ELSEWHERE: True}
     [copy] = LocalCopies(tmp_path / "node").copies()  # the builder's copy, used by the second call
     assert (copy.built, copy.downloads, copy.reuses) == (1, 0, 1)
@@ -299,3 +303,9 @@ def test_noisy_labels_persisted_to_s3_reload_identical(s3m, tmp_path):
         load_dataset("digits", **NOISE, noise_dir=uri)
     with pytest.raises(DataError, match="does not exist"):
         load_noisy_labels(f"{uri}/nothing.npz")
+
+
+def warnings_of(caplog) -> list[str]:
+    """The warnings the teacher-logit cache said."""
+    return [r.getMessage() for r in caplog.records
+            if r.name == "kd_tune.teachers.logit_cache" and r.levelno == logging.WARNING]
