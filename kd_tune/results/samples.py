@@ -31,8 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kd_tune.train.measurements import PER_SAMPLE, EndMeasurements
 from kd_tune.storage.location import Storage, located, open_storage
+from kd_tune.train.measurements import PER_SAMPLE, EndMeasurements
 
 SAMPLES_DIR = "samples.parquet"
 FEATURES_DIR = "features.parquet"

@@ -13,8 +13,8 @@ from pathlib import Path
 from kd_tune.plan.planner import Trial
 from kd_tune.results.samples import write_parts
 from kd_tune.results.sinks import TeacherRecord, TrialSink
-from kd_tune.storage.location import Storage, located, open_storage
 from kd_tune.results.trial_end import TrialEnd
+from kd_tune.storage.location import Storage, located, open_storage
 
 
 class SamplesSink(TrialSink):

@@ -33,11 +33,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kd_tune.train.measurements import EndMeasurements
-from kd_tune.plan.planner import Trial
 from kd_tune.core.status import TrialStatus
+from kd_tune.plan.planner import Trial
 from kd_tune.plan.teacher_dag import TeacherNode
 from kd_tune.results.trial_end import TrialEnd
+from kd_tune.train.measurements import EndMeasurements
 
 
 @dataclass(frozen=True, eq=False)

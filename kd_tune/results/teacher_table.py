@@ -29,8 +29,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kd_tune.storage.location import Storage, located, open_storage
 from kd_tune.plan.teacher_dag import TeacherNode
+from kd_tune.storage.location import Storage, located, open_storage
 
 TEACHERS_FILE = "teachers.parquet"
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kd_tune.results.sinks import TeacherRecord, TrialSink
-from kd_tune.storage.location import Storage, located, open_storage
 from kd_tune.results.teacher_table import teacher_row, write_teachers
+from kd_tune.storage.location import Storage, located, open_storage
 
 
 class TeachersSink(TrialSink):

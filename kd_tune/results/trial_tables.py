@@ -60,10 +60,10 @@ from typing import Any
 import pyarrow as pa
 
 from kd_tune.core.config import RunConfig, field_types
-from kd_tune.train.measurements import SUMMARY
-from kd_tune.storage.part_table import DamagedPartError, PartTable
 from kd_tune.core.status import TrialStatus
 from kd_tune.storage.location import Storage, located, open_storage
+from kd_tune.storage.part_table import DamagedPartError, PartTable
+from kd_tune.train.measurements import SUMMARY
 
 RESULTS_DIR = "results"
 TRIALS_TABLE = "trials"
