@@ -10,7 +10,8 @@ std with ddof=1, n); see :mod:`analysis.tables` for the conventions and
 from analysis.reference import load_reference, reference_value
 from analysis.render import FORMATS, render
 from analysis.results_io import load_epochs, load_teachers, load_trials
-from analysis.tables import TABLES, CellStats, Table, build_tables
+from analysis.table_model import CellStats, Table
+from analysis.tables import TABLES, build_tables
 
 __all__ = ["TABLES", "FORMATS", "CellStats", "Table", "build_tables", "load_reference",
            "load_epochs", "load_teachers", "load_trials", "reference_value", "render"]
