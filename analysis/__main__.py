@@ -17,7 +17,7 @@ from analysis.results_io import load_teachers, load_trials
 from analysis.search_table import load_records
 from analysis.tables import TABLE_HELP, TABLES, build_tables
 from kd_tune.core.status import TrialStatus
-from kd_tune.storage.location import open_storage
+from kd_tune.storage import open_storage
 
 
 def _parser() -> argparse.ArgumentParser:

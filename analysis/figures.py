@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.results_io import load_epochs, load_features, load_samples, load_trials
-from kd_tune.storage.location import Storage, located, open_storage
+from kd_tune.storage import Storage, located, open_storage
 
 FIGURES = ("heatmap", "tau", "logit_distance", "feature_norm", "logit_mean_gap", "features", "curves")
 FIGURE_HELP = {
@@ -440,7 +440,7 @@ def write_figures(results: str | os.PathLike | Storage, out: str | os.PathLike |
     ``log``; so is one that fails to draw (the others are still written).
 
     ``results`` and ``out`` are local folders, URIs (``s3://...``) or
-    :class:`~kd_tune.storage.location.Storage`; each file is written whole (locally beside its place,
+    :class:`~kd_tune.storage.Storage`; each file is written whole (locally beside its place,
     for an object store to a local temporary file, then uploaded). The files returned are
     local Paths, or URIs (str) on an object store."""
     import matplotlib

@@ -10,7 +10,7 @@ sets ``<sweep>/samples.parquet/`` and ``<sweep>/features.parquet/`` (:mod:`kd_tu
 
 Every ``path`` here is a local path, a URI of an object store (``s3://bucket/prefix/NAME``;
 credentials and endpoint from the environment, see :mod:`kd_tune.storage.location`) or a
-:class:`~kd_tune.storage.location.Storage`: one code path reads both.
+:class:`~kd_tune.storage.Storage`: one code path reads both.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from kd_tune.results.samples import FEATURES_DIR, SAMPLES_DIR
 from kd_tune.results.trial_tables import RESULTS_DIR, TRIALS_FILE, has_results, read_epochs, read_trials
-from kd_tune.storage.location import Storage, located, open_storage
+from kd_tune.storage import Storage, located, open_storage
 
 Location = str | os.PathLike | Storage
 
@@ -39,7 +39,7 @@ def find_sweeps(path: Location) -> list[Path | str]:
 
 
 def sweep_storages(path: Location) -> list[Storage]:
-    """The sweep folders ``path`` names, as :class:`~kd_tune.storage.location.Storage` (see :func:`find_sweeps`)."""
+    """The sweep folders ``path`` names, as :class:`~kd_tune.storage.Storage` (see :func:`find_sweeps`)."""
     storage = open_storage(path)
     where = located(storage)
     if not storage.is_dir():

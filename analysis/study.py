@@ -20,7 +20,7 @@ parameters such as tau) and the optimisation history as tables
 figures (``NAME/figures/param_importances.png``, ``optimization_history.png``).
 
 The sweep folder may be on an object store (``s3://bucket/prefix/NAME`` or a
-:class:`~kd_tune.storage.location.Storage`): the results and ``search.json`` are read from it and
+:class:`~kd_tune.storage.Storage`): the results and ``search.json`` are read from it and
 the tables and figures written into it. SQLite cannot live there, so by default the
 study is kept in a local copy of ``STORAGE/optuna.db`` (downloaded first when it exists,
 so other sweeps' studies stay) that is uploaded back whole when written; download it to
@@ -43,7 +43,7 @@ import pandas as pd
 from analysis.results_io import load_trials
 from kd_tune.core.status import TrialStatus
 from kd_tune.results.search_record import SearchRecord
-from kd_tune.storage.location import Storage, located, open_storage
+from kd_tune.storage import Storage, located, open_storage
 
 STUDY_DB = "optuna.db"
 
