@@ -144,9 +144,9 @@ def pyplot(backend: str | None = None) -> Any:
     """``matplotlib.pyplot``, with ``backend`` (e.g. ``Agg``) selected first when given.
 
     Imported here, on first use, and not at the top: importing matplotlib and pyplot costs
-    about 350 ms (measured: a timed import after ``import analysis.__main__``, best of 5, on
-    2 shared cores), which ``python -m analysis`` building a table would pay for nothing (it
-    imports this module for the figures' names and help).
+    about 0.28 s of CPU (measured: median of 5 timed imports after ``import analysis.__main__``,
+    on 2 shared cores; 0.35-0.6 s wall under their load), which ``python -m analysis`` building
+    a table would pay for nothing: it imports this module for the figures' names and help.
     """
     import matplotlib
 
