@@ -1,4 +1,4 @@
-"""The paper's tables and figures from kd-tune sweep results: reads a sweep's Parquet, never a model.
+"""The paper's tables and figures from kd-tune sweep results: reads what a sweep recorded, never a model.
 
 >>> trials = load_trials("results/tau_grid")          # doctest: +SKIP
 >>> print(render(build_tables(trials, "tau_alpha"), "md"))  # doctest: +SKIP
