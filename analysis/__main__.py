@@ -19,6 +19,7 @@ from analysis.render import FORMATS, render
 from analysis.results_io import load_teachers, load_trials
 from analysis.search_table import load_records
 from analysis.tables import TABLE_HELP, TABLES, build_tables
+from kd_tune.core.logs import ConsoleFormatter
 from kd_tune.core.status import TrialStatus
 from kd_tune.storage import open_storage
 
@@ -30,11 +31,8 @@ class _Console(logging.StreamHandler):
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
+        self.setFormatter(ConsoleFormatter())
         self.lines: list[str] = []
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(record.getMessage())
