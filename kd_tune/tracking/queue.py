@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kd_tune.core.clock import now_ms
 from kd_tune.core.status import TrialStatus
 from kd_tune.storage.atomic import write_text
 from kd_tune.tracking.tracker import SweepTracker
@@ -56,10 +57,6 @@ def quiet_quick_client() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-
-
-def _millis() -> int:
-    return int(time.time() * 1000)
 
 
 class Outbox:
@@ -177,7 +174,7 @@ class TrackingQueue:
 
     def log_epoch(self, trial_key: str, metrics: Mapping[str, Any]) -> None:
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self._put({"op": "epoch", "key": trial_key, "metrics": numbers, "t": _millis()})
+        self._put({"op": "epoch", "key": trial_key, "metrics": numbers, "t": now_ms()})
 
     def log_dataset(self, trial_key: str, name: str, digest: str, source: Mapping[str, Any],
                     profile: Mapping[str, Any]) -> None:
@@ -387,7 +384,7 @@ class TrackingQueue:
             if self._use_parent(tracker, write["inv"]):
                 run_id, new = tracker.start_teacher(write["tkey"], write["name"], write["params"])
                 if new:
-                    tracker.log_epochs(run_id, [(h, _millis()) for h in write["history"]])
+                    tracker.log_epochs(run_id, [(h, now_ms()) for h in write["history"]])
                     tracker.log_values(run_id, metrics=write["metrics"], step=write["step"])
                     dataset = write["dataset"]
                     tracker.log_dataset(run_id, dataset["name"], dataset["digest"], dataset["source"],

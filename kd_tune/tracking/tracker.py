@@ -40,7 +40,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -48,6 +47,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from kd_tune.core.clock import now_ms
 from kd_tune.core.netcheck import connect_error
 from kd_tune.core.status import TrialStatus
 from kd_tune.storage.location import is_uri
@@ -139,10 +139,6 @@ def experiment_url(tracking_uri: str, experiment_id: str) -> str:
     """
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
-
-
-def _millis() -> int:
-    return int(time.time() * 1000)
 
 
 class SweepTracker:
@@ -280,7 +276,7 @@ class SweepTracker:
 
     def log_epoch(self, run_id: str, metrics: Mapping[str, float]) -> None:
         """Log one epoch's metrics at step = epoch (skipped if that step was logged)."""
-        self.log_epochs(run_id, [(metrics, _millis())])
+        self.log_epochs(run_id, [(metrics, now_ms())])
 
     def log_epochs(self, run_id: str, epochs: Sequence[tuple[Mapping[str, float], int]]) -> None:
         """Log epochs in one request: (metrics with ``epoch``, when it was reported in ms),
@@ -373,7 +369,7 @@ class SweepTracker:
     ) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        now = timestamp_ms if timestamp_ms is not None else _millis()
+        now = timestamp_ms if timestamp_ms is not None else now_ms()
         param_list = [Param(k, _param_text(v)) for k, v in (params or {}).items()]
         metric_list = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if _is_number(v)]
         tag_list = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
