@@ -47,7 +47,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,26 +170,18 @@ class LocalCopies:
         the copy of ``stored``, moved, not downloaded; return its place. Its files are those of ``source``."""
         target = self.place(stored, key)
         files = sorted(p.name for p in source.iterdir() if p.is_file())
-        with self._locked(target):
-            self._remove(target)
-            staging = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=target.parent))
-            try:
-                for name in files:
-                    shutil.move(source / name, staging / name)
-                record = _new_record(stored, key, files, dict(sha256), staging, downloads=0)
-                record["built"] = 1
-                _write_record(staging, record)
-                os.rename(staging, target)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
+        with self._locked(target), self._replacing(target) as staging:
+            for name in files:
+                shutil.move(source / name, staging / name)
+            record = _new_record(stored, key, files, dict(sha256), staging, downloads=0)
+            record["built"] = 1
+            _write_record(staging, record)
         self.prune(self.max_bytes, spare={target})
         return target
 
     def _download(self, stored: Storage, key: str, files: Sequence[str], wanted: dict[str, str], target: Path,
                   downloads: int) -> None:
-        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=target.parent))
-        try:
+        with self._replacing(target) as staging:
             for name in files:
                 try:
                     stored.download(name, staging / name)
@@ -203,7 +195,16 @@ class LocalCopies:
                                         f"{digest[:12]}..., recorded {wanted[name][:12]}...); the local copy "
                                         f"was removed")
             _write_record(staging, _new_record(stored, key, files, wanted, staging, downloads=downloads + 1))
-            self._remove(target)  # a copy of an earlier build of the stored folder
+
+    @contextlib.contextmanager
+    def _replacing(self, target: Path) -> Iterator[Path]:
+        """A new staging folder beside ``target`` for the block to fill; then the copy at ``target``
+        (of an earlier build of the stored folder, if any) is removed and the staging folder
+        renamed into its place. A block that raises leaves ``target`` as it was and no staging."""
+        staging = _new_staging(target.parent, target.name)
+        try:
+            yield staging
+            self._remove(target)
             os.rename(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -214,7 +215,7 @@ class LocalCopies:
         in before :meth:`adopt` (the caller removes it if it does not adopt it)."""
         parent = self.place(stored, key).parent
         parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=parent))
+        return _new_staging(parent, key)
 
     # -- use and eviction -------------------------------------------------------------------
 
@@ -334,6 +335,11 @@ class _Uses:
 
 
 _USES = _Uses()
+
+
+def _new_staging(parent: Path, key: str) -> Path:
+    """A new empty folder ``.<key>.<random>.tmp`` in ``parent`` (what :meth:`LocalCopies.prune` cleans up)."""
+    return Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=parent))
 
 
 def _side(folder: Path, kind: str) -> Path:
