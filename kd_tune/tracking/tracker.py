@@ -42,10 +42,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import math
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -58,6 +60,8 @@ from kd_tune.core.netcheck import connect_error
 from kd_tune.core.status import TrialStatus
 from kd_tune.storage.location import is_uri
 from kd_tune.storage.locks import held, lock_path
+
+log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_TAG = "kd_tune.sweep"
@@ -92,14 +96,17 @@ def resolve_tracking_uri(flag: str | None, storage: str | Path) -> str:
     return flag or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(storage)
 
 
-def check_reachable(tracking_uri: str, timeout_s: float = 3.0) -> str | None:
+def check_reachable(tracking_uri: str, timeout_s: float = 3.0, answer_within_s: float = 30.0) -> str | None:
     """A problem sentence if a tracking server URI does not answer, or refuses this
     driver's credentials, else None.
 
-    MLflow's own client retries for minutes; a sweep should fail in seconds instead. The
-    credentials are those the MLflow client sends: ``MLFLOW_TRACKING_USERNAME`` and
-    ``MLFLOW_TRACKING_PASSWORD`` (HTTP basic authentication, e.g. ``mlflow server
-    --app-name basic-auth``), or ``MLFLOW_TRACKING_TOKEN``.
+    MLflow's own client retries for minutes; a sweep should fail in seconds instead. Nothing
+    listening (refused, unreachable: ``timeout_s`` to connect) fails at once. A server that
+    accepts the connection is given ``answer_within_s`` to answer one request, asked again
+    every ``timeout_s``: a busy server (a loaded machine, a first request that opens its
+    store) is slow, not absent. The credentials are those the MLflow client sends:
+    ``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD`` (HTTP basic
+    authentication, e.g. ``mlflow server --app-name basic-auth``), or ``MLFLOW_TRACKING_TOKEN``.
     """
     parsed = urlparse(tracking_uri)
     if parsed.scheme not in ("http", "https"):
@@ -114,18 +121,25 @@ def check_reachable(tracking_uri: str, timeout_s: float = 3.0) -> str | None:
         request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
         request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s):
-            return None
-    except urllib.error.HTTPError as err:
-        if err.code in (401, 403):
-            given = "no credentials were given" if not (user or os.environ.get("MLFLOW_TRACKING_TOKEN")) else \
-                "the credentials were refused"
-            return (f"the MLflow tracking server at {tracking_uri} requires authentication (HTTP {err.code}) and "
-                    f"{given}; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
-        return None  # it answers; whatever else is wrong, MLflow's own client will say
-    except (OSError, ValueError) as err:
-        return f"the MLflow tracking server at {tracking_uri} does not answer: {err}"
+    deadline = time.monotonic() + answer_within_s
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s):
+                return None
+        except urllib.error.HTTPError as err:
+            if err.code in (401, 403):
+                given = "no credentials were given" if not (user or os.environ.get("MLFLOW_TRACKING_TOKEN")) else \
+                    "the credentials were refused"
+                return (f"the MLflow tracking server at {tracking_uri} requires authentication (HTTP {err.code}) "
+                        f"and {given}; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+                        "MLFLOW_TRACKING_TOKEN)")
+            return None  # it answers; whatever else is wrong, MLflow's own client will say
+        except (OSError, ValueError) as err:
+            slow = isinstance(err, TimeoutError) or isinstance(getattr(err, "reason", None), TimeoutError)
+            if not slow or time.monotonic() >= deadline:
+                waited = f" within {answer_within_s:.0f} s" if slow else ""
+                return f"the MLflow tracking server at {tracking_uri} does not answer{waited}: {err}"
+            log.info(f"the MLflow tracking server at {tracking_uri} is slow to answer; asking again")
 
 
 def ui_command(tracking_uri: str) -> str:
