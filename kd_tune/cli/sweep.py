@@ -401,6 +401,9 @@ def _print_summary(outcome: Any, table: str) -> None:
     counts = ", ".join(f"{n} {what}" for what, n in outcome.counts.items() if n)
     print(f"\nsweep finished in {outcome.seconds:.0f}s: {counts}" if not outcome.interrupted
           else f"\nsweep stopped after {outcome.seconds:.0f}s: {counts}; rerun the same command to resume it")
+    if not outcome.trained:
+        print("nothing was trained: every trial had finished before this run; the tables and figures below "
+              "were written again from the results")
     for path in outcome.artifacts:
         if path.suffix == ".md" and path.stem in (table, "importances"):
             print()

@@ -38,6 +38,7 @@ node keeps copies of the teacher-logit caches its trials map (:mod:`kd_tune.stor
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -52,6 +53,7 @@ from kd_tune.core.config import RunConfig
 from kd_tune.core.logs import KeptWarnings
 from kd_tune.core.status import TrialStatus
 from kd_tune.plan.planner import Plan, plan_trials
+from kd_tune.plan.teacher_dag import TeacherNode
 from kd_tune.results.parquet_sink import ParquetSink
 from kd_tune.results.samples_sink import SamplesSink
 from kd_tune.results.sinks import TeacherRecord
@@ -76,7 +78,7 @@ from kd_tune.sweep.trainable import distill_trial
 from kd_tune.teachers.store import TeacherStore
 from kd_tune.tracking.mlflow_sink import MlflowSink
 from kd_tune.tracking.queue import TrackingQueue
-from kd_tune.tracking.tracker import artifact_root, check_reachable, resolve_tracking_uri
+from kd_tune.tracking.tracker import SWEEP_DIR_TAG, artifact_root, check_reachable, resolve_tracking_uri
 from kd_tune.tracking.writes import EndParent, StartParent
 from kd_tune.train.trainer import load_data
 from kd_tune.train.validation import validate_all
@@ -88,6 +90,7 @@ from kd_tune.train.validation import validate_all
 log = logging.getLogger(__name__)
 
 MANIFEST = "sweep.json"
+PARENT_KEY = "mlflow_parent_run_id"  # in sweep.json: the sweep's one MLflow parent run
 START_SEND_S = 60.0  # at most this long sending an earlier run's queued MLflow writes before the trials
 END_SEND_S = 30.0  # at most this long sending queued MLflow writes after the trials
 
@@ -100,6 +103,8 @@ class SweepOutcome:
     trials; ``seconds`` is the whole run, ``fit_seconds`` the Tune phase (after the
     teacher and cache stages); ``warnings`` are the invocation's warnings (a teacher at
     chance, a damaged teacher or cache made again), to be said again under the table.
+    ``trained`` is False when every trial had finished before the invocation: it started no
+    Ray and wrote the tables and figures again from the results.
     """
 
     sweep_dir: Storage
@@ -112,6 +117,7 @@ class SweepOutcome:
     artifacts: tuple[Path, ...] = ()  # local files (on an object store: the driver's copies)
     warnings: tuple[str, ...] = ()
     experiment_id: str | None = None
+    trained: bool = True
 
 
 def check_options(options: SweepOptions) -> None:
@@ -160,7 +166,6 @@ def run_sweep(
     *,
     finalize: Callable[[Storage], list[Path]] | None = None,
 ) -> SweepOutcome:
-
     """Run every config as a Tune trial and record the results; return where they are.
 
     ``finalize(sweep_dir)`` (the sweep's :class:`~kd_tune.storage.location.Storage`) runs after the
@@ -173,7 +178,10 @@ def run_sweep(
     """
     started = time.perf_counter()
     plan = prepare(configs, options)
-    with recording(options, _grid_manifest(plan), {"trials": len(plan.trials)}) as recorder:
+    with recording(options, _grid_manifest(plan), {"trials": len(plan.trials)},
+                   done=lambda finished: set(plan.keys) <= finished) as recorder:
+        if recorder.info is None:
+            return recorder.ended_before(plan, plan.keys, finalize, started)
         recorder.stages(plan)
         log.info(f"sweep {options.name!r}: {len(plan.trials)} trials ({len(recorder.finished(plan.keys))} already "
                  f"finished), up to {concurrency(recorder.info, options)} at a time; results in {options.sweep_dir}")
@@ -225,13 +233,29 @@ def connect_checked(options: SweepOptions) -> ClusterInfo:
     return info
 
 
-def write_manifest(options: SweepOptions, content: dict[str, Any], tracking_uri: str) -> None:
-    """Write ``sweep.json`` (name, teacher cache, MLflow store and ``content``: the trials, or a
-    search's settings)."""
+def write_manifest(options: SweepOptions, content: dict[str, Any], tracking_uri: str,
+                   parent: str | None = None) -> None:
+    """Write ``sweep.json`` (name, teacher cache, MLflow store, the sweep's MLflow parent run
+    when known, and ``content``: the trials, or a search's settings)."""
     options.sweep_dir.makedirs()
     options.sweep_dir.write_text(MANIFEST, json.dumps(
-        {"name": options.name, "teacher_cache": options.teacher_cache, "mlflow_uri": tracking_uri, **content},
-        indent=1))
+        {"name": options.name, "teacher_cache": options.teacher_cache, "mlflow_uri": tracking_uri,
+         **({PARENT_KEY: parent} if parent else {}), **content}, indent=1))
+
+
+def recorded_parent(options: SweepOptions) -> str | None:
+    """The MLflow parent run id the sweep recorded in ``sweep.json`` (None: none yet)."""
+    if not options.sweep_dir.is_file(MANIFEST):
+        return None
+    return options.sweep_dir.read_json(MANIFEST).get(PARENT_KEY)
+
+
+def _keep_parent(options: SweepOptions, sent: str | None, recorded: str | None) -> str | None:
+    """Record the parent run MLflow now holds in ``sweep.json`` when it is not the recorded one."""
+    if sent is not None and sent != recorded:
+        manifest = options.sweep_dir.read_json(MANIFEST)
+        options.sweep_dir.write_text(MANIFEST, json.dumps({**manifest, PARENT_KEY: sent}, indent=1))
+    return sent or recorded
 
 
 @dataclass(frozen=True)
@@ -260,13 +284,14 @@ class TuneRun:
 
 class Recorder:
     """What one invocation writes through: the sinks (Parquet, samples, MLflow, console) and the
-    teacher store, with the cluster ``info`` it runs on.
+    teacher store, with the cluster ``info`` it runs on (None: every trial had finished before
+    this invocation, and Ray was not started).
 
     Made by :func:`recording`, which opens and ends the MLflow parent run; ``status`` is
     the parent's end status (FAILED until :meth:`finish` decides).
     """
 
-    def __init__(self, options: SweepOptions, info: ClusterInfo, results: Any, queue: Any, invocation: str,
+    def __init__(self, options: SweepOptions, info: ClusterInfo | None, results: Any, queue: Any, invocation: str,
                  kept: KeptWarnings):
         self.options = options
         self.info = info
@@ -297,9 +322,7 @@ class Recorder:
         if self.options.cache_dtype is not None:
             ensure_teacher_logits(plan, self.store, self.options, self.context)
         for key, node in plan.teacher_nodes.items():
-            teacher = TeacherRecord(node, records[key], self.store.measurements(key))
-            for sink in (self.parquet, self.samples, self.teachers, self.mlflow):
-                sink.teacher_ready(teacher)
+            self._teacher_ready(node, records[key])
 
     def fit(self, run: TuneRun, *, total: int, done: int, hold_new: bool = False) -> list[dict[str, Any]]:
         """Run (or resume) one Tune experiment, recording every trial; return its trials' Tune configs
@@ -324,6 +347,25 @@ class Recorder:
         prune_checkpoints(run.path, [r.path for r in results if r.path and r.config["trial"]["key"] in done])
         return [result.config for result in results]
 
+    def ended_before(self, stages: Plan, keys: Sequence[str], finalize: Callable[[Storage], list[Path]] | None,
+                     started: float) -> SweepOutcome:
+        """The invocation of a sweep whose every trial had finished: no Ray, nothing trained.
+
+        Its teachers (``stages``: the plan whose teacher nodes the sweep used) are recorded
+        again from the teacher store, and MLflow was made whole from the results when the
+        invocation began; then :meth:`finish` writes the tables and figures again."""
+        log.info(f"sweep {self.options.name!r}: all {len(keys)} trials finished before; nothing to train "
+                 "(Ray not started), tables and figures written again from the results")
+        for key, node in stages.teacher_nodes.items():
+            if self.store.has(key):
+                self._teacher_ready(node, self.store.meta(key))
+        return dataclasses.replace(self.finish(keys, finalize, started, 0.0), trained=False)
+
+    def _teacher_ready(self, node: TeacherNode, record: Mapping[str, Any]) -> None:
+        teacher = TeacherRecord(node, record, self.store.measurements(node.key))
+        for sink in (self.parquet, self.samples, self.teachers, self.mlflow):
+            sink.teacher_ready(teacher)
+
     def finish(self, keys: Sequence[str], finalize: Callable[[Storage], list[Path]] | None, started: float,
                fit_seconds: float, *, undrawn: int = 0) -> SweepOutcome:
         """End what a killed driver left open, count ``keys`` by status (and ``undrawn`` trials a
@@ -340,37 +382,46 @@ class Recorder:
 
 
 @contextlib.contextmanager
-def recording(options: SweepOptions, manifest: dict[str, Any], params: Mapping[str, Any]) -> Iterator[Recorder]:
+def recording(options: SweepOptions, manifest: dict[str, Any], params: Mapping[str, Any], *,
+              done: Callable[[set[str]], bool] = lambda finished: False) -> Iterator[Recorder]:
     """One invocation of a sweep, from its lock to its MLflow parent run's end.
 
     Holds the sweep's lock (:func:`sweep_lock`), opens (and so checks) its stored results
-    before Ray starts, joins Ray and checks the cluster (:func:`connect_checked`), writes
-    ``sweep.json`` (``manifest``: the trials, or a search's settings), then opens the
-    invocation's MLflow parent run (``params`` beside the resources) through the durable
-    queue: writes an earlier run left unsent go first, then MLflow is checked against the
-    results. At the end the parent run gets the recorder's status (KILLED on Ctrl-C) and
-    the queue is given a while to catch up; what it could not send waits for the next run.
+    before Ray starts, joins Ray and checks the cluster (:func:`connect_checked`) unless
+    ``done`` says the sweep has nothing left to run (given the keys of the trials the results
+    record as finished; the recorder's ``info`` is then None), writes ``sweep.json``
+    (``manifest``: the trials, or a search's settings), then opens the MLflow parent run
+    through the durable queue: the sweep's one parent, found again (``params``, beside the
+    resources, are logged when it is made). Writes an earlier run left unsent go first, then
+    MLflow is checked against the results. At the end the parent run gets the recorder's
+    status (KILLED on Ctrl-C) and the queue is given a while to catch up; what it could not
+    send waits for the next run. The parent's id is kept in ``sweep.json`` once MLflow has it.
     """
     with sweep_lock(options.sweep_dir), KeptWarnings() as kept:
         # Opening the results checks them: a damaged file stops here, before Ray starts.
         results = ResultsWriter(options.sweep_dir)
-        info = connect_checked(options)
+        finished = {key for key, status in results.statuses().items() if status.finished}
+        info = None if done(finished) else connect_checked(options)
         tracking_uri = resolve_tracking_uri(options.mlflow_uri, options.storage)
-        write_manifest(options, manifest, tracking_uri)
+        parent = recorded_parent(options)
+        write_manifest(options, manifest, tracking_uri, parent)
         invocation = uuid.uuid4().hex
         if options.on_object_store and options.store.endpoint:
             # MLflow's own S3 client (boto3) sends the artifacts; it reads its endpoint here.
             os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", options.store.endpoint)
         queue = TrackingQueue(options.driver_dir, tracking_uri, options.name,
-                              artifact_root=artifact_root(options.storage))
+                              artifact_root=artifact_root(options.storage), sweep=str(options.sweep_dir),
+                              known_parent=parent)
         queue.put(StartParent(
-            invocation, f"{options.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+            invocation, options.name,
             {**params, "cpus_per_trial": options.cpus_per_trial, "gpus_per_trial": options.gpus_per_trial,
-             "cluster": info.address, "storage": str(options.storage), "teacher_cache": options.teacher_cache},
-            {"kd_tune.sweep_dir": str(options.sweep_dir)},
+             "cluster": info.address if info else "none", "storage": str(options.storage),
+             "teacher_cache": options.teacher_cache},
+            {SWEEP_DIR_TAG: str(options.sweep_dir)},
         ))
         recorder = Recorder(options, info, results, queue, invocation, kept)
         if queue.send(timeout=START_SEND_S):
+            parent = _keep_parent(options, queue.parent_id(invocation), parent)
             _mirror(recorder)
         queue.start()
         try:
@@ -381,6 +432,7 @@ def recording(options: SweepOptions, manifest: dict[str, Any], params: Mapping[s
         finally:
             queue.put(EndParent(invocation, recorder.status))
             if queue.stop(timeout=END_SEND_S):
+                _keep_parent(options, queue.parent_id(invocation), parent)
                 _mirror(recorder)
                 # Run ids recorded by the mirror came after the tables' compaction at the experiment's end.
                 recorder.parquet.writer.compact()

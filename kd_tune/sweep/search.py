@@ -233,9 +233,13 @@ def run_search(
     search = with_threads(search, options)
     stages = prepare_search(search, options)
     settings = search.settings
-    with recording(options, search.manifest(), search.params()) as recorder:
-        recorder.stages(stages)
+    with recording(options, search.manifest(), search.params(),
+                   done=lambda finished: searched_and_confirmed(SearchRecord.read(options.sweep_dir), settings,
+                                                                finished)) as recorder:
         before = SearchRecord.read(options.sweep_dir)
+        if recorder.info is None:
+            return recorder.ended_before(stages, before.search_keys + before.confirm_keys, finalize, started)
+        recorder.stages(stages)
         done = len(recorder.parquet.finished_keys() - set(before.confirm_keys if before else ()))
         slots = concurrency(recorder.info, options)
         log.info(f"search {options.name!r}: {settings.num_samples} trials drawn by TPE, {_stopping(settings)}, "
@@ -271,6 +275,15 @@ def run_search(
         record.write(options.sweep_dir)
         return recorder.finish(record.search_keys + record.confirm_keys, finalize, started,
                                time.perf_counter() - fit_started, undrawn=settings.num_samples - len(drawn))
+
+
+def searched_and_confirmed(record: SearchRecord | None, settings: SearchSettings, finished: set[str]) -> bool:
+    """Whether the search ``record`` describes is over: every draw of ``settings`` made and
+    finished (``finished``: the keys of the trials the results record as finished), and the
+    confirmation too, its pick made, when the settings ask for one."""
+    if record is None or len(record.trials) != settings.num_samples or not set(record.search_keys) <= finished:
+        return False
+    return settings.confirm_top == 0 or (record.pick is not None and set(record.confirm_keys) <= finished)
 
 
 def _stopping(settings: SearchSettings) -> str:

@@ -51,7 +51,7 @@ from kd_tune.results.trial_end import TrialEnd
 from kd_tune.results.trial_tables import EPOCH_METRICS, ResultsWriter, read_epochs
 from kd_tune.storage.atomic import atomic_write
 from kd_tune.tracking.queue import TrackingQueue
-from kd_tune.tracking.tracker import STARTED_TAG, TEACHER_TAG, TRIAL_ID_TAG
+from kd_tune.tracking.tracker import PARENT_TAG, STARTED_TAG, TEACHER_TAG, TRIAL_ID_TAG
 from kd_tune.tracking.writes import (
     EndTrial,
     LogArtifacts,
@@ -184,6 +184,10 @@ class MlflowSink(TrialSink):
         for key, status in recorded.items():
             if key in runs and runs[key].info.status == "RUNNING":
                 tracker.end_trial(ids[key], status)
+            if key in runs and tracker.parent_id and runs[key].data.tags.get(PARENT_TAG) != tracker.parent_id:
+                # Under the sweep's one parent: a parent made anew (the old one deleted), or
+                # children of the several parents of a sweep run before one parent per sweep.
+                tracker.client.set_tag(ids[key], PARENT_TAG, tracker.parent_id)
         missing = [key for key in recorded if key not in runs]
         if not missing:
             return ids

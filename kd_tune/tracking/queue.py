@@ -144,17 +144,20 @@ class TrackingQueue:
     """The sweep's MLflow writes, queued in the outbox of ``sweep_dir`` and sent by one thread.
 
     ``tracking_uri``, ``experiment`` and ``artifact_root`` are those of
-    :class:`~kd_tune.tracking.tracker.SweepTracker`. :meth:`put` returns at once. Use
+    :class:`~kd_tune.tracking.tracker.SweepTracker`, and so are ``sweep`` (the sweep's folder,
+    which names its one parent run; ``sweep_dir``, where the outbox is kept, is the driver's
+    folder of it) and ``known_parent`` (the parent run id the sweep recorded). :meth:`put` returns at once. Use
     :meth:`send` to send in the caller's thread (before the sweep, or in a sync command),
     :meth:`start` and :meth:`stop` around the sweep.
     """
 
     def __init__(self, sweep_dir: str | Path, tracking_uri: str, experiment: str, *,
-                 artifact_root: str | Path | None = None):
+                 artifact_root: str | Path | None = None, sweep: str | None = None, known_parent: str | None = None):
         quiet_quick_client()
         self.outbox = Outbox(Path(sweep_dir) / TRACKING_DIR)
         self.tracking_uri = tracking_uri
-        self._connect = lambda: SweepTracker(tracking_uri, experiment, artifact_root=artifact_root)
+        self._connect = lambda: SweepTracker(tracking_uri, experiment, artifact_root=artifact_root, sweep_dir=sweep,
+                                             known_parent=known_parent)
         self._tracker: SweepTracker | None = None
         self._ids = RunIds()  # as sent
         self._thread: threading.Thread | None = None

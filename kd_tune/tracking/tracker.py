@@ -1,12 +1,13 @@
 """MLflow tracking of a sweep, through ``MlflowClient`` only (no global active run).
 
-Layout: one experiment per sweep name; one parent run per sweep invocation (tag
-``kd_tune.sweep.runner``); one child run per trial (tag ``mlflow.parentRunId`` = the parent,
-``kd_tune.trial_key``), whose params are the trial's run config, whose metrics are the
-per-epoch metrics with ``step`` = epoch, and whose status mirrors the trial
-(FINISHED, or FAILED when the trial failed) with the trial's
-:class:`~kd_tune.core.status.TrialStatus` in tag ``kd_tune.core.status`` (a diverged or stopped
-run is FINISHED with ``kd_tune.core.status=diverged`` or ``stopped``). Tags
+Layout: one experiment per sweep name; one parent run per sweep (tags ``kd_tune.role=sweep``,
+``kd_tune.sweep`` = the sweep's name and ``kd_tune.sweep_dir`` = its folder, which tells two
+sweeps of one name in two storages apart), however often the sweep is invoked; one child
+run per trial (tag ``mlflow.parentRunId`` = the parent, ``kd_tune.trial_key``), whose params
+are the trial's run config, whose metrics are the per-epoch metrics with ``step`` = epoch,
+and whose status mirrors the trial (FINISHED, or FAILED when the trial failed) with the
+trial's :class:`~kd_tune.core.status.TrialStatus` in tag ``kd_tune.status`` (a diverged or
+stopped run is FINISHED with ``kd_tune.status=diverged`` or ``stopped``). Tags
 ``kd_tune.trial_id`` and ``kd_tune.teacher_key`` name Tune's trial and the teacher,
 ``kd_tune.started_at`` the trial row's ``started_at`` (so that results rebuilt from Ray
 Tune's records keep it), ``kd_tune.invocation`` the invocation that started a run (so
@@ -20,10 +21,12 @@ checkout). The experiment carries ``mlflow.experimentKind`` =
 view. What else the runs hold (final metrics, data sets, teacher runs, the parent's
 summary) is the MLflow sink's business (:mod:`kd_tune.tracking.mlflow_sink`).
 
-A resumed sweep starts a new parent run, ends the parent runs that an interrupted
-invocation left RUNNING as KILLED, and continues an unfinished trial's child run
-(moved under the new parent) instead of opening a second one; epochs it had logged
-are not logged again.
+A resumed or re-invoked sweep logs into its parent run again (found by the id the sweep
+recorded, else by its ``kd_tune.sweep_dir`` tag; made anew, once, if it was deleted), marks
+it RUNNING until the invocation ends, and continues an unfinished trial's child run instead
+of opening a second one; epochs it had logged are not logged again. The parent's params are
+those of the sweep's first invocation (MLflow keeps a param's first value); each invocation
+sets tag ``kd_tune.invocation`` to its own id.
 
 The default tracking store is ``sqlite:///<storage>/mlflow.db`` with artifacts in
 ``<storage>/mlartifacts``. With an object store as the storage (``s3://...``) the SQLite
@@ -45,8 +48,10 @@ import json
 import logging
 import math
 import os
+import posixpath
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -75,6 +80,7 @@ MODEL_TRAINING = "custom_model_development"  # the UI's Model training view (not
 INVOCATION_TAG = "kd_tune.invocation"
 STARTED_TAG = "kd_tune.started_at"
 REFILL_TAG = "kd_tune.refilled"
+SWEEP_DIR_TAG = "kd_tune.sweep_dir"
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 
 
@@ -170,7 +176,8 @@ class SweepTracker:
     starting a parent or a trial run idempotent, so queued writes can be replayed.
     """
 
-    def __init__(self, tracking_uri: str, experiment: str, *, artifact_root: str | Path | None = None):
+    def __init__(self, tracking_uri: str, experiment: str, *, artifact_root: str | Path | None = None,
+                 sweep_dir: str | None = None, known_parent: str | None = None):
         from mlflow import MlflowClient  # see the module docstring: 2 s of import
 
         self.tracking_uri = tracking_uri
@@ -189,30 +196,69 @@ class SweepTracker:
                 self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
             self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         self.experiment = experiment
+        self.sweep_dir = sweep_dir
+        self._known_parent = known_parent
         self.parent_id: str | None = None
         self.source = source_tags()
         self._last_step: dict[str, int] = {}
 
     def start_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
                      *, invocation: str | None = None) -> str:
-        """End parents an interrupted invocation left RUNNING (as KILLED); open this one's
-        (or return the one already opened for ``invocation``)."""
-        existing = self.find_parent(invocation) if invocation else None
+        """Open ``invocation``'s parent: the sweep's parent run (see :meth:`sweep_parent`) marked
+        RUNNING again, or a new one logged with ``params``; the one already opened for
+        ``invocation`` when this write is sent again."""
+        existing = self._tagged_parent(invocation) if invocation else None
         if existing is not None:
             self.parent_id = existing
             return existing
-        for run in self._search(f"tags.`{ROLE_TAG}` = 'sweep' and attributes.status = 'RUNNING'"):
-            self.client.set_terminated(run.info.run_id, status="KILLED")
         invocation_tag = {INVOCATION_TAG: invocation} if invocation else {}
+        found = self.sweep_parent()
+        # A parent an interrupted invocation left RUNNING is ended: this sweep's other parents
+        # (from before one parent per sweep), or, for a tracker of no sweep, any.
+        left = f" and tags.`{SWEEP_DIR_TAG}` = '{self.sweep_dir}'" if self.sweep_dir else ""
+        for run in self._search(f"tags.`{ROLE_TAG}` = 'sweep' and attributes.status = 'RUNNING'{left}"):
+            if run.info.run_id != found:
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+        if found is not None:
+            self.client.update_run(found, status="RUNNING")
+            self._log(found, tags={**tags, **invocation_tag})
+            self.parent_id = found
+            return found
         run = self.client.create_run(self.experiment_id, run_name=run_name,
                                      tags={ROLE_TAG: "sweep", SWEEP_TAG: self.experiment, **invocation_tag,
                                            **self.source, **tags})
-        self.parent_id = run.info.run_id
+        self.parent_id = self._known_parent = run.info.run_id
         self._log(self.parent_id, params=params)
         return self.parent_id
 
+    def sweep_parent(self) -> str | None:
+        """The parent run of this tracker's sweep (``sweep_dir``), if MLflow holds one: the run the
+        sweep recorded (``known_parent``) while it is not deleted, else the oldest parent run
+        tagged with the sweep's folder (sweeps run before one parent per sweep have several)."""
+        if self.sweep_dir is None:
+            return None
+        if self._known_parent is not None:
+            from mlflow.exceptions import MlflowException  # see the module docstring: 2 s of import
+
+            try:
+                run = self.client.get_run(self._known_parent)
+            except MlflowException:  # gone with an emptied store
+                run = None
+            if (run is not None and run.info.lifecycle_stage == "active"
+                    and run.data.tags.get(SWEEP_DIR_TAG) == self.sweep_dir):
+                return self._known_parent
+        runs = self._search(f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{SWEEP_DIR_TAG}` = '{self.sweep_dir}'")
+        if not runs:
+            return None
+        self._known_parent = min(runs, key=lambda r: r.info.start_time).info.run_id
+        return self._known_parent
+
     def find_parent(self, invocation: str) -> str | None:
-        """The parent run opened for ``invocation``, if any."""
+        """The parent run of ``invocation``: the one tagged with it, else the sweep's (every
+        invocation of a sweep logs into one parent)."""
+        return self._tagged_parent(invocation) or self.sweep_parent()
+
+    def _tagged_parent(self, invocation: str) -> str | None:
         runs = self._search(f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{INVOCATION_TAG}` = '{invocation}'")
         return runs[0].info.run_id if runs else None
 
@@ -283,8 +329,20 @@ class SweepTracker:
         self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
 
     def log_table(self, run_id: str, frame: Any, artifact_file: str) -> None:
-        """A pandas frame as an MLflow table artifact (the UI shows it as a table)."""
-        self.client.log_table(run_id, data=frame, artifact_file=artifact_file)
+        """A pandas frame as an MLflow table artifact (the UI shows it as a table), replacing the
+        run's table of that name. MLflow's own ``log_table`` appends to an existing one, and a
+        sweep logs its trials table on its one parent run at every invocation; this writes the
+        same file (JSON, pandas' ``split`` orient) and tag as ``log_table`` does, whole."""
+        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS  # loaded with MlflowClient: free here
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / posixpath.basename(artifact_file)
+            frame.to_json(path, orient="split", index=False, date_format="iso")
+            self.client.log_artifact(run_id, str(path), artifact_path=posixpath.dirname(artifact_file) or None)
+        logged = json.loads(self.client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+        entry = {"path": artifact_file, "type": "table"}
+        if entry not in logged:
+            self.client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, entry]))
 
     def log_file(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
@@ -316,7 +374,7 @@ class SweepTracker:
     def end_trial(self, run_id: str, status: TrialStatus, tags: Mapping[str, str] | None = None,
                   metrics: Mapping[str, float] | None = None, step: int = 0) -> None:
         """Mirror the trial's end: ``failed`` -> FAILED, any other status -> FINISHED; the
-        status goes in tag ``kd_tune.core.status`` (with ``tags``); ``metrics`` are logged at ``step``."""
+        status goes in tag ``kd_tune.status`` (with ``tags``); ``metrics`` are logged at ``step``."""
         status = TrialStatus(status)
         self._log(run_id, tags={**(tags or {}), STATUS_TAG: status.value}, metrics=metrics, step=step)
         self.client.set_terminated(run_id, status="FAILED" if status is TrialStatus.FAILED else "FINISHED")

@@ -17,7 +17,7 @@ import optuna
 import pandas as pd
 import pytest
 from processes import ray_env
-from test_sweep_cluster import mlflow_runs, run_sweep
+from sweep_runs import mlflow_runs, one_parent, rerun_without_ray, run_sweep
 
 from analysis import load_epochs, load_trials
 from kd_tune.results.search_record import SearchRecord
@@ -165,8 +165,17 @@ def test_interrupted_then_killed_search_resumes_with_its_searcher(ray_cluster, t
     epochs = load_epochs(sweep_dir)
     assert not epochs.duplicated(["trial_key", "epoch"]).any()
 
-    _, parents, children = mlflow_runs(tmp_path, "resume")
-    assert sorted(p.info.status for p in parents) == ["FINISHED", "KILLED", "KILLED"]
+    # One parent through the Ctrl-C, the kill and the resume.
+    _, parent, children = one_parent(tmp_path, "resume")
     ended = {c.data.tags["kd_tune.trial_key"]: c.data.tags.get("kd_tune.status") for c in children
              if c.info.status == "FINISHED"}
     assert set(ended) == set(trials.index) and set(ended.values()) == {"completed"}
+
+    # The finished search invoked twice more: no Ray, nothing drawn or trained, one parent still.
+    for _ in range(2):
+        again = rerun_without_ray(cmd)
+        assert f"all {samples + 1} trials finished before" in again.stdout
+    assert SearchRecord.read(tmp_path / "resume") == record
+    client, same, again_children = one_parent(tmp_path, "resume")
+    assert same.info.run_id == parent.info.run_id and len(again_children) == len(children)
+    assert "tables/search.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "tables")}

@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 from cifar_files import write_cifar10
-from test_sweep_cluster import run_sweep, sweep_cmd
+from sweep_runs import run_sweep, sweep_cmd
 
 from analysis import load_epochs, load_trials
 

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 from processes import ray_env
-from sweep_runs import ROOT, TAU_GRID, mlflow_runs, run_sweep, start_sweep, sweep_cmd
+from sweep_runs import ROOT, TAU_GRID, mlflow_runs, one_parent, rerun_without_ray, run_sweep, start_sweep, sweep_cmd
 
 from analysis.results_io import load_epochs, load_teachers, load_trials
 from kd_tune.core.config import RunConfig
@@ -170,6 +170,14 @@ def check_measurements_and_mlflow_views(client, parent, children, sweep_dir, tri
     assert {"figures/heatmap.png", "figures/heatmap.pdf"} <= figures
 
 
+def assert_trials_unchanged(sweep_dir, trials):
+    """The results still hold ``trials``, row for row (a re-invocation rewrites no trial)."""
+    now = load_trials(sweep_dir).set_index("trial_key").sort_index()
+    before = trials.set_index("trial_key").sort_index()
+    assert now.index.equals(before.index)
+    assert (now["finished_at"] == before["finished_at"]).all() and (now["test_acc"] == before["test_acc"]).all()
+
+
 def test_driver_killed_then_resumed(ray_cluster, tmp_path):
     cmd = sweep_cmd(tmp_path, "resume", "--epochs", "3", "--seeds", "3", "--taus", "1,3,inf",
                     "--alphas", "0.5,1", "--checkpoint-every", "1")
@@ -219,11 +227,23 @@ def test_driver_killed_then_resumed(ray_cluster, tmp_path):
     assert len(folders) == 27
     assert {f.name: len(list(f.glob("checkpoint_*"))) for f in folders} == {f.name: 1 for f in folders}
 
-    _, parents, children = mlflow_runs(tmp_path, "resume")
-    assert sorted(p.info.status for p in parents) == ["FINISHED", "KILLED"]
+    # One parent for the sweep, through the kill and the resume.
+    _, parent, children = one_parent(tmp_path, "resume")
     assert len(children) == 27 and {c.info.status for c in children} == {"FINISHED"}
     assert len({c.data.tags["kd_tune.trial_key"] for c in children}) == 27
     assert set(trials["mlflow_run_id"]) == {c.info.run_id for c in children}
+    assert json.loads((sweep_dir / "sweep.json").read_text())["mlflow_parent_run_id"] == parent.info.run_id
+
+    # Invoked twice more once finished: no Ray joined, nothing trained, and still one parent,
+    # one child per trial, one run per teacher.
+    for _ in range(2):
+        rerun_without_ray(cmd)
+    client, again, children = one_parent(tmp_path, "resume")
+    assert again.info.run_id == parent.info.run_id and len(children) == 27
+    teachers = client.search_runs([again.info.experiment_id], "tags.`kd_tune.role` = 'teacher'")
+    assert [t.data.tags["mlflow.parentRunId"] for t in teachers] == [parent.info.run_id]  # one teacher, one run
+    assert "tables/tau_alpha.csv" in {a.path for a in client.list_artifacts(parent.info.run_id, "tables")}
+    assert_trials_unchanged(sweep_dir, trials)
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from kd_tune.tracking.tracker import (
     PARENT_TAG,
     ROLE_TAG,
     STATUS_TAG,
+    SWEEP_DIR_TAG,
     SWEEP_TAG,
     SweepTracker,
     default_tracking_uri,
@@ -248,6 +249,38 @@ def test_start_parent_only_kills_parents_of_its_own_sweep(store):
     mine2.start_parent("mine again", {}, {})
     assert client.get_run(p_other).info.status == "RUNNING"
     assert client.get_run(mine.parent_id).info.status == "KILLED"
+
+
+def test_a_sweep_is_one_parent_run_however_often_it_starts(store):
+    client = store["client"]
+    here, there = "/r/one", "/elsewhere/one"  # one name in two storages: two sweeps
+    first = SweepTracker(store["uri"], "one", sweep_dir=here)
+    p1 = first.start_parent("one", {"cluster": "embedded"}, {SWEEP_DIR_TAG: here}, invocation="i1")
+    first.end_parent("FINISHED")
+    elsewhere = SweepTracker(store["uri"], "one", sweep_dir=there)
+    p_there = elsewhere.start_parent("one", {}, {SWEEP_DIR_TAG: there}, invocation="j1")
+
+    # Found again by its tag, with a param of another value (MLflow keeps the first), and again by its id.
+    second = SweepTracker(store["uri"], "one", sweep_dir=here)
+    assert second.start_parent("one", {"cluster": "auto"}, {SWEEP_DIR_TAG: here}, invocation="i2") == p1
+    run = client.get_run(p1)
+    assert run.info.status == "RUNNING" and run.data.tags["kd_tune.invocation"] == "i2"
+    assert run.data.params == {"cluster": "embedded"}
+    assert second.find_parent("i1") == p1  # an earlier invocation's queued writes land in it too
+    assert client.get_run(p_there).info.status == "RUNNING"  # the other storage's sweep is left alone
+    third = SweepTracker(store["uri"], "one", sweep_dir=here, known_parent=p1)
+    assert third.start_parent("one", {}, {SWEEP_DIR_TAG: here}, invocation="i3") == p1
+
+    # Deleted by hand: made anew, once.
+    client.delete_run(p1)
+    fourth = SweepTracker(store["uri"], "one", sweep_dir=here, known_parent=p1)
+    p2 = fourth.start_parent("one", {}, {SWEEP_DIR_TAG: here}, invocation="i4")
+    assert p2 != p1 and fourth.sweep_parent() == p2
+    fifth = SweepTracker(store["uri"], "one", sweep_dir=here, known_parent=p1)
+    assert fifth.start_parent("one", {}, {SWEEP_DIR_TAG: here}, invocation="i5") == p2
+    parents = client.search_runs([fifth.experiment_id],
+                                 f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{SWEEP_DIR_TAG}` = '{here}'")
+    assert [r.info.run_id for r in parents] == [p2]
 
 
 # -- a real tracking server --------------------------------------------------------------
