@@ -51,7 +51,7 @@ from kd_tune.core.runtime import (
 from kd_tune.core.status import TrialStatus
 from kd_tune.data import Dataset, epoch_batches, load_dataset
 from kd_tune.train.evaluation import evaluate, predict_outputs
-from kd_tune.train.losses import make_loss
+from kd_tune.train.losses import run_loss
 from kd_tune.train.measurements import EndMeasurements, measure
 from kd_tune.train.optim import build_optimizer, build_scheduler
 from kd_tune.train.teacher_logits import TeacherLogits
@@ -175,7 +175,7 @@ def train(
     scheduler = build_scheduler(optimizer, config)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype(device) == torch.float16)
     learner = _Learner(model, optimizer, scheduler, scaler)
-    loss_fn = make_loss(config.loss, tau=config.tau, alpha=config.alpha)
+    loss_fn = run_loss(config)
     start_epoch, history = _resume(resume_state, config, learner) if resume_state is not None else (0, [])
 
     def state() -> dict[str, Any]:
@@ -199,8 +199,9 @@ def train(
             with autocast(device, use_amp):
                 student_logits = model(x)
             target = signal.batch(idx, x)
-            # Losses in float32 whatever autocast did: small tau divides logits.
-            loss = loss_fn(student_logits.float(), target, y)
+            # Losses in float32 whatever autocast did: small tau divides logits. The 1-based
+            # epoch is for losses with a schedule of their own (dkd's warmup).
+            loss = loss_fn(student_logits.float(), target, y, epoch + 1)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
