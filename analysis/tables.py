@@ -40,7 +40,7 @@ import pandas as pd
 from analysis.reference import fmt_number, reference_value
 from kd_tune.core.status import TrialStatus
 
-TABLES = ("tau_alpha", "loss", "noise", "search", "pairs", "sequential", "noisy_teacher")
+TABLES = ("tau_alpha", "loss", "noise", "search", "pairs", "sequential", "noisy_teacher", "logit_losses")
 METRIC = "test_acc"
 SETTING_COLUMNS: dict[str, tuple[str, ...]] = {
     "tau_alpha": ("dataset", "teacher", "student", "noise_type", "noise_rate"),
@@ -50,9 +50,11 @@ SETTING_COLUMNS: dict[str, tuple[str, ...]] = {
     "pairs": ("dataset", "noise_type", "noise_rate"),
     "sequential": ("dataset", "student", "noise_type", "noise_rate"),
     "noisy_teacher": ("dataset", "student", "noise_type", "noise_rate"),
+    "logit_losses": ("dataset", "teacher", "student", "noise_type", "noise_rate"),
 }
 ROW_HEADERS = {"tau_alpha": "method", "loss": "teacher -> student", "noise": "method", "search": "selected setting",
-               "pairs": "teacher -> student", "sequential": "teacher -> student", "noisy_teacher": "method"}
+               "pairs": "teacher -> student", "sequential": "teacher -> student", "noisy_teacher": "method",
+               "logit_losses": "method"}
 TABLE_HELP = {
     "tau_alpha": "rows 'kl tau=T' (inf last), 'mse', 'ce' x columns 'alpha=A'; one table per "
                  "(dataset, teacher, student, noise_type, noise_rate); the ce row repeats the "
@@ -74,11 +76,19 @@ TABLE_HELP = {
     "noisy_teacher": "rows 'ce', 'kl tau=T alpha=A', 'mse alpha=A' x columns teacher spec (e.g. cnn-32, "
                      "cnn-32@1); one table per (dataset, student, noise_type, noise_rate); each teacher's "
                      "train and test accuracy under it (from teachers.parquet)",
+    "logit_losses": "rows 'ce', 'kl tau=T alpha=A', 'kl+ls ...', 'dkd ...', 'dist ...', 'mse ...', 'mse+std ...' x "
+                    "columns 'test acc', 'logit distance', 'logit-mean gap'; one table per (dataset, teacher, "
+                    "student, noise_type, noise_rate); published CIFAR-100 numbers of other papers beside "
+                    "(analysis/loss_tables.py)",
 }
 REQUIRED_COLUMNS = ("status", "dataset", "teacher", "student", "noise_type", "noise_rate",
                     "loss", "tau", "alpha", METRIC)
 # Read when present: what names a trial's teacher and its accuracy (older frames lack them).
 TEACHER_COLUMNS = {"teacher_key": None, "teacher_test_acc": math.nan, "clean_teacher": False}
+# Read when present: kl or mse on z-scored logits is another method than the paper's; its
+# loss reads "kl+std" / "mse+std" here, which these tables leave out (the logit_losses table
+# of analysis.loss_tables shows it). Results from before the column are plain kl and mse.
+STANDARDIZE_COLUMN = "standardize"
 _LOSS_RANK = {"ce": 0, "kl": 1, "mse": 2}
 
 
@@ -192,11 +202,14 @@ def _float(value: Any) -> float:
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
     """Plain dicts of the required (and teacher) columns; accuracies converted to percent."""
-    columns = [*REQUIRED_COLUMNS, *(c for c in TEACHER_COLUMNS if c in df.columns)]
+    columns = [*REQUIRED_COLUMNS, *(c for c in (*TEACHER_COLUMNS, STANDARDIZE_COLUMN) if c in df.columns)]
     out = []
     for r in df[columns].to_dict("records"):
         for k, default in TEACHER_COLUMNS.items():
             r.setdefault(k, default)
+        standardized = r.pop(STANDARDIZE_COLUMN, None)
+        if standardized is not None and not pd.isna(standardized) and bool(standardized):
+            r["loss"] += "+std"
         for k in ("noise_rate", "tau", "alpha"):
             r[k] = _float(r[k])
         r[METRIC] = 100.0 * _float(r[METRIC])
@@ -428,6 +441,10 @@ def build_tables(trials: pd.DataFrame, table: str, *, reference: bool = True,
         from analysis.search_table import search_tables
 
         return search_tables(trials, records or {}, known)
+    if table == "logit_losses":
+        from analysis.loss_tables import logit_loss_tables
+
+        return logit_loss_tables(trials, reference=reference, known=known)
     completed = trials["status"] == TrialStatus.COMPLETED
     done = _records(trials[completed])
     other = _records(trials[~completed])

@@ -273,3 +273,25 @@ def test_bad_options_are_named(batch, loss, tau, options, words):
         distillation_loss(zs, zt, y, loss=loss, tau=tau, options=options, epoch=1)
     for word in words:
         assert word in str(err.value)
+
+
+# -- in the training loop -----------------------------------------------------------------------
+
+
+def test_the_trainer_hands_dkd_the_one_based_epoch():
+    """Epoch e of a dkd run weighs its KD term min(e / warmup, 1): at alpha 1 the first epochs'
+    training losses scale with 1/warmup, 2/warmup against a run without warmup."""
+    from kd_tune import models
+    from kd_tune.core.config import RunConfig
+    from kd_tune.train.trainer import load_data, train
+
+    config = RunConfig(loss="dkd", alpha=1.0, epochs=2, student="cnn-4", teacher="cnn-8", lr=1e-6, momentum=0.0,
+                       nesterov=False, val_size=0, device="cpu", threads=1)
+    data = load_data(config)
+    torch.manual_seed(0)
+    teacher = models.build("cnn-8", data.num_classes, data.in_channels)
+    losses = {w: [h["train_loss"] for h in train(config.replace(dkd_warmup=w), data=data, teacher=teacher).history]
+              for w in (0, 8)}
+    # lr 1e-6: the student barely moves, so each epoch's loss is the warmup weight times the same term
+    assert losses[8][0] / losses[0][0] == pytest.approx(1 / 8, rel=1e-3)
+    assert losses[8][1] / losses[0][1] == pytest.approx(2 / 8, rel=1e-3)
