@@ -1,6 +1,6 @@
 """What each loss costs per training step, against CE's, with the teacher's logits cached.
 
-    python benchmarks/loss_cost.py [--rounds 15] [--steps 40] [--threads 1] [--preset cpu]
+    python benchmarks/loss_cost.py [--rounds 15] [--steps 40] [--threads 1] [--preset cpu] [--student cnn-16]
 
 One student step as the trainer takes it (:mod:`kd_tune.train.trainer`): the preset's student
 on a batch of the preset's training data, the loss of :func:`kd_tune.train.losses.run_loss`
@@ -11,10 +11,12 @@ tau 4 (published options, past its warmup); dist at tau 4; mse; mse with standar
 all KD losses at the preset's alpha, so each also computes CE (except at alpha 1).
 
 Each round runs ``--steps`` steps of every loss in turn (the order rotated per round, after
-a warm-up round), one student per loss kept across rounds. Per loss: the median over
-rounds of ms per step, and the median over rounds of its time divided by CE's time in the
-same round (side by side, so load that varies between rounds cancels). At ``--threads 1``,
-a sweep trial's default. The issue's bound: no loss above 1.10 x CE.
+a warm-up round), one student per loss kept across rounds. Times are the process's CPU
+time (``time.process_time``), not wall time: on a shared machine other processes' load
+stretches wall time by whatever share of a core this one gets, CPU time much less. Per
+loss: the median over rounds of CPU ms per step, and the median over rounds of its time
+divided by CE's time in the same round (side by side). At ``--threads 1``, a sweep trial's
+default, so every step runs on this thread. The issue's bound: no loss above 1.10 x CE.
 
 Last line: ``max_ratio=R loss=NAME``.
 """
@@ -63,8 +65,10 @@ class Stepper:
         self.epoch = 0
 
     def run(self, steps: int) -> float:
-        """Seconds per step over ``steps`` steps (epochs of the training data, in order, as needed)."""
-        done, started = 0, time.perf_counter()
+        """CPU seconds per step over ``steps`` steps (epochs of the training data, in order, as
+        needed): the process's CPU time, which other processes' load does not inflate as it
+        does wall time (at one thread every step runs on this thread)."""
+        done, started = 0, time.process_time()
         while done < steps:
             for idx, images in epoch_batches(self.data.train.images, seed=0, epoch=self.epoch,
                                              batch_size=self.config.batch_size, augment=self.data.augment):
@@ -79,7 +83,7 @@ class Stepper:
                 if done == steps:
                     break
             self.epoch += 1
-        return (time.perf_counter() - started) / steps
+        return (time.process_time() - started) / steps
 
 
 def measure(base: RunConfig, rounds: int, steps: int) -> dict[str, tuple[float, float]]:
@@ -110,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40, help="steps per loss per round (default: 40)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1, a trial's)")
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="the student, data and batch")
+    parser.add_argument("--student", help="another student than the preset's (the cost of a loss is per step, not "
+                        "per parameter: a larger student shows smaller ratios)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     base = PRESETS[args.preset].replace(device="cpu")
+    if args.student:
+        base = base.replace(student=args.student)
     load = os.getloadavg()[0]
     results = measure(base, args.rounds, args.steps)
     print(f"student {base.student} on {base.dataset}, batch {base.batch_size}, alpha {base.alpha:g}, "

@@ -55,7 +55,10 @@ sample standard deviation (divisor K - 1, torch's default, as the paper's code a
 torchdistill compute it). For constant logits (std 0) ``s(z) = 0`` and the gradient is
 finite (at most ``1e7`` times the upstream gradient). Pearson correlations are cosines of
 centred vectors, each norm clamped below at ``1e-8`` (the reference code's eps): for a
-constant vector the correlation is 0 and gradients stay finite.
+constant vector the correlation is 0 and gradients stay finite. ``standardize``, ``dkd``
+and ``dist`` compute the teacher's side without autograd (no gradient reaches the teacher
+logits, which a distillation step never trains): on a small CPU student a loss's cost is
+mostly its count of small kernels (``benchmarks/loss_cost.py``).
 
 Each published method's own weighting, in the mixing rule above: a paper's
 ``c_ce * CE + c_kd * KD`` is ``(c_ce + c_kd)`` times ours at ``alpha = c_kd / (c_ce + c_kd)``,
@@ -115,20 +118,31 @@ reserved by :func:`register_kd_term`. A term is called ``term(z_s, z_t, tau, **o
 and with ``targets=y, epoch=e`` too when registered with ``context=True``."""
 
 
-def standardize_logits(logits: Tensor) -> Tensor:
-    """Per-sample z-scores ``(z - mean_k z) / (std_k z + STD_EPS)``, sample std (divisor K - 1)."""
-    centred = logits - logits.mean(dim=1, keepdim=True)
-    return centred / (logits.std(dim=1, keepdim=True) + STD_EPS)
+def standardize_logits(logits: Tensor, tau: float = 1.0) -> Tensor:
+    """Per-sample z-scores over the classes, divided by ``tau``:
+    ``(z - mean_k z) / ((std_k z + STD_EPS) * tau)``, the sample std (divisor K - 1).
+
+    ``tau`` is folded into the (B, 1) denominator: one small kernel fewer per call than
+    dividing the (B, K) z-scores by it.
+    """
+    std, mean = torch.std_mean(logits, dim=1, keepdim=True)
+    return (logits - mean) / ((std + STD_EPS) * tau)
 
 
 @LOSSES.register("kl", options=("standardize",))
 def kl_term(student_logits: Tensor, teacher_logits: Tensor, tau: float, *, standardize: bool = False) -> Tensor:
     """``tau**2 * KL(softmax(z_t/tau) || softmax(z_s/tau))``, batch mean; tau may be inf.
 
-    With ``standardize`` both logit vectors are z-scored first (logit standardization).
+    With ``standardize`` both logit vectors are z-scored first (logit standardization);
+    the teacher's side is then a constant (no gradient reaches it).
     """
     if standardize:
-        student_logits, teacher_logits = standardize_logits(student_logits), standardize_logits(teacher_logits)
+        if math.isinf(tau):
+            return logit_matching_limit(standardize_logits(student_logits), standardize_logits(teacher_logits))
+        log_p_s = F.log_softmax(standardize_logits(student_logits, tau), dim=1)
+        with torch.no_grad():  # the teacher's side is a constant of the student's step
+            log_p_t = F.log_softmax(standardize_logits(teacher_logits, tau), dim=1)
+        return tau * tau * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
     if math.isinf(tau):
         return logit_matching_limit(student_logits, teacher_logits)
     log_p_s = F.log_softmax(student_logits / tau, dim=1)
@@ -152,7 +166,9 @@ def mse_term(student_logits: Tensor, teacher_logits: Tensor, tau: float, *, stan
     and classes; tau is unused."""
     del tau
     if standardize:
-        student_logits, teacher_logits = standardize_logits(student_logits), standardize_logits(teacher_logits)
+        student_logits = standardize_logits(student_logits)
+        with torch.no_grad():  # the teacher's side is a constant of the student's step
+            teacher_logits = standardize_logits(teacher_logits)
     return F.mse_loss(student_logits, teacher_logits)
 
 
@@ -162,24 +178,25 @@ def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, t
     TCKD is the KL of the binary [target, rest] distributions, NCKD the KL of the
     distributions over the non-target classes (teacher first in both). Computed from log
     probabilities: ``log(1 - p_t)`` is a log-sum-exp over the other classes, exact where
-    ``p_t`` rounds to 1.
+    ``p_t`` rounds to 1. The teacher's side is a constant (no gradient reaches it).
     """
-    target = F.one_hot(targets, student_logits.shape[1]).bool()
     index = targets.unsqueeze(1)
-    log_s = F.log_softmax(student_logits / tau, dim=1)
-    log_t = F.log_softmax(teacher_logits / tau, dim=1)
-    rest_s = log_s.masked_fill(target, -math.inf)
-    rest_t = log_t.masked_fill(target, -math.inf)
-    # [log p_target, log(1 - p_target)] per sample.
-    binary_s = torch.cat([log_s.gather(1, index), rest_s.logsumexp(dim=1, keepdim=True)], dim=1)
-    binary_t = torch.cat([log_t.gather(1, index), rest_t.logsumexp(dim=1, keepdim=True)], dim=1)
-    tckd = F.kl_div(binary_s, binary_t, reduction="none", log_target=True).sum(dim=1)
-    # log q over the non-target classes; the target's entry set to 0 on both sides makes its
-    # KL summand exp(0) * (0 - 0) = 0, with no inf - inf in the forward or backward pass.
-    log_q_s = (rest_s - binary_s[:, 1:]).masked_fill(target, 0.0)
-    log_q_t = (rest_t - binary_t[:, 1:]).masked_fill(target, 0.0)
-    nckd = F.kl_div(log_q_s, log_q_t, reduction="none", log_target=True).sum(dim=1)
-    return tckd, nckd
+    log_s = _dkd_log_probs(student_logits / tau, index)
+    with torch.no_grad():
+        log_t = _dkd_log_probs(teacher_logits / tau, index)
+    summands = F.kl_div(log_s, log_t, reduction="none", log_target=True)  # (B, 2 + K)
+    return summands[:, :2].sum(dim=1), summands[:, 2:].sum(dim=1)
+
+
+def _dkd_log_probs(logits: Tensor, index: Tensor) -> Tensor:
+    """Per sample, ``[log p_t, log(1 - p_t), log q_k for every class k]`` (shape (B, 2 + K)):
+    the binary [target, rest] distribution, then the distribution over the other classes,
+    whose target entry is 0 (on both sides of a KL its summand is then exp(0) * (0 - 0) = 0,
+    with no inf - inf in the forward or the backward pass)."""
+    log_p = F.log_softmax(logits, dim=1)
+    rest = log_p.scatter(1, index, -math.inf)
+    log_rest = rest.logsumexp(dim=1, keepdim=True)  # log(1 - p_t)
+    return torch.cat((log_p.gather(1, index), log_rest, (rest - log_rest).scatter(1, index, 0.0)), dim=1)
 
 
 def dkd_weight(epoch: int | None, warmup: int) -> float:
@@ -199,23 +216,32 @@ def dkd_term(student_logits: Tensor, teacher_logits: Tensor, tau: float, *, targ
     return (dkd_weight(epoch, dkd_warmup) * tau * tau) * (dkd_alpha * tckd.mean() + dkd_beta * nckd.mean())
 
 
-def pearson_rows(a: Tensor, b: Tensor) -> Tensor:
-    """Pearson correlation of each row of ``a`` with the same row of ``b`` (shape (rows,)):
-    the cosine of the centred rows, each norm clamped below at ``PEARSON_EPS``."""
-    a = a - a.mean(dim=1, keepdim=True)
-    b = b - b.mean(dim=1, keepdim=True)
-    return (a * b).sum(dim=1) / (a.norm(dim=1).clamp_min(PEARSON_EPS) * b.norm(dim=1).clamp_min(PEARSON_EPS))
+def _unit(centred: Tensor, dim: int) -> Tensor:
+    """``centred`` divided by its norm along ``dim``, the norm clamped below at ``PEARSON_EPS``."""
+    return centred / torch.linalg.vector_norm(centred, dim=dim, keepdim=True).clamp_min(PEARSON_EPS)
 
 
 @LOSSES.register("dist", options=("dist_beta", "dist_gamma"))
 def dist_term(student_logits: Tensor, teacher_logits: Tensor, tau: float, *, dist_beta: float = 1.0,
               dist_gamma: float = 1.0) -> Tensor:
     """``tau**2 * (dist_beta * inter + dist_gamma * intra)``: one minus the mean Pearson
-    correlation of the softened probabilities, per sample (inter) and per class (intra)."""
+    correlation of the softened probabilities, per sample (inter) and per class (intra).
+
+    A probability vector's mean over the K classes is 1/K, so the inter term centres with
+    1/K (equal to centring with the mean up to float rounding). The teacher's side is a
+    constant (no gradient reaches it).
+    """
     p_s = F.softmax(student_logits / tau, dim=1)
-    p_t = F.softmax(teacher_logits / tau, dim=1)
-    inter = 1.0 - pearson_rows(p_s, p_t).mean()
-    intra = 1.0 - pearson_rows(p_s.t(), p_t.t()).mean()
+    with torch.no_grad():
+        p_t = F.softmax(teacher_logits / tau, dim=1)
+        rows_t = _unit(p_t - 1.0 / p_t.shape[1], dim=1)
+        columns_t = _unit(p_t - p_t.mean(dim=0, keepdim=True), dim=0)
+    rows = _unit(p_s - 1.0 / p_s.shape[1], dim=1)
+    columns = _unit(p_s - p_s.mean(dim=0, keepdim=True), dim=0)
+    # sum(rows * rows_t) / B is the mean over samples of their Pearson correlations, the
+    # same over columns / K for the classes.
+    inter = 1.0 - (rows * rows_t).sum() / p_s.shape[0]
+    intra = 1.0 - (columns * columns_t).sum() / p_s.shape[1]
     return (tau * tau) * (dist_beta * inter + dist_gamma * intra)
 
 

@@ -99,6 +99,17 @@ def test_kl_with_standardization_is_kl_of_the_z_scores(batch, tau, alpha):
     assert torch.allclose(got, (1 - alpha) * ref_ce(zs, y) + alpha * kd, rtol=1e-12, atol=1e-12)
 
 
+def test_standardization_stays_exact_for_a_large_offset_and_a_small_spread():
+    """Logits of mean 1000 and spread 0.01 in float32: the z-scores subtract the mean before
+    any division, so the loss matches the float64 formula."""
+    zs64 = 1000.0 + 0.01 * logits(11)
+    zt64 = -500.0 + 0.05 * logits(12)
+    y = torch.zeros(B, dtype=torch.int64)
+    want = 4.0 * kl_rows(softmax(zscore(zt64) / 2.0), softmax(zscore(zs64) / 2.0)).mean()
+    got = make_loss("kl", tau=2.0, alpha=1.0, options={"standardize": True})(zs64.float(), zt64.float(), y)
+    assert float(got) == pytest.approx(float(want), rel=1e-3)
+
+
 def test_standardization_removes_each_samples_logit_shift_and_scale(batch):
     zs, zt, y = batch
     shifted = 3.0 * zs + torch.arange(B, dtype=torch.float64)[:, None]  # per-sample shift, common scale
