@@ -8,16 +8,49 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 import textwrap
+from collections.abc import Iterator
 
-from analysis.figures import FIGURE_HELP, FIGURES
+from analysis.figures import FIGURE_HELP, FIGURES, write_figures
 from analysis.render import FORMATS, render
 from analysis.results_io import load_teachers, load_trials
 from analysis.search_table import load_records
 from analysis.tables import TABLE_HELP, TABLES, build_tables
+from kd_tune.core.logs import ConsoleFormatter
 from kd_tune.core.status import TrialStatus
-from kd_tune.storage.location import open_storage
+from kd_tune.storage import open_storage
+
+
+class _Console(logging.StreamHandler):
+    """The command line's console for the ``analysis`` loggers: on standard error, INFO as the bare
+    message, a warning (or worse) after ``warning: ``; it keeps the messages (``lines``) for an error
+    that sums them up."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setFormatter(ConsoleFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+        super().emit(record)
+
+
+@contextlib.contextmanager
+def _console() -> Iterator[_Console]:
+    """:class:`_Console` on the ``analysis`` logger (level INFO) for the block; removed after it."""
+    logger, handler = logging.getLogger("analysis"), _Console()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with _console() as console:
+        return _main(argv, console)
+
+
+def _main(argv: list[str] | None, console: _Console) -> int:
     parser = _parser()
     parser.add_argument("results_dir", metavar="RESULTS_DIR",
                         help="a sweep folder (holding results/trials/) or a folder of sweep "
@@ -62,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not show the published reference numbers next to the cells")
     args = parser.parse_args(argv)
     if args.plot is not None:
-        return _plot(parser, args)
+        return _plot(parser, args, console)
 
     try:
         trials = load_trials(args.results_dir)
@@ -88,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _plot(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from analysis.figures import write_figures
-
+def _plot(parser: argparse.ArgumentParser, args: argparse.Namespace, console: _Console) -> int:
     if args.out is None:
         parser.error("--plot needs --out DIR, the folder the figures go to")
     try:
@@ -99,11 +135,9 @@ def _plot(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, OSError) as exc:
         parser.error(str(exc))
     names = FIGURES if args.plot == "all" else (args.plot,)
-    skipped: list[str] = []
-    written = write_figures(args.results_dir, args.out, names,
-                            log=lambda line: (skipped.append(line), print(line, file=sys.stderr)))
+    written = write_figures(args.results_dir, args.out, names)
     if not written:
-        parser.error(f"no figure could be drawn from {args.results_dir}: " + "; ".join(skipped))
+        parser.error(f"no figure could be drawn from {args.results_dir}: " + "; ".join(console.lines))
     for path in written:
         print(path)
     return 0

@@ -34,6 +34,7 @@ noise type and rate. Colours follow the Okabe-Ito palette (safe for colour-blind
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -43,8 +44,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.loss_tables import COLUMNS, logit_loss_tables
 from analysis.results_io import load_epochs, load_features, load_samples, load_trials
-from kd_tune.storage.location import Storage, located, open_storage
+from kd_tune.storage import Storage, located, open_storage
 
 FIGURES = ("heatmap", "tau", "logit_distance", "feature_norm", "logit_mean_gap", "features", "curves", "logit_losses")
 FIGURE_HELP = {
@@ -63,6 +65,8 @@ FIGURE_HELP = {
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 SETTING = ("dataset", "teacher", "student", "noise_type", "noise_rate")
 _INF_LABEL = "∞"
+
+log = logging.getLogger(__name__)
 
 
 class NoData(ValueError):
@@ -168,13 +172,28 @@ def _tau_positions(taus: list[float]) -> tuple[dict[float, float], list[float], 
 # ---------------------------------------------------------------- figures
 
 
-def _subplots(n: int, width: float = 5.0, height: float = 3.8, cols: int = 3) -> tuple[Any, list[Any]]:
-    import matplotlib.pyplot as plt
+def pyplot(backend: str | None = None) -> Any:
+    """``matplotlib.pyplot``, with ``backend`` (e.g. ``Agg``) selected first when given.
 
+    Imported here, on first use, and not at the top: importing matplotlib and pyplot costs
+    about 0.28 s of CPU (measured: median of 5 timed imports after ``import analysis.__main__``,
+    on 2 shared cores; 0.35-0.6 s wall under their load), which ``python -m analysis`` building
+    a table would pay for nothing: it imports this module for the figures' names and help.
+    """
+    import matplotlib
+
+    if backend is not None:
+        matplotlib.use(backend)
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
+def _subplots(n: int, width: float = 5.0, height: float = 3.8, cols: int = 3) -> tuple[Any, list[Any]]:
     cols = min(cols, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
-                             layout="constrained")
+    fig, axes = pyplot().subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
+                                  layout="constrained")
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -344,11 +363,9 @@ def features(trials: pd.DataFrame, feats: pd.DataFrame | None = None, **_: Any) 
             rows.append((panel, picks))
     if not rows:
         raise NoData("features needs the teacher's and some trials' features")
-    import matplotlib.pyplot as plt
-
     cols = max(len(p) for _, p in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(3.6 * cols, 3.5 * len(rows)), squeeze=False,
-                             layout="constrained")
+    fig, axes = pyplot().subplots(len(rows), cols, figsize=(3.6 * cols, 3.5 * len(rows)), squeeze=False,
+                                  layout="constrained")
     for r, (panel, picks) in enumerate(rows):
         teacher_x = np.stack(picks[0][1]["features"].to_numpy())
         mean, basis = _pca(teacher_x)
@@ -399,8 +416,6 @@ def curves(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, **_: Any) -
     """Train and test accuracy per epoch: mean and min-max band over seeds, per method."""
     if epochs is None or epochs.empty:
         raise NoData("curves needs epochs.parquet")
-    from matplotlib.ticker import MaxNLocator
-
     panels = settings(completed(trials))
     fig, axes = _subplots(2 * len(panels), width=5.0, height=3.8, cols=2)
     for p, (panel, group) in enumerate(panels):
@@ -414,7 +429,7 @@ def curves(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, **_: Any) -
                 ax.fill_between(stats.index, 100 * stats["min"], 100 * stats["max"], color=colour, alpha=0.18,
                                 linewidth=0)
             ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(pyplot().MaxNLocator(integer=True))
             ax.set_ylabel(f"{'train' if which == 'train_acc' else 'test'} accuracy (%)")
             ax.set_title(f"{'Train' if which == 'train_acc' else 'Test'} accuracy{': ' + panel if panel else ''}",
                          fontsize=10)
@@ -429,8 +444,6 @@ def curves(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, **_: Any) -
 def logit_losses(trials: pd.DataFrame, **_: Any) -> Any:
     """Test accuracy, logit distance and logit-mean gap per method of the loss family: the
     cells of the ``logit_losses`` table, mean and std over seeds; a row of panels per setting."""
-    from analysis.loss_tables import COLUMNS, logit_loss_tables
-
     done = completed(trials)
     if done.empty or (len(paper_trials(done)) == len(done)):
         raise NoData("logit_losses needs trials beyond the paper's losses (dkd, dist, kl or mse with standardize)")
@@ -498,20 +511,17 @@ def _draw(name: str, inputs: _Inputs) -> Any:
 
 
 def write_figures(results: str | os.PathLike | Storage, out: str | os.PathLike | Storage,
-                  names: tuple[str, ...] = FIGURES, *, log: Callable[[str], None] = print) -> list[Path | str]:
+                  names: tuple[str, ...] = FIGURES) -> list[Path | str]:
     """Draw ``names`` from ``results`` into ``out`` as ``NAME.png`` (150 dpi) and ``NAME.pdf``;
-    return the files written. A figure the results cannot fill is skipped with a line to
-    ``log``; so is one that fails to draw (the others are still written).
+    return the files written. A figure the results cannot fill is skipped with an INFO line
+    (``NAME skipped: why``) to this module's logger; one that fails to draw is left out with
+    a WARNING (``NAME failed: ...``), and the others are still written.
 
     ``results`` and ``out`` are local folders, URIs (``s3://...``) or
-    :class:`~kd_tune.storage.location.Storage`; each file is written whole (locally beside its place,
+    :class:`~kd_tune.storage.Storage`; each file is written whole (locally beside its place,
     for an object store to a local temporary file, then uploaded). The files returned are
     local Paths, or URIs (str) on an object store."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("Agg")
     inputs = _Inputs(results)
     target = open_storage(out)
     written: list[Path | str] = []
@@ -519,10 +529,10 @@ def write_figures(results: str | os.PathLike | Storage, out: str | os.PathLike |
         try:
             fig = _draw(name, inputs)
         except NoData as why:
-            log(f"{name} skipped: {why}")
+            log.info("%s skipped: %s", name, why)
             continue
         except Exception as err:  # a figure is a view; one failing must not lose the others
-            log(f"{name} failed: {type(err).__name__}: {err}")
+            log.warning("%s failed: %s: %s", name, type(err).__name__, err)
             continue
         try:
             for suffix in ("png", "pdf"):

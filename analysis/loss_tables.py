@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.reference import fmt_number, published_value
-from analysis.tables import CellStats, Table, natural_key, teacher_stats
+from analysis.table_model import CellStats, Table, natural_key, teacher_stats
 from kd_tune.core.config import LOSS_OPTIONS
 from kd_tune.core.status import TrialStatus
 

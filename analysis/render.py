@@ -23,8 +23,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from analysis.tables import ROW_HEADERS, SETTING_COLUMNS, CellStats, Table, label_sort_key
-from kd_tune.storage.location import Storage, located, open_storage
+from analysis.table_model import SETTING_COLUMNS, CellStats, Table, label_sort_key
+from analysis.tables import ROW_HEADERS
+from kd_tune.storage import Storage, located, open_storage
 
 FORMATS = ("csv", "md", "latex")
 _SUFFIX = {"csv": "csv", "md": "md", "latex": "tex"}
@@ -174,7 +175,7 @@ def write_tables(folder: str | os.PathLike | Storage, name: str, tables: Sequenc
                  formats: Sequence[str] = ("csv", "md")) -> list[Path | str]:
     """Write ``tables`` rendered in each of ``formats`` as ``folder/NAME.csv``, ``NAME.md`` (``NAME.tex``
     for latex), each file whole; ``folder`` is a local folder, a URI (``s3://.../NAME/tables``) or a
-    :class:`~kd_tune.storage.location.Storage`. Returns the files (local Paths, or URIs as str on an object store)."""
+    :class:`~kd_tune.storage.Storage`. Returns the files (local Paths, or URIs as str on an object store)."""
     target = open_storage(folder)
     written: list[Path | str] = []
     for fmt in formats:

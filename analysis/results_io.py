@@ -10,20 +10,23 @@ sets ``<sweep>/samples.parquet/`` and ``<sweep>/features.parquet/`` (:mod:`kd_tu
 
 Every ``path`` here is a local path, a URI of an object store (``s3://bucket/prefix/NAME``;
 credentials and endpoint from the environment, see :mod:`kd_tune.storage.location`) or a
-:class:`~kd_tune.storage.location.Storage`: one code path reads both.
+:class:`~kd_tune.storage.Storage`: one code path reads both.
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from kd_tune.results.samples import FEATURES_DIR, SAMPLES_DIR
+from kd_tune.results.teacher_table import TEACHERS_SCHEMA, read_teachers_table
 from kd_tune.results.trial_tables import RESULTS_DIR, TRIALS_FILE, has_results, read_epochs, read_trials
-from kd_tune.storage.location import Storage, located, open_storage
+from kd_tune.storage import Storage, located, open_storage
 
 Location = str | os.PathLike | Storage
 
@@ -39,7 +42,7 @@ def find_sweeps(path: Location) -> list[Path | str]:
 
 
 def sweep_storages(path: Location) -> list[Storage]:
-    """The sweep folders ``path`` names, as :class:`~kd_tune.storage.location.Storage` (see :func:`find_sweeps`)."""
+    """The sweep folders ``path`` names, as :class:`~kd_tune.storage.Storage` (see :func:`find_sweeps`)."""
     storage = open_storage(path)
     where = located(storage)
     if not storage.is_dir():
@@ -100,8 +103,6 @@ def load_teachers(path: Location) -> pd.DataFrame:
     frame is empty, with those columns. The same teacher used by several sweeps has a row
     in each (the ``sweep`` column tells them apart).
     """
-    from kd_tune.results.teacher_table import TEACHERS_SCHEMA, read_teachers_table
-
     found = (read_teachers_table(sweep) for sweep in sweep_storages(path))
     tables = [t for t in found if t is not None] or [TEACHERS_SCHEMA.empty_table()]
     # epochs_trained stays an integer column with an ensemble's null (pandas' Int64).
@@ -121,10 +122,6 @@ def load_features(path: Location, columns: list[str] | None = None) -> pd.DataFr
 
 
 def _load_parts(path: Location, folder: str, columns: list[str] | None) -> pd.DataFrame:
-    import fnmatch
-
-    import pyarrow.dataset as ds
-
     frames = []
     for sweep in sweep_storages(path):
         if any(fnmatch.fnmatchcase(e.path, "part-*.parquet") and not e.is_dir for e in sweep.list(folder)):

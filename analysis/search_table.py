@@ -23,21 +23,21 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.tables import CellStats, Table, _records, _stats, teacher_stats
+from analysis.table_model import CellStats, Known, Table, cell_stats, teacher_stats, trial_records
 from kd_tune.core.status import TrialStatus
 from kd_tune.results.search_record import SearchRecord
-from kd_tune.storage.location import Storage, open_storage
+from kd_tune.storage import Storage, open_storage
 
 COLUMNS = ("val (search)", "val (confirmation)", "test (confirmation)")
 
 
 def search_tables(trials: pd.DataFrame, records: Mapping[str, SearchRecord],
-                  known: Mapping[str, Mapping[str, Any]] | None = None) -> list[Table]:
+                  known: Known | None = None) -> list[Table]:
     """One ``search`` table per sweep in ``records`` (sweep name -> record) with a selection.
 
     ``trials`` is a frame as :func:`analysis.load_trials` returns it (several sweeps may
     be in it, told apart by the ``sweep`` column); ``known`` its teachers by key
-    (:func:`analysis.tables.teacher_index`).
+    (:func:`analysis.table_model.teacher_index`).
     """
     tables = []
     for sweep, record in records.items():
@@ -56,7 +56,7 @@ def search_tables(trials: pd.DataFrame, records: Mapping[str, SearchRecord],
             for column, frame, metric in zip(COLUMNS, (_completed(rows, chosen.search_keys), confirm, confirm),
                                              ("val_acc", "val_acc", "test_acc")):
                 if len(frame):
-                    cells[(label, column)] = _stats([100.0 * float(v) for v in frame[metric]])
+                    cells[(label, column)] = cell_stats([100.0 * float(v) for v in frame[metric]])
         seeds = record.settings["confirm_seeds"]
         note = (f"Protocol: the top {len(record.selected)} settings by validation accuracy (last epoch) over "
                 f"{len(drawn)} search trials; each rerun at full epochs with {seeds} new seeds; final: the best "
@@ -67,14 +67,14 @@ def search_tables(trials: pd.DataFrame, records: Mapping[str, SearchRecord],
             name="search", title=f"{sweep}: {setting['dataset']} {setting['teacher']} -> {setting['student']}",
             setting=setting, rows=labels, columns=list(COLUMNS), cells=cells,
             excluded=dict(sorted(excluded.items())), note=note,
-            teachers=teacher_stats(_records(rows.reset_index()), known or {}),
+            teachers=teacher_stats(trial_records(rows.reset_index()), known or {}),
         ))
     return tables
 
 
 def load_records(path: str | os.PathLike | Storage) -> dict[str, SearchRecord]:
     """The search records of a sweep folder, or of the sweep folders directly under ``path`` (a local
-    folder, a URI or a :class:`~kd_tune.storage.location.Storage`): sweep name -> record."""
+    folder, a URI or a :class:`~kd_tune.storage.Storage`): sweep name -> record."""
     storage = open_storage(path)
     folders = [storage, *(storage / e.path for e in storage.list() if e.is_dir)] if storage.is_dir() else []
     records = (SearchRecord.read(folder) for folder in folders)

@@ -15,37 +15,32 @@ std, n over completed trials). What is particular to these three:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from analysis.tables import (
+from analysis.table_model import (
     METRIC,
     SETTING_COLUMNS,
+    Known,
     Table,
-    _group,
-    _method_of,
-    _method_ref,
-    _table,
-    _unique,
+    by_setting,
+    clean_reference,
+    distilling,
     label_sort_key,
+    make_table,
+    method_of,
     natural_key,
     teacher_stats,
+    unique,
 )
 
-Known = Mapping[str, Mapping[str, Any]]
 BASELINE = "no teacher (ce)"
-
-
-def _kd(trials: list[dict]) -> list[dict]:
-    return [t for t in trials if t["loss"] in ("kl", "mse")]
 
 
 def _settings(name: str, done: list[dict], other: list[dict]) -> list[tuple[dict[str, Any], list[dict], list[dict]]]:
     """(setting, its completed trials, its other trials) for every setting with a distilling trial."""
-    keys = SETTING_COLUMNS[name]
-    others = _group(other, keys)
-    return [(dict(zip(keys, key)), trials, others.get(key, []))
-            for key, trials in sorted(_group(done, keys).items()) if _kd(trials)]
+    return [(setting, trials, others) for setting, trials, others in by_setting(SETTING_COLUMNS[name], done, other)
+            if distilling(trials)]
 
 
 def _title(setting: dict[str, Any]) -> str:
@@ -53,20 +48,14 @@ def _title(setting: dict[str, Any]) -> str:
     return f"{head}, noise {setting['noise_type']} {setting['noise_rate']!r}"
 
 
-def _ref(reference: bool, setting: dict[str, Any], teacher: str, student: str, method: str) -> float | None:
-    if not reference or setting["noise_type"] != "none":
-        return None
-    return _method_ref(setting["dataset"], teacher, student, method)
-
-
 def build_pairs(done: list[dict], other: list[dict], reference: bool, known: Known) -> list[Table]:
     """Rows ``teacher -> student`` (the pairs of distilling trials), columns ``ce``, each KL setting, MSE."""
     tables = []
     for setting, trials, others in _settings("pairs", done, other):
-        pairs = sorted({(t["teacher"], t["student"]) for t in _kd(trials)},
+        pairs = sorted({(t["teacher"], t["student"]) for t in distilling(trials)},
                        key=lambda p: (natural_key(p[0]), natural_key(p[1])))
         rows = [f"{a} -> {b}" for a, b in pairs]
-        columns = sorted(_unique(_method_of(t) for t in trials), key=label_sort_key)
+        columns = sorted(unique(method_of(t) for t in trials), key=label_sort_key)
         placed: dict[tuple[str, str], list[float]] = defaultdict(list)
         for t in trials:
             if t["loss"] == "ce":
@@ -74,10 +63,10 @@ def build_pairs(done: list[dict], other: list[dict], reference: bool, known: Kno
                     if student == t["student"]:
                         placed[(row, "ce")].append(t[METRIC])
             else:
-                placed[(f"{t['teacher']} -> {t['student']}", _method_of(t))].append(t[METRIC])
+                placed[(f"{t['teacher']} -> {t['student']}", method_of(t))].append(t[METRIC])
         ref = {(row, c): v for (teacher, student), row in zip(pairs, rows) for c in columns
-               if (v := _ref(reference, setting, teacher, student, c)) is not None}
-        tables.append(_table("pairs", _title(setting), setting, rows, columns, placed, ref, others,
+               if (v := clean_reference(reference, setting, teacher, student, c)) is not None}
+        tables.append(make_table("pairs", _title(setting), setting, rows, columns, placed, ref, others,
                              teacher_stats(trials, known)))
     return tables
 
@@ -91,24 +80,24 @@ def build_sequential(done: list[dict], other: list[dict], reference: bool, known
     tables = []
     for setting, trials, others in _settings("sequential", done, other):
         student = setting["student"]
-        kd = _kd(trials)
+        kd = distilling(trials)
         teachers = sorted({t["teacher"] for t in kd}, key=natural_key)
         rows = [_chain(teacher, student) for teacher in teachers]
-        columns = sorted(_unique(_method_of(t) for t in kd), key=label_sort_key)
+        columns = sorted(unique(method_of(t) for t in kd), key=label_sort_key)
         ce = [t for t in trials if t["loss"] == "ce"]
         placed: dict[tuple[str, str], list[float]] = defaultdict(list)
         for t in kd:
-            placed[(_chain(t["teacher"], student), _method_of(t))].append(t[METRIC])
+            placed[(_chain(t["teacher"], student), method_of(t))].append(t[METRIC])
         if ce:
             rows.append(BASELINE)
             for c in columns:
                 placed[(BASELINE, c)] = [t[METRIC] for t in ce]
         ref = {(row, c): v for teacher, row in zip(teachers, rows) for c in columns
-               if (v := _ref(reference, setting, teacher, student, c)) is not None}
+               if (v := clean_reference(reference, setting, teacher, student, c)) is not None}
         if ce:
             ref.update({(BASELINE, c): v for c in columns
-                        if (v := _ref(reference, setting, "", student, "ce")) is not None})
-        tables.append(_table("sequential", _title(setting), setting, rows, columns, placed, ref, others,
+                        if (v := clean_reference(reference, setting, "", student, "ce")) is not None})
+        tables.append(make_table("sequential", _title(setting), setting, rows, columns, placed, ref, others,
                              teacher_stats(trials, known)))
     return tables
 
@@ -117,15 +106,15 @@ def build_noisy_teacher(done: list[dict], other: list[dict], reference: bool, kn
     """Rows: ``ce``, each KL setting, MSE; columns: the teacher specs of the distilling trials."""
     tables = []
     for setting, trials, others in _settings("noisy_teacher", done, other):
-        columns = sorted({t["teacher"] for t in _kd(trials)}, key=natural_key)
-        rows = sorted(_unique(_method_of(t) for t in trials), key=label_sort_key)
+        columns = sorted({t["teacher"] for t in distilling(trials)}, key=natural_key)
+        rows = sorted(unique(method_of(t) for t in trials), key=label_sort_key)
         placed: dict[tuple[str, str], list[float]] = defaultdict(list)
         for t in trials:
             for column in columns if t["loss"] == "ce" else [t["teacher"]]:
-                placed[(_method_of(t), column)].append(t[METRIC])
+                placed[(method_of(t), column)].append(t[METRIC])
         ref = {(r, c): v for r in rows for c in columns
-               if (v := _ref(reference, setting, c, setting["student"], r)) is not None}
-        tables.append(_table("noisy_teacher", _title(setting), setting, rows, columns, placed, ref, others,
+               if (v := clean_reference(reference, setting, c, setting["student"], r)) is not None}
+        tables.append(make_table("noisy_teacher", _title(setting), setting, rows, columns, placed, ref, others,
                              teacher_stats(trials, known)))
     return tables
 

@@ -69,7 +69,7 @@ import pandas as pd
 
 from analysis import load_trials
 from analysis.reference import fmt_number
-from analysis.tables import method_label
+from analysis.table_model import method_label
 from kd_tune.cli.args import config_from_args
 from kd_tune.cli.sweep import build_parser
 from kd_tune.cli.sweep import main as sweep_main

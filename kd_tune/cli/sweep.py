@@ -437,11 +437,12 @@ def _write_tables(sweep: Storage, table: str) -> list[Path | str]:
 def _write_figures(sweep: Storage) -> list[Path | str]:
     """The figures that fit the sweep's results, in ``figures/`` of the sweep (PNG and PDF).
 
-    A figure that cannot be drawn is reported and left out: the results are recorded already.
+    A figure that cannot be drawn is reported (logger ``analysis.figures``) and left out: the results
+    are recorded already.
     """
     from analysis.figures import write_figures
 
-    return write_figures(sweep, sweep / "figures", log=lambda line: print(f"figures: {line}"))
+    return write_figures(sweep, sweep / "figures")
 
 
 def _print_summary(outcome: Any, table: str) -> None:

@@ -3,6 +3,7 @@ writers (trial rows, epoch rows, part files) from known numbers; the figures' da
 checked against the Parquet."""
 from __future__ import annotations
 
+import logging
 import math
 import subprocess
 import sys
@@ -14,8 +15,9 @@ import pyarrow.dataset as ds
 import pytest
 from recorded import CLASSES, N_TEST, fake_measurements
 
-from analysis import build_tables, load_trials
-from analysis.figures import FIGURES, draw
+from analysis import build_tables, figures, load_trials
+from analysis.__main__ import main
+from analysis.figures import FIGURES, draw, write_figures
 from analysis.results_io import load_epochs, load_features, load_samples
 from kd_tune.core.config import RunConfig
 from kd_tune.core.identity import teacher_key, trial_key
@@ -211,3 +213,30 @@ def test_plot_command_bad_input_exits_2(results, tmp_path):
     nothing = run(str(ce_only), "--plot", "heatmap", "--out", str(tmp_path / "y"))
     assert nothing.returncode == 2 and "heatmap skipped" in nothing.stderr
     assert not (tmp_path / "y").exists()
+
+
+def test_a_figure_skipped_or_failing_is_logged_and_the_command_line_shows_it(results, tmp_path, monkeypatch,
+                                                                              caplog, capsys):
+    def boom(trials):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(figures, "heatmap_cells", boom)
+    ce_only = tmp_path / "ce"
+    ce_only.mkdir()
+    trials = load_trials(results)
+    trials[trials["loss"] == "ce"].to_parquet(ce_only / "trials.parquet")
+    with caplog.at_level(logging.INFO, logger="analysis"):
+        assert write_figures(ce_only, tmp_path / "a", ("tau",)) == []
+        assert write_figures(results, tmp_path / "b", ("heatmap",)) == []
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        ("analysis.figures", logging.INFO,
+         "tau skipped: test accuracy against tau needs KL trials at two or more taus"),
+        ("analysis.figures", logging.WARNING, "heatmap failed: RuntimeError: boom")]
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(results), "--plot", "heatmap", "--out", str(tmp_path / "c")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "warning: heatmap failed: RuntimeError: boom"
+    assert err[-1].endswith(f"error: no figure could be drawn from {results}: heatmap failed: RuntimeError: boom")
+    assert not logging.getLogger("analysis").handlers  # the console is the command's, for its run only

@@ -247,8 +247,8 @@ def test_figures_tables_and_the_study_are_written_into_the_bucket(bucket, s3_env
     for target in (local, remote):
         write_sweep(target, made)
     names = ("heatmap", "curves", "logit_distance")
-    got = write_figures(remote, remote / "figures", names, log=lambda line: None)
-    want = write_figures(local, local / "figures", names, log=lambda line: None)
+    got = write_figures(remote, remote / "figures", names)
+    want = write_figures(local, local / "figures", names)
     assert want == [local / "figures" / f"{n}.{s}" for n in names for s in ("png", "pdf")]
     assert got == [remote.uri_of(f"figures/{n}.{s}") for n in names for s in ("png", "pdf")]
     assert remote.read_bytes("figures/heatmap.png")[:4] == b"\x89PNG"
