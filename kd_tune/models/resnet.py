@@ -1,5 +1,7 @@
-"""CIFAR ResNets: ``resnet-N`` (He et al., CVPR 2016, section 4.2) and ``resnet-Nx4``
-(the wide variant of the CRD and DKD code, Tian et al. ICLR 2020, Zhao et al. CVPR 2022).
+"""CIFAR ResNets: ``resnet-N`` and the wide ``resnet-Nx4`` of the CRD and DKD code.
+
+``resnet-N``: He et al., CVPR 2016, section 4.2. ``resnet-Nx4``: the code of Tian et al.
+(CRD, ICLR 2020), used by Zhao et al. (DKD, CVPR 2022).
 
 Layout (``N = 6n + 2``; widths w0..w3 = 16, 16, 32, 64 for ``resnet-N`` and 32, 64, 128,
 256 for ``resnet-Nx4``):

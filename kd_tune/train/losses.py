@@ -1,4 +1,6 @@
-"""Distillation losses: the conventions of Kim et al. (IJCAI 2021) and the logit-loss family.
+"""Distillation losses: the paper's (CE, KL at a temperature, MSE on logits) and the logit-loss family.
+
+The paper: Kim et al., IJCAI 2021. The family: DKD, logit standardization, DIST, MSE on z-scores.
 
 Notation: ``z_s`` student logits and ``z_t`` teacher logits, both of shape (B, K) for a
 batch of B samples and K classes; ``y`` the hard labels the student trains on, int64 of
