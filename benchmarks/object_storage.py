@@ -25,7 +25,6 @@ Last line: ``s3_vs_local_sweep=R fetch_cifar100_cache_s=T`` (R: S3 wall time / l
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import subprocess
 import sys
@@ -40,6 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from s3_server import s3_server  # noqa: E402  (the tests' server, found through the path above)
 
+from kd_tune.core.hashing import file_sha256  # noqa: E402
 from kd_tune.storage.local_copies import LocalCopies  # noqa: E402
 from kd_tune.storage.location import open_storage  # noqa: E402
 
@@ -84,7 +84,7 @@ def _fetch(s3, folder: Path, views: int) -> tuple[float, float, float, int]:
     for view in range(views):
         name = f"view-{view}.npy"
         np.save(source / name, rng.standard_normal((SAMPLES, CLASSES), dtype=np.float32))
-        digests[name] = hashlib.sha256((source / name).read_bytes()).hexdigest()
+        digests[name] = file_sha256(source / name)
     started = time.perf_counter()
     for name in digests:
         stored.upload(source / name, name)

@@ -9,6 +9,8 @@
 - :mod:`~kd_tune.core.registry`: the name registry behind models, data sets and losses;
 - :mod:`~kd_tune.core.runtime`: device, CPU threads, seeds, RNG state and autocast;
 - :mod:`~kd_tune.core.status`: :class:`TrialStatus`, decided once and read everywhere;
+- :mod:`~kd_tune.core.hashing` and :mod:`~kd_tune.core.clock`: the one sha256 helper (text,
+  bytes, files) and the one clock (UTC datetimes, ISO text, milliseconds);
 - :mod:`~kd_tune.core.netcheck`: a quick TCP probe, so commands fail in seconds.
 
 May import: nothing of kd-tune (the bottom layer). Import its modules directly:

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kd_tune.core.config import RunConfig
+from kd_tune.core.hashing import KEY_LENGTH, sha256_hex
 
 if TYPE_CHECKING:
     import torch
@@ -60,10 +61,10 @@ _ADDED_FIELDS: dict[str, Any] = {
 }
 
 
-def config_hash(values: Mapping[str, Any], length: int = 16) -> str:
+def config_hash(values: Mapping[str, Any], length: int = KEY_LENGTH) -> str:
     """A short, stable hex hash of plain values (inf and NaN spelled out, keys sorted)."""
     text = json.dumps(_plain(values), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+    return sha256_hex(text, length)
 
 
 def identity_values(config: RunConfig) -> dict[str, Any]:

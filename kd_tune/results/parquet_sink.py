@@ -16,11 +16,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from kd_tune.core.clock import utc_now
 from kd_tune.core.status import TrialStatus
 from kd_tune.plan.planner import Trial
 from kd_tune.results.sinks import EndedTrial, TrialSink
 from kd_tune.results.trial_end import TrialEnd
-from kd_tune.results.trial_tables import ResultsWriter, epoch_row, trial_row, utc_now
+from kd_tune.results.trial_tables import ResultsWriter, epoch_row, trial_row
 from kd_tune.storage.location import Storage
 
 FLUSH_EVERY_S = 5.0

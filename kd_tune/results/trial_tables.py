@@ -56,12 +56,13 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Collection, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from kd_tune.core.clock import utc_now
 from kd_tune.core.config import RunConfig, field_types
 from kd_tune.core.status import TrialStatus
 from kd_tune.storage.location import Storage, located, open_storage
@@ -124,10 +125,6 @@ EPOCHS_SCHEMA = pa.schema(
         pa.field("reported_at", _TIME),
     ]
 )
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def epoch_row(sweep: str, trial_key: str, trial_id: str, metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,8 @@
   an object store (``s3://``) through ``pyarrow.fs``; writes whole or absent, conditional
   creates, a one-line check of a location;
 - :mod:`~kd_tune.storage.atomic`: atomic local writes;
-- :mod:`~kd_tune.storage.locks`: file locks (``flock``) that name their holder;
+- :mod:`~kd_tune.storage.locks`: the one ``flock`` (shared or exclusive, waiting or not) and
+  the file locks that name their holder;
 - :mod:`~kd_tune.storage.store_lock`: a lock on any storage (a file lock locally, a renewed
   lease on an object store);
 - :mod:`~kd_tune.storage.part_table`: a keyed Parquet table kept as a folder of part files;

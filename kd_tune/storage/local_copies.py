@@ -40,22 +40,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kd_tune.core.clock import utc_iso
+from kd_tune.core.hashing import KEY_LENGTH, file_sha256, sha256_hex
 from kd_tune.storage.atomic import write_text
 from kd_tune.storage.location import Storage
+from kd_tune.storage.locks import locked, open_locked
 
 ENV_FOLDER = "KD_TUNE_LOCAL_CACHE"
 ENV_MAX_BYTES = "KD_TUNE_LOCAL_CACHE_MAX_BYTES"
@@ -129,7 +130,7 @@ class LocalCopies:
 
     def place(self, stored: Storage, key: str) -> Path:
         """Where the copy of ``stored`` (the folder of ``key``) lives on this node."""
-        store = hashlib.sha256(stored.parent.uri.encode()).hexdigest()[:16]
+        store = sha256_hex(stored.parent.uri, KEY_LENGTH)
         return self.copies_dir / store / key
 
     # -- fetching ---------------------------------------------------------------------------
@@ -154,7 +155,7 @@ class LocalCopies:
             if record is not None and record.get("uri") == stored.uri and record.get("sha256") == wanted \
                     and all((target / name).is_file() for name in files):
                 record["reuses"] = int(record.get("reuses", 0)) + 1
-                record["last_used"] = _now()
+                record["last_used"] = utc_iso("microseconds")
                 _write_record(target, record)
                 self._use(target)
                 return target
@@ -169,26 +170,18 @@ class LocalCopies:
         the copy of ``stored``, moved, not downloaded; return its place. Its files are those of ``source``."""
         target = self.place(stored, key)
         files = sorted(p.name for p in source.iterdir() if p.is_file())
-        with self._locked(target):
-            self._remove(target)
-            staging = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=target.parent))
-            try:
-                for name in files:
-                    shutil.move(source / name, staging / name)
-                record = _new_record(stored, key, files, dict(sha256), staging, downloads=0)
-                record["built"] = 1
-                _write_record(staging, record)
-                os.rename(staging, target)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
+        with self._locked(target), self._replacing(target) as staging:
+            for name in files:
+                shutil.move(source / name, staging / name)
+            record = _new_record(stored, key, files, dict(sha256), staging, downloads=0)
+            record["built"] = 1
+            _write_record(staging, record)
         self.prune(self.max_bytes, spare={target})
         return target
 
     def _download(self, stored: Storage, key: str, files: Sequence[str], wanted: dict[str, str], target: Path,
                   downloads: int) -> None:
-        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=target.parent))
-        try:
+        with self._replacing(target) as staging:
             for name in files:
                 try:
                     stored.download(name, staging / name)
@@ -196,13 +189,22 @@ class LocalCopies:
                     raise CopyError(f"{stored.uri_of(name)} cannot be copied to this node "
                                     f"({type(err).__name__}: {err})") from None
                 if name in wanted:
-                    digest = _sha256(staging / name)
+                    digest = file_sha256(staging / name)
                     if digest != wanted[name]:
                         raise CopyError(f"{stored.uri_of(name)} does not hold what was written (sha256 "
                                         f"{digest[:12]}..., recorded {wanted[name][:12]}...); the local copy "
                                         f"was removed")
             _write_record(staging, _new_record(stored, key, files, wanted, staging, downloads=downloads + 1))
-            self._remove(target)  # a copy of an earlier build of the stored folder
+
+    @contextlib.contextmanager
+    def _replacing(self, target: Path) -> Iterator[Path]:
+        """A new staging folder beside ``target`` for the block to fill; then the copy at ``target``
+        (of an earlier build of the stored folder, if any) is removed and the staging folder
+        renamed into its place. A block that raises leaves ``target`` as it was and no staging."""
+        staging = _new_staging(target.parent, target.name)
+        try:
+            yield staging
+            self._remove(target)
             os.rename(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -213,7 +215,7 @@ class LocalCopies:
         in before :meth:`adopt` (the caller removes it if it does not adopt it)."""
         parent = self.place(stored, key).parent
         parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=parent))
+        return _new_staging(parent, key)
 
     # -- use and eviction -------------------------------------------------------------------
 
@@ -231,14 +233,8 @@ class LocalCopies:
 
     def in_use(self, folder: Path) -> bool:
         """Whether any process (this one included) uses the copy at ``folder``."""
-        fd = os.open(_side(folder, "use"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        with locked(_side(folder, "use"), wait=False) as unused:
+            return not unused
 
     def copies(self) -> list[Copy]:
         """Every complete copy here, least recently used first."""
@@ -270,8 +266,8 @@ class LocalCopies:
                 break
             if copy.folder in spare:
                 continue
-            with self._try_locked(copy.folder) as locked:
-                if not locked or self.in_use(copy.folder):
+            with locked(_side(copy.folder, "lock"), wait=False) as ours:
+                if not ours or self.in_use(copy.folder):
                     continue
                 self._remove(copy.folder)
             total -= copy.bytes
@@ -283,7 +279,7 @@ class LocalCopies:
             with contextlib.suppress(OSError):
                 # Staging folders are written under their key's lock; a stale one was left by a
                 # process that died. One older than a day is surely no longer written.
-                if datetime.now().timestamp() - staging.stat().st_mtime > 24 * 3600:
+                if time.time() - staging.stat().st_mtime > 24 * 3600:
                     shutil.rmtree(staging, ignore_errors=True)
 
     def _use(self, folder: Path) -> None:
@@ -299,28 +295,11 @@ class LocalCopies:
         os.rename(folder, aside)
         shutil.rmtree(aside, ignore_errors=True)
 
-    @contextlib.contextmanager
-    def _locked(self, folder: Path) -> Iterator[None]:
+    @staticmethod
+    def _locked(folder: Path) -> contextlib.AbstractContextManager[bool]:
+        """The exclusive lock of the copy at ``folder``: other fetchers of this copy wait here."""
         folder.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(_side(folder, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # other fetchers of this copy wait here
-            yield
-        finally:
-            os.close(fd)
-
-    @contextlib.contextmanager
-    def _try_locked(self, folder: Path) -> Iterator[bool]:
-        fd = os.open(_side(folder, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)
+        return locked(_side(folder, "lock"))
 
 
 class _Uses:
@@ -334,8 +313,8 @@ class _Uses:
         with self._lock:
             entry = self._held.get(folder)
             if entry is None:
-                fd = os.open(_side(folder, "use"), os.O_RDWR | os.O_CREAT, 0o644)
-                fcntl.flock(fd, fcntl.LOCK_SH)
+                fd = open_locked(_side(folder, "use"), shared=True)
+                assert fd is not None
                 entry = self._held[folder] = [fd, 0]
             entry[1] += 1
 
@@ -358,17 +337,18 @@ class _Uses:
 _USES = _Uses()
 
 
+def _new_staging(parent: Path, key: str) -> Path:
+    """A new empty folder ``.<key>.<random>.tmp`` in ``parent`` (what :meth:`LocalCopies.prune` cleans up)."""
+    return Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=parent))
+
+
 def _side(folder: Path, kind: str) -> Path:
     return folder.parent / f".{folder.name}.{kind}"
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
 def _new_record(stored: Storage, key: str, files: Sequence[str], wanted: dict[str, str], folder: Path, *,
                 downloads: int) -> dict[str, Any]:
-    now = _now()
+    now = utc_iso("microseconds")
     return {"uri": stored.uri, "key": key, "files": list(files), "sha256": wanted,
             "bytes": sum((folder / name).stat().st_size for name in files), "downloads": downloads, "reuses": 0,
             "built": 0, "fetched_at": now, "last_used": now}
@@ -384,11 +364,6 @@ def _read_record(folder: Path) -> dict[str, Any] | None:
 
 def _write_record(folder: Path, record: dict[str, Any]) -> None:
     write_text(folder / RECORD, json.dumps(record, indent=2))
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 # -- the command line -------------------------------------------------------------------------

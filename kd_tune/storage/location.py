@@ -27,8 +27,10 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -473,6 +475,8 @@ def s3_filesystem(storage: Storage) -> pafs.S3FileSystem:
 
 
 def _boto3_client(endpoint: str | None, *, timeout: float | None = None) -> Any:
+    # Here, not at the top: boto3 is optional (the s3 extra); a local install runs without it.
+    # (It is not slow: 0.1 s measured.)
     try:
         import boto3
         from botocore.config import Config
@@ -493,6 +497,7 @@ def _s3_problem(storage: Storage) -> str | None:
         client = _boto3_client(storage.endpoint, timeout=CHECK_TIMEOUT_S)
     except StorageError as err:
         return str(err)
+    # Optional, as in _boto3_client (present once a client was made).
     from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
     bucket = urlsplit(storage.uri).netloc
@@ -539,9 +544,6 @@ def _code(err: Any) -> str:
 
 
 def _http_date(text: str | None) -> float:
-    import time
-    from email.utils import parsedate_to_datetime
-
     return parsedate_to_datetime(text).timestamp() if text else time.time()
 
 

@@ -1,7 +1,13 @@
-"""File locks on the storage: one driver per sweep name, one builder per teacher and per
-teacher-logit cache, one creator of the default MLflow store.
+"""File locks: the one place kd-tune calls ``flock``.
 
-A lock is a file held with ``flock``. The kernel releases it when its holder exits, how
+:func:`flock` locks an open file shared or exclusive, waiting or not; :func:`locked` and
+:func:`open_locked` lock a file by path (made if missing, and kept: node-local side files
+such as a copy's ``.lock`` and ``.use`` files, or a checksum marker's lock); :class:`FileLock`
+is the named lock of the storage below.
+
+:class:`FileLock` locks on the storage: one driver per sweep name, one builder per
+teacher and per teacher-logit cache, one creator of the default MLflow store. A lock is
+a file held with an exclusive ``flock``. The kernel releases it when its holder exits, how
 ever it exits, so a crashed driver never leaves a lock held: its file stays behind with
 the holder's record, and the next process takes the lock over and says whose it was.
 (On NFS, Linux forwards ``flock`` to the server's lock manager, which frees the locks of
@@ -11,22 +17,65 @@ time, what for) so that a process refused can name it.
 Locks live in a ``.locks`` folder: ``<storage>/.locks/`` for sweeps and the MLflow store,
 ``<store root>/.locks/`` for teachers and caches. A released lock's file is removed, and
 so are the folders the lock created, so a refused or failed start leaves nothing behind.
+A process that waits for a lock says once whom it waits for (logger ``kd_tune.storage.locks``,
+level INFO).
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import json
+import logging
+import math
 import os
 import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol, Self, TypeVar
+
+from kd_tune.core.clock import utc_iso
 
 LOCKS_DIR = ".locks"
 POLL_S = 0.5  # how often a waiting process tries again
+
+log = logging.getLogger(__name__)
+
+
+def flock(fd: int, *, shared: bool = False, wait: bool = True) -> bool:
+    """Lock the open file ``fd``: shared (many holders) or exclusive (one); with ``wait``
+    until it is granted (True), else at once or not at all (False: another process holds
+    a lock that conflicts). The lock lasts until ``fd`` is closed (or the process ends)."""
+    operation = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    try:
+        fcntl.flock(fd, operation if wait else operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def open_locked(path: str | Path, *, shared: bool = False, wait: bool = True) -> int | None:
+    """Open ``path`` (made if missing; its folder must exist) and :func:`flock` it; return the
+    file descriptor that holds the lock until closed, or None when ``wait`` is False and the
+    lock is held elsewhere. The file is never removed."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if flock(fd, shared=shared, wait=wait):
+        return fd
+    os.close(fd)
+    return None
+
+
+@contextlib.contextmanager
+def locked(path: str | Path, *, shared: bool = False, wait: bool = True) -> Iterator[bool]:
+    """Hold :func:`open_locked` ``path`` for the block; yields whether the lock is held
+    (always True with ``wait``; False: held elsewhere, and the block runs without it)."""
+    fd = open_locked(path, shared=shared, wait=wait)
+    try:
+        yield fd is not None
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -38,6 +87,11 @@ class Holder:
     started_at: str
     purpose: str = ""
 
+    @classmethod
+    def this_process(cls, purpose: str) -> Holder:
+        """The record of this process taking a lock now, for ``purpose``."""
+        return cls(socket.gethostname(), os.getpid(), utc_iso("seconds"), purpose)
+
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host}, started {self.started_at}"
 
@@ -45,16 +99,39 @@ class Holder:
 class LockBusy(RuntimeError):
     """The lock is held by another process (``holder``, None when its record is unreadable)."""
 
-    def __init__(self, path: Path, holder: Holder | None):
+    def __init__(self, path: Path | str, holder: Holder | None):
         self.path = path
         self.holder = holder
-        who = holder.describe() if holder else "another process"
-        super().__init__(f"{path} is held by {who}")
+        super().__init__(f"{path} is held by {self.holder_text}")
+
+    @property
+    def holder_text(self) -> str:
+        return self.holder.describe() if self.holder else "another process"
 
 
 def lock_path(folder: str | Path, name: str) -> Path:
     """The file of lock ``name`` for the things under ``folder``: ``<folder>/.locks/<name>.lock``."""
     return Path(folder) / LOCKS_DIR / f"{name}.lock"
+
+
+def retry(attempt: Callable[[], bool], *, wait: float, purpose: str) -> None:
+    """Call ``attempt`` until it takes a lock (True; False: try again at once), for at most
+    ``wait`` seconds (``math.inf``: until it is free) while it raises :class:`LockBusy`,
+    saying once whom it waits for; then raise that :class:`LockBusy`."""
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        try:
+            if attempt():
+                return
+            continue
+        except LockBusy as busy:
+            if time.monotonic() >= deadline:
+                raise
+            if not told:
+                log.info("waiting for %s, held by %s", purpose or busy.path, busy.holder_text)
+                told = True
+        time.sleep(POLL_S)
 
 
 class FileLock:
@@ -67,24 +144,15 @@ class FileLock:
         self._fd: int | None = None
         self._created: list[Path] = []
 
-    def acquire(self, *, wait: float = 0.0, on_wait: Callable[[Holder | None], None] | None = None) -> FileLock:
+    def acquire(self, *, wait: float = 0.0) -> FileLock:
         """Take the lock; when it is held, try again for ``wait`` seconds (``math.inf``:
-        until it is free), calling ``on_wait(holder)`` once, then raise :class:`LockBusy`."""
-        deadline = time.monotonic() + wait
-        told = False
-        while True:
-            try:
-                if self._try():
-                    return self
-                continue  # the file changed under us: try again at once
-            except LockBusy as busy:
-                if time.monotonic() >= deadline:
-                    self._remove_created()
-                    raise
-                if on_wait is not None and not told:
-                    on_wait(busy.holder)
-                    told = True
-            time.sleep(POLL_S)
+        until it is free), saying once whom it waits for, then raise :class:`LockBusy`."""
+        try:
+            retry(self._try, wait=wait, purpose=self.purpose)
+        except LockBusy:
+            self._remove_created()
+            raise
+        return self
 
     def release(self) -> None:
         """Give the lock up and remove its file (and the folders it created, when empty)."""
@@ -111,12 +179,10 @@ class FileLock:
             # A holder releasing meanwhile removed the ``.locks`` folder it had created
             # (between our check of the folder and our open): make it again.
             return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not flock(fd, wait=False):
             holder = _read_holder(fd)
             os.close(fd)
-            raise LockBusy(self.path, holder) from None
+            raise LockBusy(self.path, holder)
         try:
             same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
         except FileNotFoundError:
@@ -127,10 +193,8 @@ class FileLock:
             os.close(fd)
             return False
         self.previous = _read_holder(fd)
-        record = Holder(socket.gethostname(), os.getpid(), datetime.now(UTC).isoformat(timespec="seconds"),
-                        self.purpose)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record.__dict__).encode(), 0)
+        os.pwrite(fd, json.dumps(Holder.this_process(self.purpose).__dict__).encode(), 0)
         os.fsync(fd)
         self._fd = fd
         return True
@@ -161,16 +225,28 @@ def _read_holder(fd: int) -> Holder | None:
         return None
 
 
-@contextlib.contextmanager
-def held(path: str | Path, purpose: str, *, log: Callable[[str], None] | None = None) -> Iterator[FileLock]:
-    """Hold lock ``path`` for the block, waiting as long as another process holds it
-    (``log`` says once whom it waits for)."""
-    def waiting(holder: Holder | None) -> None:
-        if log is not None:
-            log(f"waiting for {purpose}, held by {holder.describe() if holder else 'another process'}")
+class Lock(Protocol):
+    """What :func:`hold` needs of a lock (:class:`FileLock`, or a lease on an object store)."""
 
-    lock = FileLock(path, purpose).acquire(wait=float("inf"), on_wait=waiting)
+    def acquire(self, *, wait: float = 0.0) -> Self: ...
+
+    def release(self) -> None: ...
+
+
+L = TypeVar("L", bound=Lock)
+
+
+@contextlib.contextmanager
+def hold(lock: L) -> Iterator[L]:
+    """Hold ``lock`` for the block, waiting as long as another process holds it (and saying
+    once whom it waits for)."""
+    lock.acquire(wait=math.inf)
     try:
         yield lock
     finally:
         lock.release()
+
+
+def held(path: str | Path, purpose: str) -> contextlib.AbstractContextManager[FileLock]:
+    """:func:`hold` the :class:`FileLock` at ``path``."""
+    return hold(FileLock(path, purpose))

@@ -2,7 +2,7 @@
 
 :func:`storage_lock` gives the lock named ``name`` of a :class:`~kd_tune.storage.location.Storage`,
 kept in its ``.locks/`` folder: a :class:`~kd_tune.storage.locks.FileLock` on a local folder or
-NFS, a :class:`LeaseLock` on S3. Both have one interface (``acquire(wait=, on_wait=)``,
+NFS, a :class:`LeaseLock` on S3. Both have one interface (``acquire(wait=)``,
 ``release()``, ``previous``) and raise :class:`~kd_tune.storage.locks.LockBusy` naming the holder.
 
 An object store has no ``flock`` and no process that could hold one, so the lock is an
@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 
 from kd_tune.storage.location import Storage
-from kd_tune.storage.locks import LOCKS_DIR, POLL_S, FileLock, Holder, LockBusy, lock_path
+from kd_tune.storage.locks import LOCKS_DIR, FileLock, Holder, LockBusy, hold, lock_path, retry
 
 LEASE_S = 30.0  # a lock not renewed for this long (store clock) is stale
+
+log = logging.getLogger(__name__)
 
 
 def storage_lock(storage: Storage, name: str, purpose: str = "") -> FileLock | LeaseLock:
@@ -41,20 +41,10 @@ def storage_lock(storage: Storage, name: str, purpose: str = "") -> FileLock | L
     return LeaseLock(storage, f"{LOCKS_DIR}/{name}.lock", purpose)
 
 
-@contextlib.contextmanager
-def storage_held(storage: Storage, name: str, purpose: str, *,
-                 log: Callable[[str], None] | None = None) -> Iterator[FileLock | LeaseLock]:
+def storage_held(storage: Storage, name: str, purpose: str) -> contextlib.AbstractContextManager[FileLock | LeaseLock]:
     """Hold lock ``name`` of ``storage`` for the block, waiting as long as another process holds
-    it (``log`` says once whom it waits for)."""
-    def waiting(holder: Holder | None) -> None:
-        if log is not None:
-            log(f"waiting for {purpose}, held by {holder.describe() if holder else 'another process'}")
-
-    lock = storage_lock(storage, name, purpose).acquire(wait=float("inf"), on_wait=waiting)
-    try:
-        yield lock
-    finally:
-        lock.release()
+    it (:func:`~kd_tune.storage.locks.hold`)."""
+    return hold(storage_lock(storage, name, purpose))
 
 
 class LeaseLock:
@@ -76,22 +66,12 @@ class LeaseLock:
     def path(self) -> str:
         return self.storage.uri_of(self.rel)
 
-    def acquire(self, *, wait: float = 0.0, on_wait: Callable[[Holder | None], None] | None = None) -> LeaseLock:
+    def acquire(self, *, wait: float = 0.0) -> LeaseLock:
         """Take the lock; when it is held, try again for ``wait`` seconds (``math.inf``: until
-        it is free), calling ``on_wait(holder)`` once, then raise :class:`LockBusy`."""
-        deadline = time.monotonic() + wait
-        told = False
-        while True:
-            holder = self._try()
-            if holder is None:
-                self._start_renewing()
-                return self
-            if time.monotonic() >= deadline:
-                raise LockBusy(self.path, holder)  # type: ignore[arg-type]
-            if on_wait is not None and not told:
-                on_wait(holder)
-                told = True
-            time.sleep(POLL_S)
+        it is free), saying once whom it waits for, then raise :class:`LockBusy`."""
+        retry(self._try, wait=wait, purpose=self.purpose)
+        self._start_renewing()
+        return self
 
     def release(self) -> None:
         """Give the lock up (remove its object, unless another process took it over)."""
@@ -111,29 +91,28 @@ class LeaseLock:
         self.release()
 
     def _record(self) -> bytes:
-        record = Holder(socket.gethostname(), os.getpid(), datetime.now(UTC).isoformat(timespec="seconds"),
-                        self.purpose)
-        return json.dumps({**record.__dict__, "lease_s": self.lease_s}).encode()
+        return json.dumps({**Holder.this_process(self.purpose).__dict__, "lease_s": self.lease_s}).encode()
 
-    def _try(self) -> Holder | None:
-        """Take the lock if it is free or stale (None), else return its holder."""
+    def _try(self) -> bool:
+        """Take the lock if it is free or stale (False: released meanwhile, try again); raise
+        :class:`LockBusy` naming its holder when it is held."""
         record = self._record()
         etag = self._writes.put(self.rel, record, if_none_match=True)
         if etag is not None:
             self.previous, self._etag = None, etag
-            return None
+            return True
         current = self._writes.get(self.rel)
         if current is None:
-            return self._try()  # released meanwhile
+            return False  # released meanwhile
         body, stale_etag, modified, now = current
         holder, lease = _parse(body)
         if not self._stale(holder, lease, now - modified):
-            return holder or Holder("?", 0, "?", "unreadable lock record")
+            raise LockBusy(self.path, holder or Holder("?", 0, "?", "unreadable lock record"))
         etag = self._writes.put(self.rel, record, if_match=stale_etag)
-        if etag is None:
-            return holder or Holder("?", 0, "?", "unreadable lock record")  # another process took it over first
+        if etag is None:  # another process took it over first
+            raise LockBusy(self.path, holder or Holder("?", 0, "?", "unreadable lock record"))
         self.previous, self._etag = holder, etag
-        return None
+        return True
 
     def _stale(self, holder: Holder | None, lease: float, age: float) -> bool:
         """Whether a lock last renewed ``age`` seconds ago (by the store's clock) is left behind."""
@@ -154,9 +133,8 @@ class LeaseLock:
                 continue
             if etag is None:
                 self.lost = True
-                print(f"warning: the lock {self.path} was taken over by another process (this one could not "
-                      f"renew it for {self.lease_s:g} s); what this process does now is no longer exclusive",
-                      flush=True)
+                log.warning("the lock %s was taken over by another process (this one could not renew it for "
+                            "%g s); what this process does now is no longer exclusive", self.path, self.lease_s)
                 return
             self._etag = etag
 

@@ -1,12 +1,12 @@
 """How and where a sweep runs: everything but its trials, checked before anything starts."""
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from kd_tune.core.config import RunConfig
+from kd_tune.core.hashing import KEY_LENGTH, sha256_hex
 from kd_tune.core.identity import CACHE_DTYPES
 from kd_tune.storage.local_copies import default_local_cache
 from kd_tune.storage.location import Storage, StorageError, is_uri, open_storage
@@ -159,7 +159,7 @@ def driver_folder(sweep: Storage, local_cache: str | os.PathLike | None = None) 
     if sweep.is_local:
         return sweep.local_path
     root = Path(local_cache) if local_cache else default_local_cache()
-    return root / "sweeps" / hashlib.sha256(sweep.uri.encode()).hexdigest()[:16]
+    return root / "sweeps" / sha256_hex(sweep.uri, KEY_LENGTH)
 
 
 def _local_problems(storage: Path, inside: tuple[Path, ...]) -> list[str]:

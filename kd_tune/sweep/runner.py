@@ -77,6 +77,7 @@ from kd_tune.teachers.store import TeacherStore
 from kd_tune.tracking.mlflow_sink import MlflowSink
 from kd_tune.tracking.queue import TrackingQueue
 from kd_tune.tracking.tracker import artifact_root, check_reachable, resolve_tracking_uri
+from kd_tune.tracking.writes import EndParent, StartParent
 from kd_tune.train.trainer import load_data
 from kd_tune.train.validation import validate_all
 
@@ -362,12 +363,12 @@ def recording(options: SweepOptions, manifest: dict[str, Any], params: Mapping[s
             os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", options.store.endpoint)
         queue = TrackingQueue(options.driver_dir, tracking_uri, options.name,
                               artifact_root=artifact_root(options.storage))
-        queue.start_parent(
+        queue.put(StartParent(
             invocation, f"{options.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
             {**params, "cpus_per_trial": options.cpus_per_trial, "gpus_per_trial": options.gpus_per_trial,
              "cluster": info.address, "storage": str(options.storage), "teacher_cache": options.teacher_cache},
             {"kd_tune.sweep_dir": str(options.sweep_dir)},
-        )
+        ))
         recorder = Recorder(options, info, results, queue, invocation, kept)
         if queue.send(timeout=START_SEND_S):
             _mirror(recorder)
@@ -378,7 +379,7 @@ def recording(options: SweepOptions, manifest: dict[str, Any], params: Mapping[s
             recorder.status = "KILLED"
             raise
         finally:
-            queue.end_parent(invocation, recorder.status)
+            queue.put(EndParent(invocation, recorder.status))
             if queue.stop(timeout=END_SEND_S):
                 _mirror(recorder)
                 # Run ids recorded by the mirror came after the tables' compaction at the experiment's end.

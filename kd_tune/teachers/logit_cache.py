@@ -57,8 +57,6 @@ where they are.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -67,8 +65,6 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +72,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from kd_tune.core.clock import utc_iso
 from kd_tune.core.config import RunConfig
+from kd_tune.core.hashing import KEY_LENGTH, file_sha256, sha256_hex
 from kd_tune.core.identity import CACHE_DTYPES
 from kd_tune.data import Dataset
 from kd_tune.plan.planner import Trial
 from kd_tune.storage.atomic import write_text
 from kd_tune.storage.local_copies import CopyError, LocalCopies
 from kd_tune.storage.location import Storage, open_storage
+from kd_tune.storage.locks import locked
 from kd_tune.teachers.store import TeacherStore
 from kd_tune.train.teacher_logits import TeacherLogits, compute_teacher_logits, forward_count, train_shape
 
@@ -330,7 +329,7 @@ def _compute(tmp: Path, key: str, teacher: nn.Module, data: Dataset, config: Run
     del train
     np.save(tmp / "val.npy", logits.val.numpy())
     np.save(tmp / "test.npy", logits.test.numpy())
-    files = {f"{s}.npy": {"bytes": (tmp / f"{s}.npy").stat().st_size, "sha256": _sha256(tmp / f"{s}.npy")}
+    files = {f"{s}.npy": {"bytes": (tmp / f"{s}.npy").stat().st_size, "sha256": file_sha256(tmp / f"{s}.npy")}
              for s in _SPLITS}
     return {
         "key": key, "format": CACHE_FORMAT, "dtype": dtype, "augment": data.augment,
@@ -338,7 +337,7 @@ def _compute(tmp: Path, key: str, teacher: nn.Module, data: Dataset, config: Run
         "test_shape": list(logits.test.shape), "bytes": sum(f["bytes"] for f in files.values()),
         "files": files, "teacher_forward_samples": forward_count(data, config.epochs),
         "build_seconds": time.perf_counter() - started, "device": str(device),
-        "created_at": datetime.now(UTC).isoformat(), **(extra or {}),
+        "created_at": utc_iso(), **(extra or {}),
     }
 
 
@@ -414,7 +413,7 @@ def _layout_problem(folder: Path, meta: dict[str, Any], *, shown: str | None = N
 
 def _checksum_problem(folder: Path, meta: dict[str, Any]) -> str | None:
     for name, record in meta["files"].items():
-        digest = _sha256(folder / name)
+        digest = file_sha256(folder / name)
         if digest != record["sha256"]:
             return (f"teacher-logit cache file {folder / name} does not hold what was written "
                     f"(sha256 {digest[:12]}..., recorded {record['sha256'][:12]}...)")
@@ -427,7 +426,7 @@ def _checksum_problem_once(folder: Path, meta: dict[str, Any], token: str | None
     if marks is None:
         return _checksum_problem(folder, meta)
     marker, lock = _marker_paths(marks, folder, meta, token)
-    with _locked(lock):  # other trials on this node wait for the one check, then find its marker
+    with locked(lock):  # other trials on this node wait for the one check, then find its marker
         if marker.exists():
             return None
         problem = _checksum_problem(folder, meta)
@@ -452,9 +451,9 @@ def _mark_checked(folder: Path, meta: dict[str, Any], token: str | None) -> None
 
 
 def _marker_paths(marks: Path, folder: Path, meta: dict[str, Any], token: str) -> tuple[Path, Path]:
-    place = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+    place = sha256_hex(str(folder), KEY_LENGTH)
     sums = json.dumps({n: f["sha256"] for n, f in meta["files"].items()}, sort_keys=True)
-    check = hashlib.sha256(f"{sums}|{token}".encode()).hexdigest()[:16]
+    check = sha256_hex(f"{sums}|{token}", KEY_LENGTH)
     return marks / f"{place}.{check}.ok", marks / f"{place}.lock"
 
 
@@ -466,15 +465,3 @@ def _marks_dir() -> Path | None:
     except OSError:
         return None
     return marks
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
-        yield
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()

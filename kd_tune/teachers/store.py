@@ -37,20 +37,20 @@ key (:meth:`TeacherStore.building`, one builder per key across sweeps and nodes)
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import math
 import os
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from kd_tune.core.clock import utc_iso
+from kd_tune.core.hashing import sha256_hex
 from kd_tune.core.identity import weights_digest
 from kd_tune.core.runtime import resolve_device
 from kd_tune.core.status import TrialStatus
@@ -274,7 +274,7 @@ class TeacherStore:
             "num_classes": data.num_classes,
             "test_samples": len(data.test),
             "noise_hash": data.noise_hash,
-            "created_at": datetime.now(UTC).isoformat(),
+            "created_at": utc_iso(),
         }
         self.storage.write_text(f"{key}/meta.json", json.dumps(meta, indent=2))
         return meta
@@ -282,7 +282,7 @@ class TeacherStore:
 
 def members_digest(digests: list[str]) -> str:
     """An ensemble's weights digest: sha256 of its members' weight digests, in order."""
-    return hashlib.sha256("|".join(digests).encode()).hexdigest()
+    return sha256_hex("|".join(digests))
 
 
 def _kind(meta: dict[str, Any]) -> str:

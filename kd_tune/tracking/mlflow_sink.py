@@ -1,7 +1,8 @@
 """The MLflow sink: runs made for comparing trials, under this invocation's parent run.
 
-It never calls MLflow in a Tune callback: every write goes to the sweep's
-:class:`~kd_tune.tracking.queue.TrackingQueue` (a durable outbox sent by one thread),
+It never calls MLflow in a Tune callback: every write (a :mod:`~kd_tune.tracking.writes`
+dataclass) goes to the sweep's :class:`~kd_tune.tracking.queue.TrackingQueue` (a durable
+outbox sent by one thread),
 so a slow or absent tracking server costs the sweep nothing (layout of the runs in
 :mod:`kd_tune.tracking.tracker`). The driver opens the parent run before the trials and ends it
 after them, through the same queue. What the runs hold:
@@ -32,11 +33,14 @@ runs left RUNNING by a killed driver are ended).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from kd_tune.core.config import RunConfig
 from kd_tune.core.identity import config_hash
@@ -45,8 +49,20 @@ from kd_tune.plan.planner import Trial, label
 from kd_tune.results.sinks import TeacherRecord, TrialSink
 from kd_tune.results.trial_end import TrialEnd
 from kd_tune.results.trial_tables import EPOCH_METRICS, ResultsWriter, read_epochs
+from kd_tune.storage.atomic import atomic_write
 from kd_tune.tracking.queue import TrackingQueue
 from kd_tune.tracking.tracker import STARTED_TAG, TEACHER_TAG, TRIAL_ID_TAG
+from kd_tune.tracking.writes import (
+    EndTrial,
+    LogArtifacts,
+    LogDataset,
+    LogEpoch,
+    LogFile,
+    LogParentValues,
+    LogTable,
+    RecordTeacher,
+    StartTrial,
+)
 from kd_tune.train.measurements import SUMMARY
 
 # Numbers of a trials-table row logged on the trial's child run when it ends.
@@ -61,6 +77,8 @@ _NOT_A_SETTING = ("seed", "device", "threads", "data_dir", "download", "mileston
 
 
 REFILL_CHUNK = 200  # trials refilled per read of the epochs table
+
+log = logging.getLogger(__name__)
 
 
 def _no_row(trial_key: str) -> None:  # a sink without a Parquet record
@@ -97,29 +115,25 @@ class MlflowSink(TrialSink):
         started = self._started_at(trial.key)
         tags = {TRIAL_ID_TAG: trial_id, TEACHER_TAG: trial.teacher_key or "",
                 **({STARTED_TAG: started.isoformat()} if started else {})}
-        self.queue.start_trial(self.invocation, trial.key, trial.label, trial.config.to_dict(), tags,
-                               metrics={"inv_tau": inv_tau(trial.config.tau)} if trial.config.loss == "kl" else None)
+        self.queue.put(StartTrial(self.invocation, trial.key, trial.label, trial.config.to_dict(), tags,
+                                  {"inv_tau": inv_tau(trial.config.tau)} if trial.config.loss == "kl" else None))
 
     def epoch_reported(self, trial: Trial, trial_id: str, metrics: Mapping[str, Any], status: TrialStatus) -> None:
-        self.queue.log_epoch(trial.key, metrics)
+        self.queue.put(LogEpoch(trial.key, metrics))
 
     def trial_measured(self, trial: Trial, trial_id: str, end: TrialEnd) -> None:
-        self.queue.log_dataset(trial.key, **dataset_fields(trial.config, end.noise_hash))
+        self.queue.put(LogDataset(trial.key, **dataset_fields(trial.config, end.noise_hash)))
         if end.weights is not None:
-            import torch
-
-            from kd_tune.storage.atomic import atomic_write
-
             weights = {**end.weights, "model": {k: torch.as_tensor(v) for k, v in end.weights["model"].items()}}
             path = self.queue.files_dir / trial.key / "student.pt"
             with atomic_write(path) as handle:
                 torch.save(weights, handle)
-            self.queue.log_file(trial.key, path, "model")
+            self.queue.put(LogFile(trial.key, path, "model"))
 
     def trial_ended(self, trial: Trial, trial_id: str, status: TrialStatus, error: str | None) -> None:
         row = self._trial_row(trial.key) or {}
-        self.queue.end_trial(trial.key, status, metrics={m: row.get(m) for m in ROW_METRICS},
-                             step=int(row.get("epoch") or 0))
+        self.queue.put(EndTrial(trial.key, status, metrics={m: row.get(m) for m in ROW_METRICS},
+                                step=int(row.get("epoch") or 0)))
 
     def teacher_ready(self, teacher: TeacherRecord) -> None:
         node = teacher.node
@@ -131,29 +145,29 @@ class MlflowSink(TrialSink):
         # A trained node's last epoch already holds its accuracies at this step; an ensemble has no epochs.
         logged = set(history[-1]) if history else set()
         accuracies = {k: final.get(k) for k in ("test_acc", "train_acc") if k not in logged}
-        self.queue.record_teacher(
+        self.queue.put(RecordTeacher(
             self.invocation, node.key, f"teacher {node.spec} ({node.key})",
             {**node.run.to_dict(), "teacher_kind": node.kind, "teacher_spec": node.spec}, history,
             {**measured, **accuracies, "train_time_s": teacher.meta.get("train_seconds")},
-            int(final.get("epoch") or 0), dataset_fields(node.run, teacher.meta.get("noise_hash")))
+            int(final.get("epoch") or 0), dataset_fields(node.run, teacher.meta.get("noise_hash"))))
 
     def sweep_ended(self, rows: Sequence[Mapping[str, Any]], artifacts: Iterable[Path]) -> None:
         """The parent run's summary: the trials table, the best setting, the tables and figures
         (``artifacts``, each logged under its folder's name, e.g. ``tables/``, ``figures/``)."""
         if rows:
             frame = trials_table(rows)
-            self.queue.log_table(self.invocation, list(frame.columns), frame.astype(object).values.tolist(),
-                                 "trials.json")
+            self.queue.put(LogTable(self.invocation, list(frame.columns), frame.astype(object).values.tolist(),
+                                    "trials.json"))
             best = best_setting(rows)
             if best is not None:
-                self.queue.log_parent_values(self.invocation, *best)
+                self.queue.put(LogParentValues(self.invocation, *best))
         folders: dict[str, list[Path]] = {}
         for path in artifacts:
             folders.setdefault(Path(path).parent.name, []).append(Path(path))
         for folder, paths in folders.items():
-            self.queue.log_artifacts(self.invocation, paths, folder)
+            self.queue.put(LogArtifacts(self.invocation, paths, folder))
 
-    def mirror(self, writer: ResultsWriter, *, log: Callable[[str], None] = print) -> dict[str, str]:
+    def mirror(self, writer: ResultsWriter) -> dict[str, str]:
         """Make MLflow show every trial the results record, synchronously (call it while
         the queue's thread is stopped and nothing is left to send); return trial key ->
         run id of every recorded trial that has a run.
@@ -173,8 +187,8 @@ class MlflowSink(TrialSink):
         missing = [key for key in recorded if key not in runs]
         if not missing:
             return ids
-        log(f"MLflow holds {len(recorded) - len(missing)} of the {len(recorded)} trials recorded in "
-            f"{writer.sweep_dir}: refilling {len(missing)} from the Parquet results")
+        log.info("MLflow holds %d of the %d trials recorded in %s: refilling %d from the Parquet results",
+                 len(recorded) - len(missing), len(recorded), writer.sweep_dir, len(missing))
         own_parent = tracker.parent_id is None  # a sync outside a sweep: a parent run for the refilled runs
         if own_parent:
             tracker.start_parent(f"{tracker.experiment} refill", {}, {}, invocation=self.invocation)
@@ -193,7 +207,7 @@ class MlflowSink(TrialSink):
                                                              TrialStatus(row["status"]), epochs[row["trial_key"]])
         if own_parent:
             tracker.end_parent("FINISHED")
-        log(f"MLflow refilled: {len(missing)} trial run(s) made from the Parquet results")
+        log.info("MLflow refilled: %d trial run(s) made from the Parquet results", len(missing))
         return ids
 
 
@@ -214,6 +228,8 @@ def dataset_fields(config: RunConfig, labels_hash: str | None) -> dict[str, Any]
 
 def trials_table(rows: Sequence[Mapping[str, Any]]) -> Any:
     """The parent's trials table: one row per trial, :data:`TABLE_COLUMNS`, tau as text (``inf``)."""
+    # Here, not at the top: pandas takes 0.3-0.5 s to import (measured, 2 busy cores), which
+    # commands that never end a sweep (--help, --dry-run, a refused start) need not pay.
     import pandas as pd
 
     frame = pd.DataFrame([{c: row.get(c) for c in TABLE_COLUMNS} for row in rows], columns=list(TABLE_COLUMNS))

@@ -1,14 +1,16 @@
 """MLflow writes that never hold up a sweep and are never lost: a durable outbox, sent by one thread.
 
 The driver's MLflow sink does not call MLflow. Each write (start a run, log an epoch, end
-a run, ...) becomes one JSON line appended to ``<sweep>/tracking/outbox.jsonl``, and the
-call returns. One background thread sends the lines in order through
-:class:`~kd_tune.tracking.tracker.SweepTracker` and records in ``outbox.sent`` how far it got
+a run, ...: a :class:`~kd_tune.tracking.writes.Write`) becomes one JSON line appended to
+``<sweep>/tracking/outbox.jsonl``, and :meth:`TrackingQueue.put` returns. One background
+thread reads the lines in order and sends each through its handler
+(:func:`kd_tune.tracking.writes.send`, which calls
+:class:`~kd_tune.tracking.tracker.SweepTracker`), and records in ``outbox.sent`` how far it got
 (the file is emptied once everything is sent). When the tracking store does not answer
 (a server down, a locked SQLite file), the thread keeps the writes and tries again after
 a pause that grows to 10 s; the console says once that tracking is behind and once when
-it has caught up. Writes left unsent are sent when the store answers again: later in the
-same sweep, at the start of the next run of the sweep, or with
+it has caught up (logger ``kd_tune.tracking.queue``, INFO). Writes left unsent are sent when
+the store answers again: later in the same sweep, at the start of the next run of the sweep, or with
 ``python -m kd_tune.recover sync SWEEP_DIR``.
 
 Writes name trials by trial key and parent runs by invocation id, never by MLflow run id
@@ -19,8 +21,8 @@ an identical metric once), ending a run again changes nothing. A write MLflow re
 for good (an invalid value, a run deleted by hand) is skipped with one line, so that it
 cannot hold back the others.
 
-A new kind of write is a method here that puts a record ``{"op": NAME, ...}`` and a
-branch in :meth:`TrackingQueue._apply` that sends it.
+A new kind of write is a dataclass and its handler in :mod:`kd_tune.tracking.writes`; this
+module needs no change.
 
 The REST client's own retries (minutes) are turned off for the driver
 (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0``, ``MLFLOW_HTTP_REQUEST_TIMEOUT=10`` unless set):
@@ -30,16 +32,17 @@ is turned off too (``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT``): the console is t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from kd_tune.core.status import TrialStatus
 from kd_tune.storage.atomic import write_text
 from kd_tune.tracking.tracker import SweepTracker
+from kd_tune.tracking.writes import Epochs, LogEpoch, RunIds, Write, from_json, send
 
 TRACKING_DIR = "tracking"
 OUTBOX = "outbox.jsonl"
@@ -49,6 +52,8 @@ _BATCH = 200  # writes read from the outbox at a time
 # MLflow error codes that say "this write is wrong", not "the store is not there".
 _REFUSED = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE"}
 
+log = logging.getLogger(__name__)
+
 
 def quiet_quick_client() -> None:
     """Make the MLflow REST client fail in seconds instead of retrying for minutes, and
@@ -56,10 +61,6 @@ def quiet_quick_client() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-
-
-def _millis() -> int:
-    return int(time.time() * 1000)
 
 
 class Outbox:
@@ -143,21 +144,19 @@ class TrackingQueue:
     """The sweep's MLflow writes, queued in the outbox of ``sweep_dir`` and sent by one thread.
 
     ``tracking_uri``, ``experiment`` and ``artifact_root`` are those of
-    :class:`~kd_tune.tracking.tracker.SweepTracker`; ``log`` takes the console lines. The write
-    methods return at once. Use :meth:`send` to send in the caller's thread (before the
-    sweep, or in a sync command), :meth:`start` and :meth:`stop` around the sweep.
+    :class:`~kd_tune.tracking.tracker.SweepTracker`. :meth:`put` returns at once. Use
+    :meth:`send` to send in the caller's thread (before the sweep, or in a sync command),
+    :meth:`start` and :meth:`stop` around the sweep.
     """
 
     def __init__(self, sweep_dir: str | Path, tracking_uri: str, experiment: str, *,
-                 artifact_root: str | Path | None = None, log: Callable[[str], None] = print):
+                 artifact_root: str | Path | None = None):
         quiet_quick_client()
         self.outbox = Outbox(Path(sweep_dir) / TRACKING_DIR)
         self.tracking_uri = tracking_uri
         self._connect = lambda: SweepTracker(tracking_uri, experiment, artifact_root=artifact_root)
         self._tracker: SweepTracker | None = None
-        self._log = log
-        self._runs: dict[str, str] = {}  # trial key -> run id, as sent
-        self._parents: dict[str, str] = {}  # invocation -> parent run id
+        self._ids = RunIds()  # as sent
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -166,75 +165,28 @@ class TrackingQueue:
 
     # -- writes (never block) --------------------------------------------------------------
 
-    def start_parent(self, invocation: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
-        self._put({"op": "parent", "inv": invocation, "name": run_name, "params": dict(params), "tags": dict(tags)})
-
-    def start_trial(self, invocation: str, trial_key: str, run_name: str, params: Mapping[str, Any],
-                    tags: Mapping[str, str], metrics: Mapping[str, float] | None = None) -> None:
-        """``metrics`` are logged at step 0 when the run is made (not when it is continued)."""
-        self._put({"op": "trial", "inv": invocation, "key": trial_key, "name": run_name, "params": dict(params),
-                   "tags": dict(tags), "metrics": dict(metrics or {})})
-
-    def log_epoch(self, trial_key: str, metrics: Mapping[str, Any]) -> None:
-        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self._put({"op": "epoch", "key": trial_key, "metrics": numbers, "t": _millis()})
-
-    def log_dataset(self, trial_key: str, name: str, digest: str, source: Mapping[str, Any],
-                    profile: Mapping[str, Any]) -> None:
-        """A data set as an input of the trial's run (see :meth:`SweepTracker.log_dataset`)."""
-        self._put({"op": "dataset", "key": trial_key, "name": name, "digest": digest,
-                   "source": json.loads(json.dumps(source, default=str)), "profile": dict(profile)})
-
-    def log_file(self, trial_key: str, path: Path, artifact_path: str) -> None:
-        """A file of the queue's ``files/`` folder as an artifact of the trial's run; the file
-        is removed once sent."""
-        self._put({"op": "file", "key": trial_key, "path": str(path), "dir": artifact_path})
+    def put(self, write: Write) -> None:
+        """Queue ``write`` (kept in the outbox at once, sent by the sending thread)."""
+        self.outbox.put(write.to_json())
+        self._wake.set()
 
     @property
     def files_dir(self) -> Path:
-        """Where files waiting to be sent are kept (in the sweep folder, so they survive the driver)."""
+        """Where files waiting to be sent (:class:`~kd_tune.tracking.writes.LogFile`) are kept (in the
+        sweep folder, so they survive the driver)."""
         return self.outbox.folder / "files"
-
-    def end_trial(self, trial_key: str, status: TrialStatus, tags: Mapping[str, str] | None = None, *,
-                  metrics: Mapping[str, float] | None = None, step: int = 0) -> None:
-        self._put({"op": "end", "key": trial_key, "status": TrialStatus(status).value, "tags": dict(tags or {}),
-                   "metrics": dict(metrics or {}), "step": step})
-
-    def record_teacher(self, invocation: str, teacher_key: str, run_name: str, params: Mapping[str, Any],
-                       history: Sequence[Mapping[str, Any]], metrics: Mapping[str, float], step: int,
-                       dataset: Mapping[str, Any]) -> None:
-        """A teacher's whole run (tag ``kd_tune.role=teacher``) under the invocation's parent:
-        its per-epoch ``history``, final ``metrics`` at ``step`` and its data set
-        (:meth:`log_dataset`'s fields); a teacher that has a run already is only moved there."""
-        self._put({"op": "teacher", "inv": invocation, "tkey": teacher_key, "name": run_name, "params": dict(params),
-                   "history": [dict(h) for h in history], "metrics": dict(metrics), "step": step,
-                   "dataset": json.loads(json.dumps(dataset, default=str))})
-
-    def log_table(self, invocation: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], name: str) -> None:
-        """A table (``columns``, ``rows``) as an MLflow table artifact ``name`` of the parent run."""
-        self._put({"op": "table", "inv": invocation, "columns": list(columns), "rows": [list(r) for r in rows],
-                   "name": name})
-
-    def log_parent_values(self, invocation: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        self._put({"op": "values", "inv": invocation, "params": dict(params), "metrics": dict(metrics)})
-
-    def log_artifacts(self, invocation: str, paths: Sequence[Path], artifact_path: str = "tables") -> None:
-        self._put({"op": "artifacts", "inv": invocation, "paths": [str(p) for p in paths], "dir": artifact_path})
-
-    def end_parent(self, invocation: str, status: str, metrics: Mapping[str, float] | None = None) -> None:
-        self._put({"op": "end_parent", "inv": invocation, "status": status, "metrics": dict(metrics or {})})
 
     # -- what was sent ---------------------------------------------------------------------
 
     def run_id(self, trial_key: str) -> str | None:
         """The MLflow run of a trial, once its start was sent (else None)."""
-        return self._runs.get(trial_key)
+        return self._ids.trials.get(trial_key)
 
     def run_ids(self) -> dict[str, str]:
-        return dict(self._runs)
+        return dict(self._ids.trials)
 
     def parent_id(self, invocation: str) -> str | None:
-        return self._parents.get(invocation)
+        return self._ids.parents.get(invocation)
 
     def experiment_id(self) -> str | None:
         """The MLflow experiment's id once connected (else None: the store never answered)."""
@@ -315,127 +267,72 @@ class TrackingQueue:
                 self._wake.wait(0.5)
                 self._wake.clear()
 
-    def _put(self, write: dict[str, Any]) -> None:
-        self.outbox.put(write)
-        self._wake.set()
-
     def _send_some(self) -> bool:
         """Send the next batch of writes; False when there was none. Raises when the store fails."""
-        writes = self.outbox.unsent()
-        if not writes:
+        records = self.outbox.unsent()
+        if not records:
             return False
         tracker = self.tracker()
         done = 0
         try:
-            i = 0
-            while i < len(writes):
-                # Consecutive epochs of one trial go out as one request.
-                first = writes[i][1]
-                j = i + 1
-                while first["op"] == "epoch" and j < len(writes) and writes[j][1].get("key") == first["key"] \
-                        and writes[j][1]["op"] == "epoch":
-                    j += 1
-                self._apply_refusable(tracker, [w for _, w in writes[i:j]])
-                done = writes[j - 1][0]
-                i = j
+            for write, offset in _batched(records):
+                self._send_refusable(tracker, write)
+                done = offset
         finally:
             if done:
                 self.outbox.mark_sent(done)
         return True
 
-    def _apply_refusable(self, tracker: SweepTracker, writes: list[dict[str, Any]]) -> None:
+    def _send_refusable(self, tracker: SweepTracker, write: Write) -> None:
+        # Not at the top: mlflow takes 1.8-2.1 s to import (measured, 2 busy cores); the
+        # connected SweepTracker has imported it by now, so this costs nothing.
         from mlflow.exceptions import MlflowException
 
         try:
-            self._apply(tracker, writes)
+            send(write, tracker, self._ids)
         except MlflowException as err:
             if err.error_code not in _REFUSED:
                 raise
-            self._log(f"MLflow refused a write ({writes[0]['op']} {writes[0].get('key', '')}): "
-                      f"{str(err.message).splitlines()[0][:200]}; skipped")
-
-    def _apply(self, tracker: SweepTracker, writes: list[dict[str, Any]]) -> None:
-        write = writes[0]
-        op = write["op"]
-        if op == "epoch":
-            run_id = self._run_of(tracker, write["key"])
-            if run_id is not None:
-                tracker.log_epochs(run_id, [(w["metrics"], w["t"]) for w in writes])
-        elif op == "parent":
-            self._parents[write["inv"]] = tracker.start_parent(write["name"], write["params"], write["tags"],
-                                                               invocation=write["inv"])
-        elif op == "trial":
-            self._use_parent(tracker, write["inv"])
-            self._runs[write["key"]] = tracker.start_trial(write["key"], write["name"], write["params"],
-                                                           write["tags"], write.get("metrics"),
-                                                           invocation=write["inv"])
-        elif op == "end":
-            run_id = self._run_of(tracker, write["key"])
-            if run_id is not None:
-                tracker.end_trial(run_id, TrialStatus(write["status"]), write["tags"], metrics=write.get("metrics"),
-                                  step=write.get("step", 0))
-        elif op == "dataset":
-            run_id = self._run_of(tracker, write["key"])
-            if run_id is not None:
-                tracker.log_dataset(run_id, write["name"], write["digest"], write["source"], write["profile"])
-        elif op == "file":
-            run_id, path = self._run_of(tracker, write["key"]), Path(write["path"])
-            if run_id is not None and path.is_file():
-                tracker.log_file(run_id, path, write["dir"])
-            path.unlink(missing_ok=True)
-        elif op == "teacher":
-            if self._use_parent(tracker, write["inv"]):
-                run_id, new = tracker.start_teacher(write["tkey"], write["name"], write["params"])
-                if new:
-                    tracker.log_epochs(run_id, [(h, _millis()) for h in write["history"]])
-                    tracker.log_values(run_id, metrics=write["metrics"], step=write["step"])
-                    dataset = write["dataset"]
-                    tracker.log_dataset(run_id, dataset["name"], dataset["digest"], dataset["source"],
-                                        dataset["profile"])
-                    tracker.end_run(run_id)
-        elif op == "table":
-            if self._use_parent(tracker, write["inv"]):
-                import pandas as pd
-
-                frame = pd.DataFrame(write["rows"], columns=write["columns"])
-                tracker.log_table(tracker.parent_id, frame, write["name"])
-        elif op == "values":
-            if self._use_parent(tracker, write["inv"]):
-                tracker.log_values(tracker.parent_id, params=write["params"], metrics=write["metrics"])
-        elif op == "artifacts":
-            if self._use_parent(tracker, write["inv"]):
-                tracker.log_artifacts([Path(p) for p in write["paths"] if Path(p).is_file()], write["dir"])
-        elif op == "end_parent":
-            if self._use_parent(tracker, write["inv"]):
-                tracker.end_parent(write["status"], write["metrics"])
-        else:
-            raise ValueError(f"unknown tracking write {op!r} in {self.outbox.path}")
-
-    def _run_of(self, tracker: SweepTracker, trial_key: str) -> str | None:
-        # A trial started in an earlier process: its latest run.
-        if trial_key not in self._runs:
-            found = tracker.find_trial_run(trial_key)
-            if found is None:
-                return None
-            self._runs[trial_key] = found
-        return self._runs[trial_key]
-
-    def _use_parent(self, tracker: SweepTracker, invocation: str) -> bool:
-        parent = self._parents.get(invocation) or tracker.find_parent(invocation)
-        if parent is None:
-            return False
-        self._parents[invocation] = tracker.parent_id = parent
-        return True
+            first = write.epochs[0] if isinstance(write, Epochs) else write
+            log.info("MLflow refused a write (%s %s): %s; skipped", first.op, getattr(first, "trial_key", ""),
+                     str(err.message).splitlines()[0][:200])
 
     def _fell_behind(self, err: BaseException) -> None:
         if self._behind_since is None:
             self._behind_since = time.monotonic()
             reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-            self._log(f"tracking is behind: MLflow at {self.tracking_uri} does not answer ({reason}); the sweep "
-                      f"goes on and its MLflow writes wait in {self.outbox.path}")
+            log.info("tracking is behind: MLflow at %s does not answer (%s); the sweep goes on and its MLflow "
+                     "writes wait in %s", self.tracking_uri, reason, self.outbox.path)
 
     def _caught_up(self) -> None:
         if self._behind_since is not None:
             seconds = time.monotonic() - self._behind_since
             self._behind_since = None
-            self._log(f"tracking caught up: MLflow at {self.tracking_uri} has every write again (after {seconds:.0f}s)")
+            log.info("tracking caught up: MLflow at %s has every write again (after %.0fs)", self.tracking_uri, seconds)
+
+
+
+def _batched(records: list[tuple[int, dict[str, Any]]]) -> Iterator[tuple[Write, int]]:
+    """The writes of outbox ``records`` (each with the offset just after it), in order, with
+    consecutive epochs of one trial joined into one :class:`~kd_tune.tracking.writes.Epochs`
+    (one request) at the offset of the last. A record that cannot be read raises once the
+    writes before it are out."""
+    pending: tuple[Write, int] | None = None
+    for offset, record in records:
+        try:
+            write = from_json(record)
+        except (ValueError, TypeError, KeyError):
+            if pending is not None:
+                yield pending
+            raise
+        before = pending[0] if pending is not None else None
+        if isinstance(write, LogEpoch) and isinstance(before, (LogEpoch, Epochs)) \
+                and before.trial_key == write.trial_key:
+            epochs = before.epochs if isinstance(before, Epochs) else (before,)
+            pending = (Epochs(write.trial_key, (*epochs, write)), offset)
+            continue
+        if pending is not None:
+            yield pending
+        pending = (write, offset)
+    if pending is not None:
+        yield pending

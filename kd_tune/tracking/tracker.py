@@ -31,11 +31,18 @@ file stays on the driver, in its working directory (``./mlflow.db``, MLflow's ow
 default, where ``mlflow ui`` finds it), and the artifacts go to ``<storage>/mlartifacts``
 in the bucket. ``MLFLOW_TRACKING_URI`` or ``--mlflow-uri`` selects another store, e.g. a
 tracking server ``http://host:5000``.
+
+``mlflow`` is imported where a method first needs it, not at the top: it takes 1.8-2.1 s to
+import (``python -X importtime``, on top of torch, 2 busy cores), which the commands that
+import this module for a name or a URI (``--help``, ``--dry-run``, a refused start,
+``python -m kd_tune.recover``'s argument checks) need not pay.
 """
 from __future__ import annotations
 
 import base64
 import contextlib
+import json
+import logging
 import math
 import os
 import subprocess
@@ -48,10 +55,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from kd_tune.core.clock import now_ms
 from kd_tune.core.netcheck import connect_error
 from kd_tune.core.status import TrialStatus
 from kd_tune.storage.location import is_uri
 from kd_tune.storage.locks import held, lock_path
+
+log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_TAG = "kd_tune.sweep"
@@ -86,14 +96,17 @@ def resolve_tracking_uri(flag: str | None, storage: str | Path) -> str:
     return flag or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(storage)
 
 
-def check_reachable(tracking_uri: str, timeout_s: float = 3.0) -> str | None:
+def check_reachable(tracking_uri: str, timeout_s: float = 3.0, answer_within_s: float = 30.0) -> str | None:
     """A problem sentence if a tracking server URI does not answer, or refuses this
     driver's credentials, else None.
 
-    MLflow's own client retries for minutes; a sweep should fail in seconds instead. The
-    credentials are those the MLflow client sends: ``MLFLOW_TRACKING_USERNAME`` and
-    ``MLFLOW_TRACKING_PASSWORD`` (HTTP basic authentication, e.g. ``mlflow server
-    --app-name basic-auth``), or ``MLFLOW_TRACKING_TOKEN``.
+    MLflow's own client retries for minutes; a sweep should fail in seconds instead. Nothing
+    listening (refused, unreachable: ``timeout_s`` to connect) fails at once. A server that
+    accepts the connection is given ``answer_within_s`` to answer one request, asked again
+    every ``timeout_s``: a busy server (a loaded machine, a first request that opens its
+    store) is slow, not absent. The credentials are those the MLflow client sends:
+    ``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD`` (HTTP basic
+    authentication, e.g. ``mlflow server --app-name basic-auth``), or ``MLFLOW_TRACKING_TOKEN``.
     """
     parsed = urlparse(tracking_uri)
     if parsed.scheme not in ("http", "https"):
@@ -108,18 +121,25 @@ def check_reachable(tracking_uri: str, timeout_s: float = 3.0) -> str | None:
         request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
         request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s):
-            return None
-    except urllib.error.HTTPError as err:
-        if err.code in (401, 403):
-            given = "no credentials were given" if not (user or os.environ.get("MLFLOW_TRACKING_TOKEN")) else \
-                "the credentials were refused"
-            return (f"the MLflow tracking server at {tracking_uri} requires authentication (HTTP {err.code}) and "
-                    f"{given}; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
-        return None  # it answers; whatever else is wrong, MLflow's own client will say
-    except (OSError, ValueError) as err:
-        return f"the MLflow tracking server at {tracking_uri} does not answer: {err}"
+    deadline = time.monotonic() + answer_within_s
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s):
+                return None
+        except urllib.error.HTTPError as err:
+            if err.code in (401, 403):
+                given = "no credentials were given" if not (user or os.environ.get("MLFLOW_TRACKING_TOKEN")) else \
+                    "the credentials were refused"
+                return (f"the MLflow tracking server at {tracking_uri} requires authentication (HTTP {err.code}) "
+                        f"and {given}; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+                        "MLFLOW_TRACKING_TOKEN)")
+            return None  # it answers; whatever else is wrong, MLflow's own client will say
+        except (OSError, ValueError) as err:
+            slow = isinstance(err, TimeoutError) or isinstance(getattr(err, "reason", None), TimeoutError)
+            if not slow or time.monotonic() >= deadline:
+                waited = f" within {answer_within_s:.0f} s" if slow else ""
+                return f"the MLflow tracking server at {tracking_uri} does not answer{waited}: {err}"
+            log.info(f"the MLflow tracking server at {tracking_uri} is slow to answer; asking again")
 
 
 def ui_command(tracking_uri: str) -> str:
@@ -141,10 +161,6 @@ def experiment_url(tracking_uri: str, experiment_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
-def _millis() -> int:
-    return int(time.time() * 1000)
-
-
 class SweepTracker:
     """Writes a sweep to MLflow (see the module docstring for the layout); synchronous.
 
@@ -155,7 +171,7 @@ class SweepTracker:
     """
 
     def __init__(self, tracking_uri: str, experiment: str, *, artifact_root: str | Path | None = None):
-        from mlflow import MlflowClient
+        from mlflow import MlflowClient  # see the module docstring: 2 s of import
 
         self.tracking_uri = tracking_uri
         with _store_creation_lock(tracking_uri):
@@ -260,9 +276,7 @@ class SweepTracker:
                     profile: Mapping[str, Any] | None = None, context: str = "training") -> None:
         """Record a data set as an input of a run (``log_inputs``): its name, digest, source
         (JSON of ``source``), optional profile, and the context tag ``mlflow.data.context``."""
-        import json
-
-        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag  # loaded with MlflowClient: free here
 
         dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps(source, default=str),
                           profile=json.dumps(profile, default=str) if profile else None)
@@ -280,13 +294,13 @@ class SweepTracker:
 
     def log_epoch(self, run_id: str, metrics: Mapping[str, float]) -> None:
         """Log one epoch's metrics at step = epoch (skipped if that step was logged)."""
-        self.log_epochs(run_id, [(metrics, _millis())])
+        self.log_epochs(run_id, [(metrics, now_ms())])
 
     def log_epochs(self, run_id: str, epochs: Sequence[tuple[Mapping[str, float], int]]) -> None:
         """Log epochs in one request: (metrics with ``epoch``, when it was reported in ms),
         oldest first, each at step = epoch; steps already logged are skipped. A write sent
         again with its original time is stored once."""
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # loaded with MlflowClient: free here
 
         metrics = []
         last = self._last_step.get(run_id, 0)
@@ -371,9 +385,9 @@ class SweepTracker:
         step: int = 0,
         timestamp_ms: int | None = None,
     ) -> None:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param, RunTag  # loaded with MlflowClient: free here
 
-        now = timestamp_ms if timestamp_ms is not None else _millis()
+        now = timestamp_ms if timestamp_ms is not None else now_ms()
         param_list = [Param(k, _param_text(v)) for k, v in (params or {}).items()]
         metric_list = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if _is_number(v)]
         tag_list = [RunTag(k, str(v)) for k, v in (tags or {}).items()]

@@ -30,6 +30,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from kd_tune.storage.atomic import atomic_write
+
 PER_SAMPLE = ("logit_distance", "logit_mean_gap", "feature_norm", "entropy", "tld")
 ECE_BINS = 15
 SUMMARY = ("ece", *(f"{name}_{stat}" for name in PER_SAMPLE for stat in ("mean", "median")))
@@ -137,8 +139,6 @@ class EndMeasurements:
 
     def save(self, path: str) -> None:
         """Write to ``path`` (an ``.npz`` file, written atomically; plain arrays, no pickle)."""
-        from kd_tune.storage.atomic import atomic_write
-
         with atomic_write(path) as handle:
             self.write(handle)
 

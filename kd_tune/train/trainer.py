@@ -55,7 +55,7 @@ from kd_tune.train.losses import run_loss
 from kd_tune.train.measurements import EndMeasurements, measure
 from kd_tune.train.optim import build_optimizer, build_scheduler
 from kd_tune.train.teacher_logits import TeacherLogits
-from kd_tune.train.teacher_signal import teacher_signal
+from kd_tune.train.teacher_signal import TeacherSignal, teacher_signal
 from kd_tune.train.validation import validate_run
 
 STATE_FORMAT = 1
@@ -163,80 +163,126 @@ def train(
     last = config.epochs if stop_epoch is None else stop_epoch
     if not 1 <= last <= config.epochs:
         raise ValueError(f"stop_epoch={stop_epoch} must be in 1..{config.epochs} (the run's epochs)")
+    run = _start(config, data, teacher, teacher_logits, resume_state)
+    measured: EndMeasurements | None = None
+    for epoch in range(run.start_epoch, last):
+        metrics, status, measured = _epoch(run, epoch, last)
+        if on_epoch is not None:
+            on_epoch(EpochEnd(dict(metrics), status, run.state, measured))
+        if status is TrialStatus.DIVERGED:
+            return TrainResult(status, tuple(run.history), run.learner.model.eval(), diverged_epoch=epoch + 1)
+    if measured is None and run.history and len(run.data.test):
+        # Resumed from the state of a finished run: no epoch ran here, the weights are final.
+        measured = measure_model(run.learner.model, run.data, run.signal.test_logits(), device=run.device,
+                                 amp=run.amp)
+    return TrainResult(TrialStatus.COMPLETED, tuple(run.history), run.learner.model.eval(), measurements=measured)
+
+
+@dataclass(eq=False)
+class _Run:
+    """One run under way: what :func:`train` set up, and the history so far."""
+
+    config: RunConfig
+    data: Dataset
+    device: torch.device
+    amp: bool  # autocast on (CUDA with config.amp)
+    signal: TeacherSignal
+    learner: _Learner
+    loss_fn: Callable[..., torch.Tensor]
+    start_epoch: int
+    history: list[dict[str, float]]
+    train_x: torch.Tensor  # the training images and labels, on the device
+    train_y: torch.Tensor
+
+    def state(self) -> dict[str, Any]:
+        """The full training state now (see :attr:`EpochEnd.state`)."""
+        return _training_state(self.config, self.learner, self.history)
+
+
+def _start(config: RunConfig, data: Dataset | None, teacher: nn.Module | None, teacher_logits: TeacherLogits | None,
+           resume_state: dict[str, Any] | None) -> _Run:
+    """Threads, seeds, data, the teacher's side, the student and its optimiser, in this order (it
+    fixes the random draws), then the state resumed from."""
     device = resolve_device(config.device)
     use_threads(config.threads)
     seed_everything(config.seed, config.deterministic)
     data = data if data is not None else load_data(config)
-    use_amp = config.amp and device.type == "cuda"
+    amp = config.amp and device.type == "cuda"
     # Computes an online teacher's test logits now: the teacher is fixed, once per run is enough.
-    signal = teacher_signal(config, data, teacher=teacher, teacher_logits=teacher_logits, device=device, amp=use_amp)
+    signal = teacher_signal(config, data, teacher=teacher, teacher_logits=teacher_logits, device=device, amp=amp)
     model = models.build(config.student, data.num_classes, data.in_channels).to(device)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype(device) == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype(device) == torch.float16)
     learner = _Learner(model, optimizer, scheduler, scaler)
     loss_fn = run_loss(config)
     start_epoch, history = _resume(resume_state, config, learner) if resume_state is not None else (0, [])
-
-    def state() -> dict[str, Any]:
-        return _training_state(config, learner, history)
-
     # Small data sets live on the device whole: no loader, no per-item Python.
-    train_x = data.train.images.to(device)
-    train_y = data.train.labels.to(device)
-    measured: EndMeasurements | None = None
-    for epoch in range(start_epoch, last):
-        started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        model.train()
-        signal.start_epoch(epoch)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        for idx, images in epoch_batches(train_x, seed=config.seed, epoch=epoch, batch_size=config.batch_size,
-                                         augment=data.augment):
-            x = data.normalize(images)
-            y = train_y[idx]
-            with autocast(device, use_amp):
-                student_logits = model(x)
-            target = signal.batch(idx, x)
-            # Losses in float32 whatever autocast did: small tau divides logits. The 1-based
-            # epoch is for losses with a schedule of their own (dkd's warmup).
-            loss = loss_fn(student_logits.float(), target, y, epoch + 1)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            # Accumulated on the device: no host sync per step.
-            loss_sum += loss.detach() * len(idx)
-            correct += (student_logits.argmax(1) == y).sum()
-        scheduler.step()
+    return _Run(config, data, device, amp, signal, learner, loss_fn, start_epoch, history,
+                data.train.images.to(device), data.train.labels.to(device))
 
-        train_loss = loss_sum.item() / len(train_y)
-        metrics: dict[str, float] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr,
-                                     "teacher_forward_samples": signal.take_forward_samples()}
-        diverged = not math.isfinite(train_loss)
-        status = _epoch_status(diverged, epoch + 1, last)
-        if diverged:
-            metrics.update(dict.fromkeys(_EVAL_METRICS, math.nan))
-        else:
-            metrics["train_acc"] = correct.item() / len(train_y)
-            # The last epoch's test pass also gives the features the end measurements need.
-            test_logits, test_features = predict_outputs(model, data.test.images, data.normalize, device=device,
-                                                         amp=use_amp, features=status.ended)
-            metrics.update(evaluate(model, data, signal.test_logits(), device=device, amp=use_amp,
-                                    test_logits=test_logits))
-            if status.ended and len(data.test):
-                measured = measure(test_logits, data.test.labels, test_features, signal.test_logits())
-        metrics["epoch_time_s"] = time.perf_counter() - started
-        history.append(metrics)
-        if on_epoch is not None:
-            on_epoch(EpochEnd(dict(metrics), status, state, measured))
-        if diverged:
-            return TrainResult(status, tuple(history), model.eval(), diverged_epoch=epoch + 1)
-    if measured is None and history and len(data.test):
-        # Resumed from the state of a finished run: no epoch ran here, the weights are final.
-        measured = measure_model(model, data, signal.test_logits(), device=device, amp=use_amp)
-    return TrainResult(TrialStatus.COMPLETED, tuple(history), model.eval(), measurements=measured)
+
+def _epoch(run: _Run, epoch: int, last: int) -> tuple[dict[str, float], TrialStatus, EndMeasurements | None]:
+    """Train 0-based ``epoch`` and measure it; its metrics join the history. Returns (metrics,
+    status, the end measurements when this epoch completes the run)."""
+    started = time.perf_counter()
+    lr = run.learner.optimizer.param_groups[0]["lr"]
+    loss_sum, correct = _train_epoch(run, epoch)
+    train_loss = loss_sum.item() / len(run.train_y)
+    metrics: dict[str, float] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr,
+                                 "teacher_forward_samples": run.signal.take_forward_samples()}
+    diverged = not math.isfinite(train_loss)
+    status = _epoch_status(diverged, epoch + 1, last)
+    measured = None
+    if diverged:
+        metrics.update(dict.fromkeys(_EVAL_METRICS, math.nan))
+    else:
+        metrics["train_acc"] = correct.item() / len(run.train_y)
+        measured = _evaluate(run, metrics, status)
+    metrics["epoch_time_s"] = time.perf_counter() - started
+    run.history.append(metrics)
+    return metrics, status, measured
+
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over the training views of ``epoch``, then the schedule's step; returns the
+    summed loss and the count of correct predictions (on the device: no host sync per step)."""
+    config, data, learner = run.config, run.data, run.learner
+    learner.model.train()
+    run.signal.start_epoch(epoch)
+    loss_sum = torch.zeros((), device=run.device)
+    correct = torch.zeros((), dtype=torch.int64, device=run.device)
+    for idx, images in epoch_batches(run.train_x, seed=config.seed, epoch=epoch, batch_size=config.batch_size,
+                                     augment=data.augment):
+        x = data.normalize(images)
+        y = run.train_y[idx]
+        with autocast(run.device, run.amp):
+            student_logits = learner.model(x)
+        target = run.signal.batch(idx, x)
+        # Losses in float32 whatever autocast did: small tau divides logits. The 1-based
+        # epoch is for losses with a schedule of their own (dkd's warmup).
+        loss = run.loss_fn(student_logits.float(), target, y, epoch + 1)
+        learner.optimizer.zero_grad(set_to_none=True)
+        learner.scaler.scale(loss).backward()
+        learner.scaler.step(learner.optimizer)
+        learner.scaler.update()
+        loss_sum += loss.detach() * len(idx)
+        correct += (student_logits.argmax(1) == y).sum()
+    learner.scheduler.step()
+    return loss_sum, correct
+
+
+def _evaluate(run: _Run, metrics: dict[str, float], status: TrialStatus) -> EndMeasurements | None:
+    """Add the epoch's evaluation metrics to ``metrics``; when the epoch ends the run, return its
+    end measurements (from this epoch's own test pass and its features)."""
+    model, data = run.learner.model, run.data
+    test_logits, test_features = predict_outputs(model, data.test.images, data.normalize, device=run.device,
+                                                 amp=run.amp, features=status.ended)
+    metrics.update(evaluate(model, data, run.signal.test_logits(), device=run.device, amp=run.amp,
+                            test_logits=test_logits))
+    if status.ended and len(data.test):
+        return measure(test_logits, data.test.labels, test_features, run.signal.test_logits())
+    return None
 
 
 def measure_model(model: nn.Module, data: Dataset, teacher_test: torch.Tensor | None, *,

@@ -37,6 +37,7 @@ from kd_tune.tracking.tracker import (
     SweepTracker,
     default_tracking_uri,
 )
+from kd_tune.tracking.writes import StartParent
 from kd_tune.train.measurements import measure
 
 COMPLETED, DIVERGED, STOPPED, FAILED, RUNNING = (TrialStatus.COMPLETED, TrialStatus.DIVERGED, TrialStatus.STOPPED,
@@ -244,9 +245,9 @@ class Invocation:
     ``send()`` sends what the sinks queued, in this thread."""
 
     def __init__(self, store, folder, experiment, **sink_options):
-        self.queue = TrackingQueue(folder, store["uri"], experiment, log=lambda line: None)
+        self.queue = TrackingQueue(folder, store["uri"], experiment)
         self.id = uuid.uuid4().hex
-        self.queue.start_parent(self.id, experiment, {}, {})
+        self.queue.put(StartParent(self.id, experiment, {}, {}))
         self.sink = MlflowSink(self.queue, self.id, **sink_options)
         self.send()
 
@@ -308,7 +309,7 @@ def test_mlflow_continues_the_unfinished_run_of_an_earlier_invocation(store, tmp
     assert _steps(client, run.info.run_id, "val_acc") == [(1, 0.1), (2, 0.2), (3, 0.3)]
 
 
-def test_mirror_ends_runs_of_recorded_trials_and_refills_missing_ones(store, tmp_path):
+def test_mirror_ends_runs_of_recorded_trials_and_refills_missing_ones(store, tmp_path, caplog):
     client = store["client"]
     invocation = Invocation(store, tmp_path / "q", "sink-mirror")
     parquet = ParquetSink(tmp_path / "sweep", sweep="s", teacher_acc=no_teacher, run_id=invocation.sink.run_id)
@@ -321,8 +322,12 @@ def test_mirror_ends_runs_of_recorded_trials_and_refills_missing_ones(store, tmp
     run_trial([parquet], done, "t_0", [metrics(1)], COMPLETED)
     run_trial([parquet], stopped, "t_1", [metrics(1)], STOPPED)
     run_trial([parquet], lost, "t_3", [metrics(1, val_acc=0.25), metrics(2, val_acc=0.5)], COMPLETED)
-    lines: list[str] = []
-    ids = invocation.sink.mirror(parquet.writer, log=lines.append)
+    caplog.set_level(logging.INFO, logger="kd_tune")
+
+    def console_lines():
+        return [r.getMessage() for r in caplog.records if r.name == "kd_tune.tracking.mlflow_sink"]
+
+    ids = invocation.sink.mirror(parquet.writer)
     runs = {t.key: client.get_run(ids[t.key]) for t in (done, stopped, lost)}
     assert set(ids) == {done.key, stopped.key, lost.key}
     assert {k: r.info.status for k, r in runs.items()} == {done.key: "FINISHED", stopped.key: "FINISHED",
@@ -333,9 +338,10 @@ def test_mirror_ends_runs_of_recorded_trials_and_refills_missing_ones(store, tmp
     assert refilled.data.tags[PARENT_TAG] == invocation.parent and refilled.data.tags[KEY_TAG] == lost.key
     assert refilled.data.params["loss"] == "mse" and refilled.info.run_name == lost.label
     assert _steps(client, refilled.info.run_id, "val_acc") == [(1, 0.25), (2, 0.5)]
+    lines = console_lines()
     assert lines == [f"MLflow holds 2 of the 3 trials recorded in {tmp_path / 'sweep'}: refilling 1 from the "
                      "Parquet results", "MLflow refilled: 1 trial run(s) made from the Parquet results"]
-    assert invocation.sink.mirror(parquet.writer, log=lines.append) == ids and len(lines) == 2  # whole now
+    assert invocation.sink.mirror(parquet.writer) == ids and len(console_lines()) == 2  # whole now
 
 
 # -- ConsoleProgress -------------------------------------------------------------------------

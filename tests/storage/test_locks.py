@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -58,10 +59,10 @@ def test_the_lock_of_a_killed_holder_is_taken_over(tmp_path):
     lock.release()
 
 
-def test_held_waits_for_the_holder(tmp_path):
+def test_held_waits_for_the_holder(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="kd_tune")
     path = lock_path(tmp_path, "teacher-k")
     first = FileLock(path, "teacher k").acquire()
-    lines: list[str] = []
     released = threading.Event()
 
     def release() -> None:
@@ -69,10 +70,11 @@ def test_held_waits_for_the_holder(tmp_path):
         first.release()
 
     threading.Timer(1.0, release).start()
-    with held(path, "teacher k", log=lines.append) as lock:
+    with held(path, "teacher k") as lock:
         assert released.is_set()  # it waited for the holder
         assert json.loads(path.read_text())["pid"] == os.getpid()
         assert lock.previous is None
+    lines = [r.getMessage() for r in caplog.records if r.name == "kd_tune.storage.locks"]
     assert len(lines) == 1 and lines[0].startswith("waiting for teacher k, held by pid ")
     assert not path.exists()
 

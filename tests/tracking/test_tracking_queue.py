@@ -2,6 +2,7 @@
 started again (its own process group, 127.0.0.1), and a real SQLite store."""
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import threading
 import time
@@ -14,15 +15,36 @@ from processes import end_group, free_port, mlflow_server
 from kd_tune.core.status import TrialStatus
 from kd_tune.tracking.queue import Outbox, TrackingQueue
 from kd_tune.tracking.tracker import KEY_TAG, PARENT_TAG, STATUS_TAG, SweepTracker, default_tracking_uri
+from kd_tune.tracking.writes import EndParent, EndTrial, LogEpoch, StartParent, StartTrial
 
 
 def epochs(queue, key, first, last):
     for epoch in range(first, last + 1):
-        queue.log_epoch(key, {"epoch": epoch, "val_acc": epoch / 10, "note": "not a number"})
+        queue.put(LogEpoch(key, {"epoch": epoch, "val_acc": epoch / 10, "note": "not a number"}))
 
 
 def steps(client, run_id, metric="val_acc"):
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, metric))
+
+
+class Lines:
+    """The queue's console lines, as the sweep's console shows them (its INFO records)."""
+
+    def __init__(self, caplog):
+        caplog.set_level(logging.INFO, logger="kd_tune")
+        self.caplog = caplog
+
+    def _lines(self):
+        return [r.getMessage() for r in self.caplog.records if r.name == "kd_tune.tracking.queue"]
+
+    def __len__(self):
+        return len(self._lines())
+
+    def __getitem__(self, i):
+        return self._lines()[i]
+
+    def __iter__(self):
+        return iter(self._lines())
 
 
 def wait_for(condition, timeout=120.0):
@@ -60,21 +82,20 @@ def test_the_outbox_keeps_unsent_writes_across_processes(tmp_path):
 # -- sending -----------------------------------------------------------------------------
 
 
-def served_queue(tmp_path, experiment):
+def served_queue(tmp_path, experiment, caplog):
     """(port, uri, console lines, queue, invocation id) for a server to come on a free port."""
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    lines: list[str] = []
-    return port, uri, lines, TrackingQueue(tmp_path / "sweep", uri, experiment, log=lines.append), uuid.uuid4().hex
+    return port, uri, Lines(caplog), TrackingQueue(tmp_path / "sweep", uri, experiment), uuid.uuid4().hex
 
 
-def test_writes_queued_while_the_server_is_down_are_sent_once_it_answers(tmp_path):
-    port, uri, lines, queue, invocation = served_queue(tmp_path, "outage")
-    queue.start_parent(invocation, "outage 1", {"trials": 1}, {})
-    queue.start_trial(invocation, "key-a", "kl tau=4", {"tau": 4.0}, {})
+def test_writes_queued_while_the_server_is_down_are_sent_once_it_answers(tmp_path, caplog):
+    port, uri, lines, queue, invocation = served_queue(tmp_path, "outage", caplog)
+    queue.put(StartParent(invocation, "outage 1", {"trials": 1}, {}))
+    queue.put(StartTrial(invocation, "key-a", "kl tau=4", {"tau": 4.0}, {}))
     epochs(queue, "key-a", 1, 3)
-    queue.end_trial("key-a", TrialStatus.COMPLETED)
-    queue.end_parent(invocation, "FINISHED")
+    queue.put(EndTrial("key-a", TrialStatus.COMPLETED))
+    queue.put(EndParent(invocation, "FINISHED"))
     assert not queue.send(timeout=30) and queue.unsent() == 7
     assert len(lines) == 1 and lines[0].startswith(f"tracking is behind: MLflow at {uri} does not answer")
     assert str(tmp_path / "sweep" / "tracking" / "outbox.jsonl") in lines[0]
@@ -83,7 +104,7 @@ def test_writes_queued_while_the_server_is_down_are_sent_once_it_answers(tmp_pat
     outbox = tmp_path / "sweep" / "tracking" / "outbox.jsonl"
     written = outbox.read_bytes()
     with mlflow_server(tmp_path, port):
-        again = TrackingQueue(tmp_path / "sweep", uri, "outage", log=lines.append)  # the next run, or sync
+        again = TrackingQueue(tmp_path / "sweep", uri, "outage")  # the next run, or sync
         assert again.send(timeout=120) and again.unsent() == 0
         client = MlflowClient(uri)
         run = client.get_run(again.run_id("key-a"))
@@ -95,33 +116,33 @@ def test_writes_queued_while_the_server_is_down_are_sent_once_it_answers(tmp_pat
         # sending the same writes again (a driver killed before it recorded them as sent) changes nothing
         outbox.write_bytes(written)
         (tmp_path / "sweep" / "tracking" / "outbox.sent").write_text("0")
-        replay = TrackingQueue(tmp_path / "sweep", uri, "outage", log=lines.append)
+        replay = TrackingQueue(tmp_path / "sweep", uri, "outage")
         assert replay.unsent() == 7 and replay.send(timeout=120)
         runs = client.search_runs([run.info.experiment_id])
         assert len(runs) == 2  # the parent and the trial, once each
         assert steps(client, run.info.run_id) == [(1, 0.1), (2, 0.2), (3, 0.3)]
 
 
-def test_a_server_killed_mid_sweep_holds_nothing_up_and_is_caught_up_with(tmp_path):
-    port, uri, lines, queue, invocation = served_queue(tmp_path, "killed")
+def test_a_server_killed_mid_sweep_holds_nothing_up_and_is_caught_up_with(tmp_path, caplog):
+    port, uri, lines, queue, invocation = served_queue(tmp_path, "killed", caplog)
     with mlflow_server(tmp_path, port) as proc:
-        queue.start_parent(invocation, "killed 1", {}, {})
+        queue.put(StartParent(invocation, "killed 1", {}, {}))
         queue.start()
-        queue.start_trial(invocation, "key-a", "a", {"seed": 0}, {})
+        queue.put(StartTrial(invocation, "key-a", "a", {"seed": 0}, {}))
         epochs(queue, "key-a", 1, 2)
         wait_for(lambda: queue.unsent() == 0)
         end_group(proc)  # the tracking server dies
         # the sweep goes on: every write returns at once and is kept
         epochs(queue, "key-a", 3, 5)
-        queue.end_trial("key-a", TrialStatus.COMPLETED)
-        queue.start_trial(invocation, "key-b", "b", {"seed": 1}, {})
+        queue.put(EndTrial("key-a", TrialStatus.COMPLETED))
+        queue.put(StartTrial(invocation, "key-b", "b", {"seed": 1}, {}))
         epochs(queue, "key-b", 1, 2)
         wait_for(lambda: any(line.startswith("tracking is behind") for line in lines))
         assert queue.unsent() > 0
     with mlflow_server(tmp_path, port):  # back, with the same store
         wait_for(lambda: any(line.startswith("tracking caught up") for line in lines))
-        queue.end_trial("key-b", TrialStatus.DIVERGED)
-        queue.end_parent(invocation, "FINISHED")
+        queue.put(EndTrial("key-b", TrialStatus.DIVERGED))
+        queue.put(EndParent(invocation, "FINISHED"))
         assert queue.stop(timeout=60)
         assert [line.split(":")[0] for line in lines] == ["tracking is behind", "tracking caught up"]
         client = MlflowClient(uri)
@@ -131,14 +152,14 @@ def test_a_server_killed_mid_sweep_holds_nothing_up_and_is_caught_up_with(tmp_pa
         assert steps(client, b.info.run_id) == [(1, 0.1), (2, 0.2)]
 
 
-def test_a_write_mlflow_refuses_is_skipped_and_the_rest_is_sent(tmp_path):
+def test_a_write_mlflow_refuses_is_skipped_and_the_rest_is_sent(tmp_path, caplog):
     uri = default_tracking_uri(tmp_path)
-    lines: list[str] = []
-    queue = TrackingQueue(tmp_path / "sweep", uri, "refused", log=lines.append)
+    lines = Lines(caplog)
+    queue = TrackingQueue(tmp_path / "sweep", uri, "refused")
     invocation = uuid.uuid4().hex
-    queue.start_parent(invocation, "p", {}, {})
-    queue.start_trial(invocation, "gone", "gone", {}, {})
-    queue.start_trial(invocation, "kept", "kept", {}, {})
+    queue.put(StartParent(invocation, "p", {}, {}))
+    queue.put(StartTrial(invocation, "gone", "gone", {}, {}))
+    queue.put(StartTrial(invocation, "kept", "kept", {}, {}))
     assert queue.send(timeout=60)
     client = MlflowClient(uri)
     client.delete_run(queue.run_id("gone"))  # deleted by hand while the sweep runs
