@@ -19,7 +19,15 @@ a model. Only completed trials enter. Figures (see :data:`FIGURES`):
   student whose feature width differs from the teacher's (the presets' pairs) cannot be
   projected on the teacher's axes: it gets its own PCA, and its panel title says so;
 - ``curves``: train and test accuracy (%) per epoch, mean and band (min-max over seeds)
-  per method.
+  per method;
+- ``logit_losses``: the loss family side by side (drawn when the results hold more than
+  the paper's losses: dkd, dist, or kl/mse on z-scored logits): test accuracy, logit
+  distance and logit-mean gap per method, mean and std over seeds, a row per setting (the
+  cells of :mod:`analysis.loss_tables`).
+
+The paper's figures (``heatmap``, ``tau``, ``logit_mean_gap``, ``features``) show its
+losses, ce, kl and mse on raw logits; the others show every method, kl and mse on
+z-scored logits as methods of their own (``KL+LS``, ``MSE (z-scored)``).
 
 A "setting" is what the tables group by besides the method: data set, teacher, student,
 noise type and rate. Colours follow the Okabe-Ito palette (safe for colour-blind readers).
@@ -36,10 +44,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.loss_tables import COLUMNS, logit_loss_tables
 from analysis.results_io import load_epochs, load_features, load_samples, load_trials
 from kd_tune.storage import Storage, located, open_storage
 
-FIGURES = ("heatmap", "tau", "logit_distance", "feature_norm", "logit_mean_gap", "features", "curves")
+FIGURES = ("heatmap", "tau", "logit_distance", "feature_norm", "logit_mean_gap", "features", "curves", "logit_losses")
 FIGURE_HELP = {
     "heatmap": "KL test accuracy over the tau x alpha grid, cells 'mean ± std (n)'",
     "tau": "test accuracy against tau, a line per alpha, MSE and CE as references; a panel per noise setting",
@@ -49,6 +58,8 @@ FIGURE_HELP = {
     "features": "2-D PCA (fitted on the teacher) of three classes' penultimate features: teacher, KL at small "
                 "and large tau, MSE",
     "curves": "train and test accuracy per epoch, mean and min-max band over seeds",
+    "logit_losses": "test accuracy, logit distance and logit-mean gap per method of the loss family (dkd, dist, "
+                    "kl+ls, mse on z-scores), a row per setting",
 }
 # Okabe & Ito (2008): distinguishable with every common colour-vision deficiency.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -94,25 +105,46 @@ def settings(trials: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
-def method_label(loss: str, tau: float) -> str:
+def method_label(loss: str, tau: float, standardize: bool = False) -> str:
+    """``KL τ=4``, ``KL+LS τ=2`` (kl on z-scored logits), ``DKD τ=4``, ``MSE``, ``MSE (z-scored)``, ``CE``."""
+    tau_text = f"τ={_INF_LABEL if math.isinf(tau) else f'{tau:g}'}"
     if loss == "kl":
-        return f"KL τ={_INF_LABEL if math.isinf(tau) else f'{tau:g}'}"
+        return f"KL{'+LS' if standardize else ''} {tau_text}"
+    if loss == "mse":
+        return "MSE (z-scored)" if standardize else "MSE"
+    if loss in ("dkd", "dist"):
+        return f"{loss.upper()} {tau_text}"
     return loss.upper()
 
 
+def standardized(trials: pd.DataFrame) -> pd.Series:
+    """Whether each trial's logits were z-scored (``standardize``; False in results from before the column)."""
+    if "standardize" not in trials:
+        return pd.Series(False, index=trials.index)
+    return trials["standardize"].eq(True)
+
+
+def paper_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The paper's methods only: ce, and kl and mse on raw logits."""
+    return trials[trials["loss"].isin(["ce", "kl", "mse"]) & ~standardized(trials)]
+
+
 def _methods(trials: pd.DataFrame) -> pd.DataFrame:
-    """One alpha per method (the largest of the sweep for KL and for MSE; CE has none),
-    with a ``method`` label column, ordered CE, KL by tau, MSE."""
+    """One alpha per method (the largest of the sweep for each KD loss, z-scored or not; CE
+    has none), with a ``method`` label column, ordered CE, KL by tau, KL+LS, DKD, DIST, MSE."""
+    trials = trials.assign(_std=standardized(trials))
     kd = trials[trials["loss"] != "ce"]
     chosen = [trials[trials["loss"] == "ce"]]
-    for _, group in kd.groupby("loss"):
+    for _, group in kd.groupby(["loss", "_std"]):
         chosen.append(group[group["alpha"] == group["alpha"].max()])
     frame = pd.concat(chosen).copy()
-    frame["method"] = [method_label(loss, tau) for loss, tau in zip(frame["loss"], frame["tau"])]
-    order = {"ce": 0, "kl": 1, "mse": 2}
-    frame["_order"] = [(order.get(loss, 3), tau if loss == "kl" else 0.0) for loss, tau in
-                       zip(frame["loss"], frame["tau"])]
-    return frame.sort_values("_order", kind="stable").drop(columns="_order")
+    frame["method"] = [method_label(loss, tau, std) for loss, tau, std in
+                       zip(frame["loss"], frame["tau"], frame["_std"])]
+    order = {"ce": 0, "kl": 1, "dkd": 3, "dist": 4, "mse": 5}
+    frame["_order"] = [(order.get(loss, 6) + (1 if std and loss == "kl" else 0.5 if std else 0),
+                        tau if loss not in ("ce", "mse") else 0.0)
+                       for loss, tau, std in zip(frame["loss"], frame["tau"], frame["_std"])]
+    return frame.sort_values("_order", kind="stable").drop(columns=["_order", "_std"])
 
 
 def heatmap_cells(trials: pd.DataFrame) -> pd.DataFrame:
@@ -170,7 +202,7 @@ def _subplots(n: int, width: float = 5.0, height: float = 3.8, cols: int = 3) ->
 
 def heatmap(trials: pd.DataFrame, **_: Any) -> Any:
     """The tau x alpha grid of KL test accuracy, one panel per setting."""
-    panels = [(t, heatmap_cells(g)) for t, g in settings(completed(trials))]
+    panels = [(t, heatmap_cells(g)) for t, g in settings(paper_trials(completed(trials)))]
     panels = [(t, c) for t, c in panels if c["tau"].nunique() > 1 and c["alpha"].nunique() > 1]
     if not panels:
         raise NoData("heatmap needs KL trials at two or more taus and two or more alphas")
@@ -212,7 +244,7 @@ def logit_mean_gap(trials: pd.DataFrame, **_: Any) -> Any:
 
 def _against_tau(trials: pd.DataFrame, column: str, scale: float, ylabel: str, title: str, *, ce: bool = True,
                  zero_line: bool = False) -> Any:
-    panels = [(t, g) for t, g in settings(completed(trials)) if (g["loss"] == "kl").any()
+    panels = [(t, g) for t, g in settings(paper_trials(completed(trials))) if (g["loss"] == "kl").any()
               and g.loc[g["loss"] == "kl", "tau"].nunique() > 1]
     if not panels:
         raise NoData(f"{title.lower()} against tau needs KL trials at two or more taus")
@@ -289,7 +321,7 @@ def _distributions(trials: pd.DataFrame, samples: pd.DataFrame, quantity: str, y
         parts["cmedians"].set_gid("medians")
         ax.set_xticks(range(1, len(series) + 1), [name for name, _ in series], rotation=30, ha="right")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{title}{': ' + panel if panel else ''}\n(KL and MSE at their largest α, seeds pooled)",
+        ax.set_title(f"{title}{': ' + panel if panel else ''}\n(each KD method at its largest α, seeds pooled)",
                      fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     return fig
@@ -311,7 +343,7 @@ def features(trials: pd.DataFrame, feats: pd.DataFrame | None = None, **_: Any) 
     """PCA (fitted on the teacher's features) of three classes' features: teacher, KL small/large tau, MSE."""
     if feats is None or feats.empty:
         raise NoData("features needs features.parquet (trials measured at their end)")
-    done = completed(trials)
+    done = paper_trials(completed(trials))
     rows = []
     for panel, group in settings(done):
         methods = _methods(group)
@@ -405,13 +437,44 @@ def curves(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, **_: Any) -
     handles, labels = axes[1].get_legend_handles_labels()
     fig.set_figwidth(fig.get_figwidth() + 1.5)
     fig.legend(handles, labels, loc="outside right upper", fontsize=8,
-               title="KL and MSE at\ntheir largest α", title_fontsize=8)
+               title="each KD method\nat its largest α", title_fontsize=8)
+    return fig
+
+
+def logit_losses(trials: pd.DataFrame, **_: Any) -> Any:
+    """Test accuracy, logit distance and logit-mean gap per method of the loss family: the
+    cells of the ``logit_losses`` table, mean and std over seeds; a row of panels per setting."""
+    done = completed(trials)
+    if done.empty or (len(paper_trials(done)) == len(done)):
+        raise NoData("logit_losses needs trials beyond the paper's losses (dkd, dist, kl or mse with standardize)")
+    tables = [t for t in logit_loss_tables(done, reference=False) if t.cells]
+    units = {"test acc": "test accuracy (%)", "logit distance": "||z_s − z_t||₂ (logit units)",
+             "logit-mean gap": "mean_k z_s − mean_k z_t (logit units)"}
+    fig, axes = _subplots(len(COLUMNS) * len(tables), width=4.6, height=3.6 + 0.12 * max(len(t.rows) for t in tables),
+                          cols=len(COLUMNS))
+    for r, table in enumerate(tables):
+        for c, column in enumerate(COLUMNS):
+            ax = axes[r * len(COLUMNS) + c]
+            rows = [row for row in table.rows if table.stats(row, column) is not None]
+            for k, row in enumerate(rows):
+                cell = table.stats(row, column)
+                ax.errorbar([cell.mean], [k], xerr=[0.0 if math.isnan(cell.std) else cell.std], marker="o",
+                            color=PALETTE[k % len(PALETTE)], capsize=3)
+            ax.set_yticks(range(len(rows)), rows if c == 0 else [""] * len(rows), fontsize=8)
+            ax.invert_yaxis()
+            if column == "logit-mean gap":
+                ax.axvline(0.0, color="grey", linewidth=0.8)
+            ax.set_xlabel(units[column])
+            noise = f"noise {table.setting['noise_type']} {table.setting['noise_rate']:g}"
+            ax.set_title(f"{column}: {noise}", fontsize=10)
+            ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("The logit-loss family (mean ± std over seeds)", fontsize=11)
     return fig
 
 
 _DRAW: dict[str, Callable[..., Any]] = {
     "heatmap": heatmap, "tau": tau, "logit_distance": logit_distance, "feature_norm": feature_norm,
-    "logit_mean_gap": logit_mean_gap, "features": features, "curves": curves,
+    "logit_mean_gap": logit_mean_gap, "features": features, "curves": curves, "logit_losses": logit_losses,
 }
 _NEEDS = {"logit_distance": "samples", "feature_norm": "samples", "features": "feats", "curves": "epochs"}
 

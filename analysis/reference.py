@@ -11,6 +11,20 @@ paper, github jhoon-oh/kd_data; single runs or best of three):
 - ``ijcai-2021-text``: numbers quoted in the text of Kim et al., IJCAI 2021
   (sequential distillation).
 
+- Rows of table ``logit_losses`` are published numbers of *other* papers, not of Kim et
+  al. and not of kd-tune: CIFAR-100 (240 epochs, the CRD/DKD recipe), pairs ResNet32x4 ->
+  ResNet8x4 (kd-tune's ``resnet-32x4`` -> ``resnet-8x4``) and WRN-40-2 -> WRN-16-2, one
+  number per method family (``kl``: KD at tau 4 with CE weight 0.1, i.e. alpha 0.9;
+  ``dkd``; ``dist``; ``kl+ls``: KD with logit standardization at base temperature 2).
+  ``zhao-cvpr2022-dkd-table1``: Zhao et al., "Decoupled Knowledge Distillation", CVPR
+  2022, Table 1 (its KD column quotes CRD, Tian et al., ICLR 2020);
+  ``...-beta6``: the same table, DKD run with beta 6 for that pair;
+  ``huang-neurips2022-dist-table``: Huang et al., "Knowledge Distillation from A Stronger
+  Teacher", NeurIPS 2022, CIFAR-100 table; ``sun-cvpr2024-ls-table``: Sun et al., "Logit
+  Standardization in Knowledge Distillation", CVPR 2024, CIFAR-100 table (KD + ours).
+  :func:`published_value` reads them; :mod:`analysis.loss_tables` shows them beside a run
+  of the same pair, marked published.
+
 ``tau`` may be ``inf`` (the logit-matching limit of the KL loss).
 
 How rows map onto table cells (see :func:`reference_value`): a KD cell (loss ``kl``
@@ -78,3 +92,17 @@ def reference_value(dataset: str, teacher: str, student: str, loss: str,
         return None
     tau_label = fmt_number(tau) if loss == "kl" else ""
     return _index().get((dataset, teacher, student, loss, tau_label, fmt_number(alpha)))
+
+
+def published_value(dataset: str, teacher: str, student: str, family: str) -> tuple[float, str] | None:
+    """The published test accuracy (percent) of a method family on one pair, with its source,
+    from the ``logit_losses`` rows of the reference table (other papers' numbers), or None.
+
+    ``family`` is ``kl``, ``dkd``, ``dist`` or ``kl+ls`` (:mod:`analysis.loss_tables`'s
+    family names); the published runs' own recipes and hyperparameters are in the source.
+    """
+    for row in load_reference():
+        if (row["table"], row["dataset"], row["teacher"], row["student"], row["loss"]) == \
+                ("logit_losses", dataset, teacher, student, family) and row["metric"] == "test_acc":
+            return float(row["value"]), row["source"]
+    return None

@@ -34,11 +34,17 @@ SETTING_COLUMNS: dict[str, tuple[str, ...]] = {
     "pairs": ("dataset", "noise_type", "noise_rate"),
     "sequential": ("dataset", "student", "noise_type", "noise_rate"),
     "noisy_teacher": ("dataset", "student", "noise_type", "noise_rate"),
+    "logit_losses": ("dataset", "teacher", "student", "noise_type", "noise_rate"),
 }
 REQUIRED_COLUMNS = ("status", "dataset", "teacher", "student", "noise_type", "noise_rate",
                     "loss", "tau", "alpha", METRIC)
 # Read when present: what names a trial's teacher and its accuracy (older frames lack them).
 TEACHER_COLUMNS = {"teacher_key": None, "teacher_test_acc": math.nan, "clean_teacher": False}
+# Read when present: kl or mse on z-scored logits is another method than the paper's; its
+# loss reads "kl+std" / "mse+std" in the records, which the paper's tables leave out (the
+# logit_losses table of analysis.loss_tables shows it). Results from before the column are
+# plain kl and mse.
+STANDARDIZE_COLUMN = "standardize"
 # The losses the tables know, in the order their labels sort.
 LOSS_RANK = {"ce": 0, "kl": 1, "mse": 2}
 
@@ -186,11 +192,14 @@ def _float(value: Any) -> float:
 
 def trial_records(df: pd.DataFrame) -> list[dict[str, Any]]:
     """Plain dicts of the required (and teacher) columns; accuracies converted to percent."""
-    columns = [*REQUIRED_COLUMNS, *(c for c in TEACHER_COLUMNS if c in df.columns)]
+    columns = [*REQUIRED_COLUMNS, *(c for c in (*TEACHER_COLUMNS, STANDARDIZE_COLUMN) if c in df.columns)]
     out = []
     for r in df[columns].to_dict("records"):
         for k, default in TEACHER_COLUMNS.items():
             r.setdefault(k, default)
+        standardized = r.pop(STANDARDIZE_COLUMN, None)
+        if standardized is not None and not pd.isna(standardized) and bool(standardized):
+            r["loss"] += "+std"
         for k in ("noise_rate", "tau", "alpha"):
             r[k] = _float(r[k])
         r[METRIC] = 100.0 * _float(r[METRIC])

@@ -3,8 +3,8 @@
 The kinds (:data:`TABLES`, described in :data:`TABLE_HELP`) are built in three modules:
 ``tau_alpha``, ``loss`` and ``noise`` in :mod:`analysis.method_tables`; ``search`` in
 :mod:`analysis.search_table`; ``pairs``, ``sequential`` and ``noisy_teacher`` in
-:mod:`analysis.teacher_tables`. All build the :class:`~analysis.table_model.Table` of
-:mod:`analysis.table_model`.
+:mod:`analysis.teacher_tables`; ``logit_losses`` in :mod:`analysis.loss_tables`. All build
+the :class:`~analysis.table_model.Table` of :mod:`analysis.table_model`.
 
 Conventions:
 
@@ -37,6 +37,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from analysis.loss_tables import logit_loss_tables
 from analysis.method_tables import BUILDERS as METHOD_BUILDERS
 from analysis.search_table import search_tables
 from analysis.table_model import Table, check_columns, teacher_index, trial_records
@@ -44,9 +45,10 @@ from analysis.teacher_tables import BUILDERS as TEACHER_BUILDERS
 from kd_tune.core.status import TrialStatus
 from kd_tune.results.search_record import SearchRecord
 
-TABLES = ("tau_alpha", "loss", "noise", "search", "pairs", "sequential", "noisy_teacher")
+TABLES = ("tau_alpha", "loss", "noise", "search", "pairs", "sequential", "noisy_teacher", "logit_losses")
 ROW_HEADERS = {"tau_alpha": "method", "loss": "teacher -> student", "noise": "method", "search": "selected setting",
-               "pairs": "teacher -> student", "sequential": "teacher -> student", "noisy_teacher": "method"}
+               "pairs": "teacher -> student", "sequential": "teacher -> student", "noisy_teacher": "method",
+               "logit_losses": "method"}
 TABLE_HELP = {
     "tau_alpha": "rows 'kl tau=T' (inf last), 'mse', 'ce' x columns 'alpha=A'; one table per "
                  "(dataset, teacher, student, noise_type, noise_rate); the ce row repeats the "
@@ -68,6 +70,10 @@ TABLE_HELP = {
     "noisy_teacher": "rows 'ce', 'kl tau=T alpha=A', 'mse alpha=A' x columns teacher spec (e.g. cnn-32, "
                      "cnn-32@1); one table per (dataset, student, noise_type, noise_rate); each teacher's "
                      "train and test accuracy under it (from teachers.parquet)",
+    "logit_losses": "rows 'ce', 'kl tau=T alpha=A', 'kl+ls ...', 'dkd ...', 'dist ...', 'mse ...', 'mse+std ...' x "
+                    "columns 'test acc', 'logit distance', 'logit-mean gap'; one table per (dataset, teacher, "
+                    "student, noise_type, noise_rate); published CIFAR-100 numbers of other papers beside "
+                    "(analysis/loss_tables.py)",
 }
 _BUILDERS = {**METHOD_BUILDERS, **TEACHER_BUILDERS}
 
@@ -93,5 +99,7 @@ def build_tables(trials: pd.DataFrame, table: str, *, reference: bool = True,
     known = teacher_index(teachers)
     if table == "search":
         return search_tables(trials, records or {}, known)
+    if table == "logit_losses":
+        return logit_loss_tables(trials, reference=reference, known=known)
     completed = trials["status"] == TrialStatus.COMPLETED
     return _BUILDERS[table](trial_records(trials[completed]), trial_records(trials[~completed]), reference, known)

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m kd_tune.run",
         description="Train (or load) a teacher, then distil one student and print its metrics. "
         "Losses: ce = cross-entropy only; kl = (1-alpha)*CE + alpha*tau^2*KL(teacher_tau || student_tau) "
-        "(tau=inf is the logit-matching limit); mse = (1-alpha)*CE + alpha*MSE(student logits, teacher logits).",
+        "(tau=inf is the logit-matching limit); mse = (1-alpha)*CE + alpha*MSE(student logits, teacher logits); "
+        "dkd, dist, and kl or mse with --standardize: the logit-loss family (docs/losses.md).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Reproducing a sweep trial: give its config (its row of the trials table or its MLflow params) as "
         "flags with --threads equal to its threads column; the run, teacher included, is then bitwise the "

@@ -27,12 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from kd_tune.cli.args import add_config_arguments, config_from_args
-from kd_tune.core.config import ConfigError, RunConfig
+from kd_tune.core.config import LOSS_OPTIONS, ConfigError, RunConfig
 from kd_tune.core.logs import console
 from kd_tune.core.status import TrialStatus
 from kd_tune.data import DataError
 from kd_tune.plan.planner import Plan
-from kd_tune.plan.search_space import Choice, Distribution, SampledSpace, SearchSpace, expand, parse_distribution
+from kd_tune.plan.search_space import (
+    Choice,
+    Distribution,
+    SampledSpace,
+    SearchSpace,
+    expand,
+    parse_distribution,
+    reading_blocks,
+)
 from kd_tune.results.trial_tables import ResultsError
 from kd_tune.storage.location import Storage
 from kd_tune.sweep.cluster import ClusterError
@@ -50,6 +58,30 @@ def parse_float_list(text: str) -> tuple[float, ...]:
         values = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers (e.g. 1,3,inf)") from None
+    if not values:
+        raise argparse.ArgumentTypeError("the list is empty")
+    return values
+
+
+def parse_switch_list(text: str) -> tuple[bool, ...]:
+    """Comma-separated switches: ``on,off`` (also true/false, yes/no, 1/0)."""
+    words = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
+    values = []
+    for part in (p.strip().lower() for p in text.split(",") if p.strip()):
+        if part not in words:
+            raise argparse.ArgumentTypeError(f"{part!r} is not on or off (e.g. --standardize on,off)")
+        values.append(words[part])
+    if not values:
+        raise argparse.ArgumentTypeError("the list is empty")
+    return tuple(dict.fromkeys(values))
+
+
+def parse_int_list(text: str) -> tuple[int, ...]:
+    """Comma-separated integers: ``0,20``."""
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers (e.g. 0,20)") from None
     if not values:
         raise argparse.ArgumentTypeError("the list is empty")
     return values
@@ -90,8 +122,17 @@ class SpaceFlag:
 
 
 COMMON_AXES = (
-    Axis("--taus", "tau", parse_float_list, "temperatures of the kl loss, e.g. 1,3,inf (inf = logit matching)"),
+    Axis("--taus", "tau", parse_float_list, "temperatures of kl, dkd and dist, e.g. 1,3,inf (inf = logit matching, kl "
+         "only)"),
     Axis("--alphas", "alpha", parse_float_list, "KD weights in [0, 1], e.g. 0.1,0.5,1"),
+    # The loss options: an axis goes to the blocks whose losses read it (docs/losses.md).
+    Axis("--standardize", "standardize", parse_switch_list,
+         "kl and mse: z-score the logits first (kl: logit standardization), e.g. on,off"),
+    Axis("--dkd-alpha", "dkd_alpha", parse_float_list, "dkd: weights of the target-class term TCKD, e.g. 1"),
+    Axis("--dkd-beta", "dkd_beta", parse_float_list, "dkd: weights of the non-target term NCKD, e.g. 1,4,8"),
+    Axis("--dkd-warmup", "dkd_warmup", parse_int_list, "dkd: warmup epochs of the KD term, e.g. 0,20"),
+    Axis("--dist-beta", "dist_beta", parse_float_list, "dist: weights of the inter-class term, e.g. 1,2"),
+    Axis("--dist-gamma", "dist_gamma", parse_float_list, "dist: weights of the intra-class term, e.g. 1,2"),
 )
 
 
@@ -105,7 +146,8 @@ class SweepSpec:
     axis a choice of its values), ``search`` the default of ``--search`` and
     ``num_samples`` that of ``--num-samples``. ``preset_spaces`` replaces ``space`` under a
     preset (``--preset paper``: the WRN pairs instead of the digits ones); ``space_flag``
-    rebuilds it from one flag.
+    rebuilds it from one flag. ``losses`` is the default of ``--losses`` (empty: every
+    loss of the space), so a space may hold blocks that run only when asked for.
     """
 
     name: str
@@ -120,6 +162,7 @@ class SweepSpec:
     num_samples: int = 60
     preset_spaces: Mapping[str, SearchSpace] = field(default_factory=dict)
     space_flag: SpaceFlag | None = None
+    losses: tuple[str, ...] = ()
 
     def space_for(self, preset: str) -> SearchSpace:
         """The grid under ``preset`` (``space`` unless ``preset_spaces`` has its own)."""
@@ -211,7 +254,7 @@ def build_parser(spec: SweepSpec, prog: str | None = None) -> argparse.ArgumentP
                       help=f"training seeds 0..N-1: a grid trains each setting with each (default: {spec.seeds}); a "
                       "search's trials take them in turn (default: 1, so that ASHA compares settings, not seeds)")
     grid.add_argument("--losses", type=parse_name_list, metavar="LIST",
-                      help=f"losses to run, from {','.join(_losses(spec))} (default: all)")
+                      help=f"losses to run, from {','.join(_losses(spec))} (default: {','.join(spec.losses) or 'all'})")
     for axis in axes:
         grid.add_argument(axis.flag, type=axis.parse, dest=f"axis_{axis.field}", metavar="LIST",
                           help=f"{axis.help}; a search draws from these values (default: {_axis_default(spec, axis)})")
@@ -257,10 +300,11 @@ def expand_args(spec: SweepSpec, args: argparse.Namespace) -> list[RunConfig]:
     if not spec.space:
         raise ConfigError(["this sweep is a search and has no grid: use --search optuna"])
     space = _apply_axes(_space(spec, args), args, spec.axes)
-    if args.losses is not None:
-        _check_losses(args.losses, _space_losses(space))
-        space = [b for b in space if set(b.get("loss", [base.loss])) & set(args.losses)]
-        space = [{**b, "loss": [x for x in b["loss"] if x in args.losses]} if "loss" in b else b for b in space]
+    losses = args.losses if args.losses is not None else spec.losses or None
+    if losses is not None:
+        _check_losses(losses, _space_losses(space))
+        space = [b for b in space if set(b.get("loss", [base.loss])) & set(losses)]
+        space = [{**b, "loss": [x for x in b["loss"] if x in losses]} if "loss" in b else b for b in space]
     seeds = spec.seeds if args.seeds is None else args.seeds
     if seeds < 1:
         raise ConfigError([f"--seeds must be >= 1, got {seeds}"])
@@ -270,13 +314,15 @@ def expand_args(spec: SweepSpec, args: argparse.Namespace) -> list[RunConfig]:
 def search_args(spec: SweepSpec, args: argparse.Namespace) -> Search:
     """The search the parsed flags describe (the space checked; settings checked by the runner)."""
     space = spec.sampled(_space(spec, args))
-    if args.losses is not None:
-        _check_losses(args.losses, space.losses())
-        space = space.with_losses(args.losses)
+    losses = args.losses if args.losses is not None else spec.losses or None
+    if losses is not None:
+        _check_losses(losses, space.losses())
+        space = space.with_losses(losses)
     for axis in COMMON_AXES + spec.axes:
         values = getattr(args, f"axis_{axis.field}", None)
         if values is not None:
-            if not space.values(axis.field):
+            # A loss option goes to the blocks whose losses read it (a ConfigError when none does).
+            if not space.values(axis.field) and axis.field not in LOSS_OPTIONS:
                 raise ConfigError([f"{axis.flag}: this sweep has no {axis.field} axis"])
             space = space.replace(axis.field, Choice(tuple(values)))
     for name, dist in args.search_space or ():
@@ -461,9 +507,14 @@ def _apply_axes(space: SearchSpace, args: argparse.Namespace, extra: tuple[Axis,
         values = getattr(args, f"axis_{axis.field}", None)
         if values is None:
             continue
-        if not any(axis.field in b for b in blocks):
-            raise ConfigError([f"{axis.flag}: this sweep has no {axis.field} axis"])
-        blocks = [{**b, axis.field: list(values)} if axis.field in b else b for b in blocks]
+        # A loss option goes to the blocks whose losses read it, whether they list it or not.
+        chosen = reading_blocks(axis.field, blocks) if axis.field in LOSS_OPTIONS else \
+            [i for i, b in enumerate(blocks) if axis.field in b]
+        if not chosen:
+            what = f"no loss of this sweep reads {axis.field}" if axis.field in LOSS_OPTIONS else \
+                f"this sweep has no {axis.field} axis"
+            raise ConfigError([f"{axis.flag}: {what}"])
+        blocks = [{**b, axis.field: list(values)} if i in chosen else b for i, b in enumerate(blocks)]
     return blocks
 
 
@@ -539,8 +590,15 @@ def _default_values(space: SearchSpace, name: str) -> str:
         for value in block.get(name, []):
             if value not in values:
                 values.append(value)
-    return ",".join("inf" if isinstance(v, float) and math.isinf(v) else f"{v:g}" if isinstance(v, float) else str(v)
-                    for v in values)
+    if not values and name in LOSS_OPTIONS:
+        return f"{_option_text(LOSS_OPTIONS[name].default)}, published, for {' and '.join(LOSS_OPTIONS[name].losses)}"
+    return ",".join(_option_text(v) for v in values)
+
+
+def _option_text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    return "inf" if isinstance(v, float) and math.isinf(v) else f"{v:g}" if isinstance(v, float) else str(v)
 
 
 _EPILOG = """\

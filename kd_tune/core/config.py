@@ -25,6 +25,40 @@ NOISE_TYPES = ("none", "symmetric", "asymmetric")
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
+@dataclass(frozen=True)
+class LossOption:
+    """A loss hyperparameter beyond tau and alpha: a :class:`RunConfig` field read by some losses.
+
+    ``losses``: the losses that read it; ``default``: its published value, which a run of
+    one of those losses takes when the field is not given (None); ``unset``: its value in
+    a run of any other loss (None, or False for a switch). Trial keys leave a field out at
+    ``unset`` (:mod:`kd_tune.core.identity`), so the keys of runs from before these fields
+    existed did not change; result tables hold null where a field does not apply.
+    """
+
+    losses: tuple[str, ...]
+    default: Any
+    unset: Any = None
+    kind: type = float
+
+
+# The published defaults: DKD (Zhao et al., CVPR 2022: alpha 1, beta 8, warmup 20 epochs);
+# DIST (Huang et al., NeurIPS 2022, the reference code's DIST(beta=1, gamma=1)); logit
+# standardization (Sun et al., CVPR 2024) is the switch ``standardize`` of kl (and of mse).
+LOSS_OPTIONS: dict[str, LossOption] = {
+    "standardize": LossOption(("kl", "mse"), False, False, bool),
+    "dkd_alpha": LossOption(("dkd",), 1.0),
+    "dkd_beta": LossOption(("dkd",), 8.0),
+    "dkd_warmup": LossOption(("dkd",), 20, kind=int),
+    "dist_beta": LossOption(("dist",), 1.0),
+    "dist_gamma": LossOption(("dist",), 1.0),
+}
+# Losses without a temperature, and what else each leaves unused (see unused_fields).
+_NO_TAU = ("ce", "mse")
+# Losses whose temperature must be finite: tau = inf is a limit kl defines, these do not.
+_FINITE_TAU = ("dkd", "dist")
+
+
 class ConfigError(ValueError):
     """A configuration with one or more problems; ``problems`` lists each one."""
 
@@ -55,6 +89,47 @@ def noise_problems(noise_type: str, rate: float, seed: int) -> list[str]:
                  "(with noise_type='none' the rate must be 0)")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         p.append(f"noise_seed={seed!r} must be >= 0")
+    return p
+
+
+def unused_fields(loss: str) -> tuple[str, ...]:
+    """The fields a run of ``loss`` does not read: their values cannot change the run.
+
+    ``ce`` reads neither tau nor alpha, ``mse`` no tau, and every loss none of the
+    :data:`LOSS_OPTIONS` of other losses. A loss registered by name elsewhere (not known
+    here) reads tau and alpha and no option. A search does not draw these fields for
+    ``loss``, and :func:`kd_tune.plan.search_space.canonical` gives them one fixed value.
+    """
+    plain = {"ce": ("tau", "alpha"), "mse": ("tau",)}.get(loss, ())
+    return plain + tuple(name for name, option in LOSS_OPTIONS.items() if loss not in option.losses)
+
+
+def loss_option_problems(loss: str, tau: float, options: Mapping[str, Any]) -> list[str]:
+    """Problems with the :data:`LOSS_OPTIONS` values ``options`` (field -> value) of a ``loss`` run.
+
+    A weight must be a finite number >= 0, a warmup an integer >= 0, ``standardize`` a
+    bool; an option another loss reads must be unset (None, False for ``standardize``);
+    dkd and dist need a finite tau.
+    """
+    p = []
+    for name, value in options.items():
+        option = LOSS_OPTIONS[name]
+        if loss not in option.losses:
+            if value != option.unset:
+                p.append(f"{name}={value!r} applies to loss {' or '.join(option.losses)} only (loss is {loss!r}); "
+                         f"leave it unset")
+            continue
+        if option.kind is bool:
+            if not isinstance(value, bool):
+                p.append(f"{name}={value!r} must be true or false")
+        elif option.kind is int:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                p.append(f"{name}={value!r} must be an integer >= 0 (epochs)")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value)
+                                                                                   and value >= 0):
+            p.append(f"{name}={value!r} must be a finite number >= 0")
+    if loss in _FINITE_TAU and isinstance(tau, (int, float)) and math.isinf(tau):
+        p.append(f"tau=inf is the limit of kl only; loss {loss!r} needs a finite tau > 0")
     return p
 
 
@@ -95,9 +170,22 @@ class RunConfig:
                       "E of its full recipe), A>B (B distilled from A, then B teaches; A>B[kl:TAU[:ALPHA]] or "
                       "A>B[mse[:ALPHA]] names the step's loss, else the run's), A+B or NxA (ensemble: mean logits)")
     student: str = _f("cnn-4", "student architecture, e.g. wrn-16-2, resnet-20, cnn-4, mlp-32")
-    loss: str = _f("kl", "loss: ce (no teacher), kl (KL with temperature tau), mse (MSE on logits)")
-    tau: float = _f(4.0, "temperature of the kl loss, > 0; inf for the logit-matching limit")
+    loss: str = _f("kl", "loss: ce (no teacher), kl (KL with temperature tau), mse (MSE on logits), dkd (decoupled "
+                   "KD, Zhao et al. 2022), dist (Pearson correlations, Huang et al. 2022)")
+    tau: float = _f(4.0, "temperature of the kl, dkd and dist losses, > 0; inf (kl only) for the logit-matching "
+                    "limit")
     alpha: float = _f(0.9, "weight of the KD term in [0, 1]; CE gets 1 - alpha")
+    standardize: bool = _f(False, "kl and mse: z-score each sample's logits (teacher and student: mean 0, sample std "
+                           "1) before the loss; kl with it is logit standardization (Sun et al. 2024)")
+    dkd_alpha: float | None = _f(None, "dkd: weight of the target-class term TCKD (none: 1, published; other "
+                                 "losses: unset)")
+    dkd_beta: float | None = _f(None, "dkd: weight of the non-target-class term NCKD (none: 8, published)")
+    dkd_warmup: int | None = _f(None, "dkd: epochs over which the KD term's weight rises linearly to 1, epoch e "
+                                "weighing min(e / warmup, 1); 0: none (none: 20, published)")
+    dist_beta: float | None = _f(None, "dist: weight of the inter-class term, 1 - Pearson across classes per sample "
+                                 "(none: 1, published)")
+    dist_gamma: float | None = _f(None, "dist: weight of the intra-class term, 1 - Pearson across the batch per "
+                                  "class (none: 1, published)")
     clean_teacher: bool = _f(False, "train the teacher on clean labels even when noise is on")
     teacher_seed: int = _f(0, "seed of the teacher's training run")
     teacher_epochs: int | None = _f(None, "teacher training epochs (default: same as epochs)")
@@ -125,16 +213,22 @@ class RunConfig:
         # (alpha=1 and alpha=1.0; milestones as a list or a tuple).
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.type in ("float", float) and isinstance(value, int) and not isinstance(value, bool):
+            if f.type in ("float", float, "float | None") and isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, f.name, float(value))
         if isinstance(self.milestones, list):
             object.__setattr__(self, "milestones", tuple(self.milestones))
+        # A loss option left unset in a run of a loss that reads it is its published value:
+        # dkd with dkd_beta=None is dkd with dkd_beta=8.0, one run, one config.
+        for name, option in LOSS_OPTIONS.items():
+            if getattr(self, name) is None and self.loss in option.losses:
+                object.__setattr__(self, name, option.default)
 
     def problems(self) -> list[str]:
         """Every problem with this config, as readable sentences (empty when valid)."""
         p: list[str] = []
         p += tau_alpha_problems(self.tau, self.alpha)
         p += noise_problems(self.noise_type, self.noise_rate, self.noise_seed)
+        p += loss_option_problems(self.loss, self.tau, self.loss_options())
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 p.append(f"{name}={getattr(self, name)!r} must be >= 1")
@@ -186,13 +280,19 @@ class RunConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take defaults.
 
         Accepts the strings ``"inf"``/``"infinity"`` for tau, as they come back from
-        text stores (CLI, MLflow params).
+        text stores (CLI, MLflow params), and None for a loss option (a null of a result
+        table, see :meth:`table_values`).
         """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError([f"unknown config keys: {', '.join(unknown)}"])
         kwargs = dict(values)
+        for name in LOSS_OPTIONS:
+            # Null in a result table: the option does not apply to the row's loss, or the row
+            # was written before the field existed. Either way the field's unset value.
+            if name in kwargs and kwargs[name] is None:
+                del kwargs[name]
         if "milestones" in kwargs:
             kwargs["milestones"] = tuple(int(m) for m in kwargs["milestones"])
         if isinstance(kwargs.get("tau"), str):
@@ -202,6 +302,17 @@ class RunConfig:
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+    def loss_options(self) -> dict[str, Any]:
+        """The :data:`LOSS_OPTIONS` fields and their values (those of other losses unset)."""
+        return {name: getattr(self, name) for name in LOSS_OPTIONS}
+
+    def table_values(self) -> dict[str, Any]:
+        """:meth:`to_dict` as a result table stores it: a loss option the loss does not read is
+        None (null), ``standardize`` of a ce, dkd or dist run included. :meth:`from_dict` reads it back."""
+        out = self.to_dict()
+        out.update({name: None for name, option in LOSS_OPTIONS.items() if self.loss not in option.losses})
+        return out
 
     def data_settings(self) -> dict[str, Any]:
         """The fields that decide which data (split, label noise) the run sees.
@@ -234,6 +345,7 @@ class RunConfig:
             loss="ce",
             tau=1.0,
             alpha=0.0,
+            **{name: option.unset for name, option in LOSS_OPTIONS.items()},
             seed=self.teacher_seed,
             epochs=self.teacher_epochs or self.epochs,
             teacher_epochs=None,

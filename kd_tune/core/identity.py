@@ -47,6 +47,18 @@ CACHE_DTYPES = ("float32", "float16")
 _EXECUTION = ("device", "threads")
 # Fields of a student config that teacher_config() has already folded into the teacher's run.
 _NOT_TEACHER_IDENTITY = ("teacher", "clean_teacher", "teacher_seed", "teacher_epochs", *_EXECUTION, "download")
+# Fields added to RunConfig after keys were first stored, each with the value at which a
+# key leaves it out: a config that holds it there is a run that existed before the field,
+# and keeps the key it had (Parquet rows, MLflow runs, teacher folders, caches, resumes).
+# The loss options (kd_tune.core.config.LOSS_OPTIONS) at their unset values.
+_ADDED_FIELDS: dict[str, Any] = {
+    "standardize": False,
+    "dkd_alpha": None,
+    "dkd_beta": None,
+    "dkd_warmup": None,
+    "dist_beta": None,
+    "dist_gamma": None,
+}
 
 
 def config_hash(values: Mapping[str, Any], length: int = KEY_LENGTH) -> str:
@@ -55,12 +67,23 @@ def config_hash(values: Mapping[str, Any], length: int = KEY_LENGTH) -> str:
     return sha256_hex(text, length)
 
 
+def identity_values(config: RunConfig) -> dict[str, Any]:
+    """:meth:`RunConfig.to_dict` without the fields of ``_ADDED_FIELDS`` that hold the value at
+    which a key leaves them out: what every key below hashes, so that adding a field to
+    RunConfig keeps the keys of every config from before it."""
+    values = config.to_dict()
+    for name, left_out in _ADDED_FIELDS.items():
+        if values[name] == left_out:
+            del values[name]
+    return values
+
+
 def trial_key(config: RunConfig) -> str:
     """The identity of one run: equal for equal configs, across sweeps and restarts.
 
     ``device`` and ``threads`` are left out: where a run executes does not change what it is.
     """
-    values = config.to_dict()
+    values = identity_values(config)
     for name in _EXECUTION:
         values.pop(name)
     return config_hash(values)
@@ -72,7 +95,7 @@ def setting_key(config: RunConfig) -> str:
     The runs of one setting with different seeds share it: a search reruns a selected
     setting with new seeds and groups its trials by this key.
     """
-    values = config.to_dict()
+    values = identity_values(config)
     for name in (*_EXECUTION, "seed"):
         values.pop(name)
     return config_hash(values)
@@ -112,7 +135,7 @@ def ensemble_key(members: Sequence[str]) -> str:
 def _recipe_key(run: RunConfig, **extra: Any) -> str:
     """The hash of the run that trains a teacher (``extra`` added): every field but those
     :meth:`RunConfig.teacher_config` has folded into it, and the device."""
-    values = run.to_dict()
+    values = identity_values(run)
     for name in _NOT_TEACHER_IDENTITY:
         values.pop(name)
     if values["noise_type"] == "none" or values["noise_rate"] == 0.0:

@@ -9,7 +9,7 @@ its builder and gets a specific error message.
 from __future__ import annotations
 
 from kd_tune.models.registry import register_model
-from kd_tune.models.resnet import cifar_resnet
+from kd_tune.models.resnet import cifar_resnet, cifar_resnet_x4
 from kd_tune.models.small import mlp, small_cnn
 from kd_tune.models.wrn import wide_resnet
 
@@ -27,6 +27,13 @@ register_model(
     cifar_resnet,
     "CIFAR ResNet (He et al. 2016), N = 6n+2 (n >= 1); e.g. resnet-20, resnet-32, resnet-56, resnet-110",
     display="resnet-N",
+)
+register_model(
+    rf"resnet-{_INT}x4",
+    cifar_resnet_x4,
+    "wide CIFAR ResNet of the CRD/DKD code (widths 32, 64, 128, 256), N = 6n+2; resnet-8x4 (1.23M parameters "
+    "at 100 classes), resnet-32x4 (7.43M)",
+    display="resnet-Nx4",
 )
 register_model(
     rf"cnn-{_INT}",

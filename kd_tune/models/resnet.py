@@ -1,13 +1,21 @@
-"""CIFAR ResNet ``resnet-N`` (He et al., CVPR 2016, section 4.2).
+"""CIFAR ResNets: ``resnet-N`` and the wide ``resnet-Nx4`` of the CRD and DKD code.
 
-Layout (``N = 6n + 2``):
+``resnet-N``: He et al., CVPR 2016, section 4.2. ``resnet-Nx4``: the code of Tian et al.
+(CRD, ICLR 2020), used by Zhao et al. (DKD, CVPR 2022).
 
-    conv3x3(in_channels, 16) - BN - ReLU
-    stage1: n blocks, width 16, stride 1
-    stage2: n blocks, width 32, stride 2
-    stage3: n blocks, width 64, stride 2
-    global average pool  -> features (B, 64)
-    Linear(64, num_classes)
+Layout (``N = 6n + 2``; widths w0..w3 = 16, 16, 32, 64 for ``resnet-N`` and 32, 64, 128,
+256 for ``resnet-Nx4``):
+
+    conv3x3(in_channels, w0) - BN - ReLU
+    stage1: n blocks, width w1, stride 1
+    stage2: n blocks, width w2, stride 2
+    stage3: n blocks, width w3, stride 2
+    global average pool  -> features (B, w3)
+    Linear(w3, num_classes)
+
+``resnet-8x4`` has 1,233,540 parameters and ``resnet-32x4`` 7,433,860 at 100 classes,
+the 1.23M and 7.43M of the DKD paper's tables (the CRD code's models, whose first stage
+also widens 32 -> 64 through a projection shortcut, as here).
 
 Blocks are post-activation: conv3x3-BN-ReLU-conv3x3-BN, add shortcut, ReLU.
 
@@ -60,8 +68,13 @@ def _stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.
     return nn.Sequential(*layers)
 
 
-def cifar_resnet_body(depth: int, in_channels: int = 3) -> tuple[nn.Sequential, int]:
-    """Build the ResNet feature extractor ``(B, in_channels, H, W) -> (B, 64)``.
+RESNET_WIDTHS = (16, 16, 32, 64)
+RESNET_X4_WIDTHS = (32, 64, 128, 256)
+
+
+def cifar_resnet_body(depth: int, in_channels: int = 3,
+                      widths: tuple[int, int, int, int] = RESNET_WIDTHS) -> tuple[nn.Sequential, int]:
+    """Build the ResNet feature extractor ``(B, in_channels, H, W) -> (B, widths[3])``.
 
     Returns:
         ``(body, feature_dim)``; weights are not initialised here.
@@ -76,20 +89,26 @@ def cifar_resnet_body(depth: int, in_channels: int = 3) -> tuple[nn.Sequential, 
     n = (depth - 2) // 6
     body = nn.Sequential(
         OrderedDict(
-            stem=nn.Conv2d(in_channels, 16, 3, 1, padding=1, bias=False),
-            stem_bn=nn.BatchNorm2d(16),
+            stem=nn.Conv2d(in_channels, widths[0], 3, 1, padding=1, bias=False),
+            stem_bn=nn.BatchNorm2d(widths[0]),
             stem_relu=nn.ReLU(),
-            stage1=_stage(16, 16, n, stride=1),
-            stage2=_stage(16, 32, n, stride=2),
-            stage3=_stage(32, 64, n, stride=2),
+            stage1=_stage(widths[0], widths[1], n, stride=1),
+            stage2=_stage(widths[1], widths[2], n, stride=2),
+            stage3=_stage(widths[2], widths[3], n, stride=2),
             pool=nn.AdaptiveAvgPool2d(1),
             flatten=nn.Flatten(),
         )
     )
-    return body, 64
+    return body, widths[3]
 
 
 def cifar_resnet(depth: int, *, num_classes: int, in_channels: int = 3) -> Classifier:
     """``resnet-{depth}`` as an initialised :class:`Classifier`."""
     body, feature_dim = cifar_resnet_body(depth, in_channels)
+    return init_weights(Classifier(body, feature_dim, num_classes))
+
+
+def cifar_resnet_x4(depth: int, *, num_classes: int, in_channels: int = 3) -> Classifier:
+    """``resnet-{depth}x4`` (the CRD code's ``resnet{depth}x4``: widths 32, 64, 128, 256), initialised."""
+    body, feature_dim = cifar_resnet_body(depth, in_channels, RESNET_X4_WIDTHS)
     return init_weights(Classifier(body, feature_dim, num_classes))

@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import Any
 
 from kd_tune.core import identity
-from kd_tune.core.config import RunConfig
+from kd_tune.core.config import LOSS_OPTIONS, RunConfig
 from kd_tune.data import dataset_augments
 from kd_tune.plan.teacher_dag import TeacherNode, teacher_dag
 
@@ -125,12 +125,20 @@ def plan_trial(config: RunConfig, *, cache_dtype: str | None = "float32") -> Tri
 
 
 def label(config: RunConfig) -> str:
-    """A short human label of the axes that usually vary, e.g. ``kl tau=3 alpha=0.5 seed=1``."""
+    """A short human label of the axes that usually vary, e.g. ``kl tau=3 alpha=0.5 seed=1``;
+    ``kl std tau=2 ...`` with ``standardize``, a loss option away from its published value
+    by its name (``dkd tau=4 alpha=0.5 dkd_beta=6 seed=0``)."""
     parts = [config.loss]
-    if config.loss == "kl":
+    if config.standardize:
+        parts.append("std")
+    if config.loss not in ("ce", "mse"):
         parts.append(f"tau={config.tau:g}")
     if config.loss != "ce":
         parts.append(f"alpha={config.alpha:g}")
+    for name, option in LOSS_OPTIONS.items():
+        value = getattr(config, name)
+        if config.loss in option.losses and option.kind is not bool and value != option.default:
+            parts.append(f"{name}={value:g}")
     if config.noise_type != "none":
         parts.append(f"{config.noise_type}={config.noise_rate:g}")
     parts.append(f"seed={config.seed}")

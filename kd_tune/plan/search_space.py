@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kd_tune.core import teacher_spec
-from kd_tune.core.config import ConfigError, RunConfig, field_types
+from kd_tune.core.config import LOSS_OPTIONS, ConfigError, RunConfig, field_types, unused_fields
 
 Block = Mapping[str, Sequence[Any]]
 SearchSpace = Sequence[Block]
@@ -54,6 +54,9 @@ def canonical(config: RunConfig) -> RunConfig:
 
     - ``ce`` uses neither tau nor alpha: stored as tau=1, alpha=0 (as for teachers).
     - ``mse`` has no temperature: tau=1.
+    - a loss option (:data:`~kd_tune.core.config.LOSS_OPTIONS`: ``standardize``, ``dkd_*``,
+      ``dist_*``) that the loss does not read is unset (None; False for ``standardize``),
+      one the loss reads and that is not given is its published default.
     - noise rate 0 is no noise, whatever the type: noise_type="none", and without noise
       the noise seed draws nothing: noise_seed=0.
     - the teacher spec is spelled canonically (``cnn-32 + cnn-32`` is ``2xcnn-32``); a
@@ -67,6 +70,9 @@ def canonical(config: RunConfig) -> RunConfig:
         config = config.replace(tau=1.0, alpha=0.0)
     elif config.loss == "mse":
         config = config.replace(tau=1.0)
+    unset = {name: LOSS_OPTIONS[name].unset for name in unused_fields(config.loss) if name in LOSS_OPTIONS}
+    if any(getattr(config, name) != value for name, value in unset.items()):
+        config = config.replace(**unset)
     if config.noise_rate == 0.0:
         config = config.replace(noise_type="none", noise_seed=0)
     return config
@@ -102,14 +108,23 @@ def expand(base: RunConfig, space: SearchSpace, *, seeds: Iterable[int] = (0,)) 
     return list(configs)
 
 
+def reading_blocks(field: str, blocks: Sequence[Block]) -> list[int]:
+    """The indices of the blocks a new axis ``field`` goes to: those that have it already, else
+    those whose losses all read it (every block for a field that is not loss-specific; a block
+    without a loss counts as reading it)."""
+    held = [i for i, block in enumerate(blocks) if field in block]
+    if held:
+        return held
+    return [i for i, block in enumerate(blocks)
+            if not any(field in unused_fields(loss) for loss in block.get("loss", ()))]
+
+
 # -- sampled spaces ------------------------------------------------------------------------
 
 # The value of a range's "<field>_point" parameter that means "drawn from the range".
 IN_RANGE = "range"
 # Fields a search does not draw: the seed follows from the trial's number (kd_tune.sweep.search).
 _NOT_SAMPLED = ("seed",)
-# What each loss does not use: a block of that loss may not draw it.
-_UNUSED = {"ce": ("tau", "alpha"), "mse": ("tau",)}
 
 
 @dataclass(frozen=True)
@@ -252,11 +267,14 @@ class SampledSpace:
         return [{name: dist.to_json() for name, dist in block} for block in self.blocks]
 
     def replace(self, field: str, dist: Distribution) -> SampledSpace:
-        """``field`` drawn from ``dist`` in every block that has it, or added to every block if none has it."""
-        held = any(name == field for block in self.blocks for name, _ in block)
-        blocks = [{**dict(block), field: dist} if not held or field in dict(block) else dict(block)
-                  for block in self.blocks]
-        return SampledSpace.of(*blocks)
+        """``field`` drawn from ``dist`` in every block that has it; if none has it, added to
+        every block whose losses all read it (see :func:`reading_blocks`)."""
+        blocks = [dict(block) for block in self.blocks]
+        chosen = reading_blocks(field, [{name: d.values if isinstance(d, Choice) else () for name, d in block.items()}
+                                        for block in blocks])
+        if not chosen:
+            raise ConfigError([f"{field}: no block of this space has a loss that reads it"])
+        return SampledSpace.of(*({**block, field: dist} if i in chosen else block for i, block in enumerate(blocks)))
 
     def with_losses(self, losses: Sequence[str]) -> SampledSpace:
         """Only the blocks (and choices) of ``losses``."""
@@ -446,7 +464,7 @@ class SampledSpace:
             for loss in fields["loss"].values if isinstance(fields.get("loss"), Choice) else ():
                 if owner.setdefault(loss, i) != i:
                     p.append(f"loss {loss!r} is in blocks {owner[loss] + 1} and {i + 1}; each loss picks one block")
-                unused = [name for name in _UNUSED.get(loss, ()) if name in fields]
+                unused = [name for name in unused_fields(loss) if name in fields]
                 if unused:
                     p.append(f"the {loss} block draws {', '.join(unused)}, which {loss} does not use")
         return list(dict.fromkeys(p))

@@ -12,8 +12,8 @@ last. Four kinds of node:
 - ``undertrained``: ``ARCH@E``, that same CE run (its learning-rate schedule is the one
   of all its epochs) stopped after epoch ``E``;
 - ``sequential``: one step ``A>B``: ``B`` distilled from the node ``A`` by the same
-  recipe, with the step's loss, or by default the loss, tau and alpha of the run it
-  serves (so a chain's default steps, and their keys, follow the run's loss);
+  recipe, with the step's loss, or by default the loss, tau, alpha and loss options of
+  the run it serves (so a chain's default steps, and their keys, follow the run's loss);
 - ``ensemble``: ``A+B`` or ``NxA``: nothing is trained; its logits are the mean of its
   members' logits.
 
@@ -119,5 +119,8 @@ def _step_run(step: Step, config: RunConfig) -> RunConfig:
     alpha = loss.alpha if loss.alpha is not None else config.alpha
     if loss.loss == "mse":
         tau = 1.0  # MSE has no temperature (as kd_tune.plan.search_space.canonical stores it)
+    # A default step distils as the run does, its loss options included (dkd's weights, the
+    # standardize switch); a step that names its loss takes that loss's published options.
+    options = config.loss_options() if step.loss is None else {}
     return config.teacher_config().replace(student=step.arch, teacher=str(step.source), loss=loss.loss, tau=tau,
-                                           alpha=alpha)
+                                           alpha=alpha, **options)

@@ -21,7 +21,10 @@ config, stable across retries and resumed sweeps; a rerun replaces the row):
 ``sweep``, ``trial_key``, ``trial_id`` (Ray Tune's id), ``status`` (a
 :class:`~kd_tune.core.status.TrialStatus` value: completed | diverged | stopped | failed),
 ``error``, ``diverged_epoch``; every :class:`RunConfig` field as a
-column (``tau`` float64 with inf for infinity, ``milestones`` list<int64>);
+column (``tau`` float64 with inf for infinity, ``milestones`` list<int64>; a loss option,
+``standardize``, ``dkd_alpha``, ``dkd_beta``, ``dkd_warmup``, ``dist_beta``,
+``dist_gamma``, is null where the row's loss does not read it, and in rows written
+before these columns existed: :meth:`RunConfig.from_dict` reads null as unset);
 ``teacher_key``, ``teacher_test_acc``; the last epoch's metrics (``epoch``,
 ``train_loss``, ``train_acc``, ``val_acc``, ``test_acc``, ``test_logit_mse``,
 ``test_agreement``); ``best_val_acc``, ``best_val_epoch``, ``test_acc_at_best_val``
@@ -158,7 +161,7 @@ def trial_row(
         "sweep": sweep, "trial_key": trial_key, "trial_id": trial_id, "status": status.value, "error": error,
         "diverged_epoch": int(last["epoch"]) if status is TrialStatus.DIVERGED and last else None,
     }
-    row.update(config.to_dict())
+    row.update(config.table_values())  # a loss option the loss does not read: null
     row.update(teacher_key=teacher_key, teacher_test_acc=teacher_test_acc)
     row["epoch"] = int(last["epoch"]) if last else None
     row.update({m: float(last.get(m, math.nan)) if last else None for m in FINAL_METRICS})

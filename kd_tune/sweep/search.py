@@ -142,7 +142,7 @@ class Search:
         The thread count is left out, as trial keys leave it out: a search resumed with
         another ``--cpus-per-trial`` is the same search (each trial records its count).
         """
-        base = self.base.to_dict()
+        base = identity.identity_values(self.base)  # fields added since, at their old value: as before them
         del base["threads"]
         return {"search": {"base": base, "space": self.space.to_json(), **dataclasses.asdict(self.settings)}}
 

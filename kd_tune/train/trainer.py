@@ -51,7 +51,7 @@ from kd_tune.core.runtime import (
 from kd_tune.core.status import TrialStatus
 from kd_tune.data import Dataset, epoch_batches, load_dataset
 from kd_tune.train.evaluation import evaluate, predict_outputs
-from kd_tune.train.losses import make_loss
+from kd_tune.train.losses import run_loss
 from kd_tune.train.measurements import EndMeasurements, measure
 from kd_tune.train.optim import build_optimizer, build_scheduler
 from kd_tune.train.teacher_logits import TeacherLogits
@@ -215,7 +215,7 @@ def _start(config: RunConfig, data: Dataset | None, teacher: nn.Module | None, t
     scheduler = build_scheduler(optimizer, config)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype(device) == torch.float16)
     learner = _Learner(model, optimizer, scheduler, scaler)
-    loss_fn = make_loss(config.loss, tau=config.tau, alpha=config.alpha)
+    loss_fn = run_loss(config)
     start_epoch, history = _resume(resume_state, config, learner) if resume_state is not None else (0, [])
     # Small data sets live on the device whole: no loader, no per-item Python.
     return _Run(config, data, device, amp, signal, learner, loss_fn, start_epoch, history,
@@ -259,8 +259,9 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(run.device, run.amp):
             student_logits = learner.model(x)
         target = run.signal.batch(idx, x)
-        # Losses in float32 whatever autocast did: small tau divides logits.
-        loss = run.loss_fn(student_logits.float(), target, y)
+        # Losses in float32 whatever autocast did: small tau divides logits. The 1-based
+        # epoch is for losses with a schedule of their own (dkd's warmup).
+        loss = run.loss_fn(student_logits.float(), target, y, epoch + 1)
         learner.optimizer.zero_grad(set_to_none=True)
         learner.scaler.scale(loss).backward()
         learner.scaler.step(learner.optimizer)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kd_tune.cli.sweep import build_parser, expand_args, main, search_args
+from kd_tune.core.config import RunConfig
 from kd_tune.core.identity import trial_key
 from kd_tune.sweep.search import SearchSettings
 
@@ -263,3 +264,59 @@ def test_search_dry_run_writes_nothing(tmp_path, capsys):
     assert "scheduler asha (grace 2 epochs, factor 3); then the top 3 rerun with 3 new seeds each" in out
     assert "teachers: 1 (0 already in" in out and "dry run: nothing was run or written" in out
     assert not storage.exists()
+
+
+# -- the loss family: its sweep, the option axes ----------------------------------------------
+
+LOGIT_LOSSES = load_spec("logit_losses")
+
+
+def test_logit_losses_runs_each_loss_at_its_published_settings_clean_and_noisy():
+    configs = configs_of(LOGIT_LOSSES)
+    assert len(configs) == 7 * 2 * 5 and len({trial_key(c) for c in configs}) == len(configs)
+    methods = {(c.loss, c.tau, c.standardize, c.dkd_beta, c.dist_beta) for c in configs}
+    assert methods == {("ce", 1.0, False, None, None), ("kl", 4.0, False, None, None), ("kl", 2.0, True, None, None),
+                       ("dkd", 4.0, False, 8.0, None), ("dist", 4.0, False, None, 1.0), ("mse", 1.0, False, None, None),
+                       ("mse", 1.0, True, None, None)}
+    assert {(c.noise_type, c.noise_rate) for c in configs} == {("none", 0.0), ("symmetric", 0.4)}
+    assert {c.alpha for c in configs if c.loss != "ce"} == {0.9} and {c.dkd_warmup for c in configs} == {None, 20}
+    # its clean kl trial of seed 0 is the cpu preset's default run, with the key that run always had
+    kl = next(c for c in configs if c.loss == "kl" and not c.standardize and c.noise_rate == 0 and c.seed == 0)
+    assert kl == RunConfig() and trial_key(kl) == "73c8890bcf7da59c"
+
+
+def test_an_option_axis_goes_to_the_losses_that_read_it():
+    dkd = configs_of(LOGIT_LOSSES, "--dkd-beta", "1,4,8", "--noise-rates", "0", "--seeds", "1")
+    assert sorted(c.dkd_beta for c in dkd if c.loss == "dkd") == [1.0, 4.0, 8.0] and len(dkd) == 9
+    grid = configs_of(TAU_GRID, "--standardize", "on,off", "--seeds", "1")
+    assert sorted(c.standardize for c in grid if c.loss == "kl" and c.tau == 1 and c.alpha == 1) == [False, True]
+    assert len([c for c in grid if c.loss == "mse"]) == 6 and [c.standardize for c in grid if c.loss == "ce"] == [False]
+    assert len(configs_of(TAU_GRID, "--standardize", "off", "--seeds", "1")) == 19  # the grid as it was
+
+
+@pytest.mark.parametrize(("spec", "argv", "message"), [
+    (TAU_GRID, ["--dkd-beta", "4"], "--dkd-beta: no loss of this sweep reads dkd_beta"),
+    (TAU_GRID, ["--standardize", "maybe"], "'maybe' is not on or off"),
+    (LOGIT_LOSSES, ["--taus", "inf", "--losses", "dkd"], "tau=inf is the limit of kl only"),
+    (TAU_SEARCH, ["--search-space", "dkd_beta=uniform:1,8"], "dkd_beta: no block of this space has a loss"),
+])
+def test_bad_option_flags_exit_2(tmp_path, capsys, spec, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(spec, ["--storage", str(tmp_path / "results"), *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_tau_search_searches_the_family_when_asked():
+    def space(*argv):
+        return search_args(TAU_SEARCH, build_parser(TAU_SEARCH).parse_args(list(argv))).space.text()
+
+    assert space() == "kl: tau=loguniform:0.25,64+inf alpha=uniform:0,1 | mse: alpha=uniform:0,1"
+    assert space("--losses", "kl,dkd", "--search-space", "dkd_beta=loguniform:1,16") == (
+        "kl: tau=loguniform:0.25,64+inf alpha=uniform:0,1 | dkd: alpha=uniform:0,1 dkd_alpha=choice:1 "
+        "dkd_beta=loguniform:1,16 dkd_warmup=choice:20")
+    assert space("--search-space", "standardize=choice:false,true") == (
+        "kl: tau=loguniform:0.25,64+inf alpha=uniform:0,1 standardize=choice:False,True | mse: alpha=uniform:0,1 "
+        "standardize=choice:False,True")
+    assert "dist: tau=loguniform:1,8 alpha=uniform:0,1 dist_beta=uniform:0.5,4" in search_args(
+        LOGIT_LOSSES, build_parser(LOGIT_LOSSES).parse_args(["--search", "optuna"])).space.text()

@@ -88,3 +88,42 @@ def test_data_settings_follow_the_teachers_labels():
     assert noisy.teacher_config().data_settings() == noisy.data_settings()
     clean = noisy.replace(clean_teacher=True).teacher_config().data_settings()
     assert clean == {**noisy.data_settings(), "noise_type": "none", "noise_rate": 0.0}
+
+
+def test_loss_options_take_their_published_values_in_a_run_of_their_loss():
+    dkd = RunConfig(loss="dkd")
+    assert (dkd.dkd_alpha, dkd.dkd_beta, dkd.dkd_warmup, dkd.dist_beta, dkd.standardize) == (1.0, 8.0, 20, None, False)
+    assert RunConfig(loss="dkd", dkd_beta=6) == RunConfig(loss="dkd", dkd_beta=6.0)
+    dist = RunConfig(loss="dist")
+    assert (dist.dist_beta, dist.dist_gamma, dist.dkd_beta) == (1.0, 1.0, None)
+    assert RunConfig().loss_options() == {"standardize": False, "dkd_alpha": None, "dkd_beta": None,
+                                          "dkd_warmup": None, "dist_beta": None, "dist_gamma": None}
+    assert field_types()["dkd_warmup"] == (int, True) and field_types()["standardize"] == (bool, False)
+
+
+def test_an_option_of_another_loss_and_bad_values_are_problems():
+    problems = " ".join(RunConfig(loss="kl", dkd_beta=4.0, dist_gamma=1.0).problems())
+    assert "dkd_beta=4.0 applies to loss dkd only" in problems and "dist_gamma=1.0 applies to loss dist" in problems
+    assert "standardize=True applies to loss kl or mse only" in " ".join(RunConfig(loss="dkd",
+                                                                                   standardize=True).problems())
+    bad = " ".join(RunConfig(loss="dkd", dkd_alpha=-1.0, dkd_warmup=-2, tau=math.inf).problems())
+    for word in ("dkd_alpha=-1.0", "dkd_warmup=-2", "tau=inf is the limit of kl only"):
+        assert word in bad, word
+    assert RunConfig(loss="kl", tau=math.inf, standardize=True).problems() == []
+    assert RunConfig(loss="dist", dist_beta=0.0, dist_gamma=2.5).problems() == []
+
+
+def test_a_teacher_run_unsets_the_students_loss_options():
+    t = RunConfig(loss="dkd", dkd_beta=6.0).teacher_config()
+    assert t.loss == "ce" and t.loss_options() == RunConfig(loss="ce").loss_options() and t.problems() == []
+    assert RunConfig(loss="kl", standardize=True).teacher_config().standardize is False
+
+
+def test_a_table_row_holds_null_where_the_loss_does_not_read_an_option_and_reads_back():
+    for config in (RunConfig(), RunConfig(loss="dkd", dkd_beta=2.0), RunConfig(loss="dist"),
+                   RunConfig(loss="mse", standardize=True), RunConfig(loss="ce")):
+        row = config.table_values()
+        for name in ("standardize", "dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta", "dist_gamma"):
+            reads = {"standardize": ("kl", "mse")}.get(name, (name.split("_")[0],))
+            assert (row[name] is None) == (config.loss not in reads), (config.loss, name)
+        assert RunConfig.from_dict(row) == config

@@ -7,17 +7,20 @@ import math
 
 import pytest
 
-from kd_tune.core.config import RunConfig
+from kd_tune.core.config import LOSS_OPTIONS, PAPER_PRESET, RunConfig
 from kd_tune.core.identity import (
+    _ADDED_FIELDS,
     TEACHER_KEY_FORMAT,
     cache_key,
     config_hash,
     data_key,
+    identity_values,
     setting_key,
     teacher_key,
     trial_key,
 )
 from kd_tune.plan.search_space import expand
+from kd_tune.plan.teacher_dag import teacher_dag
 
 BASE = RunConfig()
 STUDENT = RunConfig(teacher="cnn-8", student="cnn-4", loss="kl", tau=4.0, alpha=0.9, epochs=1, device="cpu")
@@ -43,6 +46,8 @@ def test_trial_key_of_the_default_config_is_pinned():
 def test_trial_key_is_the_sha256_of_the_sorted_json_without_device_and_threads():
     values = RunConfig().to_dict()
     del values["device"], values["threads"]
+    for name, left_out in _ADDED_FIELDS.items():  # fields added later, at their old value
+        assert values.pop(name) == left_out
     text = json.dumps(values, sort_keys=True, separators=(",", ":"))
     assert trial_key(RunConfig()) == hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -147,7 +152,8 @@ def test_the_noise_seed_does_not_matter_to_a_clean_teacher():
 
 def test_teacher_key_is_the_hash_of_the_teacher_run():
     values = STUDENT.teacher_config().to_dict()
-    for name in ("teacher", "clean_teacher", "teacher_seed", "teacher_epochs", "device", "threads", "download"):
+    for name in ("teacher", "clean_teacher", "teacher_seed", "teacher_epochs", "device", "threads", "download",
+                 *_ADDED_FIELDS):
         del values[name]
     assert values["student"] == "cnn-8" and values["loss"] == "ce" and values["seed"] == STUDENT.teacher_seed
     assert teacher_key(STUDENT) == config_hash({**values, "store_format": TEACHER_KEY_FORMAT})
@@ -207,3 +213,56 @@ def test_weights_digest_follows_the_weights():
         next(copy.parameters()).view(-1)[0] += 1e-7
     assert weights_digest(copy) != weights_digest(model)
     assert len(weights_digest(model)) == 64
+
+
+# -- fields added after keys were first stored ------------------------------------------------
+
+# Keys computed with the code from before the loss options (standardize, dkd_*, dist_*)
+# existed: every kl, mse and ce config keeps its trial, setting, teacher and cache keys, and
+# a chain's step keeps its key. (trial, setting, teacher, cache with augmentation, last node.)
+PINNED_BEFORE_LOSS_OPTIONS = {
+    "mse_noisy": (RunConfig(loss="mse", tau=1.0, alpha=0.5, noise_type="symmetric", noise_rate=0.4, seed=2),
+                  ("335adfc97d3269b6", "da895e1da14951a2", "36f8eb8bfffb0529", "bed01a2758bc4ec9",
+                   "36f8eb8bfffb0529")),
+    "ce": (RunConfig(loss="ce", tau=1.0, alpha=0.0, seed=1),
+           ("cbac54caba515731", "ca14fe9adef07b89", "4a938d7c7eea86d3", "605f160dc725022b", "4a938d7c7eea86d3")),
+    "kl_inf": (RunConfig(loss="kl", tau=math.inf, alpha=1.0, student="cnn-8"),
+               ("97c4620886da5f0c", "c7443da36627a128", "4a938d7c7eea86d3", "6369b2c48ef4ddb4",
+                "4a938d7c7eea86d3")),
+    "paper": (PAPER_PRESET.replace(data_dir="/data", tau=3.0, alpha=1.0),
+              ("8618d8abe95a9fb6", "4eb94a80f156a406", "05d377d4496ac1a9", "f65e319dbeb29b44", "05d377d4496ac1a9")),
+    "chain": (RunConfig(teacher="cnn-32>cnn-8", loss="kl", tau=3.0, alpha=0.9, epochs=5),
+              ("1fbf034b0271acad", "591011f7e81bd0aa", "192d1995115a7904", "67b186e8fd42560b",
+               "4a00ec44c4782e8a")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_BEFORE_LOSS_OPTIONS))
+def test_configs_from_before_the_loss_options_keep_every_key(name):
+    config, keys = PINNED_BEFORE_LOSS_OPTIONS[name]
+    teacher = teacher_key(config)
+    got = (trial_key(config), setting_key(config), teacher, cache_key(config, teacher, augment=True),
+           teacher_dag(config)[-1].key)
+    assert got == keys
+
+
+def test_added_fields_are_the_loss_options_at_their_unset_values():
+    assert _ADDED_FIELDS == {name: option.unset for name, option in LOSS_OPTIONS.items()}
+    assert set(identity_values(RunConfig())) == set(RunConfig().to_dict()) - set(_ADDED_FIELDS)
+    dkd = identity_values(RunConfig(loss="dkd"))
+    assert (dkd["dkd_alpha"], dkd["dkd_beta"], dkd["dkd_warmup"]) == (1.0, 8.0, 20) and "standardize" not in dkd
+    assert identity_values(RunConfig(standardize=True))["standardize"] is True
+
+
+def test_the_new_losses_have_keys_of_their_own_and_share_the_teacher():
+    kl = STUDENT
+    variants = [kl.replace(standardize=True), kl.replace(loss="dkd"), kl.replace(loss="dkd", dkd_beta=6.0),
+                kl.replace(loss="dkd", dkd_warmup=0), kl.replace(loss="dist"), kl.replace(loss="dist", dist_beta=2.0),
+                kl.replace(loss="mse", tau=1.0), kl.replace(loss="mse", tau=1.0, standardize=True)]
+    assert len({trial_key(c) for c in [kl, *variants]}) == len(variants) + 1
+    assert {teacher_key(c) for c in variants} == {teacher_key(kl)}
+    assert {cache_key(c, teacher_key(c), augment=True) for c in variants} == {cache_key(kl, teacher_key(kl),
+                                                                                        augment=True)}
+    # a dkd run given its published values is the dkd run: one config, one key
+    published = kl.replace(loss="dkd", dkd_alpha=1, dkd_beta=8, dkd_warmup=20)
+    assert trial_key(published) == trial_key(kl.replace(loss="dkd"))

@@ -244,3 +244,12 @@ def test_builder_breaking_contract_is_reported() -> None:
     register_model(r"testnofeat-(\d+)", lambda n, **_: nn.Linear(n, 2), "no feature_dim")
     with pytest.raises(TypeError, match="feature_dim"):
         build("testnofeat-3", num_classes=2)
+
+
+@pytest.mark.parametrize("name, published", [("resnet-8x4", 1.23e6), ("resnet-32x4", 7.43e6)])
+def test_resnet_x4_parameter_counts_match_the_dkd_papers(name: str, published: float) -> None:
+    """The CRD/DKD code's ResNet8x4 and ResNet32x4 at CIFAR-100: 1.23M and 7.43M, as published."""
+    model = build(name, num_classes=100)
+    assert round(n_params(model) / 1e6, 2) == published / 1e6
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100) and model.feature_dim == 256
+    assert [len(getattr(model.body, f"stage{i}")) for i in (1, 2, 3)] == [(int(name[7:-2]) - 2) // 6] * 3

@@ -256,3 +256,54 @@ def test_replace_and_with_losses():
     assert all(dict(block)["lr"] == loguniform(0.005, 0.1) for block in space.blocks)
     assert space.with_losses(["mse"]).losses() == ["mse"] and not space.with_losses(["mse"]).values("tau")
     assert space.label({**BASE.to_dict(), "loss": "kl", "tau": math.inf, "lr": 0.0123}) == "kl tau=inf lr=0.0123"
+
+
+# -- loss options -------------------------------------------------------------------------
+
+
+def test_canonical_unsets_the_options_a_loss_does_not_read_and_fills_its_own():
+    kl = canonical(BASE.replace(loss="kl", dkd_beta=4.0, dist_gamma=2.0))
+    assert (kl.dkd_beta, kl.dist_gamma, kl.standardize) == (None, None, False) and kl == BASE
+    ce = canonical(BASE.replace(loss="ce", standardize=True))
+    assert ce.standardize is False and ce == canonical(BASE.replace(loss="ce"))
+    dkd = canonical(BASE.replace(loss="dkd", standardize=True))
+    assert (dkd.dkd_alpha, dkd.dkd_beta, dkd.dkd_warmup, dkd.standardize) == (1.0, 8.0, 20, False)
+    dist = canonical(BASE.replace(loss="dkd", dkd_beta=6.0).replace(loss="dist"))
+    assert (dist.dkd_beta, dist.dist_beta, dist.dist_gamma) == (None, 1.0, 1.0)
+    assert canonical(BASE.replace(loss="mse", standardize=True)).standardize is True
+
+
+def test_an_option_axis_collapses_on_the_losses_that_do_not_read_it():
+    configs = expand(BASE, [{"loss": ["kl", "dkd"], "dkd_beta": [1, 4, 8], "standardize": [False, True]}])
+    kl = [c for c in configs if c.loss == "kl"]
+    dkd = [c for c in configs if c.loss == "dkd"]
+    assert sorted(c.standardize for c in kl) == [False, True] and {c.dkd_beta for c in kl} == {None}
+    assert sorted(c.dkd_beta for c in dkd) == [1.0, 4.0, 8.0] and {c.standardize for c in dkd} == {False}
+    assert len({trial_key(c) for c in configs}) == len(configs) == 5
+
+
+def test_a_block_may_not_draw_an_option_its_loss_does_not_read():
+    with pytest.raises(ConfigError, match="the kl block draws dkd_beta, which kl does not use"):
+        SampledSpace.of({"loss": ["kl"], "tau": [1.0, 4.0], "dkd_beta": uniform(1, 8)})
+    with pytest.raises(ConfigError, match="the dist block draws standardize"):
+        SampledSpace.of({"loss": ["dist"], "standardize": [False, True]})
+
+
+def test_an_option_added_to_a_space_goes_to_the_blocks_that_read_it():
+    space = SampledSpace.of({"loss": ["kl"], "tau": [1.0, 4.0]}, {"loss": ["mse"], "alpha": uniform(0, 1)},
+                            {"loss": ["dkd"], "alpha": uniform(0, 1)}, {"loss": ["ce"]})
+    assert space.replace("standardize", Choice((False, True))).text() == (
+        "kl: tau=choice:1,4 standardize=choice:False,True | mse: alpha=uniform:0,1 standardize=choice:False,True | "
+        "dkd: alpha=uniform:0,1 | ce:")
+    assert "dkd: alpha=uniform:0,1 dkd_beta=loguniform:1,16" in space.replace("dkd_beta", loguniform(1, 16)).text()
+    with pytest.raises(ConfigError, match="no block of this space has a loss that reads it"):
+        space.with_losses(["kl", "ce"]).replace("dist_beta", uniform(1, 2))
+
+
+def test_a_drawn_option_reaches_the_config():
+    space = SampledSpace.of({"loss": ["dkd"], "alpha": [0.5], "dkd_beta": loguniform(1, 16), "dkd_warmup": [0, 20]})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        config = space.sample(study.ask(), BASE)
+        assert config.loss == "dkd" and 1 <= config.dkd_beta <= 16 and config.dkd_warmup in (0, 20)
+        assert config.validate() is config

@@ -115,3 +115,24 @@ def test_the_plan_lists_every_node_once_in_dependency_order():
         assert set(node.sources) <= seen
         seen.add(node.key)
     assert plan.teacher_nodes is nodes  # computed once
+
+
+def test_a_default_step_distils_with_the_runs_loss_options_and_a_named_one_with_its_own():
+    run = RUN.replace(teacher="cnn-16>cnn-8", loss="dkd", dkd_beta=6.0)
+    step = teacher_dag(run)[-1]
+    assert (step.run.loss, step.run.dkd_beta, step.run.dkd_warmup) == ("dkd", 6.0, 20)
+    assert step.key != teacher_dag(run.replace(dkd_beta=8.0))[-1].key
+    named = teacher_dag(run.replace(teacher="cnn-16>cnn-8[kl:3]"))[-1]
+    assert (named.run.loss, named.run.tau, named.run.dkd_beta, named.run.standardize) == ("kl", 3.0, None, False)
+    # a plain teacher is the same node for every loss of the student
+    assert teacher_dag(run.replace(teacher="cnn-16"))[-1].key == teacher_dag(RUN)[-1].key
+
+
+def test_labels_name_standardization_and_options_away_from_their_published_values():
+    from kd_tune.plan.planner import label
+
+    assert label(RUN) == "kl tau=4 alpha=0.9 seed=0"
+    assert label(RUN.replace(standardize=True, tau=2.0)) == "kl std tau=2 alpha=0.9 seed=0"
+    assert label(RUN.replace(loss="dkd")) == "dkd tau=4 alpha=0.9 seed=0"
+    assert label(RUN.replace(loss="dkd", dkd_beta=6.0)) == "dkd tau=4 alpha=0.9 dkd_beta=6 seed=0"
+    assert label(RUN.replace(loss="mse", tau=1.0, standardize=True)) == "mse std alpha=0.9 seed=0"

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.results_io import load_epochs, load_trials
-from kd_tune.core.config import RunConfig
+from kd_tune.core.config import LOSS_OPTIONS, RunConfig
 from kd_tune.core.identity import trial_key
 from kd_tune.results.trial_tables import (
     EPOCH_METRICS,
@@ -387,3 +387,47 @@ def test_atomic_write_failing_inside_the_block_keeps_the_old_file(tmp_path):
             raise RuntimeError("half written")
     assert target.read_bytes() == b"old"
     assert os.listdir(target.parent) == ["x.bin"]
+
+
+# -- loss options: a column each, null where the loss does not read it ---------------------------
+
+
+def test_loss_options_are_null_where_the_loss_does_not_read_them(tmp_path):
+    configs = [RunConfig(loss="kl", tau=2.0, standardize=True, seed=0), RunConfig(loss="dkd", dkd_beta=6.0, seed=1),
+               RunConfig(loss="dist", seed=2), RunConfig(loss="ce", tau=1.0, alpha=0.0, seed=3)]
+    writer = ResultsWriter(tmp_path)
+    for config in configs:
+        _fill(writer, config)
+    writer.flush()
+    rows = {r["loss"]: r for r in read_trials(tmp_path).to_pylist()}
+    assert TRIALS_SCHEMA.field("standardize").type == pa.bool_()
+    assert TRIALS_SCHEMA.field("dkd_warmup").type == pa.int64() and TRIALS_SCHEMA.field("dkd_beta").type == pa.float64()
+    assert rows["kl"]["standardize"] is True and rows["kl"]["dkd_beta"] is None and rows["kl"]["dist_beta"] is None
+    assert (rows["dkd"]["dkd_alpha"], rows["dkd"]["dkd_beta"], rows["dkd"]["dkd_warmup"]) == (1.0, 6.0, 20)
+    assert rows["dkd"]["standardize"] is None and rows["dist"]["standardize"] is None
+    assert (rows["dist"]["dist_beta"], rows["dist"]["dist_gamma"]) == (1.0, 1.0)
+    assert all(rows["ce"][name] is None for name in LOSS_OPTIONS)
+    for config in configs:  # every row reads back as its config
+        row = next(r for r in rows.values() if r["seed"] == config.seed)
+        assert RunConfig.from_dict({f.name: row[f.name] for f in dataclasses.fields(RunConfig)}) == config
+
+
+def test_results_written_before_the_loss_options_are_read_and_extended(tmp_path):
+    """A part without the loss-option columns (as every sweep before them wrote it) reads with
+    nulls; its rows are the configs they were; a writer adds new rows beside them."""
+    old = RunConfig(loss="kl", tau=3.0, alpha=0.5)
+    before = pa.schema([f for f in TRIALS_SCHEMA if f.name not in LOSS_OPTIONS])
+    row = {k: v for k, v in _row(config=old).items() if k in before.names}
+    folder = tmp_path / "results" / "trials"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([row], schema=before), folder / "part-000000001-0.parquet")
+    [stored] = read_trials(tmp_path).to_pylist()
+    assert all(stored[name] is None for name in LOSS_OPTIONS)
+    assert RunConfig.from_dict({f.name: stored[f.name] for f in dataclasses.fields(RunConfig)}) == old
+    assert stored["trial_key"] == trial_key(old)
+    writer = ResultsWriter(tmp_path)
+    _fill(writer, RunConfig(loss="dkd", seed=1))
+    writer.compact()
+    frame = load_trials(tmp_path).set_index("loss")
+    assert frame.loc["dkd", "dkd_beta"] == 8.0 and pd.isna(frame.loc["kl", "dkd_beta"])
+    assert frame.loc["kl", "standardize"] is None or pd.isna(frame.loc["kl", "standardize"])

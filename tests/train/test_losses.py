@@ -223,7 +223,7 @@ def test_kd_term_second_registration():
 
     register_kd_term("max_test", term)
     register_kd_term("max_test", term)  # the same term again: a no-op
-    assert loss_names() == ["ce", "kl", "mse", "max_test"]
+    assert loss_names() == ["ce", "kl", "mse", "dkd", "dist", "max_test"]
     with pytest.raises(ValueError, match="^loss 'max_test' is already registered$"):
         register_kd_term("max_test", lambda s, t, tau: s.sum())
     with pytest.raises(ValueError, match="^loss 'kl' is already registered$"):
@@ -232,4 +232,4 @@ def test_kd_term_second_registration():
         register_kd_term("ce", term)
     with pytest.raises(TypeError, match="callable"):
         register_kd_term("none_test", None)  # type: ignore[arg-type]
-    assert loss_names() == ["ce", "kl", "mse", "max_test"]
+    assert loss_names() == ["ce", "kl", "mse", "dkd", "dist", "max_test"]
