@@ -59,6 +59,7 @@ from kd_tune.results.trial_tables import (
 from kd_tune.storage.location import Storage, located, open_storage
 from kd_tune.storage.part_table import BATCH_ROWS
 from kd_tune.sweep.options import SweepError, driver_folder
+from kd_tune.sweep.reports import EPOCHS_KEY
 from kd_tune.sweep.runner import MANIFEST, sweep_lock
 from kd_tune.sweep.tune_callback import error_summary
 from kd_tune.teachers.store import TeacherStore
@@ -205,7 +206,9 @@ def tune_records(sweep_dir: str | Path | Storage) -> Iterator[TuneRecord]:
                 continue  # a line cut short by a killed driver
             if "epoch" in report and "trial" in report.get("config", {}):
                 planned = planned or Trial.from_dict(report["config"]["trial"])
-                by_epoch[int(report["epoch"])] = report  # a retry's report replaces the earlier one
+                # A report carries the epochs since the one before it; a retry's replace the earlier ones.
+                for epoch in _epochs_of(report):
+                    by_epoch[int(epoch["epoch"])] = epoch
         if planned is None:
             continue
         reports = [by_epoch[e] for e in sorted(by_epoch)]
@@ -213,6 +216,15 @@ def tune_records(sweep_dir: str | Path | Storage) -> Iterator[TuneRecord]:
         error = error_summary(error_text) if error_text is not None else None
         yield TuneRecord(planned, str(reports[-1].get("trial_id", folder.name.removeprefix("trial_"))), reports,
                          error)
+
+
+def _epochs_of(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The epochs of one Tune report, each with the report's trial id and time; the status is the
+    report's on its last epoch, ``running`` before it."""
+    epochs = report.get(EPOCHS_KEY) or [report]
+    common = {"trial_id": report.get("trial_id"), "timestamp": report.get("timestamp")}
+    return [{**epoch, **common, STATUS_KEY: report.get(STATUS_KEY, "running") if n == len(epochs) else "running"}
+            for n, epoch in enumerate(epochs, 1)]
 
 
 def _read_text(storage: Storage, rel: str) -> str | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import math
 import sys
 import textwrap
@@ -229,8 +230,16 @@ def build_parser(spec: SweepSpec, prog: str | None = None) -> argparse.ArgumentP
                      help="GPUs per trial, fractional allowed, e.g. 0.25 (default: 0)")
     run.add_argument("--max-concurrent", type=int, metavar="N",
                      help="at most N trials at once (default: as resources allow)")
-    run.add_argument("--checkpoint-every", type=int, default=5, metavar="EPOCHS",
-                     help="checkpoint each trial every EPOCHS epochs and at the end (default: 5)")
+    run.add_argument("--checkpoint-every-s", type=float, default=30.0, metavar="SECONDS",
+                     help="checkpoint each trial after every SECONDS of training and at its end: a trial killed or "
+                     "retried continues from a checkpoint at most that old, and trials shorter than it write one "
+                     "checkpoint (default: 30; 0: by --checkpoint-every only)")
+    run.add_argument("--checkpoint-every", type=int, default=None, metavar="EPOCHS",
+                     help="also checkpoint each trial every EPOCHS epochs (default: off)")
+    run.add_argument("--report-every-s", type=float, default=10.0, metavar="SECONDS",
+                     help="a trial sends its epochs to the driver together, after every SECONDS of training, at a "
+                     "checkpoint, at its end and at a scheduler's rungs; every epoch is recorded either way "
+                     "(default: 10; 0: one report per epoch)")
     run.add_argument("--max-failures", type=int, default=2, metavar="N", help="retries of a failing trial (default: 2)")
     run.add_argument("--teacher-cache", type=_cache_mode, default="float32", metavar="MODE",
                      help="how distilling trials get the teacher's outputs: float32 (or on) = logits computed once "
@@ -355,20 +364,37 @@ def _check_losses(wanted: Sequence[str], present: Sequence[str]) -> None:
         raise ConfigError([f"--losses: this sweep has no {', '.join(absent)} runs; it has {', '.join(present)}"])
 
 
+def load_spec(script: str | Path) -> SweepSpec:
+    """The ``SPEC`` of a sweep script (``sweeps/tau_grid.py``), read without running its ``main``."""
+    path = Path(script)
+    loader = importlib.util.spec_from_file_location(f"sweep_{path.stem}", path)
+    if loader is None or loader.loader is None:
+        raise FileNotFoundError(f"no sweep script at {path}")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module.SPEC
+
+
+def options_from_args(args: argparse.Namespace) -> SweepOptions:
+    """The :class:`SweepOptions` a sweep's parsed command line asks for."""
+    return SweepOptions(
+        name=args.name, storage=args.storage, address=args.address, mlflow_uri=args.mlflow_uri,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent, checkpoint_every=args.checkpoint_every,
+        checkpoint_every_s=args.checkpoint_every_s, report_every_s=args.report_every_s,
+        max_failures=args.max_failures, teacher_cache=args.teacher_cache,
+        feature_classes=args.feature_classes, log_models=args.log_models,
+        storage_endpoint=args.storage_endpoint, local_cache=args.local_cache,
+    )
+
+
 def main(spec: SweepSpec, argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Parse flags, check, run the sweep (a grid or a search), print the table and where everything is."""
     parser = build_parser(spec, prog)
     args = parser.parse_args(argv)
     console()
 
-    options = SweepOptions(
-        name=args.name, storage=args.storage, address=args.address, mlflow_uri=args.mlflow_uri,
-        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        max_concurrent=args.max_concurrent, checkpoint_every=args.checkpoint_every,
-        max_failures=args.max_failures, teacher_cache=args.teacher_cache,
-        feature_classes=args.feature_classes, log_models=args.log_models,
-        storage_endpoint=args.storage_endpoint, local_cache=args.local_cache,
-    )
+    options = options_from_args(args)
     searching = args.search == "optuna"
     table = "search" if searching else spec.table
     try:

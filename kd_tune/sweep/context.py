@@ -21,6 +21,7 @@ from typing import Any
 
 from kd_tune.storage.location import Storage, open_storage
 from kd_tune.sweep.options import SweepOptions
+from kd_tune.sweep.reports import ReportSchedule
 from kd_tune.teachers.logit_cache import LogitCache
 from kd_tune.teachers.store import TeacherStore
 
@@ -52,8 +53,8 @@ class WorkerContext:
     this node's folder of copies of an object store's caches (None:
     :func:`~kd_tune.storage.local_copies.default_local_cache`). ``check_token``: drawn once
     per invocation; a cached-logit checksum is read once per node and token
-    (:meth:`~kd_tune.teachers.logit_cache.LogitCache.problem`). ``checkpoint_every``: a
-    trial saves a checkpoint every this many epochs, and at its end. ``feature_classes``:
+    (:meth:`~kd_tune.teachers.logit_cache.LogitCache.problem`). ``schedule``: when a trial
+    reports and checkpoints (:mod:`kd_tune.sweep.reports`). ``feature_classes``:
     the classes whose penultimate features a completed trial sends; ``log_models``:
     whether it sends its final weights.
     """
@@ -63,7 +64,7 @@ class WorkerContext:
     noise_dir: Where | None
     local_cache: str | None = None
     check_token: str | None = None
-    checkpoint_every: int = 5
+    schedule: ReportSchedule = ReportSchedule()
     feature_classes: tuple[int, ...] = (0, 1, 2)
     log_models: bool = False
 
@@ -72,7 +73,7 @@ class WorkerContext:
         """The context of one invocation of the sweep ``options`` describe (a new token if none is given)."""
         return cls(teachers_dir=location(options.teachers_dir), logits_dir=location(options.logits_dir),
                    noise_dir=location(options.noise_dir), local_cache=local_cache_of(options),
-                   check_token=check_token or uuid.uuid4().hex, checkpoint_every=options.checkpoint_every,
+                   check_token=check_token or uuid.uuid4().hex, schedule=options.schedule,
                    feature_classes=tuple(options.feature_classes), log_models=options.log_models)
 
     def teacher_store(self) -> TeacherStore:

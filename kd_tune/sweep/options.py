@@ -10,6 +10,7 @@ from kd_tune.core.hashing import KEY_LENGTH, sha256_hex
 from kd_tune.core.identity import CACHE_DTYPES
 from kd_tune.storage.local_copies import default_local_cache
 from kd_tune.storage.location import Storage, StorageError, is_uri, open_storage
+from kd_tune.sweep.reports import ReportSchedule
 
 CACHE_MODES = (*CACHE_DTYPES, "off")
 SHARED_DIRS = ("teachers", "teacher_logits")
@@ -31,7 +32,9 @@ class SweepOptions:
     :mod:`kd_tune.storage.local_copies`). ``cpus_per_trial``/``gpus_per_trial`` are Ray resource
     requests per trial and per teacher task (GPUs may be fractional); a trial's CPU
     threads are its CPU share (:meth:`with_threads`);
-    ``checkpoint_every`` is in epochs; ``max_failures`` retries per trial;
+    a trial reports its epochs every ``report_every_s`` seconds of training and saves a
+    checkpoint every ``checkpoint_every_s`` seconds of training or ``checkpoint_every``
+    epochs, and at its end (see :mod:`kd_tune.sweep.reports`); ``max_failures`` retries per trial;
     ``teacher_cache`` is how distilling trials get the teacher's outputs: ``float32``
     or ``float16`` logits from the shared cache, or ``off`` (the teacher runs online);
     ``feature_classes`` are the classes whose test samples' penultimate features are kept
@@ -45,13 +48,21 @@ class SweepOptions:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_concurrent: int | None = None
-    checkpoint_every: int = 5
+    checkpoint_every: int | None = None
+    checkpoint_every_s: float | None = 30.0
+    report_every_s: float = 10.0
     max_failures: int = 2
     teacher_cache: str = "float32"
     feature_classes: tuple[int, ...] = (0, 1, 2)
     log_models: bool = False
     storage_endpoint: str | None = None
     local_cache: str | None = None
+
+    @property
+    def schedule(self) -> ReportSchedule:
+        """When trials report and checkpoint (no scheduler's epochs: a search adds its rungs)."""
+        return ReportSchedule(report_every_s=self.report_every_s, checkpoint_every_s=self.checkpoint_every_s,
+                              checkpoint_every=self.checkpoint_every)
 
     def __post_init__(self) -> None:
         if is_uri(self.storage):
@@ -120,8 +131,7 @@ class SweepOptions:
             p.append(f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial:g}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             p.append(f"--max-concurrent must be >= 1, got {self.max_concurrent}")
-        if self.checkpoint_every < 1:
-            p.append(f"--checkpoint-every must be >= 1 epoch, got {self.checkpoint_every}")
+        p += self.schedule.problems()
         if self.max_failures < 0:
             p.append(f"--max-failures must be >= 0, got {self.max_failures}")
         if any(c < 0 for c in self.feature_classes) or len(set(self.feature_classes)) != len(self.feature_classes):

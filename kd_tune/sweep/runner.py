@@ -264,7 +264,8 @@ class TuneRun:
 
     ``path`` is the experiment folder (resumed when it holds one), on the sweep's storage. A
     grid gives ``param_space``; a search gives ``search_alg`` (already limited in concurrency),
-    ``num_samples``, the maximised ``metric`` and optionally a ``scheduler``.
+    ``num_samples``, the maximised ``metric`` and optionally a ``scheduler``, with the
+    epochs it decides at (``report_epochs``: every trial reports them).
     """
 
     path: Storage
@@ -273,6 +274,7 @@ class TuneRun:
     scheduler: Any = None
     num_samples: int = 1
     metric: str | None = None
+    report_epochs: frozenset[int] = frozenset()
 
     @classmethod
     def grid(cls, path: Storage, plan: Plan) -> TuneRun:
@@ -500,6 +502,9 @@ def _fit(options: SweepOptions, callback: Any, run: TuneRun, context: WorkerCont
     from ray.tune.logger import JsonLoggerCallback
 
 
+    if run.report_epochs:
+        context = dataclasses.replace(context, schedule=dataclasses.replace(context.schedule,
+                                                                            report_epochs=run.report_epochs))
     trainable = tune.with_resources(
         tune.with_parameters(distill_trial, context=context),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},

@@ -250,7 +250,7 @@ def run_search(
         configs = recorder.fit(
             TuneRun(options.sweep_dir, search_alg=_searcher(search, options.cache_dtype, slots),
                     scheduler=_scheduler(settings, search.base.epochs), num_samples=settings.num_samples,
-                    metric=OBJECTIVE),
+                    metric=OBJECTIVE, report_epochs=asha_rungs(settings, search.base.epochs)),
             total=settings.num_samples, done=done, hold_new=True)
         trials = {c["trial"]["key"]: Trial.from_dict(c["trial"]) for c in configs}
         drawn = tuple(sorted((SearchTrial(c["search"]["number"], c["trial"]["key"], c["search"]["setting"])
@@ -317,6 +317,16 @@ def _scheduler(settings: SearchSettings, epochs: int) -> Any:
 
     return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=settings.grace_period,
                          reduction_factor=settings.reduction_factor)
+
+
+def asha_rungs(settings: SearchSettings, epochs: int) -> frozenset[int]:
+    """The epochs at which ASHA decides (empty without it): the first epoch at or past each rung
+    ``grace x factor^k`` below ``epochs`` (one bracket, as Ray Tune's ASHA counts its rungs). A
+    trial reports there whatever its schedule, so gathered reports decide as per-epoch ones."""
+    if settings.scheduler == "none":
+        return frozenset()
+    count = int(math.log(epochs / settings.grace_period) / math.log(settings.reduction_factor) + 1)
+    return frozenset(math.ceil(settings.grace_period * settings.reduction_factor ** k) for k in range(count))
 
 
 def _select(record: SearchRecord, trials: Mapping[str, Trial], sweep_dir: Path) -> tuple[Selected, ...]:

@@ -3,12 +3,14 @@
 The trainable is a thin adapter from one planned trial to :func:`kd_tune.train.trainer.train`.
 A trial's Tune config is ``{"trial": Trial.to_dict()}`` (:mod:`kd_tune.plan.planner`): every key
 it needs (teacher, cache, data) was computed by the planner and is read, not recomputed.
-The trainable reports every epoch's metrics through ``ray.tune.report`` together with
-``kd_status``, the status the trainer decided for that epoch (``running``,
-``completed`` or ``diverged``); it saves a checkpoint every ``checkpoint_every`` epochs
-and at the end, and resumes from ``ray.tune.get_checkpoint()`` after a failure or a
-restored sweep. A checkpoint of the last epoch makes a restarted trial report its final
-metrics again without training.
+The trainable reports its epochs' metrics through ``ray.tune.report`` together with
+``kd_status``, the status the trainer decided for the last of them (``running``,
+``completed`` or ``diverged``), several epochs in one report (``kd_epochs``) and a
+checkpoint now and then as the invocation's :class:`~kd_tune.sweep.reports.ReportSchedule`
+says, the last epoch always with a checkpoint; it resumes from ``ray.tune.get_checkpoint()``
+after a failure or a restored sweep. A checkpoint of the last epoch makes a restarted
+trial report its final metrics again without training. The last report also carries
+``kd_timing`` (:class:`~kd_tune.sweep.reports.TrialTiming`: where the trial's time went).
 
 The last report of a completed trial also carries its :class:`~kd_tune.results.trial_end.TrialEnd`
 (under ``kd_end``): the trainer's end-of-run test measurements, with the penultimate
@@ -40,6 +42,7 @@ import contextlib
 import dataclasses
 import os
 import tempfile
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
@@ -54,6 +57,7 @@ from kd_tune.plan.teacher_dag import TeacherNode
 from kd_tune.results.trial_end import END_KEY, TrialEnd
 from kd_tune.storage.store_lock import storage_held
 from kd_tune.sweep.context import WorkerContext
+from kd_tune.sweep.reports import EPOCHS_KEY, TIMING_KEY, TrialReports, TrialTiming
 from kd_tune.teachers.logit_cache import LogitCache, ensure_cached
 from kd_tune.teachers.store import TeacherError, TeacherStore
 from kd_tune.teachers.training import TEACHER_FORMAT
@@ -78,6 +82,8 @@ def distill_trial(config: dict[str, Any], *, context: WorkerContext) -> None:
     """Run one planned sweep trial (called by Ray Tune in a worker); ``context`` is the invocation's."""
     from ray import tune
 
+    started = time.perf_counter()
+    timing = TrialTiming()
     trial = Trial.from_dict(config["trial"])
     run = trial.config.replace(device=assigned_device(trial.config.device))
     use_threads(run_threads(run))
@@ -100,6 +106,7 @@ def distill_trial(config: dict[str, Any], *, context: WorkerContext) -> None:
                 raise
 
     def trial_end(measurements: EndMeasurements, weights: Callable[[], dict[str, torch.Tensor]]) -> TrialEnd:
+        began = time.perf_counter()
         record = None
         if context.log_models:
             # The teacher file format: a logged student can be distilled from (--teacher-checkpoint).
@@ -107,7 +114,14 @@ def distill_trial(config: dict[str, Any], *, context: WorkerContext) -> None:
                       "in_channels": data.in_channels, "config": trial.config.to_dict(),
                       # numpy, not tensors: Ray Tune refuses tensors in reported results.
                       "model": {k: v.detach().cpu().numpy() for k, v in weights().items()}}
-        return TrialEnd(measurements.of_classes(context.feature_classes), data.noise_hash, record)
+        end = TrialEnd(measurements.of_classes(context.feature_classes), data.noise_hash, record)
+        timing.end_s += time.perf_counter() - began
+        return end
+
+    def last(report: dict[str, Any]) -> dict[str, Any]:
+        """``report`` as the trial's last: with where its time went."""
+        timing.wall_s = time.perf_counter() - started
+        return {**report, TIMING_KEY: dataclasses.asdict(timing)}
 
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -118,21 +132,35 @@ def distill_trial(config: dict[str, Any], *, context: WorkerContext) -> None:
             # The trial had finished; the driver may not have recorded it before it stopped.
             # Training from the final state runs no epoch; it measures the final weights again.
             result = train(run, data=data, teacher=teacher, teacher_logits=logits, resume_state=resume)
-            tune.report({**result.final, STATUS_KEY: TrialStatus.COMPLETED.value,
-                         END_KEY: trial_end(result.measurements, result.model.state_dict).to_dict()})
+            timing.setup_s = time.perf_counter() - started
+            tune.report(last({**result.final, STATUS_KEY: TrialStatus.COMPLETED.value,
+                              END_KEY: trial_end(result.measurements, result.model.state_dict).to_dict()}))
             return
+    reports = TrialReports(context.schedule, resumed_epoch=int(resume["epoch"]) if resume else 0)
+    timing.setup_s = time.perf_counter() - started
 
     def on_epoch(end: EpochEnd) -> None:
-        report = {**end.metrics, STATUS_KEY: end.status.value}
+        report_now, checkpoint = reports.epoch(end.metrics, end.status)
+        if not report_now:
+            return
+        report = {**end.metrics, STATUS_KEY: end.status.value, EPOCHS_KEY: reports.take()}
         if end.measurements is not None:
             report[END_KEY] = trial_end(end.measurements, lambda: end.state()["model"]).to_dict()
-        epoch = int(end.metrics["epoch"])
-        if end.status is TrialStatus.DIVERGED or not (epoch % context.checkpoint_every == 0 or end.status.ended):
+        if end.status.ended:
+            report = last(report)
+        began = time.perf_counter()
+        if not checkpoint:
             tune.report(report)
+            timing.reports_s += time.perf_counter() - began
+            timing.reports += 1
             return
         with tempfile.TemporaryDirectory() as folder:
-            save_state(os.path.join(folder, STATE_FILE), end.state())
+            path = os.path.join(folder, STATE_FILE)
+            save_state(path, end.state())
+            timing.checkpoint_bytes += os.path.getsize(path)
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+        timing.checkpoints_s += time.perf_counter() - began
+        timing.checkpoints += 1
 
     train(run, data=data, teacher=teacher, teacher_logits=logits, on_epoch=on_epoch, resume_state=resume)
 

@@ -43,6 +43,7 @@ from kd_tune.plan.planner import Trial
 from kd_tune.results.sinks import EndedTrial, TrialSink
 from kd_tune.results.trial_end import END_KEY, TrialEnd
 from kd_tune.results.trial_tables import EPOCH_METRICS
+from kd_tune.sweep.reports import reported_epochs
 
 _TRAINER_ENDED = (TrialStatus.COMPLETED, TrialStatus.DIVERGED)
 _current: TuneSinks | None = None
@@ -94,9 +95,12 @@ class TuneSinks(tune.Callback):
             return
         status = TrialStatus(result.get(STATUS_KEY, self._status[trial.trial_id]))
         self._status[trial.trial_id] = status
-        metrics = {"epoch": result["epoch"], **{m: result.get(m) for m in EPOCH_METRICS}}
-        for sink in self.sinks:
-            sink.epoch_reported(planned, trial.trial_id, metrics, status)
+        epochs = reported_epochs(result, EPOCH_METRICS)
+        for n, metrics in enumerate(epochs, 1):
+            # The report's status is its last epoch's; the epochs before it were running.
+            epoch_status = status if n == len(epochs) else TrialStatus.RUNNING
+            for sink in self.sinks:
+                sink.epoch_reported(planned, trial.trial_id, metrics, epoch_status)
         if end is not None:
             measured = TrialEnd.from_dict(end)
             for sink in self.sinks:

@@ -273,11 +273,17 @@ def test_figures_tables_and_the_study_are_written_into_the_bucket(bucket, s3_env
     assert len(optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials) == 5
 
 
-def _tune_folder(storage, name: str, trial, epochs: int, status: str, error: str | None = None) -> list[dict]:
-    """A trial folder as Ray Tune writes it: ``result.json`` (a line per report, the last cut short)."""
+def _tune_folder(storage, name: str, trial, epochs: int, status: str, error: str | None = None,
+                 gathered: bool = False) -> list[dict]:
+    """A trial folder as Ray Tune writes it: ``result.json`` (a line per report, the last cut short);
+    ``gathered``: one report carrying every epoch (``kd_epochs``), as a trial's reports are now."""
     reports = [{"epoch": e, "trial_id": name, "timestamp": 1_700_000_000 + e, STATUS_KEY: "running" if e < epochs
                 else status, "train_loss": 1 / e, "train_acc": 0.3 * e, "val_acc": 0.25 * e, "test_acc": 0.2 * e,
                 "epoch_time_s": 1.0, "config": {"trial": trial.to_dict()}} for e in range(1, epochs + 1)]
+    if gathered:
+        reports = [{**reports[-1], "kd_epochs": [{k: v for k, v in r.items() if k not in ("config", "trial_id",
+                                                                                           "timestamp", STATUS_KEY)}
+                                                 for r in reports]}]
     text = "".join(json.dumps(r) + "\n" for r in reports) + '{"epoch": 9, "cut'
     storage.write_text(f"trial_{name}/result.json", text)
     if error is not None:
@@ -289,6 +295,7 @@ def test_recover_reads_tune_records_from_the_bucket_and_rebuilds_there(bucket, t
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the tracking store below does not answer
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     done = plan_trial(RunConfig(loss="ce", epochs=2, seed=1))
+    gathered = plan_trial(RunConfig(loss="ce", epochs=3, seed=4))
     failed = plan_trial(RunConfig(loss="ce", epochs=3, seed=2))
     running = plan_trial(RunConfig(loss="ce", epochs=4, seed=3))
     sweep = bucket / "sweep"
@@ -296,13 +303,15 @@ def test_recover_reads_tune_records_from_the_bucket_and_rebuilds_there(bucket, t
         _tune_folder(storage, "a", done, 2, "completed")
         _tune_folder(storage, "b", failed, 1, "running", error="RuntimeError: out of memory")
         _tune_folder(storage, "c", running, 2, "running")
+        _tune_folder(storage, "e", gathered, 3, "completed", gathered=True)
         storage.write_text("trial_d/params.json", "{}")  # a trial folder without results yet
         storage.write_text("experiment_state-x.json", "{}")
     records = list(tune_records(sweep.uri))
-    assert [r.trial.key for r in records] == [done.key, failed.key, running.key]
-    assert [len(r.reports) for r in records] == [2, 1, 2]
-    assert [r.error for r in records] == [None, "RuntimeError: out of memory", None]
-    assert [r.final_status() for r in records] == [TrialStatus.COMPLETED, TrialStatus.FAILED, None]
+    assert [r.trial.key for r in records] == [done.key, failed.key, running.key, gathered.key]
+    assert [len(r.reports) for r in records] == [2, 1, 2, 3]  # a report of 3 gathered epochs: 3 epochs
+    assert [r.error for r in records] == [None, "RuntimeError: out of memory", None, None]
+    assert [r.final_status() for r in records] == [TrialStatus.COMPLETED, TrialStatus.FAILED, None,
+                                                   TrialStatus.COMPLETED]
     local = list(tune_records(tmp_path / "sweep"))
     assert [(r.trial, r.trial_id, r.reports, r.error) for r in local] == \
         [(r.trial, r.trial_id, r.reports, r.error) for r in records]
@@ -311,12 +320,14 @@ def test_recover_reads_tune_records_from_the_bucket_and_rebuilds_there(bucket, t
     trials_table(sweep).append([dict(made_row, sweep="sweep") for _, made_row, *_ in make_sweep(seeds=1)[:1]])
     rebuild(sweep, "sweep", tracking_uri="http://127.0.0.1:9")
     rows = {r["trial_key"]: r for r in read_trials(sweep).to_pylist()}
-    assert set(rows) == {done.key, failed.key}  # unfinished trials get no row; the old row is set aside
+    assert set(rows) == {done.key, failed.key, gathered.key}  # unfinished: no row; the old row is set aside
     assert rows[done.key]["status"] == "completed" and rows[failed.key]["status"] == "failed"
     assert rows[failed.key]["error"] == "RuntimeError: out of memory"
     assert rows[done.key]["finished_at"].timestamp() == 1_700_000_002
     assert sorted((r["trial_key"], r["epoch"]) for r in read_epochs(sweep).to_pylist()) == sorted(
-        [(done.key, 1), (done.key, 2), (failed.key, 1), (running.key, 1), (running.key, 2)])
+        [(done.key, 1), (done.key, 2), (failed.key, 1), (running.key, 1), (running.key, 2), (gathered.key, 1),
+         (gathered.key, 2), (gathered.key, 3)])
+    assert rows[gathered.key]["val_acc"] == 0.75 and rows[gathered.key]["epoch"] == 3
     names = [e.name for e in sweep.list()]
     assert ".results.rebuilding" not in names
     [aside] = [n for n in names if n.startswith(".results.damaged-")]

@@ -432,6 +432,18 @@ def report(epoch, status, **extra):
     return dict(metrics(epoch), kd_status=status.value, training_iteration=epoch, time_this_iter_s=0.1, **extra)
 
 
+def test_a_report_of_gathered_epochs_is_an_epoch_event_each_the_last_with_its_status():
+    events: list = []
+    adapter = TuneSinks([Recorder(events)])
+    trial = planned(0)
+    t = tune_trial(trial, "t")
+    gathered = [metrics(e) for e in (1, 2, 3)]
+    adapter.on_trial_result(0, [], t, report(3, RUNNING, kd_epochs=gathered[:3]))
+    adapter.on_trial_result(0, [], t, report(4, COMPLETED, kd_epochs=[metrics(4)]))
+    assert events == [("started", trial.key, "t"), ("epoch", trial.key, 1, RUNNING), ("epoch", trial.key, 2, RUNNING),
+                      ("epoch", trial.key, 3, RUNNING), ("epoch", trial.key, 4, COMPLETED)]
+
+
 def test_adapter_decides_only_failed_and_stopped(tmp_path):
     events: list = []
     adapter = TuneSinks([Recorder(events)])

@@ -14,7 +14,8 @@ def test_the_context_of_an_invocation_names_the_sweeps_places_and_settings(tmp_p
     one, two = WorkerContext.of(options), WorkerContext.of(options)
     assert one.teachers_dir == str(tmp_path / "teachers") and one.logits_dir == str(tmp_path / "teacher_logits")
     assert one.noise_dir == str(options.noise_dir) and one.local_cache == str(tmp_path / "copies")
-    assert (one.checkpoint_every, one.feature_classes, one.log_models) == (3, (1, 4), True)
+    assert (one.schedule.checkpoint_every, one.feature_classes, one.log_models) == (3, (1, 4), True)
+    assert (one.schedule.checkpoint_every_s, one.schedule.report_every_s) == (30.0, 10.0)  # the defaults
     assert one.check_token and one.check_token != two.check_token  # one token per invocation
     assert WorkerContext.of(options, "t").check_token == "t"
     assert pickle.loads(pickle.dumps(one)) == one

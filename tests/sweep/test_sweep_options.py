@@ -39,6 +39,8 @@ def test_cpus_per_trial_must_be_positive(cpus):
     ({"gpus_per_trial": -1}, "--gpus-per-trial must be >= 0, got -1"),
     ({"max_concurrent": 0}, "--max-concurrent must be >= 1"),
     ({"checkpoint_every": 0}, "--checkpoint-every must be >= 1 epoch"),
+    ({"checkpoint_every_s": -1.0}, "--checkpoint-every-s must be >= 0 seconds"),
+    ({"report_every_s": -0.5}, "--report-every-s must be >= 0 seconds"),
     ({"max_failures": -1}, "--max-failures must be >= 0"),
     ({"teacher_cache": "bfloat16"}, "--teacher-cache 'bfloat16' must be one of float32, float16, off"),
     ({"name": "teachers"}, "--name 'teachers' must be a plain folder name"),
