@@ -21,9 +21,11 @@ loopback cluster does not listen).
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,8 @@ from typing import Any
 
 from kd_tune.core.netcheck import connect_error
 from kd_tune.storage.location import Storage
+
+log = logging.getLogger(__name__)
 
 # Ray is imported inside the functions that use it: `import ray` costs 0.5 CPU-s and Ray Tune
 # 1.6 CPU-s (measured on a 2-core machine), which the driver's checks, --dry-run and a refused
@@ -233,21 +237,8 @@ def check_shared_storage(info: ClusterInfo, storage: Storage) -> None:
     """
     if storage.is_local and len(info.nodes) < 2:
         return
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    def on_each_node(function: Any, *args: Any) -> dict[str, Any]:
-        task = ray.remote(num_cpus=0)(function)
-        refs = {
-            n["ip"] or n["node_id"]: task.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["node_id"], soft=False)
-            ).remote(*args)
-            for n in info.nodes
-        }
-        return {node: ray.get(ref, timeout=60) for node, ref in refs.items()}
-
     if not storage.is_local:
-        problems = {node: p for node, p in on_each_node(_storage_problem, storage).items() if p}
+        problems = {node: p for node, p in _on_each_node(info, _storage_problem, storage).items() if p}
         if problems:
             node, problem = next(iter(problems.items()))
             raise ClusterError(f"node(s) {', '.join(problems)} cannot use the storage: {problem} (on {node}); set "
@@ -259,7 +250,7 @@ def check_shared_storage(info: ClusterInfo, storage: Storage) -> None:
     marker = folder / f".kd_tune_probe_{uuid.uuid4().hex}"
     marker.write_text("probe")
     try:
-        missing = [node for node, seen in on_each_node(os.path.exists, str(marker)).items() if not seen]
+        missing = [node for node, seen in _on_each_node(info, os.path.exists, str(marker)).items() if not seen]
     finally:
         marker.unlink(missing_ok=True)
     if missing:
@@ -268,6 +259,37 @@ def check_shared_storage(info: ClusterInfo, storage: Storage) -> None:
             "On a multi-node cluster use a path on a shared file system (e.g. NFS) mounted at the same place "
             "on every node, or an object store (s3://bucket/prefix)."
         )
+
+
+def _on_each_node(info: ClusterInfo, function: Any, *args: Any) -> dict[str, Any]:
+    """``function(*args)`` run by a task pinned to each node of ``info``; the results by node (its
+    address, and its id's first 8 characters when several nodes share the address).
+
+    A node that left the cluster after ``info`` listed it (a preempted machine) is left out with
+    a line saying so: it runs no trial, and a task pinned to it can never run (Ray refuses it,
+    ``TaskUnschedulableError``). An error on a node still alive is raised.
+    """
+    import ray
+    from ray.exceptions import RayError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0)(function)
+    shared = Counter(n["ip"] for n in info.nodes)
+    refs = {
+        (n["ip"] if n["ip"] and shared[n["ip"]] == 1 else f"{n['ip'] or 'node'} {n['node_id'][:8]}", n["node_id"]):
+            task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["node_id"], soft=False))
+            .remote(*args)
+        for n in info.nodes
+    }
+    results = {}
+    for (name, node_id), ref in refs.items():
+        try:
+            results[name] = ray.get(ref, timeout=60)
+        except RayError:
+            if any(n["node_id"] == node_id for n in _alive_nodes()):
+                raise
+            log.info(f"node {name} left the cluster during the storage check; it is left out")
+    return results
 
 
 def _storage_problem(storage: Storage) -> str | None:
