@@ -54,6 +54,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -96,10 +97,10 @@ class Size:
     max_failures: int = 8
 
 
-QUICK = Size(epochs=2, seeds=3, taus="1,inf", alphas="0.5,1", samples=12, confirm_top=1, confirm_seeds=2,
-             worker_every_s=12, node_every_s=45, mlflow_every_s=40)
-LONG = Size(epochs=3, seeds=5, taus="1,2,3,5,10,20,inf", alphas="0.1,0.25,0.5,0.75,1", samples=60, confirm_top=3,
-            confirm_seeds=2, worker_every_s=15, node_every_s=60, mlflow_every_s=75)
+QUICK = Size(epochs=3, seeds=4, taus="1,inf", alphas="0.5,1", samples=16, confirm_top=1, confirm_seeds=2,
+             worker_every_s=20, node_every_s=60, mlflow_every_s=45)
+LONG = Size(epochs=4, seeds=5, taus="1,3,5,20,inf", alphas="0.1,0.5,0.75,1", samples=60, confirm_top=2,
+            confirm_seeds=2, worker_every_s=25, node_every_s=90, mlflow_every_s=80)
 
 
 # --- the schedule -----
@@ -239,39 +240,62 @@ def result_line(faults: int, checks: Sequence[SweepCheck]) -> str:
 
 class TrackingServer:
     """A real ``mlflow server`` on 127.0.0.1:``port`` with its store in ``folder``, which can be
-    killed (its whole process group, SIGKILL) and started again on the same port and store."""
+    killed (its whole process group, SIGKILL) and started again on the same port and store.
+
+    It starts in a thread of its own (about 20 s here, on 2 loaded cores): meanwhile the soak
+    goes on watching the drivers and applying faults."""
 
     def __init__(self, folder: Path, port: int):
         self.folder, self.port = folder, port
-        self._stack: contextlib.ExitStack | None = None
+        self._stack = contextlib.ExitStack()
         self._proc: subprocess.Popen | None = None
-        self.back_at: float | None = None  # monotonic time to start it again (None: it runs)
+        self._starting: threading.Thread | None = None
+        self.back_at: float | None = None  # monotonic time to start it again (None: it runs or is starting)
 
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        self._stack = contextlib.ExitStack()
-        self._proc = self._stack.enter_context(mlflow_server(self.folder, self.port))
-        self.back_at = None
+    @property
+    def up(self) -> bool:
+        return self._proc is not None
 
-    def kill(self, down_s: float) -> None:
-        """SIGKILL the server's process group (no clean shutdown); start it again after ``down_s`` seconds."""
+    def _start(self) -> None:
+        self._proc = self._stack.enter_context(mlflow_server(self.folder, self.port))
+
+    def start(self, wait: bool = True) -> None:
+        """Start it (in a thread); ``wait``: until it answers."""
+        if self._starting is None or not self._starting.is_alive():
+            if not self.up:
+                self.back_at = None
+                self._starting = threading.Thread(target=self._start, name="mlflow-start", daemon=True)
+                self._starting.start()
+        if wait and self._starting is not None:
+            self._starting.join()
+            if not self.up:
+                raise RuntimeError(f"the tracking server did not start; see {self.folder}/server-*.log")
+
+    def kill(self, down_s: float) -> bool:
+        """SIGKILL the server's process group (no clean shutdown) and start it again after ``down_s``
+        seconds; False when it was not up."""
+        if not self.up:
+            return False
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self._proc.pid, signal.SIGKILL)
         self.close()
         self.back_at = time.monotonic() + down_s
+        return True
 
-    def ensure_up(self, now: float | None = None) -> None:
-        """Start it again when it is down and its time has come (``now`` None: at once)."""
-        if self.back_at is not None and (now is None or now >= self.back_at):
-            self.start()
+    def tick(self) -> None:
+        """Start it again once its time down is over."""
+        if self.back_at is not None and time.monotonic() >= self.back_at:
+            self.start(wait=False)
 
     def close(self) -> None:
-        if self._stack is not None:
-            self._stack.close()
-            self._stack = None
+        if self._starting is not None:
+            self._starting.join()
+        self._stack.close()
+        self._proc = None
 
 
 class Chaos:
@@ -280,6 +304,7 @@ class Chaos:
     def __init__(self, cluster: Any, tracking: TrackingServer, node_env: Mapping[str, str]):
         self.cluster, self.tracking, self.node_env = cluster, tracking, dict(node_env)
         self.done: Counter = Counter()
+        self.killed: set[int] = set()
 
     def raylets(self) -> list[int]:
         from ray._private import ray_constants
@@ -301,10 +326,11 @@ class Chaos:
         return sorted(found)
 
     def kill_worker(self, rng: random.Random) -> bool:
-        workers = self.trial_workers()
+        workers = [pid for pid in self.trial_workers() if pid not in self.killed]
         if not workers:
             return False
         pid = rng.choice(workers)
+        self.killed.add(pid)  # a killed worker lingers a moment before its raylet reaps it
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         log.info(f"fault: killed trial worker {pid}")
@@ -328,9 +354,8 @@ class Chaos:
         elif fault.kind == "node":
             hit = self.replace_node(rng)
         else:
-            hit = self.tracking.back_at is None
+            hit = self.tracking.kill(fault.down_s)
             if hit:
-                self.tracking.kill(fault.down_s)
                 log.info(f"fault: killed the tracking server, back in {fault.down_s:.0f}s")
         if hit:
             self.done[fault.kind] += 1
@@ -400,7 +425,8 @@ class Soak:
                  stop_timeout_s: float):
         self.chaos, self.faults, self.rng, self.work = chaos, list(faults), rng, work
         self.env, self.stop_timeout_s = dict(env), stop_timeout_s
-        self.started = time.monotonic()
+        self.clock = 0.0  # seconds of the schedule gone: the time drivers ran
+        self.last_tick: float | None = None
         self.invocations = 0
 
     def tick(self, training: bool) -> None:
@@ -409,9 +435,13 @@ class Soak:
         ``training``: the driver has passed its start checks. Until then a tracking fault waits: a
         driver that finds the server down when it starts refuses to run (exit 2, by design)."""
         now = time.monotonic()
-        self.chaos.tracking.ensure_up(now)
+        # The schedule's clock runs while a driver runs (between ticks at most 2 s: a tick that
+        # waited on a node's start does not let the faults due meanwhile come at once).
+        self.clock += min(now - self.last_tick, 2.0) if self.last_tick is not None else 0.0
+        self.last_tick = now
+        self.chaos.tracking.tick()
         waiting = []
-        while self.faults and self.faults[0].at_s <= now - self.started:
+        while self.faults and self.faults[0].at_s <= self.clock:
             fault = self.faults.pop(0)
             if fault.kind == "mlflow" and not training:
                 waiting.append(fault)
@@ -421,7 +451,8 @@ class Soak:
 
     def start(self, plan: Plan, drive: Drive) -> tuple[subprocess.Popen, Path]:
         # A sweep refuses to start while its tracking server does not answer: bring it back first.
-        self.chaos.tracking.ensure_up()
+        self.chaos.tracking.start()
+        self.last_tick = None
         self.invocations += 1
         out = self.work / "logs" / f"{plan.name}-{len(drive.codes) + 1}.log"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -467,7 +498,7 @@ class Soak:
                             interrupted = True
                             break
                         seen = now
-                    time.sleep(0.1 if killed and not interrupted and rows >= interrupt_at else 1.0)
+                    time.sleep(0.1 if killed and not interrupted and rows >= interrupt_at else 0.5)
             except BaseException:  # the soak itself stopped (Ctrl-C, an error): no driver left behind
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -614,7 +645,7 @@ def soak(size: Size, seed: int, work: Path, stop_timeout_s: float) -> int:
             runner = Soak(chaos, fault_schedule(rng, size, 6 * 3600), rng, work, env, stop_timeout_s)
             sweeps = plans(size, storage, cluster.address, tracking.uri, seed, rng)
             drives = [runner.run(plan, storage / plan.name) for plan in sweeps]
-            tracking.ensure_up()
+            tracking.start()
             checks = [check(plan, storage / plan.name, tracking.uri) for plan in sweeps]
             teachers = [key for plan in sweeps for key in mlflow_runs(tracking.uri, plan.name)[2]]
             record = _record(storage / sweeps[1].name)
