@@ -494,7 +494,7 @@ class Soak:
                     if killed and not interrupted and rows >= interrupt_at:
                         now = checkpoints(sweep_dir)
                         if seen is not None and now - seen:
-                            self.interrupt(proc, plan, drive, rows)
+                            self.interrupt(proc, out, plan, drive, rows)
                             interrupted = True
                             break
                         seen = now
@@ -512,9 +512,10 @@ class Soak:
         drive.problems.append(f"{plan.name}: not finished after {max_invocations} invocations")
         return drive
 
-    def interrupt(self, proc: subprocess.Popen, plan: Plan, drive: Drive, rows: int) -> None:
+    def interrupt(self, proc: subprocess.Popen, out: Path, plan: Plan, drive: Drive, rows: int) -> None:
         """Ctrl-C the driver (SIGINT to it alone, as a terminal sends it to the foreground job) and
-        time its stop; a driver that does not stop in time is a problem, then SIGKILLed."""
+        time its stop; a driver that does not stop in time (then SIGKILLed), exits other than 1 or
+        prints a traceback is a problem."""
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
         self.chaos.done["ctrl_c"] += 1
@@ -526,8 +527,9 @@ class Soak:
         if proc.poll() is None:
             drive.problems.append(f"{plan.name}: the driver did not stop within {self.stop_timeout_s:.0f}s of Ctrl-C")
             os.killpg(proc.pid, signal.SIGKILL)
-        elif proc.returncode != 1:
-            drive.problems.append(f"{plan.name}: the driver exited {proc.returncode} after Ctrl-C, not 1")
+        elif proc.returncode != 1 or "Traceback" in out.read_text(errors="replace"):
+            drive.problems.append(f"{plan.name}: the driver exited {proc.returncode} after Ctrl-C (not 1, or with a "
+                                  f"traceback): {out.read_text(errors='replace')[-600:]}")
 
 
 # --- reading back -----

@@ -327,8 +327,8 @@ class Recorder:
             self._teacher_ready(node, records[key])
 
     def fit(self, run: TuneRun, *, total: int, done: int, hold_new: bool = False) -> list[dict[str, Any]]:
-        """Run (or resume) one Tune experiment, recording every trial; return its trials' Tune configs
-        (``{"trial": Trial.to_dict(), ...}``) in Tune's order.
+        """Run (or resume) one Tune experiment, recording every trial; return the Tune configs
+        (``{"trial": Trial.to_dict(), ...}``) of its trials that reported, in Tune's order.
 
         ``total`` and ``done`` (finished before) count the experiment's trials for the
         progress lines. ``hold_new``: a
@@ -346,8 +346,12 @@ class Recorder:
         results = _fit(self.options, callback, run, self.context)
         self.parquet.reconcile(callback.ended_in_tune)
         done = self.parquet.finished_keys()
-        prune_checkpoints(run.path, [r.path for r in results if r.path and r.config["trial"]["key"] in done])
-        return [result.config for result in results]
+        # Tune's result for a trial holds its config only once the trial reported: a Ctrl-C while
+        # trials still waited for a slot leaves results without one. Such a trial has nothing to
+        # prune, and it runs when the sweep is resumed.
+        reported = [r for r in results if r.config is not None]
+        prune_checkpoints(run.path, [r.path for r in reported if r.path and r.config["trial"]["key"] in done])
+        return [result.config for result in reported]
 
     def ended_before(self, stages: Plan, keys: Sequence[str], finalize: Callable[[Storage], list[Path]] | None,
                      started: float) -> SweepOutcome:
