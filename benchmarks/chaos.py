@@ -77,6 +77,7 @@ SMALL = ["--dataset", "digits", "--teacher", "cnn-8", "--student", "cnn-4", "--t
 EVERY_EPOCH = ["--report-every-s", "0", "--checkpoint-every-s", "0", "--checkpoint-every", "1"]
 TRAINED = re.compile(r"teacher \S+ \((\w+)\) trained: ")
 BEHIND = "MLflow is still behind"
+STOPPED = "; rerun the same command to resume it"  # the closing line of an interrupted sweep
 TRAINING = " at a time; results in "  # the driver's line as its trials phase starts (grid and search)
 
 
@@ -99,8 +100,8 @@ class Size:
 
 QUICK = Size(epochs=3, seeds=4, taus="1,inf", alphas="0.5,1", samples=16, confirm_top=1, confirm_seeds=2,
              worker_every_s=20, node_every_s=60, mlflow_every_s=45)
-LONG = Size(epochs=4, seeds=5, taus="1,3,5,20,inf", alphas="0.1,0.5,0.75,1", samples=60, confirm_top=2,
-            confirm_seeds=2, worker_every_s=25, node_every_s=90, mlflow_every_s=80)
+LONG = Size(epochs=2, seeds=8, taus="1,3,20,inf", alphas="0.1,0.5,1", samples=60, confirm_top=2, confirm_seeds=2,
+            worker_every_s=30, node_every_s=75, mlflow_every_s=60)
 
 
 # --- the schedule -----
@@ -514,8 +515,8 @@ class Soak:
 
     def interrupt(self, proc: subprocess.Popen, out: Path, plan: Plan, drive: Drive, rows: int) -> None:
         """Ctrl-C the driver (SIGINT to it alone, as a terminal sends it to the foreground job) and
-        time its stop; a driver that does not stop in time (then SIGKILLed), exits other than 1 or
-        prints a traceback is a problem."""
+        time its stop; a driver that does not stop in time (then SIGKILLed), or stops other than with
+        exit code 1 and its closing lines (an error instead) is a problem."""
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
         self.chaos.done["ctrl_c"] += 1
@@ -527,9 +528,9 @@ class Soak:
         if proc.poll() is None:
             drive.problems.append(f"{plan.name}: the driver did not stop within {self.stop_timeout_s:.0f}s of Ctrl-C")
             os.killpg(proc.pid, signal.SIGKILL)
-        elif proc.returncode != 1 or "Traceback" in out.read_text(errors="replace"):
-            drive.problems.append(f"{plan.name}: the driver exited {proc.returncode} after Ctrl-C (not 1, or with a "
-                                  f"traceback): {out.read_text(errors='replace')[-600:]}")
+        elif proc.returncode != 1 or STOPPED not in out.read_text(errors="replace"):
+            drive.problems.append(f"{plan.name}: the driver exited {proc.returncode} after Ctrl-C, not 1 with its "
+                                  f"closing lines: {out.read_text(errors='replace')[-600:]}")
 
 
 # --- reading back -----
