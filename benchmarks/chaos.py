@@ -10,7 +10,8 @@ folder of its own), with a real ``mlflow server`` on 127.0.0.1 as the tracking s
 with ``--address`` the cluster's, into one ``--storage``, on digits with tiny models
 (``cnn-8`` teacher, ``cnn-4`` student) and a report and a checkpoint every epoch, while faults
 drawn from ``random.Random(--seed)`` hit them (the way Ray's release chaos tests run a
-workload under a node and worker killer):
+workload under a node and worker killer), on a clock that runs while a driver runs (so a
+loaded machine gets the same faults per second of sweep, and none pile up between drivers):
 
 - every ``worker_every_s`` (drawn around it): a worker process running a trial (a Tune
   ``ImplicitFunc`` actor under one of the cluster's raylets) is SIGKILLed;
@@ -117,8 +118,8 @@ class Fault:
 
 
 def fault_schedule(rng: random.Random, size: Size, horizon_s: float) -> list[Fault]:
-    """The timed faults up to ``horizon_s`` seconds, in time order: each kind at intervals drawn
-    uniformly in [0.5, 1.5] x its period, the first one period in at the earliest half of it."""
+    """The timed faults up to ``horizon_s`` seconds of the soak's clock, in time order: each kind
+    at intervals drawn uniformly in [0.5, 1.5] x its period (the first from 0)."""
     faults = []
     for kind, every in (("worker", size.worker_every_s), ("node", size.node_every_s),
                         ("mlflow", size.mlflow_every_s)):
