@@ -233,7 +233,7 @@ def check_shared_storage(info: ClusterInfo, storage: Storage) -> None:
 
     A marker file written here must be visible from a task pinned to each node; a path
     that exists only on the driver's disk would scatter teachers, checkpoints and
-    results across machines.
+    results across machines. A node that left the cluster after ``info`` listed it is left out.
     """
     if storage.is_local and len(info.nodes) < 2:
         return
@@ -274,19 +274,17 @@ def _on_each_node(info: ClusterInfo, function: Any, *args: Any) -> dict[str, Any
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     task = ray.remote(num_cpus=0)(function)
-    shared = Counter(n["ip"] for n in info.nodes)
-    refs = {
-        (n["ip"] if n["ip"] and shared[n["ip"]] == 1 else f"{n['ip'] or 'node'} {n['node_id'][:8]}", n["node_id"]):
-            task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["node_id"], soft=False))
-            .remote(*args)
-        for n in info.nodes
-    }
+    per_address = Counter(n["ip"] for n in info.nodes)
+    refs = {n["node_id"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["node_id"],
+                                                                                          soft=False)).remote(*args)
+            for n in info.nodes}
     results = {}
-    for (name, node_id), ref in refs.items():
+    for node in info.nodes:
+        name = node["ip"] if node["ip"] and per_address[node["ip"]] == 1 else f"{node['ip']} {node['node_id'][:8]}"
         try:
-            results[name] = ray.get(ref, timeout=60)
+            results[name] = ray.get(refs[node["node_id"]], timeout=60)
         except RayError:
-            if any(n["node_id"] == node_id for n in _alive_nodes()):
+            if any(n["node_id"] == node["node_id"] for n in _alive_nodes()):
                 raise
             log.info(f"node {name} left the cluster during the storage check; it is left out")
     return results
