@@ -101,8 +101,8 @@ class Size:
 
 QUICK = Size(epochs=3, seeds=4, taus="1,inf", alphas="0.5,1", samples=16, confirm_top=1, confirm_seeds=2,
              worker_every_s=20, node_every_s=60, mlflow_every_s=45)
-LONG = Size(epochs=2, seeds=8, taus="1,3,20,inf", alphas="0.1,0.5,1", samples=60, confirm_top=2, confirm_seeds=2,
-            worker_every_s=30, node_every_s=75, mlflow_every_s=60)
+LONG = Size(epochs=2, seeds=5, taus="1,3,inf", alphas="0.1,0.5,1", samples=32, confirm_top=2, confirm_seeds=2,
+            worker_every_s=30, node_every_s=120, mlflow_every_s=90)
 
 
 # --- the schedule -----
