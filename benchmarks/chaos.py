@@ -199,7 +199,7 @@ def bad_epoch_trials(trials: pd.DataFrame, epochs: pd.DataFrame, epochs_wanted: 
         complete = row.status != "completed" or last == epochs_wanted
         if by_key.get(row.trial_key, []) != list(range(1, last + 1)) or not complete:
             bad.append(row.trial_key)
-    return bad
+    return sorted(set(bad))
 
 
 def teacher_trainings(logs: Iterable[str]) -> Counter:
@@ -223,8 +223,9 @@ def search_problems(record: Any, trials: pd.DataFrame, samples: int, top: int) -
     means = done.assign(setting=done["trial_key"].map(setting)).groupby("setting")["val_acc"].mean()
     best = list(means.sort_values(ascending=False, kind="stable").index[:top])
     chosen = [s.setting for s in sorted(record.selected, key=lambda s: s.rank)]
-    if sorted(chosen) != sorted(best) or [round(means[s], 9) for s in chosen] != sorted(
-            (round(means[s], 9) for s in chosen), reverse=True):
+    # The same settings, ranked by their means (compared as numbers: tied settings may come in either order).
+    ranked = sorted(chosen) == sorted(best) and all(means[a] >= means[b] for a, b in zip(chosen, chosen[1:]))
+    if not ranked:
         problems.append(f"selected {chosen}, the results say {best}")
     if record.final is None:
         problems.append("no final pick")
