@@ -76,6 +76,7 @@ SMALL = ["--dataset", "digits", "--teacher", "cnn-8", "--student", "cnn-4", "--t
          "--batch-size", "128"]
 # A report and a checkpoint every epoch: the most checkpoint writes for a fault to land in.
 EVERY_EPOCH = ["--report-every-s", "0", "--checkpoint-every-s", "0", "--checkpoint-every", "1"]
+FAILED = re.compile(r"\nsweep finished in \d+s: [^\n]*?(\d+) failed")
 TRAINED = re.compile(r"teacher \S+ \((\w+)\) trained: ")
 BEHIND = "MLflow is still behind"
 DONE = "\nsweep finished in "  # the closing line of a sweep whose every trial ended
@@ -200,6 +201,12 @@ def bad_epoch_trials(trials: pd.DataFrame, epochs: pd.DataFrame, epochs_wanted: 
         if by_key.get(row.trial_key, []) != list(range(1, last + 1)) or not complete:
             bad.append(row.trial_key)
     return sorted(set(bad))
+
+
+def failed_on_the_way(logs: Sequence[str]) -> int:
+    """Trials an invocation ended as failed (``sweep finished in ...: N failed``) before the last
+    invocation: each was run again by the next invocation, which resumes errored trials."""
+    return sum(int(n) for text in logs[:-1] for n in FAILED.findall(text))
 
 
 def teacher_trainings(logs: Iterable[str]) -> Counter:
@@ -621,7 +628,8 @@ def report(checks: Sequence[SweepCheck], drives: Sequence[Drive], chaos: Chaos, 
     for d, c in zip(drives, checks):
         codes = ",".join(map(str, d.codes))
         stop = f", stopped {d.stop_s:.1f}s after Ctrl-C" if d.stop_s is not None else ""
-        print(f"{c.name}: invocations={len(d.codes)} exit codes={codes}{stop}")
+        print(f"{c.name}: invocations={len(d.codes)} exit codes={codes}{stop}; trials an invocation ended as "
+              f"failed, run again by the next: {failed_on_the_way(d.logs)}")
     print("faults: " + ", ".join(f"{kind}={n}" for kind, n in sorted(chaos.done.items())))
     twice = {k: n for k, n in trainings.items() if n != 1}
     print(f"teachers: {len(trainings)} trained, {len(twice)} trained more than once {twice or ''}; "

@@ -11,7 +11,15 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from chaos import QUICK, check_sweep, fault_schedule, result_line, search_problems, teacher_trainings  # noqa: E402
+from chaos import (  # noqa: E402
+    QUICK,
+    check_sweep,
+    failed_on_the_way,
+    fault_schedule,
+    result_line,
+    search_problems,
+    teacher_trainings,
+)
 from recorded import recorded_search  # noqa: E402
 
 from analysis.results_io import load_trials  # noqa: E402
@@ -86,3 +94,11 @@ def test_the_schedule_is_the_seed_s_and_keeps_each_kind_s_period():
         gaps = [b - a for a, b in zip([0.0, *times], times)]
         assert all(0.5 * every <= g <= 1.5 * every for g in gaps), kind
     assert all(3 <= f.down_s <= 15 for f in one if f.kind == "mlflow")
+
+
+def test_failed_on_the_way_counts_failed_trials_of_every_invocation_but_the_last():
+    logs = ["...\nsweep finished in 214s: 64 completed, 1 failed\n",
+            "\nsweep stopped after 9s: 3 completed, 62 missing;",
+            "\nsweep finished in 73s: 63 completed, 2 failed\n"]
+    assert failed_on_the_way(logs) == 1
+    assert failed_on_the_way(logs[:2] + ["\nsweep finished in 5s: 65 completed\n"]) == 1
