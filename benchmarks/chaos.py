@@ -228,15 +228,23 @@ def search_problems(record: Any, trials: pd.DataFrame, samples: int, top: int) -
     setting = {t.key: t.setting for t in record.trials}
     done = trials[trials["trial_key"].isin(setting) & (trials["status"] == "completed")]
     means = done.assign(setting=done["trial_key"].map(setting)).groupby("setting")["val_acc"].mean()
-    best = list(means.sort_values(ascending=False, kind="stable").index[:top])
     chosen = [s.setting for s in sorted(record.selected, key=lambda s: s.rank)]
-    # The same settings, ranked by their means (compared as numbers: tied settings may come in either order).
-    ranked = sorted(chosen) == sorted(best) and all(means[a] >= means[b] for a, b in zip(chosen, chosen[1:]))
-    if not ranked:
-        problems.append(f"selected {chosen}, the results say {best}")
+    if not _best_of(chosen, means, top):
+        best = list(means.sort_values(ascending=False, kind="stable").index[:top])
+        problems.append(f"selected {chosen}, the results say {best} (or settings tied with them)")
     if record.final is None:
         problems.append("no final pick")
     return problems
+
+
+def _best_of(chosen: Sequence[str], means: pd.Series, top: int) -> bool:
+    """Whether ``chosen`` (in rank order) are ``top`` settings of the best ``means``, ranked by them;
+    settings tied on their mean may be chosen either way (the search breaks ties on other grounds)."""
+    if len(chosen) != min(top, len(means)) or not set(chosen) <= set(means.index):
+        return False
+    values = [means[s] for s in chosen]
+    others = means.drop(list(chosen))
+    return all(a >= b for a, b in zip(values, values[1:])) and (others.empty or min(values) >= others.max())
 
 
 def result_line(faults: int, checks: Sequence[SweepCheck]) -> str:

@@ -102,3 +102,12 @@ def test_failed_on_the_way_counts_failed_trials_of_every_invocation_but_the_last
             "\nsweep finished in 73s: 63 completed, 2 failed\n"]
     assert failed_on_the_way(logs) == 1
     assert failed_on_the_way(logs[:2] + ["\nsweep finished in 5s: 65 completed\n"]) == 1
+
+
+def test_settings_tied_on_their_mean_may_be_selected_either_way(tmp_path):
+    record, keys = recorded_search(tmp_path)
+    trials = load_trials(tmp_path)
+    # draw 4 ties the selected draw 2 (0.95): selecting draw 2 stays right
+    best = trials.loc[trials["trial_key"] == keys[2], "val_acc"].iloc[0]
+    tied = trials.assign(val_acc=trials["val_acc"].where(trials["trial_key"] != keys[4], best))
+    assert search_problems(record, tied, samples=5, top=1) == []
