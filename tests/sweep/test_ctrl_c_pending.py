@@ -10,9 +10,10 @@ from test_sweep_failures import stored_rows, wait_for
 
 
 def test_ctrl_c_with_trials_not_started_stops_cleanly(tmp_path):
-    # mse at 2 alphas and ce, 1 seed: 3 trials, one at a time, so 2 wait while the first runs.
-    cmd = sweep_cmd(tmp_path, "pending", "--epochs", "2", "--seeds", "1", "--losses", "mse,ce", "--alphas",
-                    "0.5,1", "--max-concurrent", "1", address=None)
+    # mse at 2 alphas and ce, 2 seeds: 6 trials, which Tune makes at once (pending) and runs as
+    # slots free up (--max-concurrent would make them one by one: none would be pending).
+    cmd = sweep_cmd(tmp_path, "pending", "--epochs", "2", "--seeds", "2", "--losses", "mse,ce", "--alphas",
+                    "0.5,1", "--cpus-per-trial", "2", address=None)
     log = tmp_path / "driver.log"
     driver = start_sweep(cmd, log)
     try:
@@ -26,4 +27,4 @@ def test_ctrl_c_with_trials_not_started_stops_cleanly(tmp_path):
     assert driver.returncode == 1, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
     assert "; rerun the same command to resume it" in out
-    assert 1 <= stored_rows(tmp_path / "pending") < 3
+    assert 1 <= stored_rows(tmp_path / "pending") < 6
