@@ -1,6 +1,6 @@
 """Ctrl-C of a grid sweep while some of its trials have not started stops it cleanly (found by
 benchmarks/chaos.py: the driver ended in a TypeError, since Tune's result for a trial that never
-reported has no config). ``sweeps/tau_grid.py`` on an embedded Ray, one trial at a time."""
+reported has no config). ``sweeps/tau_grid.py`` on an embedded Ray, 2 CPUs a trial."""
 from __future__ import annotations
 
 import signal
