@@ -439,7 +439,9 @@ def recording(options: SweepOptions, manifest: dict[str, Any], params: Mapping[s
             queue.put(EndParent(invocation, recorder.status))
             if queue.stop(timeout=END_SEND_S):
                 _keep_parent(options, queue.parent_id(invocation), parent)
-                _mirror(recorder)
+                complete = recorder.status == "FINISHED" and done(
+                    {key for key, status in results.statuses().items() if status.finished})
+                _mirror(recorder, sweep_complete=complete)
                 # Run ids recorded by the mirror came after the tables' compaction at the experiment's end.
                 recorder.parquet.writer.compact()
             else:
@@ -449,11 +451,12 @@ def recording(options: SweepOptions, manifest: dict[str, Any], params: Mapping[s
             queue.close()
 
 
-def _mirror(recorder: Recorder) -> None:
+def _mirror(recorder: Recorder, *, sweep_complete: bool = False) -> None:
     """MLflow made whole from the results (refilled, stale runs ended) and the run ids
     recorded in the results; a store that fails meanwhile is left for the next run."""
     try:
-        recorder.parquet.writer.record_run_ids(recorder.mlflow.mirror(recorder.parquet.writer))
+        ids = recorder.mlflow.mirror(recorder.parquet.writer, sweep_complete=sweep_complete)
+        recorder.parquet.writer.record_run_ids(ids)
     except Exception as err:  # MLflow is a view of the results: the sweep goes on without it
         log.info(f"could not check MLflow against the results ({str(err).splitlines()[0][:200]}); it is checked "
                  "again on the next run of this sweep")

@@ -167,7 +167,7 @@ class MlflowSink(TrialSink):
         for folder, paths in folders.items():
             self.queue.put(LogArtifacts(self.invocation, paths, folder))
 
-    def mirror(self, writer: ResultsWriter) -> dict[str, str]:
+    def mirror(self, writer: ResultsWriter, *, sweep_complete: bool = False) -> dict[str, str]:
         """Make MLflow show every trial the results record, synchronously (call it while
         the queue's thread is stopped and nothing is left to send); return trial key ->
         run id of every recorded trial that has a run.
@@ -175,6 +175,10 @@ class MlflowSink(TrialSink):
         A recorded trial without a child run (a deleted or emptied store, or a run deleted
         by hand) gets one made from its Parquet rows, under this invocation's parent; a
         run still RUNNING whose trial has a final row is ended with that row's status.
+        With ``sweep_complete`` (nothing of the sweep is left to run), a RUNNING child with
+        no row is ended KILLED: a search's draw whose driver died before Tune saved it, which
+        no later invocation runs. Otherwise such a run is left for the invocation that
+        continues its trial.
         """
         tracker = self.queue.tracker()
         tracker.parent_id = self.queue.parent_id(self.invocation) or tracker.find_parent(self.invocation)
@@ -184,6 +188,13 @@ class MlflowSink(TrialSink):
         for key, status in recorded.items():
             if key in runs and runs[key].info.status == "RUNNING":
                 tracker.end_trial(ids[key], status)
+        orphans = [run for key, run in runs.items() if key not in recorded and run.info.status == "RUNNING"
+                   and run.data.tags.get(PARENT_TAG) == tracker.parent_id] if sweep_complete else []
+        for run in orphans:
+            tracker.end_run(run.info.run_id, "KILLED")
+        if orphans:
+            log.info("MLflow: ended %d trial run(s) KILLED that no trial of the finished sweep records (a draw "
+                     "its driver did not live to save)", len(orphans))
             if key in runs and tracker.parent_id and runs[key].data.tags.get(PARENT_TAG) != tracker.parent_id:
                 # Under the sweep's one parent: a parent made anew (the old one deleted), or
                 # children of the several parents of a sweep run before one parent per sweep.

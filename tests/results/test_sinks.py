@@ -342,6 +342,12 @@ def test_mirror_ends_runs_of_recorded_trials_and_refills_missing_ones(store, tmp
     assert lines == [f"MLflow holds 2 of the 3 trials recorded in {tmp_path / 'sweep'}: refilling 1 from the "
                      "Parquet results", "MLflow refilled: 1 trial run(s) made from the Parquet results"]
     assert invocation.sink.mirror(parquet.writer) == ids and len(console_lines()) == 2  # whole now
+    assert client.get_run(invocation.sink.run_id(unrecorded.key)).info.status == "RUNNING"
+    # The sweep is complete: a run no row records (a search's draw whose driver died before
+    # Tune saved it) will never be continued, so it is ended, not left RUNNING under the parent.
+    assert invocation.sink.mirror(parquet.writer, sweep_complete=True) == ids
+    assert client.get_run(invocation.sink.run_id(unrecorded.key)).info.status == "KILLED"
+    assert console_lines()[-1].startswith("MLflow: ended 1 trial run(s) KILLED")
 
 
 # -- ConsoleProgress -------------------------------------------------------------------------
