@@ -81,10 +81,11 @@ class SourceData:
 
     def __post_init__(self) -> None:
         channels = self.train.images.shape[1]
-        if self.test.images.shape[1:] != self.train.images.shape[1:] or self.test.images.dtype != self.train.images.dtype:
+        train, test = self.train.images, self.test.images
+        if test.shape[1:] != train.shape[1:] or test.dtype != train.dtype:
             raise ValueError(
-                f"train and test images differ in dtype or shape: {tuple(self.train.images.shape[1:])} "
-                f"vs {tuple(self.test.images.shape[1:])}"
+                f"train and test images differ in dtype or shape: {train.dtype} {tuple(train.shape[1:])} "
+                f"vs {test.dtype} {tuple(test.shape[1:])}"
             )
         if len(self.mean) != channels or len(self.std) != channels:
             raise ValueError(f"mean and std need one value per channel ({channels})")

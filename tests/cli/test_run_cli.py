@@ -40,7 +40,8 @@ def test_full_run_as_a_user_would(tmp_path):
 
 
 def test_a_teacher_spec_trains_every_node_in_order(capsys):
-    argv = ["--preset", "digits", "--epochs", "1", "--teacher-epochs", "2", "--student", "cnn-4", "--loss", "mse", "--alpha", "1"]
+    argv = ["--preset", "digits", "--epochs", "1", "--teacher-epochs", "2", "--student", "cnn-4", "--loss", "mse",
+            "--alpha", "1"]
     assert main([*argv, "--teacher", "2xcnn-4@1>cnn-8[kl:3]"]) == 0
     out = capsys.readouterr().out
     stages = [line.split("] epoch")[0] + "]" for line in out.splitlines() if line.startswith("[")]
