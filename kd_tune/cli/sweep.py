@@ -53,15 +53,20 @@ from kd_tune.tracking.tracker import experiment_url, ui_command
 from kd_tune.train.losses import loss_names
 
 
-def parse_float_list(text: str) -> tuple[float, ...]:
-    """Comma-separated numbers, ``inf`` allowed: ``1,3,inf``."""
+def _parse_list(text: str, convert: Callable[[str], Any], what: str) -> tuple[Any, ...]:
+    """``text`` split at commas, each part through ``convert``; ``what`` names the list in errors."""
     try:
-        values = tuple(float(part) for part in text.split(",") if part.strip())
+        values = tuple(convert(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers (e.g. 1,3,inf)") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}") from None
     if not values:
         raise argparse.ArgumentTypeError("the list is empty")
     return values
+
+
+def parse_float_list(text: str) -> tuple[float, ...]:
+    """Comma-separated numbers, ``inf`` allowed: ``1,3,inf``."""
+    return _parse_list(text, float, "numbers (e.g. 1,3,inf)")
 
 
 def parse_switch_list(text: str) -> tuple[bool, ...]:
@@ -79,13 +84,7 @@ def parse_switch_list(text: str) -> tuple[bool, ...]:
 
 def parse_int_list(text: str) -> tuple[int, ...]:
     """Comma-separated integers: ``0,20``."""
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers (e.g. 0,20)") from None
-    if not values:
-        raise argparse.ArgumentTypeError("the list is empty")
-    return values
+    return _parse_list(text, int, "integers (e.g. 0,20)")
 
 
 def parse_name_list(text: str) -> tuple[str, ...]:

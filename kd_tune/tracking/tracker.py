@@ -190,6 +190,10 @@ class SweepTracker:
                 self.experiment_id = found.experiment_id
             else:
                 location = None
+                if artifact_root is None and tracking_uri.startswith("sqlite:///"):
+                    # MLflow's own default is ./mlruns in the working directory: a stray folder
+                    # wherever the command ran. Beside the database, as the default store does.
+                    artifact_root = Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts"
                 if artifact_root is not None and tracking_uri.startswith("sqlite:"):
                     location = (str(artifact_root) if is_uri(artifact_root)
                                 else Path(artifact_root).absolute().as_uri())

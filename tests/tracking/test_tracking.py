@@ -177,6 +177,21 @@ def test_experiment_artifacts_live_under_the_artifact_root(store, tmp_path):
     assert client.get_experiment(again.experiment_id).artifact_location == root.absolute().as_uri()
 
 
+def test_without_an_artifact_root_artifacts_sit_beside_the_sqlite_store(tmp_path, monkeypatch):
+    # MLflow's own default, ./mlruns in the working directory, left folders wherever a command ran
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "store"
+    store.mkdir()
+    uri = default_tracking_uri(store)
+    tracker = SweepTracker(uri, "no-root")
+    parent = tracker.start_parent("p", {}, {})
+    table = tmp_path / "t.csv"
+    table.write_text("a\n1\n")
+    tracker.log_artifacts([table])
+    assert (store / "mlartifacts" / parent / "artifacts" / "tables" / "t.csv").read_text() == "a\n1\n"
+    assert not (tmp_path / "mlruns").exists()
+
+
 # -- a resumed invocation ----------------------------------------------------------------
 
 
