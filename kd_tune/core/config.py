@@ -291,7 +291,7 @@ class RunConfig:
 
         Accepts the strings ``"inf"``/``"infinity"`` for tau, as they come back from
         text stores (CLI, MLflow params), and None for a loss option (a null of a result
-        table, see :meth:`table_values`).
+        table, see :meth:`table_values`) or for ``data_fraction`` (a row from before it: 1).
         """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -303,6 +303,9 @@ class RunConfig:
             # was written before the field existed. Either way the field's unset value.
             if name in kwargs and kwargs[name] is None:
                 del kwargs[name]
+        if "data_fraction" in kwargs and kwargs["data_fraction"] is None:
+            # Null in a result table written before the field existed: the whole training split.
+            del kwargs["data_fraction"]
         if "milestones" in kwargs:
             kwargs["milestones"] = tuple(int(m) for m in kwargs["milestones"])
         if isinstance(kwargs.get("tau"), str):

@@ -287,3 +287,8 @@ def test_data_size_fields_enter_the_keys_only_away_from_their_defaults():
     assert len({data_key(c) for c in (cpu, bigger, fewer)}) == 3
     # the teacher trains on all the data: a fraction keeps the teacher, a larger set does not
     assert teacher_key(fewer) == teacher_key(cpu) != teacher_key(bigger)
+
+
+def test_a_result_row_from_before_the_data_size_fields_keeps_its_key():
+    row = {**MAIN_DIGITS.to_dict(), "data_samples": None, "data_fraction": None}  # nulls of an old Parquet part
+    assert trial_key(RunConfig.from_dict(row)) == "d1aaa43c999cac55"
