@@ -70,7 +70,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import load_trials
-from analysis.claims import FAILS, HOLDS, NOT_JUDGED, UNCLEAR, difference, slope, verdict  # noqa: F401
+from analysis.claims import FAILS, HOLDS, NOT_JUDGED, UNCLEAR, difference, slope, verdict  # noqa: F401 (tests read them here)
 from analysis.claims import RULE as STATISTICS
 from analysis.claims import numbers as statistics
 from analysis.reference import fmt_number
