@@ -44,11 +44,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.data_size_table import FRACTION, data_size_tables
 from analysis.loss_tables import COLUMNS, logit_loss_tables
 from analysis.results_io import load_epochs, load_features, load_samples, load_trials
 from kd_tune.storage import Storage, located, open_storage
 
-FIGURES = ("heatmap", "tau", "logit_distance", "feature_norm", "logit_mean_gap", "features", "curves", "logit_losses")
+FIGURES = ("heatmap", "tau", "logit_distance", "feature_norm", "logit_mean_gap", "features", "curves", "logit_losses",
+           "data_size")
 FIGURE_HELP = {
     "heatmap": "KL test accuracy over the tau x alpha grid, cells 'mean ± std (n)'",
     "tau": "test accuracy against tau, a line per alpha, MSE and CE as references; a panel per noise setting",
@@ -60,6 +62,8 @@ FIGURE_HELP = {
     "curves": "train and test accuracy per epoch, mean and min-max band over seeds",
     "logit_losses": "test accuracy, logit distance and logit-mean gap per method of the loss family (dkd, dist, "
                     "kl+ls, mse on z-scores), a row per setting",
+    "data_size": "test accuracy against the student's fraction of the training data, a line per loss (mean ± std "
+                 "over seeds); a panel per setting",
 }
 # Okabe & Ito (2008): distinguishable with every common colour-vision deficiency.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -472,9 +476,37 @@ def logit_losses(trials: pd.DataFrame, **_: Any) -> Any:
     return fig
 
 
+def data_size(trials: pd.DataFrame, **_: Any) -> Any:
+    """Test accuracy (%) against the fraction of the training split the student saw: the cells of
+    the ``data_size`` table, a line per method with its std over seeds; x on a log scale."""
+    done = completed(trials)
+    if FRACTION not in done.columns or done[FRACTION].dropna().nunique() < 2:
+        raise NoData("data_size needs trials at two or more data fractions (sweeps/data_size.py)")
+    tables = [t for t in data_size_tables(done, known={}) if len(t.columns) > 1]
+    fig, axes = _subplots(len(tables), width=5.2, height=4.0)
+    for ax, table in zip(axes, tables):
+        xs = [float(c.split("=", 1)[1]) for c in table.columns]
+        for k, row in enumerate(table.rows):
+            cells = [(x, table.stats(row, c)) for x, c in zip(xs, table.columns) if table.stats(row, c) is not None]
+            ax.errorbar([x for x, _ in cells], [c.mean for _, c in cells],
+                        yerr=[0.0 if math.isnan(c.std) else c.std for _, c in cells], marker="o", capsize=3,
+                        color=PALETTE[k % len(PALETTE)], label=row, linestyle="--" if row == "ce" else "-")
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.set_xlabel("fraction of the training split (student)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{table.setting['teacher']} -> {table.setting['student']}, noise "
+                     f"{table.setting['noise_type']} {table.setting['noise_rate']:g}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Accuracy against training data (teacher on all of it)", fontsize=11)
+    return fig
+
+
 _DRAW: dict[str, Callable[..., Any]] = {
     "heatmap": heatmap, "tau": tau, "logit_distance": logit_distance, "feature_norm": feature_norm,
     "logit_mean_gap": logit_mean_gap, "features": features, "curves": curves, "logit_losses": logit_losses,
+    "data_size": data_size,
 }
 _NEEDS = {"logit_distance": "samples", "feature_norm": "samples", "features": "feats", "curves": "epochs"}
 

@@ -35,6 +35,7 @@ SETTING_COLUMNS: dict[str, tuple[str, ...]] = {
     "sequential": ("dataset", "student", "noise_type", "noise_rate"),
     "noisy_teacher": ("dataset", "student", "noise_type", "noise_rate"),
     "logit_losses": ("dataset", "teacher", "student", "noise_type", "noise_rate"),
+    "data_size": ("dataset", "teacher", "student", "noise_type", "noise_rate"),
 }
 REQUIRED_COLUMNS = ("status", "dataset", "teacher", "student", "noise_type", "noise_rate",
                     "loss", "tau", "alpha", METRIC)

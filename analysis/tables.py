@@ -1,9 +1,10 @@
 """Every table kind, and :func:`build_tables`, which builds the tables of one kind from a frame of trials.
 
-The kinds (:data:`TABLES`, described in :data:`TABLE_HELP`) are built in three modules:
+The kinds (:data:`TABLES`, described in :data:`TABLE_HELP`) are built in these modules:
 ``tau_alpha``, ``loss`` and ``noise`` in :mod:`analysis.method_tables`; ``search`` in
 :mod:`analysis.search_table`; ``pairs``, ``sequential`` and ``noisy_teacher`` in
-:mod:`analysis.teacher_tables`; ``logit_losses`` in :mod:`analysis.loss_tables`. All build
+:mod:`analysis.teacher_tables`; ``logit_losses`` in :mod:`analysis.loss_tables`; ``data_size`` in
+:mod:`analysis.data_size_table`. All build
 the :class:`~analysis.table_model.Table` of :mod:`analysis.table_model`.
 
 Conventions:
@@ -37,6 +38,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from analysis.data_size_table import data_size_tables
 from analysis.loss_tables import logit_loss_tables
 from analysis.method_tables import BUILDERS as METHOD_BUILDERS
 from analysis.search_table import search_tables
@@ -45,10 +47,10 @@ from analysis.teacher_tables import BUILDERS as TEACHER_BUILDERS
 from kd_tune.core.status import TrialStatus
 from kd_tune.results.search_record import SearchRecord
 
-TABLES = ("tau_alpha", "loss", "noise", "search", "pairs", "sequential", "noisy_teacher", "logit_losses")
+TABLES = ("tau_alpha", "loss", "noise", "search", "pairs", "sequential", "noisy_teacher", "logit_losses", "data_size")
 ROW_HEADERS = {"tau_alpha": "method", "loss": "teacher -> student", "noise": "method", "search": "selected setting",
                "pairs": "teacher -> student", "sequential": "teacher -> student", "noisy_teacher": "method",
-               "logit_losses": "method"}
+               "logit_losses": "method", "data_size": "method"}
 TABLE_HELP = {
     "tau_alpha": "rows 'kl tau=T' (inf last), 'mse', 'ce' x columns 'alpha=A'; one table per "
                  "(dataset, teacher, student, noise_type, noise_rate); the ce row repeats the "
@@ -74,6 +76,9 @@ TABLE_HELP = {
                     "columns 'test acc', 'logit distance', 'logit-mean gap'; one table per (dataset, teacher, "
                     "student, noise_type, noise_rate); published CIFAR-100 numbers of other papers beside "
                     "(analysis/loss_tables.py)",
+    "data_size": "rows 'ce', 'kl tau=T alpha=A', 'mse alpha=A' x columns 'fraction=F' (the student's share of the "
+                 "training split; the teacher trained on all of it); one table per (dataset, teacher, student, "
+                 "noise_type, noise_rate)",
 }
 _BUILDERS = {**METHOD_BUILDERS, **TEACHER_BUILDERS}
 
@@ -101,5 +106,7 @@ def build_tables(trials: pd.DataFrame, table: str, *, reference: bool = True,
         return search_tables(trials, records or {}, known)
     if table == "logit_losses":
         return logit_loss_tables(trials, reference=reference, known=known)
+    if table == "data_size":
+        return data_size_tables(trials, known)
     completed = trials["status"] == TrialStatus.COMPLETED
     return _BUILDERS[table](trial_records(trials[completed]), trial_records(trials[~completed]), reference, known)

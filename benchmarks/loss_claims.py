@@ -9,8 +9,8 @@ It runs ``sweeps/logit_losses.py`` through its own entry point (the script's SPE
 ``--storage`` under the name ``logit_losses`` (a complete sweep there is not trained again),
 then judges its trials. ``--from STORAGE`` only reads ``STORAGE/logit_losses``.
 
-The statistical rule is ``benchmarks/paper_claims.py``'s, loaded from that file (its
-``difference``, ``verdict`` and thresholds), so the two scripts judge alike: d is a
+The statistical rule is :mod:`analysis.claims`, shared with ``benchmarks/paper_claims.py``
+(``difference``, ``verdict``, ``z_score`` and the thresholds), so the two scripts judge alike: d is a
 difference of means of per-seed test accuracies (points), se = sqrt(s_a^2/n_a + s_b^2/n_b),
 z = d / se. "A beats B" holds if z > 2, does not hold if z < -2, else not distinguishable at
 this n. "A and B agree" holds if |d| + 2 se <= 1 point, does not hold if |z| > 2, else not
@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import load_trials
+from analysis import claims, load_trials
 from analysis.loss_tables import family, method_label
 from kd_tune.cli.sweep import main as sweep_main
 
@@ -65,16 +65,7 @@ def _load(path: Path, name: str):
     return module
 
 
-# The rule and its thresholds, shared with the paper's claims.
-RULES = _load(ROOT / "benchmarks" / "paper_claims.py", "paper_claims")
-HOLDS, NOT_JUDGED = RULES.HOLDS, RULES.NOT_JUDGED
-
-
-def z_score(d: float, se: float) -> float:
-    """d / se (+-inf for a nonzero d with se 0; NaN when either is NaN)."""
-    if math.isnan(d) or math.isnan(se):
-        return math.nan
-    return d / se if se > 0 else math.copysign(math.inf, d) if d else 0.0
+HOLDS, NOT_JUDGED = claims.HOLDS, claims.NOT_JUDGED
 
 
 @dataclass(frozen=True)
@@ -126,10 +117,9 @@ def compare(kind: str, trials: pd.DataFrame, a: str, b: str, noise_type: str, no
     """(the numbers, the verdict) of ``a`` against ``b`` under the shared rule."""
     first, first_note = chosen(trials, a, noise_type, noise_rate)
     second, second_note = chosen(trials, b, noise_type, noise_rate)
-    d, se = RULES.difference(first.acc, second.acc)
-    numbers = (f"{first.text()}{first_note} vs {second.text()}{second_note}; "
-               f"d = {d:+.3f}, se = {se:.3f}, z = {z_score(d, se):+.2f}")
-    return numbers, RULES.verdict(kind, d, se)
+    d, se = claims.difference(first.acc, second.acc)
+    numbers = f"{first.text()}{first_note} vs {second.text()}{second_note}; {claims.numbers(d, se)}"
+    return numbers, claims.verdict(kind, d, se)
 
 
 # (number, statement, kind, a, b)
@@ -161,10 +151,7 @@ def judge(trials: pd.DataFrame) -> list[Claim]:
     return out
 
 
-RULE = ("d: difference of mean test accuracy over seeds (points), se: its standard error, z = d / se. "
-        f"'A beats B' holds if z > {RULES.Z:g}, fails if z < -{RULES.Z:g}; 'A and B agree' holds if |d| + "
-        f"{RULES.Z:g} se <= {RULES.MARGIN:g} point, fails if |z| > {RULES.Z:g}; otherwise: not distinguishable at "
-        "this n (the rule of benchmarks/paper_claims.py). Every method at the sweep's alpha.")
+RULE = claims.RULE + " Every method at the sweep's alpha."
 
 
 def report(claims: list[Claim]) -> str:

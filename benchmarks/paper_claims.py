@@ -16,11 +16,13 @@ sweep with its name resumes it). ``--from STORAGE`` only reads those folders.
 The statistical rule. Each claim is a difference d between two sets of per-seed values
 (test accuracy in points, or test logit MSE), with the standard error of a difference of
 means, se = sqrt(s_a^2/n_a + s_b^2/n_b) (sample variances), or a regression slope with its
-standard error; z = d / se.
+standard error; z = d / se, printed for every claim. The rule lives in
+:mod:`analysis.claims`, shared with ``benchmarks/loss_claims.py``.
 
 - "A beats B": holds if z > 2; does not hold if z < -2; else not distinguishable at this n.
-- "A is at least as good as B" (A is the best): holds if d >= 0; does not hold if z < -2;
-  else not distinguishable at this n.
+- "A is at least as good as B" (A is the best): holds if d - 2 se > -0.5 points (the
+  interval's lower end above a margin: d >= 0 alone held on any noise); does not hold if
+  z < -2; else not distinguishable at this n.
 - "A and B agree": holds if |d| + 2 se <= 1 point (equal within 1 point); does not hold if
   |z| > 2; else not distinguishable at this n.
 
@@ -68,6 +70,9 @@ import numpy as np
 import pandas as pd
 
 from analysis import load_trials
+from analysis.claims import FAILS, HOLDS, NOT_JUDGED, UNCLEAR, difference, slope, verdict  # noqa: F401 (tests read them here)
+from analysis.claims import RULE as STATISTICS
+from analysis.claims import numbers as statistics
 from analysis.reference import fmt_number
 from analysis.table_model import method_label
 from kd_tune.cli.args import config_from_args
@@ -75,10 +80,6 @@ from kd_tune.cli.sweep import build_parser
 from kd_tune.cli.sweep import main as sweep_main
 
 ROOT = Path(__file__).resolve().parents[1]
-HOLDS, FAILS, UNCLEAR = "holds", "does not hold", "not distinguishable at this n"
-NOT_JUDGED = "not judged (no results)"
-Z = 2.0  # standard errors
-MARGIN = 1.0  # points: "agree" means equal within this
 
 
 def load_spec(script: str):
@@ -98,40 +99,7 @@ def sweeps(lr: float, weight_decay: float) -> list[tuple[str, str, list[str]]]:
             ("sequential", "sequential", [])]
 
 
-# -- the rule ---------------------------------------------------------------------------------
-
-
-def difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """Difference of means a - b and its standard error (sample variances; NaN with fewer than 2 values)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.size < 2 or b.size < 2:
-        return float(a.mean() - b.mean()) if a.size and b.size else math.nan, math.nan
-    return float(a.mean() - b.mean()), float(math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size))
-
-
-def slope(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
-    """Least-squares slope of y on x and its standard error (NaN with fewer than 3 points)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if x.size < 3 or np.ptp(x) == 0:
-        return math.nan, math.nan
-    xc = x - x.mean()
-    b = float((xc * (y - y.mean())).sum() / (xc ** 2).sum())
-    residual = y - y.mean() - b * xc
-    return b, float(math.sqrt((residual ** 2).sum() / (x.size - 2) / (xc ** 2).sum()))
-
-
-def verdict(kind: str, d: float, se: float) -> str:
-    """The verdict of a claim of ``kind`` ``beats``, ``at_least`` or ``agree`` (module docstring)."""
-    if math.isnan(d) or math.isnan(se):
-        return UNCLEAR
-    z = d / se if se > 0 else math.copysign(math.inf, d) if d else 0.0
-    if kind == "beats":
-        return HOLDS if z > Z else FAILS if z < -Z else UNCLEAR
-    if kind == "at_least":
-        return HOLDS if d >= 0 else FAILS if z < -Z else UNCLEAR
-    if kind == "agree":
-        return HOLDS if abs(d) + Z * se <= MARGIN else FAILS if abs(z) > Z else UNCLEAR
-    raise ValueError(f"unknown claim kind {kind!r}")
+# -- the rule: analysis.claims (shared with benchmarks/loss_claims.py) ------------------------
 
 
 # -- reading the results ----------------------------------------------------------------------
@@ -188,7 +156,7 @@ Judged = tuple[str, str]  # the numbers a claim rests on, its verdict
 
 def compare(kind: str, a: Group, b: Group, a_what: str, b_what: str, metric: str = "acc") -> Judged:
     d, se = difference(getattr(a, metric), getattr(b, metric))
-    numbers = f"{a_what}: {a.text(metric)} vs {b_what}: {b.text(metric)}; d = {d:+.3f}, se = {se:.3f}"
+    numbers = f"{a_what}: {a.text(metric)} vs {b_what}: {b.text(metric)}; {statistics(d, se)}"
     return numbers, verdict(kind, d, se)
 
 
@@ -218,7 +186,7 @@ def rises_with_tau(results: Results) -> Judged:
     found.sort(key=lambda g: g.tau)
     b, se = slope([rank for rank, g in enumerate(found) for _ in g.acc], [v for g in found for v in g.acc])
     means = ", ".join(f"{fmt_number(g.tau)}: {np.mean(g.acc):.2f}" for g in found)
-    return (f"kl alpha=1, mean test acc % by tau ({means}); slope per tau step {b:+.3f}, se = {se:.3f}",
+    return (f"kl alpha=1, mean test acc % by tau ({means}); slope per tau step: {statistics(b, se)}",
             verdict("beats", b, se))
 
 
@@ -338,10 +306,7 @@ def judge(storage: Path) -> list[Claim]:
     return claims
 
 
-RULE = ("d: difference of means over seeds (or a slope), se: its standard error. 'A beats B' holds if d > 2 se, "
-        "fails if d < -2 se; 'A is at least as good as B' holds if d >= 0, fails if d < -2 se; 'A and B agree' "
-        f"holds if |d| + 2 se <= {MARGIN:g} point, fails if |d| > 2 se; otherwise: not distinguishable at this n. "
-        "'Best' settings are chosen on validation accuracy.")
+RULE = STATISTICS + " 'Best' settings are chosen on validation accuracy."
 
 
 def report(claims: list[Claim]) -> str:

@@ -1,11 +1,13 @@
 """TPE + ASHA against the default tau_grid grid, at the grid's budget in trial-epochs, side by side.
 
-    python benchmarks/search_vs_grid.py [--search-seeds 3] [--num-samples 110]
+    python benchmarks/search_vs_grid.py [--search-seeds 3] [--num-samples 110] [--preset digits]
 
-One run, embedded Ray, the cpu preset at the recipe this comparison was set for (digits,
-cnn-32 -> cnn-4, lr 0.02, 20 epochs: ``RECIPE``, the preset's before it moved to lr 0.05
-and 60 epochs; the budget below and ``--num-samples`` 110 are counted in its epochs), one
-storage (the teacher is trained once):
+One run, embedded Ray, at the recipe this comparison was set for: 20 epochs (``RECIPES``),
+on the cpu preset (MNIST-1D, cnn1d-25 -> cnn1d-6, lr 0.05: a quarter of its 80 epochs, so
+that the grid and a search cost about half a default tau_grid run) or, with ``--preset
+digits``, on digits (cnn-32 -> cnn-4, lr 0.02, the recipe the budgets were first set for);
+the budget below and ``--num-samples`` 110 are counted in those 20 epochs. One storage
+(the teacher, trained with the same recipe, is trained once):
 
 - grid: the default ``python sweeps/tau_grid.py`` (57 trials: kl tau x alpha, mse x
   alpha, ce; 3 seeds): 57 x 20 = 1140 trial-epochs. The reference is its configuration
@@ -54,8 +56,9 @@ from kd_tune.sweep.search import run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 WITHIN = 0.5  # points of validation accuracy
-# The recipe the budgets (and the README's table) were set for, given to the grid and the search alike.
-RECIPE = ["--lr", "0.02", "--epochs", "20"]
+# The recipe the budgets were set for, per preset, given to the grid and the search alike: 20 epochs.
+RECIPES = {"cpu": ["--preset", "cpu", "--epochs", "20"],
+           "digits": ["--preset", "digits", "--lr", "0.02", "--epochs", "20"]}
 
 
 def load_spec(name: str):
@@ -90,12 +93,15 @@ def main() -> int:
     parser.add_argument("--search-seeds", type=int, default=3, help="searches, seeds 0..N-1 (default: 3)")
     parser.add_argument("--num-samples", type=int, default=110, help="trials per search (default: 110)")
     parser.add_argument("--storage", type=Path, help="keep the results here (default: a temporary folder)")
+    parser.add_argument("--preset", choices=sorted(RECIPES), default="cpu",
+                        help="cpu (MNIST-1D, default) or digits, each at its recipe of RECIPES")
     args = parser.parse_args()
+    recipe = RECIPES[args.preset]
     with tempfile.TemporaryDirectory() as tmp:
         storage = args.storage or Path(tmp)
         grid_spec, search_spec = load_spec("tau_grid"), load_spec("tau_search")
         started = time.perf_counter()
-        grid_out = run_sweep(expand_args(grid_spec, build_parser(grid_spec).parse_args(RECIPE)),
+        grid_out = run_sweep(expand_args(grid_spec, build_parser(grid_spec).parse_args(recipe)),
                              SweepOptions(name="grid", storage=storage))
         print(f"grid: {sum(grid_out.counts.values())} trials in {time.perf_counter() - started:.0f}s", flush=True)
         grid = load_trials(grid_out.sweep_dir)
@@ -111,7 +117,7 @@ def main() -> int:
         ratios, deltas = [], []
         for seed in range(args.search_seeds):
             started = time.perf_counter()
-            flags = [*RECIPE, "--num-samples", str(args.num_samples), "--search-seed", str(seed)]
+            flags = [*recipe, "--num-samples", str(args.num_samples), "--search-seed", str(seed)]
             search = search_args(search_spec, build_parser(search_spec).parse_args(flags))
             out = run_search(search, SweepOptions(name=f"search_seed{seed}", storage=storage))
             record = SearchRecord.read(out.sweep_dir)

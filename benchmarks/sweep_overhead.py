@@ -58,7 +58,7 @@ def bare_tune(trials: int, slots: int, storage: Path) -> float:
 
 def kd_sweep(trials: int, slots: int, storage: Path) -> tuple[float, float, float]:
     """(fixed CPU-seconds per trial, compute seconds per trial, Tune-phase wall seconds)."""
-    base = preset("cpu", epochs=1, teacher="cnn-8", teacher_epochs=1, student="cnn-4")
+    base = preset("digits", epochs=1, teacher="cnn-8", teacher_epochs=1, student="cnn-4")
     space = [{"loss": ["kl"], "tau": [1.0, 4.0, math.inf], "alpha": [0.5, 1.0]}, {"loss": ["mse"], "alpha": [0.5, 1.0]}]
     seeds = range(math.ceil(trials / 8))
     configs = expand(base, space, seeds=seeds)[:trials]

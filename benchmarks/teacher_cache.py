@@ -118,7 +118,7 @@ def step_times(steps: int, rounds: int, device: str) -> dict[str, float]:
 
 def digits_sweeps(trials: int, storage: Path) -> dict[str, dict[str, float]]:
     """The same digits sweep without and with the cache: wall seconds, teacher forward samples, results."""
-    base = preset("cpu", **DIGITS_RECIPE)
+    base = preset("digits", **DIGITS_RECIPE)
     space = [{"loss": ["kl"], "tau": [1.0, 3.0, 5.0, 20.0, math.inf], "alpha": [0.5, 1.0]},
              {"loss": ["mse"], "alpha": [0.5, 1.0]}]
     configs = expand(base, space, seeds=range(math.ceil(trials / 12)))[:trials]
@@ -151,7 +151,7 @@ def digits_sweeps(trials: int, storage: Path) -> dict[str, dict[str, float]]:
 
 def float16_effect(storage: Path) -> dict[str, tuple[float, float, float]]:
     """Per loss, relative loss difference from rounding alone, after training, and test-acc difference."""
-    base = preset("cpu", alpha=1.0, **DIGITS_RECIPE)
+    base = preset("digits", alpha=1.0, **DIGITS_RECIPE)
     data = load_data(base)
     teacher, _ = TeacherStore(storage / "teachers").load(teacher_key(base), data)
     out = {}

@@ -1,6 +1,6 @@
 """Distillation under label noise: noise type x rate x (ce; kl at tau 0.5, 1, 4, 20; mse).
 
-    python sweeps/label_noise.py                      # cpu preset on digits, embedded Ray
+    python sweeps/label_noise.py                      # cpu preset (MNIST-1D), embedded Ray
     python sweeps/label_noise.py --clean-teacher      # teachers trained on clean labels
 
 Noise (symmetric, asymmetric) at rates {0, 0.2, 0.4, 0.6} on the training labels only;

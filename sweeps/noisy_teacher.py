@@ -2,14 +2,15 @@
 
     python sweeps/noisy_teacher.py                    # cpu preset, embedded Ray
     python sweeps/noisy_teacher.py --preset paper --data-dir /data --address auto --storage /shared/results
-    python sweeps/noisy_teacher.py --teachers cnn-32,cnn-32@2,cnn-8
+    python sweeps/noisy_teacher.py --teachers cnn1d-25,cnn1d-25@2,cnn1d-12
 
 The under-trained ("noisy") teacher ARCH@E is the teacher's full recipe, its learning-rate
 schedule included, stopped after epoch E (the paper's WRN-28-4 stood at 53.77% train
 accuracy). KD runs use alpha 1; CE (the student alone) is run once. 3 seeds. The
 noisy_teacher table shows each teacher's train and test accuracy under it.
 
-cpu preset: cnn-32 and cnn-32@1 (measured: one epoch of the cpu recipe leaves cnn-32
+cpu preset: cnn1d-25 and cnn1d-25@1 (one epoch of 80; its train accuracy is under the table).
+digits preset: cnn-32 and cnn-32@1 (measured: one epoch of the cpu recipe leaves cnn-32
 at about half its train accuracy and a third of its test accuracy). paper preset:
 wrn-28-4 and wrn-28-4@10 (the paper does not give the epoch; check the teacher's train
 accuracy under the table against its 53.77% and change it with --teachers).
@@ -44,12 +45,13 @@ def parse_teachers(text: str) -> tuple[str, ...]:
 SPEC = SweepSpec(
     name="noisy_teacher",
     description=__doc__,
-    space=teachers_space(("cnn-32", "cnn-32@1")),
-    preset_spaces={"paper": teachers_space(("wrn-28-4", "wrn-28-4@10"))},
+    space=teachers_space(("cnn1d-25", "cnn1d-25@1")),
+    preset_spaces={"digits": teachers_space(("cnn-32", "cnn-32@1")),
+                   "paper": teachers_space(("wrn-28-4", "wrn-28-4@10"))},
     space_flag=SpaceFlag(
         "--teachers", parse_teachers, teachers_space, ("teacher",),
         "teacher specs to compare, e.g. cnn-32,cnn-32@1 (ARCH@E: stopped after epoch E of the full recipe; "
-        "default: cnn-32,cnn-32@1; paper preset: wrn-28-4,wrn-28-4@10)"),
+        "default: cnn1d-25,cnn1d-25@1; digits preset: cnn-32,cnn-32@1; paper preset: wrn-28-4,wrn-28-4@10)"),
     seeds=3,
     table="noisy_teacher",
 )

@@ -1,6 +1,6 @@
 """KL vs MSE across teacher/student pairs: the paper's "WRN-28-4 teaches various students".
 
-    python sweeps/pairs.py                            # cpu preset: digits analogues, embedded Ray
+    python sweeps/pairs.py                            # cpu preset: MNIST-1D analogues, embedded Ray
     python sweeps/pairs.py --preset paper --data-dir /data --address auto --storage /shared/results
     python sweeps/pairs.py --pairs cnn-32:cnn-4,cnn-8:cnn-32 --epochs 5
 
@@ -8,7 +8,11 @@ Per pair: KL at tau in {3, 20, inf} with alpha 1, and MSE with alpha 1; per stud
 CE baseline, once (a student trained alone has no teacher; the pairs table shows it in
 every row of that student). 3 seeds.
 
-cpu preset (digits): cnn-32 teaches students of several sizes and kinds (cnn-4, cnn-8,
+cpu preset (MNIST-1D): cnn1d-25 teaches cnn1d-6, cnn1d-12, mlp1d-100 and gru-6; cnn1d-12 and
+gru-6 teach cnn1d-6; cnn1d-6 teaches cnn1d-25 (a student larger than its teacher); the
+ensemble cnn1d-25+cnn1d-12+gru-6 teaches cnn1d-6.
+
+digits preset: cnn-32 teaches students of several sizes and kinds (cnn-4, cnn-8,
 cnn-16, mlp-32); cnn-8 and cnn-16 teach cnn-4 (several teachers, one student); cnn-8
 teaches cnn-32 (a student larger than its teacher); the ensemble cnn-32+cnn-8+cnn-16
 (mean of its members' logits) teaches cnn-4.
@@ -26,7 +30,15 @@ from collections.abc import Sequence
 from kd_tune.cli.sweep import SpaceFlag, SweepSpec, main
 
 TAUS = [3.0, 20.0, math.inf]
+# cpu preset (MNIST-1D): the preset's teacher cnn1d-25 teaches students of several sizes
+# and kinds; smaller teachers teach cnn1d-6; cnn1d-6 teaches cnn1d-25; an ensemble teaches.
 CPU_PAIRS = (
+    ("cnn1d-25", "cnn1d-6"), ("cnn1d-25", "cnn1d-12"), ("cnn1d-25", "mlp1d-100"), ("cnn1d-25", "gru-6"),
+    ("cnn1d-12", "cnn1d-6"), ("gru-6", "cnn1d-6"),
+    ("cnn1d-6", "cnn1d-25"),
+    ("cnn1d-25+cnn1d-12+gru-6", "cnn1d-6"),
+)
+DIGITS_PAIRS = (
     ("cnn-32", "cnn-4"), ("cnn-32", "cnn-8"), ("cnn-32", "cnn-16"), ("cnn-32", "mlp-32"),
     ("cnn-8", "cnn-4"), ("cnn-16", "cnn-4"),
     ("cnn-8", "cnn-32"),
@@ -71,7 +83,7 @@ SPEC = SweepSpec(
     name="pairs",
     description=__doc__,
     space=pair_space(CPU_PAIRS),
-    preset_spaces={"paper": pair_space(PAPER_PAIRS)},
+    preset_spaces={"digits": pair_space(DIGITS_PAIRS), "paper": pair_space(PAPER_PAIRS)},
     space_flag=SpaceFlag(
         "--pairs", parse_pairs, pair_space, ("teacher", "student"),
         "teacher/student pairs TEACHER:STUDENT,... (a teacher is any teacher spec: cnn-32, cnn-32@3, "

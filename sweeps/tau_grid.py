@@ -1,6 +1,6 @@
 """The tau x alpha grid of Kim et al. (IJCAI 2021): KL at each temperature vs MSE vs CE.
 
-    python sweeps/tau_grid.py                         # cpu preset on digits, embedded Ray
+    python sweeps/tau_grid.py                         # cpu preset (MNIST-1D), embedded Ray
     python sweeps/tau_grid.py --address auto --preset paper --data-dir /data --storage /shared/results
 
 Default grid: kl with tau in {1, 3, 5, 20, inf} x alpha in {0.1, 0.5, 1.0}; mse with

@@ -1,6 +1,6 @@
 """Search tau, alpha and the loss for one teacher/student pair: TPE with ASHA early stopping.
 
-    python sweeps/tau_search.py                         # cpu preset on digits, embedded Ray
+    python sweeps/tau_search.py                         # cpu preset (MNIST-1D), embedded Ray
     python sweeps/tau_search.py --num-samples 120 --search-space lr=choice:0.01,0.02,0.05
     python sweeps/tau_search.py --address auto --preset paper --val-size 5000 --data-dir /data
 

@@ -11,7 +11,8 @@ from processes import ray_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TAU_GRID = str(ROOT / "sweeps" / "tau_grid.py")
-SMALL = ["--teacher", "cnn-8", "--student", "cnn-4", "--teacher-epochs", "2"]
+# digits by name: these tests pin digits-sized models and timings, not the cpu preset.
+SMALL = ["--preset", "digits", "--teacher", "cnn-8", "--student", "cnn-4", "--teacher-epochs", "2"]
 
 
 def sweep_cmd(storage: Path, name: str, *extra: str, address: str | None = "auto") -> list[str]:

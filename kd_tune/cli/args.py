@@ -45,7 +45,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: tuple[str,
     """Add ``--preset`` and one flag per :class:`RunConfig` field (except ``exclude``)."""
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default="cpu",
-        help="starting point for every setting: cpu (digits, minutes on a laptop) or paper "
+        help="starting point for every setting: cpu (MNIST-1D, minutes on a laptop), digits (scikit-learn's "
+        "digits, the cpu preset before MNIST-1D) or paper "
         "(CIFAR-100, WRN-28-4 -> WRN-16-2, 200 epochs); flags below override it",
     )
     group = parser.add_argument_group("run settings (defaults shown are the cpu preset's)")

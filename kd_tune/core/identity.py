@@ -58,6 +58,9 @@ _ADDED_FIELDS: dict[str, Any] = {
     "dkd_warmup": None,
     "dist_beta": None,
     "dist_gamma": None,
+    # The generated data sets' size and the data-size study's fraction (issue 21).
+    "data_samples": None,
+    "data_fraction": 1.0,
 }
 
 
@@ -150,9 +153,18 @@ def data_key(config: RunConfig) -> str:
 
     ``download`` is left out: fetching the files does not change them.
     """
+    return config_hash(data_identity(config))
+
+
+def data_identity(config: RunConfig) -> dict[str, Any]:
+    """:meth:`RunConfig.data_settings` as keys hash them: without ``download`` (fetching the files
+    does not change them) and without an added field at the value that leaves it out."""
     values = config.data_settings()
     values.pop("download")
-    return config_hash(values)
+    for name, left_out in _ADDED_FIELDS.items():
+        if name in values and values[name] == left_out:
+            del values[name]
+    return values
 
 
 def cache_key(config: RunConfig, teacher: str, *, augment: bool, dtype: str = "float32") -> str:

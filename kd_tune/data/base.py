@@ -1,8 +1,10 @@
 """Plain containers shared by the data modules.
 
-Images are always kept as raw ``uint8`` tensors in ``(N, C, H, W)`` layout, exactly as
-stored on disk (no scaling); normalisation happens per batch on the training device
-(see :meth:`kd_tune.data.Dataset.normalize`). Labels are ``int64`` class indices.
+Inputs come in two layouts, both kept exactly as stored or generated (no scaling):
+images as raw ``uint8`` tensors ``(N, C, H, W)`` (digits, CIFAR), and 1-D signals as
+``float32`` tensors ``(N, C, L)`` (MNIST-1D). Normalisation happens per batch on the
+training device (see :meth:`kd_tune.data.Dataset.normalize`). Labels are ``int64`` class
+indices. The field keeps the name ``images`` for both.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ class DataError(ValueError):
 class Split:
     """One split of a data set, held in memory.
 
-    images: ``uint8`` tensor ``(N, C, H, W)`` of raw pixel values in ``[0, max_value]``.
+    images: ``uint8`` tensor ``(N, C, H, W)`` of raw pixel values in ``[0, max_value]``, or
+        ``float32`` tensor ``(N, C, L)`` of 1-D signals.
     labels: ``int64`` tensor ``(N,)`` of class indices.
     """
 
@@ -32,10 +35,12 @@ class Split:
 
     def __post_init__(self) -> None:
         # Checked once here so that nothing downstream has to guess dtypes or layouts.
-        if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.uint8:
-            raise TypeError(f"Split.images must be a uint8 tensor, got {_describe(self.images)}")
-        if self.images.dim() != 4:
-            raise ValueError(f"Split.images must be (N, C, H, W), got shape {tuple(self.images.shape)}")
+        layouts = {torch.uint8: 4, torch.float32: 3}  # images (N, C, H, W); signals (N, C, L)
+        if not isinstance(self.images, torch.Tensor) or self.images.dtype not in layouts:
+            raise TypeError(f"Split.images must be a uint8 or float32 tensor, got {_describe(self.images)}")
+        if self.images.dim() != layouts[self.images.dtype]:
+            layout = "uint8 images (N, C, H, W)" if self.images.dtype == torch.uint8 else "float32 signals (N, C, L)"
+            raise ValueError(f"Split.images must be {layout}, got shape {tuple(self.images.shape)}")
         if not isinstance(self.labels, torch.Tensor) or self.labels.dtype != torch.int64:
             raise TypeError(f"Split.labels must be an int64 tensor, got {_describe(self.labels)}")
         if self.labels.shape != (self.images.shape[0],):
@@ -76,10 +81,11 @@ class SourceData:
 
     def __post_init__(self) -> None:
         channels = self.train.images.shape[1]
-        if self.test.images.shape[1:] != self.train.images.shape[1:]:
+        train, test = self.train.images, self.test.images
+        if test.shape[1:] != train.shape[1:] or test.dtype != train.dtype:
             raise ValueError(
-                f"train and test images differ in shape: {tuple(self.train.images.shape[1:])} "
-                f"vs {tuple(self.test.images.shape[1:])}"
+                f"train and test images differ in dtype or shape: {train.dtype} {tuple(train.shape[1:])} "
+                f"vs {test.dtype} {tuple(test.shape[1:])}"
             )
         if len(self.mean) != channels or len(self.std) != channels:
             raise ValueError(f"mean and std need one value per channel ({channels})")

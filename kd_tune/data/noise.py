@@ -143,13 +143,14 @@ def asymmetric_map(dataset: str, class_names: Sequence[str]) -> dict[int, int]:
     - ``cifar10``: truck -> automobile, bird -> airplane, deer -> horse, cat <-> dog.
     - ``cifar100``: each class -> the next class of its superclass, cyclically, in
       fine-label index order: twenty 5-cycles, one per superclass.
-    - ``digits``: 2 -> 7, 3 -> 8, 5 <-> 6, 7 -> 1 (MNIST convention of Patrini et al. 2017).
+    - ``digits`` and ``mnist1d``: 2 -> 7, 3 -> 8, 5 <-> 6, 7 -> 1 (MNIST convention of Patrini
+      et al. 2017; MNIST-1D's classes are the digits, made from their outlines).
     """
     names = [str(n) for n in class_names]
     index = {name: i for i, name in enumerate(names)}
     if len(index) != len(names):
         raise ValueError(f"class names of {dataset!r} are not unique")
-    if dataset in ("cifar10", "digits"):
+    if dataset in ("cifar10", "digits", "mnist1d"):
         by_name = CIFAR10_ASYMMETRIC if dataset == "cifar10" else DIGITS_ASYMMETRIC
         missing = sorted(n for pair in by_name.items() for n in pair if n not in index)
         if missing:

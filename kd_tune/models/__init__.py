@@ -4,7 +4,8 @@
     model = build("wrn-40-2", num_classes=100)
     logits, features = model(images, return_features=True)  # (B, 100), (B, 128)
 
-Every model maps ``(B, in_channels, H, W)`` images to logits
+Every model maps ``(B, in_channels, H, W)`` images (or, the 1-D models of
+:mod:`kd_tune.models.signal`, ``(B, in_channels, L)`` signals) to logits
 ``(B, num_classes)``; with ``return_features=True`` it also returns the
 penultimate representation ``(B, model.feature_dim)`` (the input of the final
 linear layer) from the same forward pass. See :func:`model_patterns` for the

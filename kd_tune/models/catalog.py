@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from kd_tune.models.registry import register_model
 from kd_tune.models.resnet import cifar_resnet, cifar_resnet_x4
+from kd_tune.models.signal import cnn1d, gru, logistic_regression, mlp1d
 from kd_tune.models.small import mlp, small_cnn
 from kd_tune.models.wrn import wide_resnet
 
@@ -47,4 +48,28 @@ register_model(
     mlp,
     "one-hidden-layer MLP on input average-pooled to 8x8, H >= 1 hidden units (= features)",
     display="mlp-H",
+)
+register_model(
+    "logreg",
+    logistic_regression,
+    "logistic regression on a 1-D signal (MNIST-1D, 40 steps): the linear head alone",
+)
+register_model(
+    rf"mlp1d-{_INT}",
+    mlp1d,
+    "MLP on a 1-D signal (MNIST-1D), two hidden layers of H units; e.g. mlp1d-100",
+    display="mlp1d-H",
+)
+register_model(
+    rf"cnn1d-{_INT}",
+    cnn1d,
+    "1-D CNN (MNIST-1D), three stride-2 convolutions of W channels with BN, 5W features; "
+    "e.g. cnn1d-25 (teacher), cnn1d-6 (student)",
+    display="cnn1d-W",
+)
+register_model(
+    rf"gru-{_INT}",
+    gru,
+    "bidirectional GRU of H units on a 1-D signal (MNIST-1D), every step's output as features; e.g. gru-6",
+    display="gru-H",
 )

@@ -8,7 +8,7 @@ from torch import nn
 def init_weights(module: nn.Module) -> nn.Module:
     """Initialise ``module`` in place and return it.
 
-    * ``nn.Conv2d``: Kaiming-normal, ``mode="fan_out"``, ``nonlinearity="relu"``
+    * ``nn.Conv1d/2d``: Kaiming-normal, ``mode="fan_out"``, ``nonlinearity="relu"``
       (the He et al. / WRN convention); bias, if any, zero.
     * ``nn.BatchNorm1d/2d``: weight 1, bias 0.
     * ``nn.Linear``: bias 0; the weight keeps PyTorch's default uniform
@@ -18,7 +18,7 @@ def init_weights(module: nn.Module) -> nn.Module:
     function of ``torch.manual_seed``.
     """
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

@@ -141,5 +141,7 @@ def label(config: RunConfig) -> str:
             parts.append(f"{name}={value:g}")
     if config.noise_type != "none":
         parts.append(f"{config.noise_type}={config.noise_rate:g}")
+    if config.data_fraction != 1.0:  # the data-size study's axis
+        parts.append(f"fraction={config.data_fraction:g}")
     parts.append(f"seed={config.seed}")
     return " ".join(parts)

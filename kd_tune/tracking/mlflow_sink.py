@@ -43,8 +43,9 @@ from typing import Any
 import torch
 
 from kd_tune.core.config import RunConfig
-from kd_tune.core.identity import config_hash
+from kd_tune.core.identity import config_hash, data_identity
 from kd_tune.core.status import TrialStatus
+from kd_tune.data import dataset_source
 from kd_tune.plan.planner import Trial, label
 from kd_tune.results.sinks import TeacherRecord, TrialSink
 from kd_tune.results.trial_end import TrialEnd
@@ -233,12 +234,15 @@ def inv_tau(tau: float) -> float:
 
 def dataset_fields(config: RunConfig, labels_hash: str | None) -> dict[str, Any]:
     """The data a run trained on, as :meth:`SweepTracker.log_dataset`'s fields: named by data
-    set (and noise), digest of its settings and training labels."""
-    settings = config.data_settings()
-    settings.pop("download", None)
+    set (and noise), digest of its settings and training labels. The source holds the settings
+    and, for a generated data set (mnist1d), the generator's arguments; the digest covers the
+    settings as the data key does (fields added later left out at their old value), so a run
+    from before them keeps its digest."""
+    settings = data_identity(config)
+    source = {**settings, **dataset_source(config.dataset, config.data_samples)}
     noise = "" if config.noise_type == "none" else f" {config.noise_type} {config.noise_rate:g}"
     return {"name": f"{config.dataset}{noise}", "digest": config_hash({**settings, "train_labels": labels_hash}),
-            "source": settings, "profile": {"train_labels_sha256": labels_hash or "clean labels"}}
+            "source": source, "profile": {"train_labels_sha256": labels_hash or "clean labels"}}
 
 
 def trials_table(rows: Sequence[Mapping[str, Any]]) -> Any:

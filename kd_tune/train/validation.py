@@ -15,7 +15,7 @@ import torch
 from kd_tune import models
 from kd_tune.core import teacher_spec
 from kd_tune.core.config import ConfigError, RunConfig
-from kd_tune.data import dataset_names, dataset_needs_files
+from kd_tune.data import dataset_generated, dataset_names, dataset_needs_files
 from kd_tune.train.losses import loss_name_problems
 
 
@@ -26,6 +26,9 @@ def run_problems(config: RunConfig) -> list[str]:
         p.append(f"dataset={config.dataset!r} is unknown; allowed: {', '.join(dataset_names())}")
     elif dataset_needs_files(config.dataset) and not config.data_dir:
         p.append(f"dataset={config.dataset!r} needs data_dir (a directory in torchvision's format)")
+    elif config.data_samples is not None and not dataset_generated(config.dataset):
+        p.append(f"data_samples={config.data_samples!r} applies to generated data sets only (mnist1d); "
+                 f"dataset={config.dataset!r} is read as it is")
     p += teacher_problems(config)
     p += _model_problems("student", config.student)
     p += loss_name_problems(config.loss)

@@ -336,7 +336,8 @@ def test_bad_inputs_raise(tmp_path, grid):
         load_trials(tmp_path / "empty")
     with pytest.raises(ValueError, match="one table kind"):
         render(build_tables(df, "loss") + build_tables(df, "noise"), "csv")
-    assert TABLES == ("tau_alpha", "loss", "noise", "search", "pairs", "sequential", "noisy_teacher", "logit_losses")
+    assert TABLES == ("tau_alpha", "loss", "noise", "search", "pairs", "sequential", "noisy_teacher", "logit_losses",
+                      "data_size")
 
 
 def run_cli(*args):

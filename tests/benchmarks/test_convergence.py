@@ -42,14 +42,14 @@ def test_rows_are_the_default_sweeps_settings_once_each():
 
 def test_a_tiny_run_prints_each_row_and_the_verdict_line():
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "convergence.py"), "--recipe", "epochs=3,teacher=cnn-8",
+        [sys.executable, str(ROOT / "benchmarks" / "convergence.py"), "--recipe", "epochs=3,teacher=cnn1d-6",
          "--sweeps", "tau_grid", "--losses", "kl,ce", "--taus", "inf", "--alphas", "1", "--longer", "1.5"],
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| row | labels | loss @2 | loss @3 | fall, last 1 | train acc | test acc | loss @4 |" in proc.stdout
     assert "| kl tau=inf alpha=1 | clean |" in proc.stdout and "| ce | clean |" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1].startswith("plateau=")
-    assert proc.stdout.strip().splitlines()[-1].endswith("/2 recipe=lr=0.05,epochs=3,schedule=cosine,teacher=cnn-8")
+    assert proc.stdout.strip().splitlines()[-1].endswith("/2 recipe=lr=0.05,epochs=3,schedule=cosine,teacher=cnn1d-6")
 
 
 @pytest.mark.parametrize("flags", [["--recipe", "nosuch=1"], ["--longer", "0.5"], ["--losses", "hinge"]])

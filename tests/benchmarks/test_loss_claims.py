@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from analysis import claims as RULES
 from kd_tune.cli.sweep import build_parser, expand_args
 from kd_tune.core.identity import trial_key
 from kd_tune.results.trial_tables import ResultsWriter, trial_row
@@ -59,11 +60,11 @@ def test_no_claim_holds_in_a_world_where_each_is_false():
 
 
 def test_the_rule_is_paper_claims_and_too_few_seeds_are_not_distinguishable():
-    assert CLAIMS.RULES.verdict("beats", 1.0, 0.4) == "holds" and CLAIMS.RULES.verdict("beats", 1.0, 0.6) == \
-        CLAIMS.RULES.UNCLEAR
+    assert RULES.verdict("beats", 1.0, 0.4) == "holds" and RULES.verdict("beats", 1.0, 0.6) == \
+        RULES.UNCLEAR
     one_seed = trials(HOLDING)
     one_seed = one_seed[one_seed["seed"] == 0]
-    assert {c.verdict for c in CLAIMS.judge(one_seed)} == {CLAIMS.RULES.UNCLEAR}
+    assert {c.verdict for c in CLAIMS.judge(one_seed)} == {RULES.UNCLEAR}
     missing = trials(HOLDING)
     assert CLAIMS.judge(missing[missing["loss"] != "dkd"])[0].verdict == CLAIMS.NOT_JUDGED
 

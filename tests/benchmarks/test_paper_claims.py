@@ -87,8 +87,10 @@ def run_from(storage: Path) -> subprocess.CompletedProcess:
     ("beats", 3.0, 1.0, "holds"), ("beats", 1.0, 1.0, "not distinguishable at this n"),
     ("beats", -3.0, 1.0, "does not hold"), ("beats", 1.0, math.nan, "not distinguishable at this n"),
     ("beats", 0.5, 0.0, "holds"),
-    ("at_least", 0.1, 5.0, "holds"), ("at_least", -1.0, 1.0, "not distinguishable at this n"),
-    ("at_least", -3.0, 1.0, "does not hold"),
+    # at least as good: d - 2 se > -0.5 points; a positive d with a wide interval is not enough
+    ("at_least", 0.1, 0.2, "holds"), ("at_least", -0.3, 0.05, "holds"), ("at_least", 0.0, 0.2, "holds"),
+    ("at_least", 0.1, 5.0, "not distinguishable at this n"), ("at_least", 0.28, 0.92, "not distinguishable at this n"),
+    ("at_least", -1.0, 1.0, "not distinguishable at this n"), ("at_least", -3.0, 1.0, "does not hold"),
     ("agree", 0.2, 0.3, "holds"), ("agree", 0.2, 0.5, "not distinguishable at this n"),
     ("agree", 2.5, 1.0, "does not hold"),
 ])
@@ -112,6 +114,9 @@ def test_every_claim_holds_on_results_that_show_them(tmp_path):
     assert lines[-1] == "claims_held=9/9"
     verdicts = [line for line in lines if line.startswith("[")]
     assert len(verdicts) == 9 and all(line.endswith(": holds") for line in verdicts), proc.stdout
+    # every claim prints its z beside d and se
+    numbers = [lines[lines.index(v) + 1] for v in verdicts]
+    assert all(", z = " in line for line in numbers), numbers
     # the numbers are the per-seed means of the Parquet rows: CE at 90% plus 0, 0.1, 0.2 points
     assert "CE: ce 90.10 ± 0.10% (n=3)" in proc.stdout
     assert "best KD: mse alpha=1 97.10 ± 0.10% (n=3)" in proc.stdout

@@ -10,7 +10,8 @@ import pytest
 
 from kd_tune.cli.run import main
 
-FAST = ["--epochs", "2", "--teacher-epochs", "2", "--teacher", "cnn-8", "--student", "cnn-4"]
+# digits by name: the models below are digits-sized (cnn-W), not the cpu preset's 1-D ones.
+FAST = ["--preset", "digits", "--epochs", "2", "--teacher-epochs", "2", "--teacher", "cnn-8", "--student", "cnn-4"]
 
 
 def test_full_run_as_a_user_would(tmp_path):
@@ -39,7 +40,8 @@ def test_full_run_as_a_user_would(tmp_path):
 
 
 def test_a_teacher_spec_trains_every_node_in_order(capsys):
-    argv = ["--epochs", "1", "--teacher-epochs", "2", "--student", "cnn-4", "--loss", "mse", "--alpha", "1"]
+    argv = ["--preset", "digits", "--epochs", "1", "--teacher-epochs", "2", "--student", "cnn-4", "--loss", "mse",
+            "--alpha", "1"]
     assert main([*argv, "--teacher", "2xcnn-4@1>cnn-8[kl:3]"]) == 0
     out = capsys.readouterr().out
     stages = [line.split("] epoch")[0] + "]" for line in out.splitlines() if line.startswith("[")]
@@ -57,14 +59,14 @@ def test_a_teacher_spec_trains_every_node_in_order(capsys):
 ])
 def test_specs_that_cannot_be_used_exit_2(capsys, argv, words):
     with pytest.raises(SystemExit) as exit_:
-        main(["--epochs", "1", *argv])
+        main(["--preset", "digits", "--epochs", "1", *argv])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert all(word in err for word in words), err
 
 
 def test_ce_baseline_trains_no_teacher(capsys):
-    assert main(["--loss", "ce", "--epochs", "1", "--student", "cnn-4"]) == 0
+    assert main(["--preset", "digits", "--loss", "ce", "--epochs", "1", "--student", "cnn-4"]) == 0
     out = capsys.readouterr().out
     assert "[teacher]" not in out and "status: completed" in out
 

@@ -16,6 +16,7 @@ from processes import ray_env
 
 from analysis import load_teachers, load_trials
 from kd_tune.cli.sweep import build_parser, expand_args, main
+from kd_tune.train.validation import validate_all
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,6 +30,7 @@ def load_sweep(name: str):
 
 PAIRS, SEQUENTIAL, NOISY = (load_sweep(n) for n in ("pairs", "sequential", "noisy_teacher"))
 PAPER = ["--preset", "paper", "--data-dir", "/unused/cifar"]
+DIGITS = ["--preset", "digits"]
 
 
 def configs_of(module, *argv: str):
@@ -39,10 +41,10 @@ def settings(configs) -> set[tuple]:
     return {(c.teacher, c.student, c.loss, c.tau, c.alpha) for c in configs}
 
 
-def test_pairs_cpu_preset_holds_students_of_several_sizes_one_larger_than_its_teacher_and_an_ensemble():
-    configs = configs_of(PAIRS)
+def test_pairs_digits_preset_holds_students_of_several_sizes_one_larger_than_its_teacher_and_an_ensemble():
+    configs = configs_of(PAIRS, *DIGITS)
     kd = [c for c in configs if c.loss != "ce"]
-    assert {(c.teacher, c.student) for c in kd} == set(PAIRS.CPU_PAIRS)
+    assert {(c.teacher, c.student) for c in kd} == set(PAIRS.DIGITS_PAIRS)
     assert {"cnn-4", "cnn-8", "cnn-16", "mlp-32"} <= {c.student for c in kd if c.teacher == "cnn-32"}
     assert ("cnn-8", "cnn-32") in {(c.teacher, c.student) for c in kd}  # the student is the larger network
     assert any("+" in c.teacher for c in kd)
@@ -51,7 +53,17 @@ def test_pairs_cpu_preset_holds_students_of_several_sizes_one_larger_than_its_te
     # CE once per student (5 students), whichever teachers teach it
     ce = [c for c in configs if c.loss == "ce"]
     assert sorted(c.student for c in ce if c.seed == 0) == ["cnn-16", "cnn-32", "cnn-4", "cnn-8", "mlp-32"]
-    assert len(configs) == (len(PAIRS.CPU_PAIRS) * 4 + 5) * 3 and {c.dataset for c in configs} == {"digits"}
+    assert len(configs) == (len(PAIRS.DIGITS_PAIRS) * 4 + 5) * 3 and {c.dataset for c in configs} == {"digits"}
+
+
+def test_pairs_cpu_preset_is_the_same_design_on_mnist1d():
+    configs = configs_of(PAIRS)
+    kd = [c for c in configs if c.loss != "ce"]
+    assert {(c.teacher, c.student) for c in kd} == set(PAIRS.CPU_PAIRS)
+    assert {"cnn1d-6", "cnn1d-12", "mlp1d-100", "gru-6"} <= {c.student for c in kd if c.teacher == "cnn1d-25"}
+    assert ("cnn1d-6", "cnn1d-25") in {(c.teacher, c.student) for c in kd} and any("+" in c.teacher for c in kd)
+    assert {c.dataset for c in configs} == {"mnist1d"}
+    validate_all(configs)
 
 
 def test_pairs_paper_preset_is_the_papers_table_and_the_precursors_pairs():
@@ -65,14 +77,17 @@ def test_pairs_paper_preset_is_the_papers_table_and_the_precursors_pairs():
 
 
 def test_pairs_flag_rebuilds_the_space_and_the_axes_apply():
-    configs = configs_of(PAIRS, "--pairs", "cnn-8:cnn-4, cnn-4:cnn-8", "--taus", "inf", "--losses", "kl,ce",
+    configs = configs_of(PAIRS, *DIGITS, "--pairs", "cnn-8:cnn-4, cnn-4:cnn-8", "--taus", "inf", "--losses", "kl,ce",
                          "--seeds", "1")
     assert settings(configs) == {("cnn-8", "cnn-4", "kl", math.inf, 1.0), ("cnn-4", "cnn-8", "kl", math.inf, 1.0),
                                  ("cnn-8", "cnn-4", "ce", 1.0, 0.0), ("cnn-4", "cnn-8", "ce", 1.0, 0.0)}
 
 
 def test_sequential_spaces():
-    configs = configs_of(SEQUENTIAL, "--seeds", "1")
+    cpu = configs_of(SEQUENTIAL, "--seeds", "1")
+    assert {c.teacher for c in cpu} == {"cnn1d-25", "cnn1d-25>cnn1d-12", "cnn1d-12"}
+    assert {c.student for c in cpu} == {"cnn1d-6"}
+    configs = configs_of(SEQUENTIAL, *DIGITS, "--seeds", "1")
     teachers = {"cnn-32", "cnn-32>cnn-8", "cnn-8"}
     assert settings(configs) == ({(t, "cnn-4", "kl", 3.0, 1.0) for t in teachers}
                                  | {(t, "cnn-4", "mse", 1.0, 1.0) for t in teachers}
@@ -80,20 +95,21 @@ def test_sequential_spaces():
     paper = {c.teacher for c in configs_of(SEQUENTIAL, *PAPER)}
     assert paper == {"wrn-28-4", "wrn-28-4>wrn-16-4", "wrn-16-4"}
     assert {c.student for c in configs_of(SEQUENTIAL, *PAPER)} == {"wrn-16-2"}
-    chain = configs_of(SEQUENTIAL, "--chain", "cnn-16,cnn-4", "--student", "mlp-16", "--seeds", "2")
+    chain = configs_of(SEQUENTIAL, *DIGITS, "--chain", "cnn-16,cnn-4", "--student", "mlp-16", "--seeds", "2")
     assert {c.teacher for c in chain} == {"cnn-16", "cnn-16>cnn-4", "cnn-4"} and len(chain) == 7 * 2
     assert {c.student for c in chain} == {"mlp-16"}
 
 
 def test_noisy_teacher_spaces():
-    configs = configs_of(NOISY)
+    assert {c.teacher for c in configs_of(NOISY) if c.loss != "ce"} == {"cnn1d-25", "cnn1d-25@1"}
+    configs = configs_of(NOISY, *DIGITS)
     kd = [c for c in configs if c.loss != "ce"]
     assert {c.teacher for c in kd} == {"cnn-32", "cnn-32@1"}
     assert {c.tau for c in kd if c.loss == "kl"} == {0.5, 1.0, 3.0, 5.0, 20.0, math.inf}
     assert {c.alpha for c in kd} == {1.0}
     assert len(configs) == (2 * 7 + 1) * 3  # CE (the student alone) once
     assert {c.teacher for c in configs_of(NOISY, *PAPER) if c.loss != "ce"} == {"wrn-28-4", "wrn-28-4@10"}
-    mine = configs_of(NOISY, "--teachers", "cnn-8,cnn-8@2,cnn-16", "--taus", "1", "--seeds", "1")
+    mine = configs_of(NOISY, *DIGITS, "--teachers", "cnn-8,cnn-8@2,cnn-16", "--taus", "1", "--seeds", "1")
     assert {c.teacher for c in mine} == {"cnn-8", "cnn-8@2", "cnn-16"} and len(mine) == 3 * 2 + 1
 
 
@@ -130,7 +146,7 @@ def test_dry_run_plans_every_trial_and_teacher_and_writes_nothing(tmp_path, caps
 
 def run_script(name: str, storage: Path, *argv: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(ROOT / "sweeps" / f"{name}.py"), "--address", "auto", "--storage", str(storage),
-           "--epochs", "2", "--seeds", "2", *argv]
+           "--epochs", "2", "--seeds", "2", *DIGITS, *argv]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ray_env(), cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc

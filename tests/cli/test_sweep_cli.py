@@ -43,8 +43,12 @@ def test_tau_grid_default_space():
     assert {c.alpha for c in configs if c.loss == "mse"} == {0.1, 0.5, 1.0}
     assert [(c.tau, c.alpha) for c in configs if c.loss == "ce"] == [(1.0, 0.0)] * 3
     assert {c.seed for c in configs} == {0, 1, 2}
-    assert {c.dataset for c in configs} == {"digits"} and {c.student for c in configs} == {"cnn-4"}
+    assert {c.dataset for c in configs} == {"mnist1d"} and {c.student for c in configs} == {"cnn1d-6"}
     assert len({trial_key(c) for c in configs}) == len(configs)
+    # digits stays by name, with the keys its trials always had
+    digits = configs_of(TAU_GRID, "--preset", "digits")
+    assert {c.dataset for c in digits} == {"digits"} and {c.student for c in digits} == {"cnn-4"}
+    assert RunConfig(tau=3.0, alpha=0.5, seed=1) in digits
 
 
 def test_axis_flags_replace_axes_and_losses_filter_blocks():
@@ -87,11 +91,12 @@ def test_label_noise_space_shares_the_clean_runs():
          "--teacher-cache 'bf16' must be one of float32, float16, off (on means float32)"),
         (TAU_GRID, ["--name", "teacher_logits"], "must be a plain folder name (not 'teachers' or 'teacher_logits'"),
         (TAU_GRID, ["--mlflow-uri", "http://127.0.0.1:9"], "cannot reach the MLflow tracking server at http://127.0.0.1:9"),
-        (TAU_GRID, ["--val-size", "100000"], "digits: val_size=100000 must be in [0, 1436]"),
-        (TAU_GRID, ["--val-size", "100000", "--dry-run"], "digits: val_size=100000 must be in [0, 1436]"),
+        (TAU_GRID, ["--val-size", "100000"], "mnist1d: val_size=100000 must be in [0, 3999]"),
+        (TAU_GRID, ["--val-size", "100000", "--dry-run", "--preset", "digits"],
+         "digits: val_size=100000 must be in [0, 1436]"),
         (TAU_GRID, ["--feature-classes", "0,x"], "not a comma-separated list of class indices"),
         (TAU_GRID, ["--feature-classes", "1,1"], "class indices must be distinct and >= 0"),
-        (TAU_GRID, ["--feature-classes", "0,10"], "--feature-classes 0,10: digits has classes 0..9"),
+        (TAU_GRID, ["--feature-classes", "0,10"], "--feature-classes 0,10: mnist1d has classes 0..9"),
         (LABEL_NOISE, ["--noise-rates", "0.2,1.0"], "noise_rate=1.0"),
         (LABEL_NOISE, ["--noise-types", "gaussian"], "noise_type='gaussian'"),
         (TAU_SEARCH, ["--search-space", "tau=normal:1,4"], "tau=normal:1,4: unknown distribution 'normal'"),
@@ -248,7 +253,7 @@ def test_search_flags_shape_the_space_and_the_settings():
     search = search_args(TAU_SEARCH, args)
     assert search.space.text() == "kl: tau=choice:1,inf alpha=uniform:0.5,1"
     assert search.settings == SearchSettings(num_samples=7, scheduler="none", search_seed=4, confirm_top=0)
-    assert search.base.epochs == 5 and search.base.student == "cnn-4"
+    assert search.base.epochs == 5 and search.base.student == "cnn1d-6"
     # A grid sweep searches its grid's values with --search optuna.
     grid = search_args(TAU_GRID, build_parser(TAU_GRID).parse_args(["--search", "optuna"]))
     assert grid.space.text() == ("kl: tau=choice:1,3,5,20,inf alpha=choice:0.1,0.5,1 | mse: alpha=choice:0.1,0.5,1 "
@@ -272,7 +277,7 @@ LOGIT_LOSSES = load_spec("logit_losses")
 
 
 def test_logit_losses_runs_each_loss_at_its_published_settings_clean_and_noisy():
-    configs = configs_of(LOGIT_LOSSES)
+    configs = configs_of(LOGIT_LOSSES, "--preset", "digits")  # digits: the run whose key is pinned below
     assert len(configs) == 7 * 2 * 5 and len({trial_key(c) for c in configs}) == len(configs)
     methods = {(c.loss, c.tau, c.standardize, c.dkd_beta, c.dist_beta) for c in configs}
     assert methods == {("ce", 1.0, False, None, None), ("kl", 4.0, False, None, None), ("kl", 2.0, True, None, None),
@@ -280,7 +285,7 @@ def test_logit_losses_runs_each_loss_at_its_published_settings_clean_and_noisy()
                        ("mse", 1.0, True, None, None)}
     assert {(c.noise_type, c.noise_rate) for c in configs} == {("none", 0.0), ("symmetric", 0.4)}
     assert {c.alpha for c in configs if c.loss != "ce"} == {0.9} and {c.dkd_warmup for c in configs} == {None, 20}
-    # its clean kl trial of seed 0 is the cpu preset's default run, with the key that run always had
+    # its clean kl trial of seed 0 is the digits preset's default run, with the key that run always had
     kl = next(c for c in configs if c.loss == "kl" and not c.standardize and c.noise_rate == 0 and c.seed == 0)
     assert kl == RunConfig() and trial_key(kl) == "73c8890bcf7da59c"
 

@@ -10,12 +10,26 @@ import pytest
 from kd_tune.core.config import PRESETS, ConfigError, RunConfig, field_types, preset
 
 
-def test_cpu_preset_is_valid_and_the_default():
-    assert RunConfig() == PRESETS["cpu"]
+def test_digits_preset_is_valid_and_the_default():
+    assert RunConfig() == PRESETS["digits"]
     RunConfig().validate()
     # The recipe chosen by convergence (benchmarks/convergence.py); no thread count: the runner's.
-    cfg = PRESETS["cpu"]
+    cfg = PRESETS["digits"]
     assert (cfg.lr, cfg.epochs, cfg.schedule, cfg.teacher_epochs, cfg.threads) == (0.05, 60, "cosine", None, None)
+
+
+def test_cpu_preset_is_mnist1d_with_the_pair_and_recipe_of_docs_cpu_preset():
+    cfg = preset("cpu").validate()
+    assert (cfg.dataset, cfg.teacher, cfg.student, cfg.val_size) == ("mnist1d", "cnn1d-25", "cnn1d-6", 500)
+    assert (cfg.lr, cfg.epochs, cfg.schedule, cfg.data_samples, cfg.data_fraction) == (0.05, 80, "cosine", None, 1.0)
+
+
+def test_data_samples_and_data_fraction_are_checked_and_the_teacher_trains_on_all_data():
+    problems = RunConfig(data_samples=5, data_fraction=0.0).problems()
+    assert any("data_samples=5" in p for p in problems) and any("data_fraction=0.0" in p for p in problems)
+    assert RunConfig(data_fraction=1.5).problems() and not RunConfig(data_fraction=0.25).problems()
+    student = preset("cpu", data_fraction=0.25, data_samples=20000)
+    assert student.teacher_config().data_fraction == 1.0 and student.teacher_config().data_samples == 20000
 
 
 def test_paper_preset_is_the_reference_recipe():

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from kd_tune.core.config import LOSS_OPTIONS, PAPER_PRESET, RunConfig
+from kd_tune.core.config import LOSS_OPTIONS, PAPER_PRESET, RunConfig, preset
 from kd_tune.core.identity import (
     _ADDED_FIELDS,
     TEACHER_KEY_FORMAT,
@@ -246,8 +246,9 @@ def test_configs_from_before_the_loss_options_keep_every_key(name):
     assert got == keys
 
 
-def test_added_fields_are_the_loss_options_at_their_unset_values():
-    assert _ADDED_FIELDS == {name: option.unset for name, option in LOSS_OPTIONS.items()}
+def test_added_fields_are_the_loss_options_at_their_unset_values_and_the_data_size_fields():
+    assert _ADDED_FIELDS == {**{name: option.unset for name, option in LOSS_OPTIONS.items()},
+                             "data_samples": None, "data_fraction": 1.0}
     assert set(identity_values(RunConfig())) == set(RunConfig().to_dict()) - set(_ADDED_FIELDS)
     dkd = identity_values(RunConfig(loss="dkd"))
     assert (dkd["dkd_alpha"], dkd["dkd_beta"], dkd["dkd_warmup"]) == (1.0, 8.0, 20) and "standardize" not in dkd
@@ -266,3 +267,28 @@ def test_the_new_losses_have_keys_of_their_own_and_share_the_teacher():
     # a dkd run given its published values is the dkd run: one config, one key
     published = kl.replace(loss="dkd", dkd_alpha=1, dkd_beta=8, dkd_warmup=20)
     assert trial_key(published) == trial_key(kl.replace(loss="dkd"))
+
+
+# A digits config's keys as main gave them before data_samples and data_fraction existed (computed
+# on main with the same config): trial, data, teacher and cache keys are unchanged.
+MAIN_DIGITS = RunConfig(noise_type="symmetric", noise_rate=0.4, loss="mse", alpha=1.0, seed=2)
+
+
+def test_keys_from_before_the_data_size_fields_are_unchanged():
+    teacher = teacher_key(MAIN_DIGITS)
+    assert (trial_key(MAIN_DIGITS), data_key(MAIN_DIGITS), teacher, cache_key(MAIN_DIGITS, teacher, augment=False)) \
+        == ("d1aaa43c999cac55", "d437b824498d1a47", "36f8eb8bfffb0529", "8b948c0cfb6a26ca")
+
+
+def test_data_size_fields_enter_the_keys_only_away_from_their_defaults():
+    cpu = preset("cpu")
+    bigger, fewer = cpu.replace(data_samples=20000), cpu.replace(data_fraction=0.25)
+    assert len({trial_key(c) for c in (cpu, bigger, fewer)}) == 3
+    assert len({data_key(c) for c in (cpu, bigger, fewer)}) == 3
+    # the teacher trains on all the data: a fraction keeps the teacher, a larger set does not
+    assert teacher_key(fewer) == teacher_key(cpu) != teacher_key(bigger)
+
+
+def test_a_result_row_from_before_the_data_size_fields_keeps_its_key():
+    row = {**MAIN_DIGITS.to_dict(), "data_samples": None, "data_fraction": None}  # nulls of an old Parquet part
+    assert trial_key(RunConfig.from_dict(row)) == "d1aaa43c999cac55"

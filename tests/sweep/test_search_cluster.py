@@ -24,7 +24,7 @@ from kd_tune.results.search_record import SearchRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 TAU_SEARCH = str(ROOT / "sweeps" / "tau_search.py")
-SMALL = ["--teacher", "cnn-8", "--student", "cnn-4", "--teacher-epochs", "2"]
+SMALL = ["--preset", "digits", "--teacher", "cnn-8", "--student", "cnn-4", "--teacher-epochs", "2"]
 
 
 def search_cmd(storage: Path, name: str, *extra: str) -> list[str]:

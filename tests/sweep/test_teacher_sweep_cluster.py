@@ -36,7 +36,7 @@ def sweep(tmp_path: Path, name: str, teachers: list[str]) -> subprocess.Complete
     script = tmp_path / f"{name}.py"
     script.write_text(textwrap.dedent(SCRIPT).replace("TEACHERS", repr(teachers)))
     cmd = [sys.executable, str(script), "--address", "auto", "--storage", str(tmp_path / "results"), "--name", name,
-           "--student", "cnn-4", "--epochs", "2", "--teacher-epochs", "2"]
+           "--preset", "digits", "--student", "cnn-4", "--epochs", "2", "--teacher-epochs", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=ray_env(), cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

@@ -40,7 +40,8 @@ def test_mlflow_ui_shows_the_sweep_for_comparing_trials(ray_cluster, tmp_path):
     from playwright.sync_api import sync_playwright
 
     cmd = [sys.executable, str(ROOT / "sweeps" / "tau_grid.py"), "--address", "auto", "--storage", str(tmp_path),
-           "--name", "ui", "--teacher", "cnn-8", "--student", "cnn-4", "--teacher-epochs", "2", "--epochs", "2",
+           "--name", "ui", "--preset", "digits", "--teacher", "cnn-8", "--student", "cnn-4", "--teacher-epochs", "2",
+           "--epochs", "2",
            "--seeds", "1", "--taus", "1,inf", "--alphas", "0.5,1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=ray_env(), cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,0 +1,118 @@
+"""MNIST-1D (Greydanus and Kobak, ICML 2024): 1-D signals of length 40, generated offline.
+
+The signals are made by the ``mnist1d`` package (``mnist1d.data.make_dataset``) with its
+canonical arguments (``get_dataset_args()``): 5000 samples, 4000 train / 1000 test, seed 42.
+``data_samples`` replaces ``num_samples`` (the same procedure, a larger set: the 80/20
+train/test split stays the package's), so the test set can be made finer than 0.1 points
+per sample. Nothing is copied from the package; it is a dependency.
+
+Conventions: signals are ``float32`` tensors ``(N, 1, 40)`` (one channel, length 40) as the
+package makes them (no scaling; ``max_value`` 1), normalised per batch with the training
+pool's mean and std like every data set. Labels are the digits 0..9 (``int64``).
+
+The generator seeds NumPy's global RNG (and Python's ``random``): the project's own
+seeding must not see it, so every RNG state it could touch is saved before the call and
+restored after it (:func:`untouched_global_rngs`). Generation takes about a second per
+5000 signals and is deterministic, so its arrays are kept per process by their arguments
+(:func:`generate`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from kd_tune.core.identity import config_hash
+from kd_tune.data.base import DataError, SourceData, Split
+
+log = logging.getLogger(__name__)
+
+# The published canonical size (4000 train / 1000 test); the package's default.
+CANONICAL_SAMPLES = 5000
+# Arguments of get_dataset_args() that only say where the published pickle is.
+_NOT_GENERATION = ("url",)
+
+
+def generation_args(data_samples: int | None = None) -> dict[str, Any]:
+    """The arguments ``make_dataset`` is called with: the package's canonical ones, with
+    ``num_samples`` = ``data_samples`` when given. Plain values (lists, numbers, bools)."""
+    from mnist1d.data import get_dataset_args  # pure Python, but not needed until a run uses it
+
+    args = dict(get_dataset_args(as_dict=True))
+    for name in _NOT_GENERATION:
+        args.pop(name, None)
+    if data_samples is not None:
+        args["num_samples"] = int(data_samples)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in args.items()}
+
+
+@contextlib.contextmanager
+def untouched_global_rngs() -> Iterator[None]:
+    """Restore NumPy's and Python's global RNG states and torch's CPU generator on exit."""
+    numpy_state = np.random.get_state()
+    python_state = random.getstate()
+    torch_state = torch.get_rng_state()
+    try:
+        yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+        torch.set_rng_state(torch_state)
+
+
+def generate(data_samples: int | None = None) -> dict[str, np.ndarray]:
+    """The generated arrays ``x`` (N, 40) float, ``y`` (N,), ``x_test``, ``y_test``.
+
+    Kept per process by their arguments' hash: every trial a worker runs on this data
+    shares one generation. The caller must not modify the arrays (they are shared).
+    """
+    # The arguments as canonical JSON: a hashable cache key that says everything generated.
+    return _generate_cached(json.dumps(generation_args(data_samples), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=4)
+def _generate_cached(args_json: str) -> dict[str, np.ndarray]:
+    from mnist1d.data import make_dataset
+    from mnist1d.utils import ObjectView
+
+    args = json.loads(args_json)
+    log.info("generating MNIST-1D: %d samples (arguments %s)", args["num_samples"], config_hash(args))
+    with untouched_global_rngs():
+        data = make_dataset(ObjectView(args))
+    out = {name: np.asarray(data[name]) for name in ("x", "y", "x_test", "y_test")}
+    for array in out.values():
+        array.setflags(write=False)
+    return out
+
+
+def load_mnist1d_source(data_dir: str | None = None, download: bool = False, *,
+                        data_samples: int | None = None) -> SourceData:
+    """Loader for ``mnist1d``; ``data_dir`` and ``download`` are unused (the data are generated).
+
+    The package's train split is the training pool (validation is carved from it by
+    :func:`kd_tune.data.load_dataset`); its test split is the test set, as the package makes it.
+    """
+    arrays = generate(data_samples)
+    x, x_test = (np.asarray(arrays[k], dtype=np.float32)[:, None, :] for k in ("x", "x_test"))
+    y, y_test = (np.asarray(arrays[k], dtype=np.int64) for k in ("y", "y_test"))
+    if len(np.unique(y)) != 10:
+        raise DataError(f"MNIST-1D with {data_samples} samples holds {len(np.unique(y))} of the 10 classes "
+                        "in its training split; generate more samples")
+    mean, std = float(x.mean()), float(x.std())
+    return SourceData(
+        train=Split(torch.from_numpy(x.copy()), torch.from_numpy(y.copy())),
+        test=Split(torch.from_numpy(x_test.copy()), torch.from_numpy(y_test.copy())),
+        num_classes=10,
+        max_value=1.0,
+        mean=(mean,),
+        std=(std,),
+        class_names=tuple(str(c) for c in range(10)),
+    )
