@@ -189,6 +189,10 @@ class MlflowSink(TrialSink):
         for key, status in recorded.items():
             if key in runs and runs[key].info.status == "RUNNING":
                 tracker.end_trial(ids[key], status)
+            if key in runs and tracker.parent_id and runs[key].data.tags.get(PARENT_TAG) != tracker.parent_id:
+                # Under the sweep's one parent: a parent made anew (the old one deleted), or
+                # children of the several parents of a sweep run before one parent per sweep.
+                tracker.client.set_tag(ids[key], PARENT_TAG, tracker.parent_id)
         orphans = [run for key, run in runs.items() if key not in recorded and run.info.status == "RUNNING"
                    and run.data.tags.get(PARENT_TAG) == tracker.parent_id] if sweep_complete else []
         for run in orphans:
@@ -196,10 +200,6 @@ class MlflowSink(TrialSink):
         if orphans:
             log.info("MLflow: ended %d trial run(s) KILLED that no trial of the finished sweep records (a draw "
                      "its driver did not live to save)", len(orphans))
-            if key in runs and tracker.parent_id and runs[key].data.tags.get(PARENT_TAG) != tracker.parent_id:
-                # Under the sweep's one parent: a parent made anew (the old one deleted), or
-                # children of the several parents of a sweep run before one parent per sweep.
-                tracker.client.set_tag(ids[key], PARENT_TAG, tracker.parent_id)
         missing = [key for key in recorded if key not in runs]
         if not missing:
             return ids
