@@ -15,7 +15,9 @@ d is the difference of their means with the standard error se = sqrt(s_a^2/n_a +
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -74,3 +76,22 @@ def verdict(kind: str, d: float, se: float) -> str:
 def numbers(d: float, se: float) -> str:
     """``d = +x.xxx, se = x.xxx, z = +x.xx``: how every claim prints its statistics."""
     return f"d = {d:+.3f}, se = {se:.3f}, z = {z_score(d, se):+.2f}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim's number (``"1"``, ``"7a"``), statement, the numbers it rests on and its verdict."""
+
+    number: str
+    statement: str
+    numbers: str
+    verdict: str
+
+
+def report(claims: Sequence[Claim], rule: str = RULE) -> str:
+    """The rule (``rule``: this module's, or a benchmark's with its own additions), one paragraph
+    per claim, then ``claims_held=K/N``."""
+    lines = [textwrap.fill(rule, width=100), ""]
+    lines += [f"[{c.number}] {c.statement}: {c.verdict}\n     {c.numbers}" for c in claims]
+    held = sum(c.verdict == HOLDS for c in claims)
+    return "\n".join(lines) + f"\n\nclaims_held={held}/{len(claims)}"

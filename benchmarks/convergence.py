@@ -30,7 +30,6 @@ recipe=...`. Runs use `--threads` CPU threads (1 by default, as a sweep trial).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import statistics
 import sys
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from kd_tune.cli.args import parse_tau
+from kd_tune.cli.sweep import load_spec as load_sweep_spec
 from kd_tune.core.config import ConfigError, RunConfig, field_types, preset
 from kd_tune.core.identity import teacher_key
 from kd_tune.plan.search_space import expand
@@ -98,11 +98,7 @@ def sweep_rows(names: Sequence[str], base: RunConfig) -> list[RunConfig]:
 
 
 def _load_spec(name: str) -> Any:
-    path = SWEEPS_DIR / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_sweep_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.SPEC
+    return load_sweep_spec(SWEEPS_DIR / f"{name}.py")
 
 
 def keep(config: RunConfig, args: argparse.Namespace) -> bool:

@@ -32,11 +32,9 @@ Last line: ``claims_held=K/N``; a claim whose results are missing is counted as 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,22 +45,12 @@ import pandas as pd
 
 from analysis import claims, load_trials
 from analysis.loss_tables import family, method_label
+from kd_tune.cli.sweep import load_spec
 from kd_tune.cli.sweep import main as sweep_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = "logit_losses"
 NOISE = (("a", "clean labels", "none", 0.0), ("b", "40% symmetric label noise", "symmetric", 0.4))
-
-
-def _load(path: Path, name: str):
-    """The module of the file ``path``, loaded once as ``name`` (the benchmarks load sweep scripts so)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up while it loads
-    spec.loader.exec_module(module)
-    return module
 
 
 HOLDS, NOT_JUDGED = claims.HOLDS, claims.NOT_JUDGED
@@ -130,15 +118,7 @@ CLAIMS: tuple[tuple[str, str, str, str, str], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Claim:
-    number: str
-    statement: str
-    numbers: str
-    verdict: str
-
-
-def judge(trials: pd.DataFrame) -> list[Claim]:
+def judge(trials: pd.DataFrame) -> list[claims.Claim]:
     """Every claim on clean labels (a) and under noise (b)."""
     out = []
     for number, statement, kind, a, b in CLAIMS:
@@ -147,19 +127,12 @@ def judge(trials: pd.DataFrame) -> list[Claim]:
                 numbers, verdict = compare(kind, trials, a, b, noise_type, noise_rate)
             except Missing as err:
                 numbers, verdict = f"no results: {err}", NOT_JUDGED
-            out.append(Claim(number + suffix, f"{statement}, {where}", numbers, verdict))
+            out.append(claims.Claim(number + suffix, f"{statement}, {where}", numbers, verdict))
     return out
 
 
 RULE = claims.RULE + " Every method at the sweep's alpha."
 
-
-def report(claims: list[Claim]) -> str:
-    """The rule, one paragraph per claim, then ``claims_held=K/N``."""
-    lines = [textwrap.fill(RULE, width=100), ""]
-    lines += [f"[{c.number}] {c.statement}: {c.verdict}\n     {c.numbers}" for c in claims]
-    held = sum(c.verdict == HOLDS for c in claims)
-    return "\n".join(lines) + f"\n\nclaims_held={held}/{len(claims)}"
 
 
 def main(argv: Sequence[str] | None = None, *, run: Callable[..., int] = sweep_main) -> int:
@@ -178,19 +151,19 @@ def main(argv: Sequence[str] | None = None, *, run: Callable[..., int] = sweep_m
             parser.error("--from only reads results: it takes no --address and no sweep flags")
         if not (args.source / SWEEP).is_dir():
             parser.error(f"--from {args.source}: no {SWEEP}/ folder in it")
-        print(report(judge(load_trials(args.source / SWEEP))))
+        print(claims.report(judge(load_trials(args.source / SWEEP)), RULE))
         return 0
     where = ["--storage", str(args.storage), *(["--address", args.address] if args.address else [])]
     print(f"=== {SWEEP}: python sweeps/{SWEEP}.py {' '.join(sweep_flags)}", flush=True)
     started = time.perf_counter()
-    spec = _load(ROOT / "sweeps" / f"{SWEEP}.py", f"sweep_{SWEEP}").SPEC
+    spec = load_spec(ROOT / "sweeps" / f"{SWEEP}.py")
     code = run(spec, ["--name", SWEEP, *where, *sweep_flags], prog=f"python sweeps/{SWEEP}.py")
     if code:
         print(f"loss_claims: the sweep ended with exit code {code}; rerun the same command to resume it",
               file=sys.stderr)
         return code
     print(f"\nsweep wall time {time.perf_counter() - started:.0f}s (this machine, {os.cpu_count()} CPUs)\n")
-    print(report(judge(load_trials(args.storage / SWEEP))))
+    print(claims.report(judge(load_trials(args.storage / SWEEP)), RULE))
     return 0
 
 

@@ -56,11 +56,9 @@ Last line: ``claims_held=K/N``. A claim whose results are missing is counted as 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -70,24 +68,22 @@ import numpy as np
 import pandas as pd
 
 from analysis import load_trials
-from analysis.claims import FAILS, HOLDS, NOT_JUDGED, UNCLEAR, difference, slope, verdict  # noqa: F401 (tests read them here)
+from analysis.claims import FAILS, HOLDS, NOT_JUDGED, UNCLEAR, Claim, difference, report, slope, verdict  # noqa: F401 (tests read them here)
 from analysis.claims import RULE as STATISTICS
 from analysis.claims import numbers as statistics
 from analysis.reference import fmt_number
 from analysis.table_model import method_label
 from kd_tune.cli.args import config_from_args
-from kd_tune.cli.sweep import build_parser
+from kd_tune.cli.sweep import SweepSpec, build_parser
+from kd_tune.cli.sweep import load_spec as load_sweep_spec
 from kd_tune.cli.sweep import main as sweep_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_spec(script: str):
+def load_spec(script: str) -> SweepSpec:
     """The SweepSpec of ``sweeps/<script>.py``."""
-    spec = importlib.util.spec_from_file_location(f"sweep_{script}", ROOT / "sweeps" / f"{script}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.SPEC
+    return load_sweep_spec(ROOT / "sweeps" / f"{script}.py")
 
 
 def sweeps(lr: float, weight_decay: float) -> list[tuple[str, str, list[str]]]:
@@ -274,16 +270,6 @@ CLAIMS: tuple[tuple[str, str, Callable[[Results], Judged]], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Claim:
-    """One claim's statement, the numbers it rests on and its verdict."""
-
-    number: str
-    statement: str
-    numbers: str
-    verdict: str
-
-
 def judge(storage: Path) -> list[Claim]:
     """Every claim, judged on the sweep folders in ``storage`` (missing results: not held, and why)."""
     cache: dict[str, pd.DataFrame] = {}
@@ -309,13 +295,6 @@ def judge(storage: Path) -> list[Claim]:
 RULE = STATISTICS + " 'Best' settings are chosen on validation accuracy."
 
 
-def report(claims: list[Claim]) -> str:
-    """The rule, one paragraph per claim, then ``claims_held=K/N``."""
-    lines = [textwrap.fill(RULE, width=100), ""]
-    lines += [f"[{c.number}] {c.statement}: {c.verdict}\n     {c.numbers}" for c in claims]
-    held = sum(c.verdict == HOLDS for c in claims)
-    return "\n".join(lines) + f"\n\nclaims_held={held}/{len(claims)}"
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -334,12 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--from only reads results: it takes no --address and no sweep flags")
         if not args.source.is_dir():
             parser.error(f"--from {args.source}: no such folder")
-        print(report(judge(args.source)))
+        print(report(judge(args.source), RULE))
         return 0
     status = run_sweeps(args.storage, args.address, sweep_flags)
     if status:
         return status
-    print(report(judge(args.storage)))
+    print(report(judge(args.storage), RULE))
     return 0
 
 

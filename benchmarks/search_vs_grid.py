@@ -38,7 +38,6 @@ over search seeds). Both sides chose on validation accuracy only. Target: R <= 0
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import statistics
 import sys
@@ -49,7 +48,8 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import load_trials
-from kd_tune.cli.sweep import build_parser, expand_args, search_args
+from kd_tune.cli.sweep import SweepSpec, build_parser, expand_args, search_args
+from kd_tune.cli.sweep import load_spec as load_sweep_spec
 from kd_tune.results.search_record import SearchRecord
 from kd_tune.sweep.runner import SweepOptions, run_sweep
 from kd_tune.sweep.search import run_search
@@ -61,11 +61,9 @@ RECIPES = {"cpu": ["--preset", "cpu", "--epochs", "20"],
            "digits": ["--preset", "digits", "--lr", "0.02", "--epochs", "20"]}
 
 
-def load_spec(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "sweeps" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.SPEC
+def load_spec(name: str) -> SweepSpec:
+    """The SweepSpec of ``sweeps/<name>.py``."""
+    return load_sweep_spec(ROOT / "sweeps" / f"{name}.py")
 
 
 def epochs_until(trials: pd.DataFrame, target: float) -> int | None:

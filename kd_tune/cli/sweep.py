@@ -370,6 +370,7 @@ def load_spec(script: str | Path) -> SweepSpec:
     if loader is None or loader.loader is None:
         raise FileNotFoundError(f"no sweep script at {path}")
     module = importlib.util.module_from_spec(loader)
+    sys.modules[loader.name] = module  # a dataclass in the script looks its module up while it loads
     loader.loader.exec_module(module)
     return module.SPEC
 

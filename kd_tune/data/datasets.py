@@ -91,7 +91,8 @@ def _channel_stats(
 
 
 def register_dataset(name: str, loader: Loader, *, augment: bool, needs_files: bool = False,
-                     generation: Callable[[int | None], dict[str, Any]] | None = None) -> None:
+                     generation: Callable[[int | None], dict[str, Any]] | None = None,
+                     input_shape: tuple[int, ...] | None = None) -> None:
     """Make ``loader`` available to :func:`load_dataset` under ``name``.
 
     ``loader(data_dir, download)`` must return a :class:`kd_tune.data.SourceData`.
@@ -101,7 +102,10 @@ def register_dataset(name: str, loader: Loader, *, augment: bool, needs_files: b
     run without one is refused before it starts. ``generation`` marks a generated data set:
     ``generation(data_samples)`` gives the generator's arguments (recorded as the data's
     source in MLflow), and ``load_dataset(..., data_samples=N)`` asks the loader for N
-    samples; other data sets refuse ``data_samples``. Registering the same loader with the same
+    samples; other data sets refuse ``data_samples``. ``input_shape`` is one sample's shape as
+    a model sees it, channels first (``(1, 8, 8)`` for an 8x8 image, ``(1, 40)`` for a signal of
+    40 steps): with it, a model that cannot take the data is refused before a run starts (None:
+    not checked). Registering the same loader with the same
     flags again is a no-op; anything else under a taken name is a ValueError, so built-in
     data sets cannot be replaced by accident.
     """
@@ -115,7 +119,8 @@ def register_dataset(name: str, loader: Loader, *, augment: bool, needs_files: b
             raise TypeError(f"{flag} for dataset {name!r} must be a bool, got {value!r}")
     if generation is not None and not callable(generation):
         raise TypeError(f"generation for dataset {name!r} must be callable or None, got {generation!r}")
-    DATASETS.register(name, loader, augment=augment, needs_files=needs_files, generation=generation)
+    DATASETS.register(name, loader, augment=augment, needs_files=needs_files, generation=generation,
+                      input_shape=input_shape)
 
 
 def dataset_names() -> list[str]:
@@ -136,6 +141,11 @@ def dataset_needs_files(name: str) -> bool:
 def dataset_generated(name: str) -> bool:
     """Whether data set ``name`` is generated (takes ``data_samples``); ValueError if unknown."""
     return DATASETS.info(name)["generation"] is not None
+
+
+def dataset_input_shape(name: str) -> tuple[int, ...] | None:
+    """One sample's shape as a model sees it, channels first, if registered; ValueError if unknown."""
+    return DATASETS.info(name)["input_shape"]
 
 
 def dataset_source(name: str, data_samples: int | None = None) -> dict[str, Any]:
@@ -282,7 +292,7 @@ def _noisy_labels(
     return noisy
 
 
-register_dataset("digits", load_digits_source, augment=False)
-register_dataset("mnist1d", load_mnist1d_source, augment=False, generation=generation_args)
-register_dataset("cifar10", load_cifar10_source, augment=True, needs_files=True)
-register_dataset("cifar100", load_cifar100_source, augment=True, needs_files=True)
+register_dataset("digits", load_digits_source, augment=False, input_shape=(1, 8, 8))
+register_dataset("mnist1d", load_mnist1d_source, augment=False, generation=generation_args, input_shape=(1, 40))
+register_dataset("cifar10", load_cifar10_source, augment=True, needs_files=True, input_shape=(3, 32, 32))
+register_dataset("cifar100", load_cifar100_source, augment=True, needs_files=True, input_shape=(3, 32, 32))

@@ -8,6 +8,7 @@ clear list of problems instead of deep inside a worker.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -15,7 +16,7 @@ import torch
 from kd_tune import models
 from kd_tune.core import teacher_spec
 from kd_tune.core.config import ConfigError, RunConfig
-from kd_tune.data import dataset_generated, dataset_names, dataset_needs_files
+from kd_tune.data import dataset_generated, dataset_input_shape, dataset_names, dataset_needs_files
 from kd_tune.train.losses import loss_name_problems
 
 
@@ -29,22 +30,24 @@ def run_problems(config: RunConfig) -> list[str]:
     elif config.data_samples is not None and not dataset_generated(config.dataset):
         p.append(f"data_samples={config.data_samples!r} applies to generated data sets only (mnist1d); "
                  f"dataset={config.dataset!r} is read as it is")
-    p += teacher_problems(config)
-    p += _model_problems("student", config.student)
+    shape = dataset_input_shape(config.dataset) if config.dataset in dataset_names() else None
+    p += teacher_problems(config, shape)
+    p += _model_problems("student", config.student, shape=shape, dataset=config.dataset)
     p += loss_name_problems(config.loss)
     return p + config.problems()
 
 
-def teacher_problems(config: RunConfig) -> list[str]:
+def teacher_problems(config: RunConfig, shape: tuple[int, ...] | None = None) -> list[str]:
     """Problems with ``config.teacher``, a teacher spec (:mod:`kd_tune.core.teacher_spec`): its
-    grammar, every architecture it names, each stop epoch within the teacher's epochs."""
+    grammar, every architecture it names (each taking inputs of ``shape``, one sample's, when
+    given), each stop epoch within the teacher's epochs."""
     try:
         spec = teacher_spec.parse(config.teacher)
     except teacher_spec.SpecError as err:
         return [f"teacher={config.teacher!r}: {err}"]
     p = []
     for arch in dict.fromkeys(teacher_spec.architectures(spec)):
-        p += _model_problems("teacher", arch, config.teacher)
+        p += _model_problems("teacher", arch, config.teacher, shape=shape, dataset=config.dataset)
     epochs = config.teacher_epochs or config.epochs
     for stop in teacher_spec.stop_epochs(spec):
         if stop > epochs:
@@ -53,14 +56,39 @@ def teacher_problems(config: RunConfig) -> list[str]:
     return p
 
 
-def _model_problems(role: str, name: str, spec: str | None = None) -> list[str]:
+def _model_problems(role: str, name: str, spec: str | None = None, *, shape: tuple[int, ...] | None = None,
+                    dataset: str = "") -> list[str]:
+    """Whether ``name`` builds and, given one sample's ``shape``, takes a batch of such inputs."""
+    problem = _model_problem(name, shape)
+    if problem is None:
+        return []
+    where = f"{role}={name!r}" if spec is None or spec == name else f"{role}={spec!r}: {name!r}"
+    if problem.startswith("input: "):
+        kind = f"{shape[1]}-step signals" if len(shape) == 2 else "x".join(map(str, shape[1:])) + " images"
+        return [f"{where} does not take the inputs of dataset={dataset!r} ({shape[0]}-channel {kind}): "
+                f"{problem.removeprefix('input: ')}"]
+    return [f"{where}: {problem}"]
+
+
+@functools.lru_cache(maxsize=256)
+def _model_problem(name: str, shape: tuple[int, ...] | None) -> str | None:
+    # Cached: a sweep validates every trial's config, thousands of them, over a few models.
+    # On the meta device: no real weights and no arithmetic, only shapes (cheap for wrn-28-4 too).
     try:
-        with torch.device("meta"):  # builds no real weights: cheap for wrn-28-4 too
-            models.build(name, num_classes=10, in_channels=3)
+        with torch.device("meta"):
+            model = models.build(name, num_classes=10, in_channels=shape[0] if shape else 3)
     except ValueError as err:
-        where = f"{role}={name!r}" if spec is None or spec == name else f"{role}={spec!r}: {name!r}"
-        return [f"{where}: {err}"]
-    return []
+        return str(err)
+    if shape is None:
+        return None
+    try:
+        with torch.no_grad():
+            model(torch.empty((2, *shape), device="meta"))
+    except NotImplementedError:
+        return None  # an operator without a meta kernel: the shapes cannot be checked here
+    except RuntimeError as err:
+        return "input: " + str(err).splitlines()[0][:160]
+    return None
 
 
 def validate_run(config: RunConfig) -> RunConfig:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from analysis import claims as RULES
-from kd_tune.cli.sweep import build_parser, expand_args
+from kd_tune.cli.sweep import build_parser, expand_args, load_spec
 from kd_tune.core.identity import trial_key
 from kd_tune.results.trial_tables import ResultsWriter, trial_row
 
@@ -28,7 +28,7 @@ def load(path: Path, name: str):
 
 CLAIMS = load(ROOT / "benchmarks" / "loss_claims.py", "loss_claims")
 COST = load(ROOT / "benchmarks" / "loss_cost.py", "loss_cost")
-SPEC = CLAIMS._load(ROOT / "sweeps" / "logit_losses.py", "sweep_logit_losses").SPEC
+SPEC = load_spec(ROOT / "sweeps" / "logit_losses.py")
 
 
 def configs():

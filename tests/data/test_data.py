@@ -113,7 +113,7 @@ def test_bad_val_size(val_size):
 
 
 def test_unknown_dataset_names_the_choices():
-    with pytest.raises(ValueError, match=r"^unknown dataset 'mnist'; known: cifar10, cifar100, digits$"):
+    with pytest.raises(ValueError, match=r"^unknown dataset 'mnist'; known: cifar10, cifar100, digits, mnist1d$"):
         load_dataset("mnist")
     with pytest.raises(ValueError, match=r"^unknown dataset 'mnist'; known: "):
         dataset_augments("mnist")
@@ -181,7 +181,11 @@ def test_register_dataset_needs_bool_flags():
 
 
 def test_split_rejects_wrong_dtypes():
-    with pytest.raises(TypeError):
-        Split(torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="uint8 or float32"):
+        Split(torch.zeros(2, 1, 2, 2, dtype=torch.float64), torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"float32 signals \(N, C, L\), got shape \(2, 1, 2, 2\)"):
+        Split(torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.int64))  # float32 is for 1-D signals
+    with pytest.raises(ValueError, match=r"uint8 images \(N, C, H, W\)"):
+        Split(torch.zeros(2, 1, 40, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64))
     with pytest.raises(ValueError):
         Split(torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64))

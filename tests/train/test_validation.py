@@ -78,3 +78,25 @@ def test_every_architecture_of_a_teacher_spec_is_checked(teacher, problem):
         assert problems == []
     else:
         assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+@pytest.mark.parametrize(("dataset", "student", "teacher", "problem"), [
+    ("mnist1d", "cnn1d-6", "cnn1d-25", None),
+    ("mnist1d", "gru-6", "mlp1d-100>logreg", None),
+    ("digits", "cnn-4", "cnn-8", None),
+    ("cifar10", "wrn-16-2", "resnet-8x4", None),
+    ("mnist1d", "cnn-32", "cnn1d-25",
+     "student='cnn-32' does not take the inputs of dataset='mnist1d' (1-channel 40-step signals): "),
+    ("mnist1d", "cnn1d-6", "cnn1d-25>wrn-16-2",
+     "teacher='cnn1d-25>wrn-16-2': 'wrn-16-2' does not take the inputs of dataset='mnist1d' (1-channel 40-step"),
+    ("digits", "cnn1d-6", "cnn-8", "student='cnn1d-6' does not take the inputs of dataset='digits' (1-channel 8x8 "),
+])
+def test_a_model_that_cannot_take_the_data_is_refused_before_a_run(dataset, student, teacher, problem):
+    # found by hand: cnn-32 on mnist1d passed validation and failed inside the worker
+    config = BASE.replace(dataset=dataset, student=student, teacher=teacher,
+                          data_dir="/data" if dataset.startswith("cifar") else None)
+    problems = run_problems(config)
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problems[0].startswith(problem), problems
