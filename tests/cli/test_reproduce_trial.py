@@ -51,7 +51,8 @@ def run_flags(row: pd.Series) -> list[str]:
 def test_a_direct_run_at_the_trials_threads_reproduces_the_sweep_trial(ray_cluster, tmp_path):
     sweep = subprocess.run(
         [sys.executable, str(ROOT / "sweeps" / "tau_grid.py"), "--address", "auto", "--storage", str(tmp_path),
-         "--name", "repro", "--preset", "digits", "--teacher", "cnn-8", "--student", "cnn-4", "--teacher-epochs", "2", "--epochs", "3",
+         "--name", "repro", "--preset", "digits", "--teacher", "cnn-8", "--student", "cnn-4", "--teacher-epochs", "2",
+         "--epochs", "3",
          "--seeds", "1", "--losses", "kl,mse", "--taus", "3", "--alphas", "0.5"],
         capture_output=True, text=True, timeout=400, env=ray_env(), cwd=ROOT)
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
