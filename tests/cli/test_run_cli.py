@@ -104,7 +104,7 @@ def test_bad_command_lines_exit_2(capsys, argv, words):
 
 def test_missing_cifar_directory_exits_2_with_layout(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
-        main(["--dataset", "cifar100", "--data-dir", str(tmp_path / "nowhere"), "--epochs", "1"])
+        main(["--preset", "digits", "--dataset", "cifar100", "--data-dir", str(tmp_path / "nowhere"), "--epochs", "1"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "cifar-100-python" in err and "--download" in err

@@ -79,7 +79,8 @@ def test_label_noise_space_shares_the_clean_runs():
         (TAU_GRID, ["--alphas", "1.5"], "alpha"),
         (TAU_GRID, ["--taus", "x"], "not a comma-separated list of numbers"),
         (TAU_GRID, ["--noise-type", "symmetric", "--noise-rate", "1.0"], "noise_rate=1.0"),
-        (TAU_GRID, ["--dataset", "cifar100", "--data-dir", "/nonexistent/cifar"], "/nonexistent/cifar"),
+        (TAU_GRID, ["--preset", "digits", "--dataset", "cifar100", "--data-dir", "/nonexistent/cifar"],
+         "/nonexistent/cifar"),
         (TAU_GRID, ["--dataset", "cifar100"], "needs data_dir"),
         (TAU_GRID, ["--student", "vgg-99"], "student='vgg-99'"),
         (TAU_GRID, ["--seeds", "0"], "--seeds must be >= 1"),
@@ -221,8 +222,8 @@ def test_dry_run_lists_trials_and_writes_nothing(tmp_path, capsys):
 
 def test_dry_run_shows_the_teacher_dag(tmp_path, capsys):
     storage = tmp_path / "results"
-    argv = ["--storage", str(storage), "--dry-run", "--seeds", "1", "--losses", "kl,ce", "--taus", "3",
-            "--alphas", "1", "--teacher-epochs", "20", "--teacher", "cnn-32@5 + cnn-16 > cnn-8"]
+    argv = ["--preset", "digits", "--storage", str(storage), "--dry-run", "--seeds", "1", "--losses", "kl,ce",
+            "--taus", "3", "--alphas", "1", "--teacher-epochs", "20", "--teacher", "cnn-32@5 + cnn-16 > cnn-8"]
     assert main(TAU_GRID, argv) == 0
     out = capsys.readouterr().out
     assert "teachers: 4 (0 already in" in out

@@ -196,7 +196,8 @@ def test_a_crafted_pickle_is_refused_by_the_sweep_command_before_anything_runs(c
     storage = tmp_path / "results"
     for extra in (["--dry-run"], []):
         with pytest.raises(SystemExit) as exit_info:
-            main(TAU_GRID, ["--dataset", "cifar10", "--data-dir", str(root), "--storage", str(storage), *extra])
+            main(TAU_GRID, ["--preset", "digits", "--dataset", "cifar10", "--data-dir", str(root), "--storage",
+                            str(storage), *extra])
         assert exit_info.value.code == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
         assert len(errors) == 1 and "refused to load" in errors[0] and "data_batch_2" in errors[0]
