@@ -59,7 +59,7 @@ from kd_tune.results.trial_tables import (
 from kd_tune.storage.location import Storage, located, open_storage
 from kd_tune.storage.part_table import BATCH_ROWS
 from kd_tune.sweep.options import SweepError, driver_folder
-from kd_tune.sweep.reports import EPOCHS_KEY
+from kd_tune.sweep.reports import reported_epochs
 from kd_tune.sweep.runner import MANIFEST, sweep_lock
 from kd_tune.sweep.tune_callback import error_summary
 from kd_tune.teachers.store import TeacherStore
@@ -221,7 +221,7 @@ def tune_records(sweep_dir: str | Path | Storage) -> Iterator[TuneRecord]:
 def _epochs_of(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The epochs of one Tune report, each with the report's trial id and time; the status is the
     report's on its last epoch, ``running`` before it."""
-    epochs = report.get(EPOCHS_KEY) or [report]
+    epochs = reported_epochs(report)
     common = {"trial_id": report.get("trial_id"), "timestamp": report.get("timestamp")}
     return [{**epoch, **common, STATUS_KEY: report.get(STATUS_KEY, "running") if n == len(epochs) else "running"}
             for n, epoch in enumerate(epochs, 1)]

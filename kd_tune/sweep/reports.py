@@ -115,9 +115,11 @@ class TrialTiming:
     wall_s: float = 0.0
 
 
-def reported_epochs(result: Mapping[str, Any], metrics: Collection[str]) -> list[dict[str, Any]]:
-    """The epochs a result carries, oldest first, each as ``epoch`` and ``metrics`` (None where
-    absent): its ``kd_epochs``, or the result itself (a report of one epoch, as trials
-    reported before reports gathered epochs)."""
+def reported_epochs(result: Mapping[str, Any], metrics: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """The epochs a result carries, oldest first: its ``kd_epochs``, or the result itself (a
+    report of one epoch, as trials reported before reports gathered epochs). Each as ``epoch``
+    and ``metrics`` (None where absent), or whole when ``metrics`` is None."""
     epochs = result.get(EPOCHS_KEY) or [result]
+    if metrics is None:
+        return [dict(e) for e in epochs]
     return [{"epoch": e["epoch"], **{m: e.get(m) for m in metrics}} for e in epochs]
