@@ -74,11 +74,13 @@ def identity_values(config: RunConfig) -> dict[str, Any]:
     """:meth:`RunConfig.to_dict` without the fields of ``_ADDED_FIELDS`` that hold the value at
     which a key leaves them out: what every key below hashes, so that adding a field to
     RunConfig keeps the keys of every config from before it."""
-    values = config.to_dict()
-    for name, left_out in _ADDED_FIELDS.items():
-        if values[name] == left_out:
-            del values[name]
-    return values
+    return _without_added_defaults(config.to_dict())
+
+
+def _without_added_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without the ``_ADDED_FIELDS`` present in it at the value that leaves them out."""
+    return {name: value for name, value in values.items()
+            if name not in _ADDED_FIELDS or value != _ADDED_FIELDS[name]}
 
 
 def trial_key(config: RunConfig) -> str:
@@ -161,10 +163,7 @@ def data_identity(config: RunConfig) -> dict[str, Any]:
     does not change them) and without an added field at the value that leaves it out."""
     values = config.data_settings()
     values.pop("download")
-    for name, left_out in _ADDED_FIELDS.items():
-        if name in values and values[name] == left_out:
-            del values[name]
-    return values
+    return _without_added_defaults(values)
 
 
 def cache_key(config: RunConfig, teacher: str, *, augment: bool, dtype: str = "float32") -> str:
