@@ -59,26 +59,27 @@ def teacher_problems(config: RunConfig, shape: tuple[int, ...] | None = None) ->
 def _model_problems(role: str, name: str, spec: str | None = None, *, shape: tuple[int, ...] | None = None,
                     dataset: str = "") -> list[str]:
     """Whether ``name`` builds and, given one sample's ``shape``, takes a batch of such inputs."""
-    problem = _model_problem(name, shape)
-    if problem is None:
+    found = _model_problem(name, shape)
+    if found is None:
         return []
+    stage, problem = found
     where = f"{role}={name!r}" if spec is None or spec == name else f"{role}={spec!r}: {name!r}"
-    if problem.startswith("input: "):
+    if stage == "input":
         kind = f"{shape[1]}-step signals" if len(shape) == 2 else "x".join(map(str, shape[1:])) + " images"
-        return [f"{where} does not take the inputs of dataset={dataset!r} ({shape[0]}-channel {kind}): "
-                f"{problem.removeprefix('input: ')}"]
+        return [f"{where} does not take the inputs of dataset={dataset!r} ({shape[0]}-channel {kind}): {problem}"]
     return [f"{where}: {problem}"]
 
 
 @functools.lru_cache(maxsize=256)
-def _model_problem(name: str, shape: tuple[int, ...] | None) -> str | None:
+def _model_problem(name: str, shape: tuple[int, ...] | None) -> tuple[str, str] | None:
+    """None, or where ``name`` failed (``build``, or ``input``: on a batch of ``shape``) and why."""
     # Cached: a sweep validates every trial's config, thousands of them, over a few models.
     # On the meta device: no real weights and no arithmetic, only shapes (cheap for wrn-28-4 too).
     try:
         with torch.device("meta"):
             model = models.build(name, num_classes=10, in_channels=shape[0] if shape else 3)
     except ValueError as err:
-        return str(err)
+        return "build", str(err)
     if shape is None:
         return None
     try:
@@ -87,7 +88,7 @@ def _model_problem(name: str, shape: tuple[int, ...] | None) -> str | None:
     except NotImplementedError:
         return None  # an operator without a meta kernel: the shapes cannot be checked here
     except RuntimeError as err:
-        return "input: " + str(err).splitlines()[0][:160]
+        return "input", str(err).splitlines()[0][:160]
     return None
 
 
