@@ -13,6 +13,8 @@ labels). `--sweeps`, `--losses`, `--taus`, `--alphas`, `--noise-types` and
 `lr=0.05,epochs=60,schedule=cosine`) overrides the cpu preset; its teacher is trained
 with that recipe (once per label-noise setting), and every row is trained from it for
 each seed. The teacher's logits are computed once per run, as a sweep's cache does.
+Each teacher is judged as well: its own row (`teacher ARCH`, its CE run at its seed, and
+the same run longer) comes first, and counts in the verdict line.
 
 Per row, the training loss (the mean total loss over an epoch's samples: what the row
 optimises) `tail` epochs before the end (the last `--tail` fraction, 15% by default) and
@@ -148,43 +150,51 @@ def recipe_text(recipe: dict[str, Any], config: RunConfig) -> str:
 
 
 def run_rows(rows: list[RunConfig], args: argparse.Namespace, recipe: dict[str, Any]) -> list[RowResult]:
-    """Train the rows' teachers, then every row (each seed; and longer, if asked) under
-    ``recipe``; print each teacher, then each row as it ends (a Markdown table)."""
+    """Train the rows' teachers (and, if asked, each again for longer), then every row (each
+    seed; and longer, if asked) under ``recipe``; print a Markdown table with a row per teacher
+    first, then a row per student setting as it ends."""
     configs = [validate_run(c.replace(**{"threads": args.threads, **recipe})) for c in rows]
+    tail = max(1, round(args.tail * configs[0].epochs))
+    print("\n" + _header(tail, configs[0].epochs, args), flush=True)
     teachers: dict[str, Any] = {}
+    results = []
     for config in configs:
         key = teacher_key(config)
         if config.loss != "ce" and key not in teachers:
             started = time.perf_counter()
-            fit = train_teacher(config, data=load_data(config))
+            data = load_data(config)
+            fit = train_teacher(config, data=data)
             teachers[key] = fit.model
-            print(f"teacher {config.teacher} ({noise_label(config)}): train acc {fit.final['train_acc']:.4f}, "
-                  f"test acc {fit.final['test_acc']:.4f}, {config.teacher_config().epochs} epochs, "
-                  f"{time.perf_counter() - started:.1f}s", flush=True)
-    tail = max(1, round(args.tail * configs[0].epochs))
-    print("\n" + _header(tail, configs[0].epochs, args), flush=True)
-    results = []
+            run = config.teacher_config()
+            longer = _train(run.replace(epochs=round(args.longer * run.epochs)), data, None) if args.longer else None
+            results.append(_result(f"teacher {config.teacher}", config, [fit], longer and [longer], tail, started))
+            print(_row_line(results[-1], args), flush=True)
     for config in configs:
         data = load_data(config)
         teacher = teachers.get(teacher_key(config)) if config.loss != "ce" else None
         started = time.perf_counter()
         runs = [_train(config.replace(seed=s), data, teacher) for s in range(args.seeds)]
-        longer = None
+        longer_runs = None
         if args.longer:
             epochs = round(args.longer * config.epochs)
-            longer = statistics.mean(_train(config.replace(seed=s, epochs=epochs), data, teacher).final["train_loss"]
-                                     for s in range(args.seeds))
-        result = RowResult(
-            label(config), noise_label(config),
-            loss_before=statistics.mean(r.history[-1 - tail]["train_loss"] for r in runs),
-            loss_end=statistics.mean(r.final["train_loss"] for r in runs),
-            train_acc=statistics.mean(r.final["train_acc"] for r in runs),
-            test_acc=statistics.mean(r.final["test_acc"] for r in runs),
-            loss_longer=longer, seconds=time.perf_counter() - started,
-        )
-        print(_row_line(result, args), flush=True)
-        results.append(result)
+            longer_runs = [_train(config.replace(seed=s, epochs=epochs), data, teacher) for s in range(args.seeds)]
+        results.append(_result(label(config), config, runs, longer_runs, tail, started))
+        print(_row_line(results[-1], args), flush=True)
     return results
+
+
+def _result(name: str, config: RunConfig, runs: Sequence[TrainResult], longer: Sequence[TrainResult] | None,
+            tail: int, started: float) -> RowResult:
+    """A row from its runs (means over seeds) and, if trained, its longer runs."""
+    return RowResult(
+        name, noise_label(config),
+        loss_before=statistics.mean(r.history[-1 - tail]["train_loss"] for r in runs),
+        loss_end=statistics.mean(r.final["train_loss"] for r in runs),
+        train_acc=statistics.mean(r.final["train_acc"] for r in runs),
+        test_acc=statistics.mean(r.final["test_acc"] for r in runs),
+        loss_longer=statistics.mean(r.final["train_loss"] for r in longer) if longer else None,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def _train(config: RunConfig, data: Any, teacher: Any) -> TrainResult:
@@ -266,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run_rows(rows, args, recipe)
         held = sum(r.plateau(args.rtol, args.atol) for r in results)
         verdicts.append(f"plateau={held}/{len(results)} recipe={recipe_text(recipe, config)}")
-        print(f"\n{verdicts[-1]}: {sum(r.seconds for r in results):.0f}s of student training", flush=True)
+        print(f"\n{verdicts[-1]}: {sum(r.seconds for r in results):.0f}s of training", flush=True)
     print()
     print("\n".join(verdicts))
     return 0

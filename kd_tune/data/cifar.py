@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.datasets import CIFAR10, CIFAR100
 
 from kd_tune.data.base import DataError, SourceData, Split
 from kd_tune.data.safe_pickle import RefusedPickle, load_cifar_pickle
@@ -40,11 +39,20 @@ class _Spec:
     """One CIFAR variant; file names, md5s and the archive come from torchvision's tables."""
 
     title: str
-    tables: type  # torchvision's dataset class, read for its constants only
+    table_class: str  # torchvision's dataset class (in torchvision.datasets), read for its constants only
     num_classes: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     label_key: str
+
+    @property
+    def tables(self) -> type:
+        # Imported when CIFAR is loaded, not with kd_tune.data: torchvision.datasets pulls in
+        # torchvision.models and torch._dynamo, about 3 s (measured with -X importtime) that
+        # every sweep's driver and --help paid for data sets they never read.
+        import torchvision.datasets
+
+        return getattr(torchvision.datasets, self.table_class)
 
     @property
     def folder(self) -> str:
@@ -74,7 +82,7 @@ class _Spec:
 
 CIFAR10_SPEC = _Spec(
     title="CIFAR-10",
-    tables=CIFAR10,
+    table_class="CIFAR10",
     num_classes=10,
     mean=(0.4914, 0.4822, 0.4465),
     std=(0.2470, 0.2435, 0.2616),
@@ -82,7 +90,7 @@ CIFAR10_SPEC = _Spec(
 )
 CIFAR100_SPEC = _Spec(
     title="CIFAR-100",
-    tables=CIFAR100,
+    table_class="CIFAR100",
     num_classes=100,
     mean=(0.5071, 0.4865, 0.4409),
     std=(0.2673, 0.2564, 0.2762),

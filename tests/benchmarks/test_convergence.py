@@ -48,8 +48,10 @@ def test_a_tiny_run_prints_each_row_and_the_verdict_line():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| row | labels | loss @2 | loss @3 | fall, last 1 | train acc | test acc | loss @4 |" in proc.stdout
     assert "| kl tau=inf alpha=1 | clean |" in proc.stdout and "| ce | clean |" in proc.stdout
+    # The teacher is judged too, in its own row before the students'.
+    assert proc.stdout.index("| teacher cnn1d-6 | clean |") < proc.stdout.index("| kl tau=inf alpha=1 |")
     assert proc.stdout.strip().splitlines()[-1].startswith("plateau=")
-    assert proc.stdout.strip().splitlines()[-1].endswith("/2 recipe=lr=0.05,epochs=3,schedule=cosine,teacher=cnn1d-6")
+    assert proc.stdout.strip().splitlines()[-1].endswith("/3 recipe=lr=0.05,epochs=3,schedule=cosine,teacher=cnn1d-6")
 
 
 @pytest.mark.parametrize("flags", [["--recipe", "nosuch=1"], ["--longer", "0.5"], ["--losses", "hinge"]])

@@ -186,18 +186,19 @@ def test_a_crafted_pickle_is_refused_and_runs_nothing(cifar10_dir, tmp_path, nam
 
 
 def test_a_crafted_pickle_is_refused_by_the_sweep_command_before_anything_runs(cifar10_dir, tmp_path, capsys):
-    from test_sweep_cli import TAU_GRID
+    from sweep_runs import TAU_GRID
 
-    from kd_tune.cli.sweep import main
+    from kd_tune.cli.sweep import load_spec, main
 
     root, written = cifar10_dir
     ran = tmp_path / "ran"
     (written["folder"] / "data_batch_2").write_bytes(pickle.dumps({"data": _WritesAFile(ran)}, protocol=2))
     storage = tmp_path / "results"
+    spec = load_spec(Path(TAU_GRID))
     for extra in (["--dry-run"], []):
         with pytest.raises(SystemExit) as exit_info:
-            main(TAU_GRID, ["--preset", "digits", "--dataset", "cifar10", "--data-dir", str(root), "--storage",
-                            str(storage), *extra])
+            main(spec, ["--preset", "digits", "--dataset", "cifar10", "--data-dir", str(root), "--storage",
+                        str(storage), *extra])
         assert exit_info.value.code == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
         assert len(errors) == 1 and "refused to load" in errors[0] and "data_batch_2" in errors[0]
