@@ -226,3 +226,18 @@ def test_a_full_copy_must_be_the_official_one(tmp_path, dataset, title, write, f
     (written["folder"] / test_file).write_bytes(
         cifar_files.py2_pickle({b"data": written["test_data"][1:], **label_keys}))
     assert len(load_dataset(dataset, str(tmp_path)).test) == 9_999
+
+
+def test_torchvision_is_imported_only_when_cifar_is_read(cifar10_dir):
+    # It pulls in torchvision.models and torch._dynamo (about 3 s): every driver, worker and
+    # --help paid for it before. Reading CIFAR (the tables of file names and md5s) needs it.
+    import subprocess
+    import sys
+
+    root, _ = cifar10_dir
+    code = ("import sys, kd_tune.cli.sweep, kd_tune.sweep.trainable; print('torchvision' in sys.modules); "
+            "from kd_tune.data.cifar import load_cifar10_source; "
+            f"print(len(load_cifar10_source({str(root)!r}).train.labels), 'torchvision' in sys.modules)")
+    before, images, after = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                           check=True).stdout.split()
+    assert (before, after) == ("False", "True") and int(images) > 0
