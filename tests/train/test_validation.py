@@ -100,3 +100,19 @@ def test_a_model_that_cannot_take_the_data_is_refused_before_a_run(dataset, stud
         assert problems == []
     else:
         assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+def test_checking_models_leaves_the_global_rng_alone_and_imports_no_compiler():
+    # Models are built and run once to check their inputs: the seed a run set before
+    # validating still gives its draws, and nothing heavy (torch._dynamo, about 3 s) is imported.
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from kd_tune.core.config import preset; "
+            "from kd_tune.train.validation import validate_run; "
+            "torch.manual_seed(7); validate_run(preset('digits', student='wrn-16-1', teacher='resnet-8', "
+            "dataset='cifar10', data_dir='x')); "
+            "a = torch.rand(3).tolist(); torch.manual_seed(7); "
+            "print(a == torch.rand(3).tolist(), 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]
