@@ -134,7 +134,7 @@ def distill_trial(config: dict[str, Any], *, context: WorkerContext) -> None:
             result = train(run, data=data, teacher=teacher, teacher_logits=logits, resume_state=resume)
             timing.setup_s = time.perf_counter() - started
             tune.report(last({**result.final, STATUS_KEY: TrialStatus.COMPLETED.value,
-                              END_KEY: trial_end(result.measurements, result.model.state_dict).to_dict()}))
+                              END_KEY: trial_end(result.measurements, result.model.state_dict)}))
             return
     reports = TrialReports(context.schedule, resumed_epoch=int(resume["epoch"]) if resume else 0)
     timing.setup_s = time.perf_counter() - started
@@ -145,7 +145,7 @@ def distill_trial(config: dict[str, Any], *, context: WorkerContext) -> None:
             return
         report = {**end.metrics, STATUS_KEY: end.status.value, EPOCHS_KEY: reports.take()}
         if end.measurements is not None:
-            report[END_KEY] = trial_end(end.measurements, lambda: end.state()["model"]).to_dict()
+            report[END_KEY] = trial_end(end.measurements, lambda: end.state()["model"])
         if end.status.ended:
             report = last(report)
         began = time.perf_counter()

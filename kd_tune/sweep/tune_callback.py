@@ -89,7 +89,7 @@ class TuneSinks(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         # Tune lets callbacks change the result in place before it stores it: the end
         # payload (per-sample arrays) leaves here and never reaches Tune's state files.
-        end = result.pop(END_KEY, None)
+        end: TrialEnd | None = result.pop(END_KEY, None)
         planned = self._trial(trial)
         if planned is None:
             return
@@ -102,9 +102,8 @@ class TuneSinks(tune.Callback):
             for sink in self.sinks:
                 sink.epoch_reported(planned, trial.trial_id, metrics, epoch_status)
         if end is not None:
-            measured = TrialEnd.from_dict(end)
             for sink in self.sinks:
-                sink.trial_measured(planned, trial.trial_id, measured)
+                sink.trial_measured(planned, trial.trial_id, end)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         planned = self._trial(trial)

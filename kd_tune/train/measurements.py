@@ -126,17 +126,6 @@ class EndMeasurements:
         keep = np.isin(self.labels[self.feature_index], np.asarray(list(classes), dtype=np.int64))
         return replace(self, feature_index=self.feature_index[keep], features=self.features[keep])
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values (numpy arrays, floats): what a trial's last report carries."""
-        return {"labels": self.labels, "values": dict(self.values), "feature_index": self.feature_index,
-                "features": self.features, "summary": dict(self.summary)}
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> EndMeasurements:
-        """Inverse of :meth:`to_dict`."""
-        return cls(labels=values["labels"], values=dict(values["values"]), feature_index=values["feature_index"],
-                   features=values["features"], summary=dict(values["summary"]))
-
     def save(self, path: str) -> None:
         """Write to ``path`` (an ``.npz`` file, written atomically; plain arrays, no pickle)."""
         with atomic_write(path) as handle:

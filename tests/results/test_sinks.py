@@ -626,10 +626,12 @@ def test_adapter_takes_the_end_payload_out_of_the_result_and_sends_it(tmp_path):
     events: list = []
     trial = planned(0, epochs=1)
     end = measured_end()
-    result = report(1, COMPLETED, kd_end=end.to_dict())
+    result = report(1, COMPLETED, kd_end=end)
     adapter = TuneSinks([EndRecorder(events)])
     adapter.on_trial_result(0, [], tune_trial(trial, "t_0"), result)
     assert "kd_end" not in result  # Tune stores the result after its callbacks: the arrays never reach it
+    # Tune formats every result into debug messages: the payload's text is one short line.
+    assert repr(end) == "TrialEnd(12 test samples, 6 feature rows, weights not kept)"
     assert events[-2:] == [("epoch", trial.key, 1, COMPLETED), ("measured", trial.key, end.measurements.summary["ece"])]
 
 
