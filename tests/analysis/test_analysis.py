@@ -354,17 +354,22 @@ def test_cli_writes_the_table_file(grid, tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["tau_alpha.csv"]  # no temp file left
 
 
-def test_cli_rejects_bad_input(tmp_path):
-    proc = run_cli(tmp_path / "missing")
+def test_cli_rejects_bad_input(tmp_path, capsys):
+    from analysis.__main__ import main
+
+    proc = run_cli(tmp_path / "missing")  # once as a user runs it; the other cases in this process
     assert proc.returncode == 2 and "missing: no such file or directory" in proc.stderr
     write_sweep(tmp_path / "s", [trial()])
-    proc = run_cli(tmp_path / "s", "--table", "bogus")
-    assert proc.returncode == 2 and "invalid choice: 'bogus'" in proc.stderr
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "s"), "--table", "bogus"])
+    assert exc.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err
     damaged = tmp_path / "s" / "trials.parquet"
     damaged.write_bytes(damaged.read_bytes()[:-100])
-    proc = run_cli(tmp_path / "s")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert f"{damaged} is damaged" in proc.stderr and "python -m kd_tune.recover rebuild" in proc.stderr
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert f"{damaged} is damaged" in err and "python -m kd_tune.recover rebuild" in err
 
 
 def test_cli_in_process(tmp_path, capsys):

@@ -200,20 +200,26 @@ def test_plot_command_writes_every_figure_as_png_and_pdf(results, tmp_path):
     assert (out / "heatmap.pdf").read_bytes()[:5] == b"%PDF-"
 
 
-def test_plot_command_bad_input_exits_2(results, tmp_path):
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", "analysis", *args], capture_output=True, text=True, timeout=300)
+def test_plot_command_bad_input_exits_2(results, tmp_path, capsys):
+    from analysis.__main__ import main
 
-    no_out = run(str(results), "--plot", "heatmap")
+    def run(*args):
+        with pytest.raises(SystemExit) as exc:
+            main(list(args))
+        return exc.value.code, capsys.readouterr().err
+
+    # Once as a user runs it; the other cases in this process (each python -m costs seconds).
+    no_out = subprocess.run([sys.executable, "-m", "analysis", str(results), "--plot", "heatmap"],
+                            capture_output=True, text=True, timeout=300)
     assert no_out.returncode == 2 and "--plot needs --out DIR" in no_out.stderr
-    unknown = run(str(results), "--plot", "pie", "--out", str(tmp_path / "x"))
-    assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
+    code, err = run(str(results), "--plot", "pie", "--out", str(tmp_path / "x"))
+    assert code == 2 and "invalid choice" in err
     ce_only = tmp_path / "ce"
     ce_only.mkdir()
     trials = load_trials(results)
     trials[trials["loss"] == "ce"].to_parquet(ce_only / "trials.parquet")
-    nothing = run(str(ce_only), "--plot", "heatmap", "--out", str(tmp_path / "y"))
-    assert nothing.returncode == 2 and "heatmap skipped" in nothing.stderr
+    code, err = run(str(ce_only), "--plot", "heatmap", "--out", str(tmp_path / "y"))
+    assert code == 2 and "heatmap skipped" in err
     assert not (tmp_path / "y").exists()
 
 
