@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,12 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 for _name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL",
               "AWS_ENDPOINT_URL_S3"):
     os.environ.pop(_name, None)
+
+
+# Node-local caches (generated MNIST-1D signals, sweeps' local folders, copies of stored
+# folders) go to a folder of this test session, not to the user's ~/.cache; every process the
+# tests start inherits it.
+os.environ["KD_TUNE_LOCAL_CACHE"] = tempfile.mkdtemp(prefix="kd-tune-test-cache-")
 
 
 @pytest.fixture(autouse=True)

@@ -12,19 +12,31 @@ pool's mean and std like every data set. Labels are the digits 0..9 (``int64``).
 
 The generator seeds NumPy's global RNG (and Python's ``random``): the project's own
 seeding must not see it, so every RNG state it could touch is saved before the call and
-restored after it (:func:`untouched_global_rngs`). Generation takes about a second per
-5000 signals and is deterministic, so its arrays are kept per process by their arguments
-(:func:`generate`).
+restored after it (:func:`untouched_global_rngs`).
+
+Generation is deterministic and takes seconds (5.2 s for the canonical 5000 signals in one
+process at load average 4), and every process of a sweep needs it: the driver, the
+teacher stage and each trial actor. So its arrays are kept per process by their arguments
+(:func:`generate`), and on disk once per machine: ``<local cache>/mnist1d/<hash of the
+arguments>.npz`` (the node-local folder of :func:`kd_tune.storage.local_copies.default_local_cache`:
+``$KD_TUNE_LOCAL_CACHE``, ``$XDG_CACHE_HOME/kd-tune`` or ``~/.cache/kd-tune``), written
+atomically. The file holds the arguments and a sha256 of the arguments and arrays; a file
+that cannot be read, holds other arguments or does not match its sha256 is said in a
+warning naming it and generated again. A folder that cannot be written only costs the
+generation in every process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import random
+import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +44,8 @@ import torch
 
 from kd_tune.core.identity import config_hash
 from kd_tune.data.base import DataError, SourceData, Split
+from kd_tune.storage.atomic import atomic_write
+from kd_tune.storage.local_copies import default_local_cache
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +53,7 @@ log = logging.getLogger(__name__)
 CANONICAL_SAMPLES = 5000
 # Arguments of get_dataset_args() that only say where the published pickle is.
 _NOT_GENERATION = ("url",)
+_ARRAYS = ("x", "y", "x_test", "y_test")
 
 
 def generation_args(data_samples: int | None = None) -> dict[str, Any]:
@@ -80,6 +95,22 @@ def generate(data_samples: int | None = None) -> dict[str, np.ndarray]:
 
 @functools.lru_cache(maxsize=4)
 def _generate_cached(args_json: str) -> dict[str, np.ndarray]:
+    path = stored_path(args_json)
+    out = _read_stored(path, args_json)
+    if out is None:
+        out = _make(args_json)
+        _store(path, args_json, out)
+    for array in out.values():
+        array.setflags(write=False)
+    return out
+
+
+def stored_path(args_json: str) -> Path:
+    """Where this machine keeps the signals generated with ``args_json`` (see the module docstring)."""
+    return default_local_cache() / "mnist1d" / f"{config_hash(json.loads(args_json))}.npz"
+
+
+def _make(args_json: str) -> dict[str, np.ndarray]:
     from mnist1d.data import make_dataset
     from mnist1d.utils import ObjectView
 
@@ -87,10 +118,42 @@ def _generate_cached(args_json: str) -> dict[str, np.ndarray]:
     log.info("generating MNIST-1D: %d samples (arguments %s)", args["num_samples"], config_hash(args))
     with untouched_global_rngs():
         data = make_dataset(ObjectView(args))
-    out = {name: np.asarray(data[name]) for name in ("x", "y", "x_test", "y_test")}
-    for array in out.values():
-        array.setflags(write=False)
-    return out
+    return {name: np.ascontiguousarray(data[name]) for name in _ARRAYS}
+
+
+def _digest(args_json: str, arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256(args_json.encode("utf-8"))
+    for name in _ARRAYS:
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _read_stored(path: Path, args_json: str) -> dict[str, np.ndarray] | None:
+    """The arrays kept in ``path`` if it holds them whole for ``args_json``; else None (said once)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in _ARRAYS}
+            args, digest = str(stored["args"]), str(stored["sha256"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        log.warning("warning: MNIST-1D file %s cannot be read (%s); generating it again", path, err)
+        return None
+    if args != args_json or digest != _digest(args_json, arrays):
+        log.warning("warning: MNIST-1D file %s does not hold what was written (other arguments or a sha256 "
+                    "mismatch); generating it again", path)
+        return None
+    return arrays
+
+
+def _store(path: Path, args_json: str, arrays: dict[str, np.ndarray]) -> None:
+    try:
+        with atomic_write(path) as handle:
+            np.savez(handle, args=np.asarray(args_json), sha256=np.asarray(_digest(args_json, arrays)), **arrays)
+    except OSError as err:
+        log.info("MNIST-1D not kept on disk (%s): each process generates it", err)
 
 
 def load_mnist1d_source(data_dir: str | None = None, download: bool = False, *,

@@ -3,6 +3,8 @@ the project's seeding untouched by the generator; larger sets by data_samples; t
 fraction of the training split; label noise and the MLflow source with the generator's arguments."""
 from __future__ import annotations
 
+import json
+import logging
 import random
 
 import numpy as np
@@ -13,7 +15,7 @@ from mnist1d.utils import ObjectView
 
 from kd_tune.core.config import RunConfig, preset
 from kd_tune.data import dataset_generated, dataset_source, load_dataset
-from kd_tune.data.mnist1d import generate, generation_args, untouched_global_rngs
+from kd_tune.data.mnist1d import _generate_cached, generate, generation_args, stored_path, untouched_global_rngs
 from kd_tune.tracking.mlflow_sink import dataset_fields
 
 
@@ -47,7 +49,8 @@ def test_generation_uses_the_packages_canonical_arguments_and_data_samples_only_
     assert dataset_source("digits") == {}
 
 
-def test_the_generator_leaves_numpy_python_and_torch_global_rngs_as_they_were():
+def test_the_generator_leaves_numpy_python_and_torch_global_rngs_as_they_were(monkeypatch, tmp_path):
+    monkeypatch.setenv("KD_TUNE_LOCAL_CACHE", str(tmp_path))  # nothing kept on disk: the generator runs
     np.random.seed(123), random.seed(123), torch.manual_seed(123)
     expected = (np.random.rand(3), random.random(), torch.rand(3))
     np.random.seed(123), random.seed(123), torch.manual_seed(123)
@@ -112,3 +115,39 @@ def test_mlflow_source_holds_the_generation_arguments_and_old_digests_stay():
     old = RunConfig(noise_type="symmetric", noise_rate=0.4, loss="mse", alpha=1.0, seed=2)
     assert dataset_fields(old, "abc")["digest"] == "58786f4e7b6ef712"
     assert "generation" not in dataset_fields(old, "abc")["source"]
+
+
+def _generated_in_this_process(caplog, samples: int) -> tuple[dict, bool]:
+    """generate(samples) with the per-process memo cleared: (its arrays, whether it ran the generator)."""
+    _generate_cached.cache_clear()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="kd_tune.data.mnist1d"):
+        arrays = generate(samples)
+    return arrays, any("generating MNIST-1D" in r.getMessage() for r in caplog.records)
+
+
+def test_generated_signals_are_kept_on_disk_once_and_checked_when_read(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("KD_TUNE_LOCAL_CACHE", str(tmp_path))
+    path = stored_path(json.dumps(generation_args(650), sort_keys=True))
+    assert path.parent == tmp_path / "mnist1d" and not path.exists()
+    made, generated = _generated_in_this_process(caplog, 650)
+    assert generated and path.is_file()
+    read, generated = _generated_in_this_process(caplog, 650)  # another process on this machine
+    assert not generated and all(np.array_equal(made[k], read[k]) for k in ("x", "y", "x_test", "y_test"))
+    assert not read["x"].flags.writeable
+
+    # Altered behind its sha256: said, generated again, and the file made whole.
+    with np.load(path) as stored:
+        arrays = dict(stored)
+    arrays["x"] = arrays["x"] + 1.0
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+    again, generated = _generated_in_this_process(caplog, 650)
+    assert generated and f"MNIST-1D file {path} does not hold what was written" in caplog.text
+    assert np.array_equal(again["x"], made["x"])
+    # Truncated: the same.
+    path.write_bytes(path.read_bytes()[:100])
+    again, generated = _generated_in_this_process(caplog, 650)
+    assert generated and f"MNIST-1D file {path} cannot be read" in caplog.text
+    assert np.array_equal(again["x"], made["x"]) and not _generated_in_this_process(caplog, 650)[1]
+    _generate_cached.cache_clear()

@@ -18,12 +18,12 @@ def _numbers(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[keep].sort_values([k for k in ("trial_key", "epoch") if k in keep]).reset_index(drop=True)
 
 
-def test_the_report_and_checkpoint_schedule_does_not_change_the_numbers(tmp_path):
+def test_the_report_and_checkpoint_schedule_does_not_change_the_numbers(ray_cluster, tmp_path):
     runs = {"old": ["--report-every-s", "0", "--checkpoint-every-s", "0", "--checkpoint-every", "1"],
             "new": []}
     for name, flags in runs.items():
         cmd = sweep_cmd(tmp_path, name, "--epochs", "3", "--seeds", "1", "--taus", "4", "--alphas", "1",
-                        "--losses", "kl,mse", *flags, address=None)
+                        "--losses", "kl,mse", *flags)
         proc = run_sweep(cmd)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     epochs = {name: _numbers(load_epochs(tmp_path / name)) for name in runs}
