@@ -48,6 +48,7 @@ def run_flags(row: pd.Series) -> list[str]:
     return flags
 
 
+@pytest.mark.slow
 def test_a_direct_run_at_the_trials_threads_reproduces_the_sweep_trial(ray_cluster, tmp_path):
     sweep = subprocess.run(
         [sys.executable, str(ROOT / "sweeps" / "tau_grid.py"), "--address", "auto", "--storage", str(tmp_path),

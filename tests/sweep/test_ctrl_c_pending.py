@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import signal
 
+import pytest
 from sweep_runs import start_sweep, sweep_cmd
 from test_sweep_failures import stored_rows, wait_for
 
 
+@pytest.mark.slow
 def test_ctrl_c_with_trials_not_started_stops_cleanly(tmp_path):
     # mse at 2 alphas and ce, 2 seeds: 6 trials, which Tune makes at once (pending) and runs as
     # slots free up (--max-concurrent would make them one by one: none would be pending).

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from processes import ray_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +42,7 @@ finally:
 """
 
 
+@pytest.mark.slow
 def test_a_node_lost_after_the_listing_is_left_out_of_the_storage_check(tmp_path):
     env = ray_env()
     ray_tmp = tempfile.mkdtemp(prefix="kdl-", dir="/tmp")  # short: Ray's socket paths have a length limit

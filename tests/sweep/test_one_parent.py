@@ -7,11 +7,13 @@ import json
 import signal
 import time
 
+import pytest
 from sweep_runs import one_parent, rerun_without_ray, run_sweep, start_sweep, sweep_cmd
 
 from analysis.results_io import load_trials
 
 
+@pytest.mark.slow
 def test_killed_resumed_and_invoked_again_the_sweep_keeps_one_parent(tmp_path):
     cmd = sweep_cmd(tmp_path, "once", "--epochs", "2", "--seeds", "2", "--taus", "1", "--alphas", "1",
                     "--checkpoint-every", "1", "--max-concurrent", "1", address=None)

@@ -103,6 +103,7 @@ def test_search_with_asha_then_confirmation(ray_cluster, tmp_path):
     assert {tags[k] for k in stopped.index} == {"stopped"}
 
 
+@pytest.mark.slow
 def test_interrupted_then_killed_search_resumes_with_its_searcher(ray_cluster, tmp_path):
     # No early stopping here: a trial recorded as stopped would be an interrupted one mistaken for it.
     # Room for two interruptions however late a loaded machine delivers the first one: the

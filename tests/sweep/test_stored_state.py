@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 from cifar_files import write_cifar10
 from sweep_runs import run_sweep, sweep_cmd
 
@@ -22,6 +23,7 @@ def closing_summary(stdout: str) -> str:
     return stdout[stdout.index("\nsweep finished"):]
 
 
+@pytest.mark.slow
 def test_a_damaged_teacher_and_caches_are_made_again_with_the_same_results(ray_cluster, tmp_path):
     write_cifar10(tmp_path / "data", per_batch=40, test_size=40)
     # Augmented data: one cache per seed, four caches to damage four ways.

@@ -178,6 +178,7 @@ def assert_trials_unchanged(sweep_dir, trials):
     assert (now["finished_at"] == before["finished_at"]).all() and (now["test_acc"] == before["test_acc"]).all()
 
 
+@pytest.mark.slow
 def test_driver_killed_then_resumed(ray_cluster, tmp_path):
     cmd = sweep_cmd(tmp_path, "resume", "--epochs", "3", "--seeds", "3", "--taus", "1,3,inf",
                     "--alphas", "0.5,1", "--checkpoint-every", "1")
@@ -278,6 +279,7 @@ def test_ray_address_environment_is_honoured(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_failing_trial_is_retried_then_recorded_as_failed(ray_cluster, tmp_path):
     # A stale noisy-label file in the sweep's noise folder (made from other labels) makes
     # every attempt of the noisy student fail in its worker; the clean teacher is fine.

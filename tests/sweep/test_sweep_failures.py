@@ -47,6 +47,7 @@ def stored_rows(sweep_dir) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_a_tracking_server_killed_mid_sweep_costs_no_result(ray_cluster, tmp_path):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -90,6 +91,7 @@ def test_a_tracking_server_killed_mid_sweep_costs_no_result(ray_cluster, tmp_pat
         assert (sweep_dir / "tracking" / "outbox.jsonl").stat().st_size == 0
 
 
+@pytest.mark.slow
 def test_damaged_results_are_rebuilt_and_a_deleted_mlflow_store_refilled(ray_cluster, tmp_path):
     sweep_dir = tmp_path / "rebuild"
     cmd = sweep_cmd(tmp_path, "rebuild", "--epochs", "2", "--seeds", "1", "--taus", "1", "--alphas", "1",
@@ -140,6 +142,7 @@ def test_damaged_results_are_rebuilt_and_a_deleted_mlflow_store_refilled(ray_clu
     assert again.returncode == 0 and "refilling" not in again.stdout
 
 
+@pytest.mark.slow
 def test_two_sweeps_sharing_a_storage_build_a_teacher_and_its_cache_once(ray_cluster, tmp_path):
     # Different trials, the same teacher and teacher-logit cache; a fresh storage (no MLflow store yet).
     kl = sweep_cmd(tmp_path, "kl", "--epochs", "1", "--seeds", "2", "--losses", "kl", "--taus", "1", "--alphas", "1")
@@ -196,6 +199,7 @@ def _status(url: str, user: str | None = None, password: str | None = None) -> i
         return err.code
 
 
+@pytest.mark.slow
 def test_embedded_ray_stays_on_loopback_and_logs_to_a_server_with_basic_auth(tmp_path, monkeypatch):
     password = "kd-tune-Test-4711"
     folder = tmp_path / "server"

@@ -53,6 +53,7 @@ def run(cmd, cwd, env, timeout=400) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_a_sweep_on_s3_resumes_is_reused_and_leaves_only_mlflow_here(ray_cluster, s3, tmp_path):
     env = s3.env(ray_env())
     work = tmp_path / "work"

@@ -42,6 +42,7 @@ def sweep(tmp_path: Path, name: str, teachers: list[str]) -> subprocess.Complete
     return proc
 
 
+@pytest.mark.slow
 def test_a_chain_an_ensemble_and_an_undertrained_teacher_end_to_end(ray_cluster, tmp_path):
     proc = sweep(tmp_path, "composite", ["cnn-8>cnn-4", "2xcnn-4", "cnn-8@1"])
     out = proc.stdout

@@ -89,6 +89,7 @@ def served_queue(tmp_path, experiment, caplog):
     return port, uri, Lines(caplog), TrackingQueue(tmp_path / "sweep", uri, experiment), uuid.uuid4().hex
 
 
+@pytest.mark.slow
 def test_writes_queued_while_the_server_is_down_are_sent_once_it_answers(tmp_path, caplog):
     port, uri, lines, queue, invocation = served_queue(tmp_path, "outage", caplog)
     queue.put(StartParent(invocation, "outage 1", {"trials": 1}, {}))
@@ -123,6 +124,7 @@ def test_writes_queued_while_the_server_is_down_are_sent_once_it_answers(tmp_pat
         assert steps(client, run.info.run_id) == [(1, 0.1), (2, 0.2), (3, 0.3)]
 
 
+@pytest.mark.slow
 def test_a_server_killed_mid_sweep_holds_nothing_up_and_is_caught_up_with(tmp_path, caplog):
     port, uri, lines, queue, invocation = served_queue(tmp_path, "killed", caplog)
     with mlflow_server(tmp_path, port) as proc:
