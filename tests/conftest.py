@@ -2,6 +2,7 @@
 and registries put back after every test."""
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
@@ -28,6 +29,7 @@ for _name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
 # folders) go to a folder of this test session, not to the user's ~/.cache; every process the
 # tests start inherits it.
 os.environ["KD_TUNE_LOCAL_CACHE"] = tempfile.mkdtemp(prefix="kd-tune-test-cache-")
+atexit.register(shutil.rmtree, os.environ["KD_TUNE_LOCAL_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
