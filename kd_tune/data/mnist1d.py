@@ -139,10 +139,10 @@ def _read_stored(path: Path, args_json: str) -> dict[str, np.ndarray] | None:
             arrays = {name: stored[name] for name in _ARRAYS}
             args, digest = str(stored["args"]), str(stored["sha256"])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        log.warning("warning: MNIST-1D file %s cannot be read (%s); generating it again", path, err)
+        log.warning("MNIST-1D file %s cannot be read (%s); generating it again", path, err)
         return None
     if args != args_json or digest != _digest(args_json, arrays):
-        log.warning("warning: MNIST-1D file %s does not hold what was written (other arguments or a sha256 "
+        log.warning("MNIST-1D file %s does not hold what was written (other arguments or a sha256 "
                     "mismatch); generating it again", path)
         return None
     return arrays

@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -231,9 +233,6 @@ def test_a_full_copy_must_be_the_official_one(tmp_path, dataset, title, write, f
 def test_torchvision_is_imported_only_when_cifar_is_read(cifar10_dir):
     # It pulls in torchvision.models and torch._dynamo (about 3 s): every driver, worker and
     # --help paid for it before. Reading CIFAR (the tables of file names and md5s) needs it.
-    import subprocess
-    import sys
-
     root, _ = cifar10_dir
     code = ("import sys, kd_tune.cli.sweep, kd_tune.sweep.trainable; print('torchvision' in sys.modules); "
             "from kd_tune.data.cifar import load_cifar10_source; "

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -105,9 +107,6 @@ def test_a_model_that_cannot_take_the_data_is_refused_before_a_run(dataset, stud
 def test_checking_models_leaves_the_global_rng_alone_and_imports_no_compiler():
     # Models are built and run once to check their inputs: the seed a run set before
     # validating still gives its draws, and nothing heavy (torch._dynamo, about 3 s) is imported.
-    import subprocess
-    import sys
-
     code = ("import sys, torch; from kd_tune.core.config import preset; "
             "from kd_tune.train.validation import validate_run; "
             "torch.manual_seed(7); validate_run(preset('digits', student='wrn-16-1', teacher='resnet-8', "
