@@ -23,7 +23,8 @@ arguments>.npz`` (the node-local folder of :func:`kd_tune.storage.local_copies.d
 atomically. The file holds the arguments and a sha256 of the arguments and arrays; a file
 that cannot be read, holds other arguments or does not match its sha256 is said in a
 warning naming it and generated again. A folder that cannot be written only costs the
-generation in every process.
+generation in every process. The package's canonical arguments are kept there too (see
+:func:`generation_args`): a process that finds both files never imports the package.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import random
@@ -59,14 +61,42 @@ _ARRAYS = ("x", "y", "x_test", "y_test")
 def generation_args(data_samples: int | None = None) -> dict[str, Any]:
     """The arguments ``make_dataset`` is called with: the package's canonical ones, with
     ``num_samples`` = ``data_samples`` when given. Plain values (lists, numbers, bools)."""
-    from mnist1d.data import get_dataset_args  # pure Python, but not needed until a run uses it
+    args = json.loads(_canonical_args())
+    if data_samples is not None:
+        args["num_samples"] = int(data_samples)
+    return args
+
+
+@functools.lru_cache(maxsize=1)
+def _canonical_args() -> str:
+    """The package's ``get_dataset_args()`` as canonical JSON, kept on disk per installed version.
+
+    Importing ``mnist1d.data`` imports SciPy's interpolation (2 s in a fresh process here), and
+    every process of a sweep needs the arguments (they name the data and its disk copy), most of
+    them only to read that copy. So the first process of a machine writes them beside the
+    signals (``args-<version>.json``, with their sha256) and the others read them; a file that
+    cannot be read or does not match its sha256 is made again.
+    """
+    version = importlib.metadata.version("mnist1d")
+    path = default_local_cache() / "mnist1d" / f"args-{version}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        stored = json.loads(path.read_text())
+        if stored["version"] == version and stored["sha256"] == _sha256(stored["args"]):
+            return stored["args"]
+    from mnist1d.data import get_dataset_args
 
     args = dict(get_dataset_args(as_dict=True))
     for name in _NOT_GENERATION:
         args.pop(name, None)
-    if data_samples is not None:
-        args["num_samples"] = int(data_samples)
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in args.items()}
+    text = json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in args.items()}, sort_keys=True)
+    with contextlib.suppress(OSError):
+        with atomic_write(path) as handle:
+            handle.write(json.dumps({"version": version, "args": text, "sha256": _sha256(text)}).encode())
+    return text
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @contextlib.contextmanager

@@ -338,13 +338,22 @@ class Recorder:
         # Imported here: it imports Ray Tune (see the note on imports above).
         from kd_tune.sweep.tune_callback import TuneSinks
 
-        finished = self.parquet.finished_keys()
         console = ConsoleProgress(total=total, done=done)
-        # The row is written before the MLflow run is ended: a driver killed in between leaves
-        # a RUNNING run, which finish() ends, never a finished run without its row.
-        callback = TuneSinks([self.parquet, self.samples, self.mlflow, console], skip=finished, hold_new=hold_new)
-        results = _fit(self.options, callback, run, self.context)
-        self.parquet.reconcile(callback.ended_in_tune)
+        rounds = self.options.max_failures + 1
+        for round_ in range(1, rounds + 1):
+            # The row is written before the MLflow run is ended: a driver killed in between leaves
+            # a RUNNING run, which finish() ends, never a finished run without its row.
+            callback = TuneSinks([self.parquet, self.samples, self.mlflow, console],
+                                 skip=self.parquet.finished_keys(), hold_new=hold_new, keep_lost=round_ < rounds)
+            results = _fit(self.options, callback, run, self.context)
+            self.parquet.reconcile(callback.ended_in_tune)
+            if not callback.lost or not _ended_by_itself(results, total, callback):
+                break
+            # Tune errored these trials with retries left (a worker lost while it was handed to
+            # them, which Tune does not retry; see kd_tune.sweep.tune_callback): resuming the
+            # experiment resumes them, as rerunning the command would.
+            log.warning(f"{len(callback.lost)} trial(s) lost their worker as it was handed to them, which Ray Tune "
+                        f"does not retry; resuming the sweep to run them (round {round_ + 1} of at most {rounds})")
         done = self.parquet.finished_keys()
         # Tune's result for a trial holds its config only once the trial reported: a Ctrl-C while
         # trials still waited for a slot leaves results without one. Such a trial has nothing to
@@ -550,6 +559,14 @@ def _fit(options: SweepOptions, callback: Any, run: TuneRun, context: WorkerCont
             ),
         )
     return tuner.fit()
+
+
+def _ended_by_itself(results: Any, total: int, callback: Any) -> bool:
+    """Whether Tune ran the experiment to its end (not stopped by a Ctrl-C): it holds all
+    ``total`` trials, each reported or errored (a Ctrl-C leaves waiting trials with neither)
+    and ended through the adapter (trials running at a Ctrl-C are stopped without an end)."""
+    return (len(results) == total and all(r.config is not None or r.error is not None for r in results)
+            and not callback.open_trials)
 
 
 def prune_checkpoints(experiment: Storage, trial_paths: Sequence[str]) -> int:

@@ -14,6 +14,13 @@ its callbacks to change before it stores it, and sends them as ``trial_measured`
 adapter must therefore be the first callback of the run: those after it (Tune's JSON
 logger) and Tune's own experiment state never see the arrays.
 
+A trial Tune ends in error while it still had retries left is not ended here but counted as
+:attr:`TuneSinks.lost`: Tune retries only a trial that is RUNNING when it fails, and a trial
+handed a reused actor waits PENDING until the actor's ``reset`` returns, so a worker that
+dies in that window (a lost node, a killed process) errors the trial at once whatever
+``--max-failures`` says. The runner then resumes the experiment (errored trials included)
+within the same invocation; see :meth:`kd_tune.sweep.runner.Recorder.fit`.
+
 A restored sweep replays the final checkpoint of a trial that was recorded before the
 driver stopped; every event of a trial in ``skip`` (trial keys) is skipped, so nothing
 is written twice.
@@ -65,11 +72,14 @@ class TuneSinks(tune.Callback):
     for :meth:`kd_tune.results.parquet_sink.ParquetSink.reconcile`.
     """
 
-    def __init__(self, sinks: Sequence[TrialSink], *, skip: Collection[str] = (), hold_new: bool = False):
+    def __init__(self, sinks: Sequence[TrialSink], *, skip: Collection[str] = (), hold_new: bool = False,
+                 keep_lost: bool = True):
         global _current
         self.sinks = tuple(sinks)
         self.skip = frozenset(skip)
         self.hold_new = hold_new
+        self.keep_lost = keep_lost
+        self.lost: set[str] = set()  # trial keys Tune ended in error with retries left (see the module doc)
         self.ended_in_tune: tuple[EndedTrial, ...] = ()
         self._trials: dict[str, Trial] = {}  # Tune trial id -> the trial, while it runs
         self._status: dict[str, TrialStatus] = {}  # Tune trial id -> last reported status
@@ -123,7 +133,15 @@ class TuneSinks(tune.Callback):
         self._end(trial, last if last.ended else TrialStatus.STOPPED, None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._end(trial, TrialStatus.FAILED, _error_text(trial))
+        if self.keep_lost and trial.should_recover():
+            self._lose(trial)
+        else:
+            self._end(trial, TrialStatus.FAILED, _error_text(trial))
+
+    @property
+    def open_trials(self) -> int:
+        """Trials started and not yet ended (nor lost), ends held for Tune's next save included."""
+        return len(self._trials)
 
     def get_state(self) -> dict | None:
         """Tune calls this while it saves its experiment state: after writing the trials and
@@ -176,6 +194,19 @@ class TuneSinks(tune.Callback):
         for sink in self.sinks:
             sink.trial_ended(planned, tune_trial.trial_id, status, error)
         del self._trials[tune_trial.trial_id], self._status[tune_trial.trial_id]
+        self._ignored.add(tune_trial.trial_id)
+
+    def _lose(self, tune_trial: Any) -> None:
+        """Record a trial Tune errored with retries left as retried, not ended: the runner resumes it."""
+        planned = self._trial(tune_trial)
+        if planned is None:
+            return
+        error = _error_text(tune_trial)
+        for sink in self.sinks:
+            sink.trial_retried(planned, error)
+        self.lost.add(planned.key)
+        del self._trials[tune_trial.trial_id], self._status[tune_trial.trial_id]
+        self._unsaved.discard(tune_trial.trial_id)
         self._ignored.add(tune_trial.trial_id)
 
 

@@ -3,7 +3,8 @@
 - :mod:`~kd_tune.train.trainer`: the loop (:func:`train`), for teachers and students alike,
   resumable bitwise from its state;
 - :mod:`~kd_tune.train.losses`: the distillation losses and their registry (the loss math
-  is in their docstrings);
+  is in their docstrings); :mod:`~kd_tune.train.closed_form`: the logit-loss family's terms
+  with their gradients written out;
 - :mod:`~kd_tune.train.optim`: optimiser and learning-rate schedule;
 - :mod:`~kd_tune.train.evaluation` and :mod:`~kd_tune.train.measurements`: the per-epoch
   metrics and the end-of-run test measurements;

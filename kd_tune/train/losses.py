@@ -58,9 +58,10 @@ torchdistill compute it). For constant logits (std 0) ``s(z) = 0`` and the gradi
 finite (at most ``1e7`` times the upstream gradient). Pearson correlations are cosines of
 centred vectors, each norm clamped below at ``1e-8`` (the reference code's eps): for a
 constant vector the correlation is 0 and gradients stay finite. ``standardize``, ``dkd``
-and ``dist`` compute the teacher's side without autograd (no gradient reaches the teacher
-logits, which a distillation step never trains): on a small CPU student a loss's cost is
-mostly its count of small kernels (``benchmarks/loss_cost.py``).
+and ``dist`` are computed with their gradients written out, one autograd node each
+(:mod:`kd_tune.train.closed_form`, which states the gradients): on a small CPU student a
+loss's cost is mostly its count of small kernels (``benchmarks/loss_cost.py``). No gradient
+reaches the teacher logits, which a distillation step never trains.
 
 Each published method's own weighting, in the mixing rule above: a paper's
 ``c_ce * CE + c_kd * KD`` is ``(c_ce + c_kd)`` times ours at ``alpha = c_kd / (c_ce + c_kd)``,
@@ -97,14 +98,11 @@ import torch.nn.functional as F
 
 from kd_tune.core.config import LOSS_OPTIONS, RunConfig, loss_option_problems, tau_alpha_problems
 from kd_tune.core.registry import Registry
+from kd_tune.train import closed_form
+from kd_tune.train.closed_form import dkd_log_probs, with_gradient
 
 Tensor = torch.Tensor
 KDTerm = Callable[..., Tensor]
-
-STD_EPS = 1e-7
-"""Added to the sample standard deviation of a z-score (the value of Sun et al.'s code)."""
-PEARSON_EPS = 1e-8
-"""Lower clamp of each centred vector's norm in a Pearson correlation (DIST's code)."""
 
 
 class LossFn(Protocol):
@@ -120,17 +118,6 @@ reserved by :func:`register_kd_term`. A term is called ``term(z_s, z_t, tau, **o
 and with ``targets=y, epoch=e`` too when registered with ``context=True``."""
 
 
-def standardize_logits(logits: Tensor, tau: float = 1.0) -> Tensor:
-    """Per-sample z-scores over the classes, divided by ``tau``:
-    ``(z - mean_k z) / ((std_k z + STD_EPS) * tau)``, the sample std (divisor K - 1).
-
-    ``tau`` is folded into the (B, 1) denominator: one small kernel fewer per call than
-    dividing the (B, K) z-scores by it.
-    """
-    std, mean = torch.std_mean(logits, dim=1, keepdim=True)
-    return (logits - mean) / ((std + STD_EPS) * tau)
-
-
 @LOSSES.register("kl", options=("standardize",))
 def kl_term(student_logits: Tensor, teacher_logits: Tensor, tau: float, *, standardize: bool = False) -> Tensor:
     """``tau**2 * KL(softmax(z_t/tau) || softmax(z_s/tau))``, batch mean; tau may be inf.
@@ -139,12 +126,7 @@ def kl_term(student_logits: Tensor, teacher_logits: Tensor, tau: float, *, stand
     the teacher's side is then a constant (no gradient reaches it).
     """
     if standardize:
-        if math.isinf(tau):
-            return logit_matching_limit(standardize_logits(student_logits), standardize_logits(teacher_logits))
-        log_p_s = F.log_softmax(standardize_logits(student_logits, tau), dim=1)
-        with torch.no_grad():  # the teacher's side is a constant of the student's step
-            log_p_t = F.log_softmax(standardize_logits(teacher_logits, tau), dim=1)
-        return tau * tau * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+        return with_gradient(closed_form.kl_of_z_scores, student_logits, teacher_logits, tau)
     if math.isinf(tau):
         return logit_matching_limit(student_logits, teacher_logits)
     log_p_s = F.log_softmax(student_logits / tau, dim=1)
@@ -168,9 +150,7 @@ def mse_term(student_logits: Tensor, teacher_logits: Tensor, tau: float, *, stan
     and classes; tau is unused."""
     del tau
     if standardize:
-        student_logits = standardize_logits(student_logits)
-        with torch.no_grad():  # the teacher's side is a constant of the student's step
-            teacher_logits = standardize_logits(teacher_logits)
+        return with_gradient(closed_form.mse_of_z_scores, student_logits, teacher_logits)
     return F.mse_loss(student_logits, teacher_logits)
 
 
@@ -178,27 +158,15 @@ def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, t
     """Per sample (shape (B,) each, no ``tau**2``): DKD's TCKD and NCKD at temperature ``tau``.
 
     TCKD is the KL of the binary [target, rest] distributions, NCKD the KL of the
-    distributions over the non-target classes (teacher first in both). Computed from log
-    probabilities: ``log(1 - p_t)`` is a log-sum-exp over the other classes, exact where
-    ``p_t`` rounds to 1. The teacher's side is a constant (no gradient reaches it).
+    distributions over the non-target classes (teacher first in both), from the log
+    probabilities of :func:`kd_tune.train.closed_form.dkd_log_probs`. For analysis and
+    tests; a training step takes :func:`dkd_term`, which computes their batch means and
+    the gradient in one node.
     """
     index = targets.unsqueeze(1)
-    log_s = _dkd_log_probs(student_logits / tau, index)
-    with torch.no_grad():
-        log_t = _dkd_log_probs(teacher_logits / tau, index)
-    summands = F.kl_div(log_s, log_t, reduction="none", log_target=True)  # (B, 2 + K)
+    summands = F.kl_div(dkd_log_probs(student_logits / tau, index), dkd_log_probs(teacher_logits / tau, index),
+                        reduction="none", log_target=True)  # (B, 2 + K)
     return summands[:, :2].sum(dim=1), summands[:, 2:].sum(dim=1)
-
-
-def _dkd_log_probs(logits: Tensor, index: Tensor) -> Tensor:
-    """Per sample, ``[log p_t, log(1 - p_t), log q_k for every class k]`` (shape (B, 2 + K)):
-    the binary [target, rest] distribution, then the distribution over the other classes,
-    whose target entry is 0 (on both sides of a KL its summand is then exp(0) * (0 - 0) = 0,
-    with no inf - inf in the forward or the backward pass)."""
-    log_p = F.log_softmax(logits, dim=1)
-    rest = log_p.scatter(1, index, -math.inf)
-    log_rest = rest.logsumexp(dim=1, keepdim=True)  # log(1 - p_t)
-    return torch.cat((log_p.gather(1, index), log_rest, (rest - log_rest).scatter(1, index, 0.0)), dim=1)
 
 
 def dkd_weight(epoch: int | None, warmup: int) -> float:
@@ -214,37 +182,16 @@ def dkd_weight(epoch: int | None, warmup: int) -> float:
 def dkd_term(student_logits: Tensor, teacher_logits: Tensor, tau: float, *, targets: Tensor, epoch: int | None,
              dkd_alpha: float = 1.0, dkd_beta: float = 8.0, dkd_warmup: int = 20) -> Tensor:
     """``min(epoch / warmup, 1) * tau**2 * (dkd_alpha * TCKD + dkd_beta * NCKD)``, batch means."""
-    tckd, nckd = dkd_parts(student_logits, teacher_logits, targets, tau)
-    return (dkd_weight(epoch, dkd_warmup) * tau * tau) * (dkd_alpha * tckd.mean() + dkd_beta * nckd.mean())
-
-
-def _unit(centred: Tensor, dim: int) -> Tensor:
-    """``centred`` divided by its norm along ``dim``, the norm clamped below at ``PEARSON_EPS``."""
-    return centred / torch.linalg.vector_norm(centred, dim=dim, keepdim=True).clamp_min(PEARSON_EPS)
+    return with_gradient(closed_form.dkd, student_logits, teacher_logits, tau, targets,
+                         dkd_weight(epoch, dkd_warmup), dkd_alpha, dkd_beta)
 
 
 @LOSSES.register("dist", options=("dist_beta", "dist_gamma"))
 def dist_term(student_logits: Tensor, teacher_logits: Tensor, tau: float, *, dist_beta: float = 1.0,
               dist_gamma: float = 1.0) -> Tensor:
     """``tau**2 * (dist_beta * inter + dist_gamma * intra)``: one minus the mean Pearson
-    correlation of the softened probabilities, per sample (inter) and per class (intra).
-
-    A probability vector's mean over the K classes is 1/K, so the inter term centres with
-    1/K (equal to centring with the mean up to float rounding). The teacher's side is a
-    constant (no gradient reaches it).
-    """
-    p_s = F.softmax(student_logits / tau, dim=1)
-    with torch.no_grad():
-        p_t = F.softmax(teacher_logits / tau, dim=1)
-        rows_t = _unit(p_t - 1.0 / p_t.shape[1], dim=1)
-        columns_t = _unit(p_t - p_t.mean(dim=0, keepdim=True), dim=0)
-    rows = _unit(p_s - 1.0 / p_s.shape[1], dim=1)
-    columns = _unit(p_s - p_s.mean(dim=0, keepdim=True), dim=0)
-    # sum(rows * rows_t) / B is the mean over samples of their Pearson correlations, the
-    # same over columns / K for the classes.
-    inter = 1.0 - (rows * rows_t).sum() / p_s.shape[0]
-    intra = 1.0 - (columns * columns_t).sum() / p_s.shape[1]
-    return (tau * tau) * (dist_beta * inter + dist_gamma * intra)
+    correlation of the softened probabilities, per sample (inter) and per class (intra)."""
+    return with_gradient(closed_form.dist, student_logits, teacher_logits, tau, dist_beta, dist_gamma)
 
 
 def register_kd_term(name: str, term: KDTerm) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -152,3 +155,28 @@ def test_generated_signals_are_kept_on_disk_once_and_checked_when_read(monkeypat
     assert generated and f"MNIST-1D file {path} cannot be read" in caplog.text
     assert np.array_equal(again["x"], made["x"]) and not _generated_in_this_process(caplog, 650)[1]
     _generate_cached.cache_clear()
+
+
+def test_a_process_that_finds_the_disk_copies_never_imports_the_generator(tmp_path):
+    """The package's arguments and its signals are kept per machine: a second process loads the
+    data set without importing mnist1d (SciPy's interpolation, 2 s), and an arguments file that
+    does not match its sha256 is made again from the package."""
+    code = ("import sys, json; from kd_tune.data.mnist1d import generation_args, load_mnist1d_source; "
+            "load_mnist1d_source(data_samples=600); "
+            "print(json.dumps([generation_args(600), 'mnist1d' in sys.modules]))")
+    env = {**os.environ, "KD_TUNE_LOCAL_CACHE": str(tmp_path)}
+
+    def run() -> tuple[dict, bool]:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        args, imported = json.loads(out.stdout.strip().splitlines()[-1])
+        return args, imported
+
+    first, imported = run()
+    assert imported and first == generation_args(600)
+    second, imported = run()
+    assert not imported and second == first
+    (stored,) = (tmp_path / "mnist1d").glob("args-*.json")
+    record = json.loads(stored.read_text())
+    stored.write_text(json.dumps({**record, "args": record["args"].replace('"seed": 42', '"seed": 7')}))
+    third, imported = run()
+    assert imported and third == first

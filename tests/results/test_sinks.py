@@ -428,10 +428,11 @@ class Recorder(TrialSink):
         self.events.append(("experiment_ended",))
 
 
-def tune_trial(trial, trial_id, error_file=None, status="RUNNING", last_result=None):
-    """A stand-in for Tune's trial object: the attributes the adapter reads."""
+def tune_trial(trial, trial_id, error_file=None, status="RUNNING", last_result=None, retries_left=False):
+    """A stand-in for Tune's trial object: the attributes the adapter reads (``should_recover``:
+    whether the trial had retries left when Tune errored it)."""
     return SimpleNamespace(trial_id=trial_id, config={"trial": trial.to_dict()}, error_file=error_file,
-                           status=status, last_result=last_result or {})
+                           status=status, last_result=last_result or {}, should_recover=lambda: retries_left)
 
 
 def report(epoch, status, **extra):
@@ -484,6 +485,28 @@ def test_adapter_decides_only_failed_and_stopped(tmp_path):
     ]
     adapter.on_trial_result(0, [], t["completed"], report(2, COMPLETED))  # ended: nothing follows
     assert events[-1] == ("experiment_ended",)
+
+
+def test_a_trial_errored_with_retries_left_is_retried_not_ended(tmp_path):
+    """Tune errors a trial whose worker died while a reused actor was reset for it, retries
+    left or not: the adapter records it as retried and lost (the runner resumes it), except in
+    the runner's last round, where it is failed."""
+    events: list = []
+    adapter = TuneSinks([Recorder(events)])
+    lost, failed = planned(0), planned(1)
+    error_file = tmp_path / "error.txt"
+    error_file.write_text("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n")
+    adapter.on_trial_error(0, [], tune_trial(lost, "t_0", error_file=str(error_file), retries_left=True))
+    adapter.on_trial_error(0, [], tune_trial(failed, "t_1", error_file=str(error_file)))
+    error = "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task."
+    assert events == [("started", lost.key, "t_0"), ("retried", lost.key, error),
+                      ("started", failed.key, "t_1"), ("ended", failed.key, FAILED, error)]
+    assert adapter.lost == {lost.key} and adapter.open_trials == 0
+
+    last_round: list = []
+    adapter = TuneSinks([Recorder(last_round)], keep_lost=False)
+    adapter.on_trial_error(0, [], tune_trial(lost, "t_0", error_file=str(error_file), retries_left=True))
+    assert last_round[-1] == ("ended", lost.key, FAILED, error) and adapter.lost == set()
 
 
 def test_adapter_error_text_without_an_error_file():

@@ -188,9 +188,10 @@ def test_a_lease_is_renewed_while_held_and_stale_once_not(s3_env, caplog):
     with pytest.raises(LockBusy):
         LeaseLock(storage, ".locks/k.lock", lease_s=1.5).acquire()
     held.release()
-    # A holder on another host that stopped renewing: free once its lease has passed.
+    # A holder on another host that stopped renewing: free once its lease has passed. Its lease
+    # (4 s) outlasts the seconds a loaded machine may take to get from writing it to waiting.
     record = {"host": "elsewhere", "pid": 1, "started_at": "2026-01-01T00:00:00+00:00", "purpose": "gone",
-              "lease_s": 1.5}
+              "lease_s": 4.0}
     assert storage.create_exclusive(".locks/k.lock", json.dumps(record).encode())
     started = time.monotonic()
     lock = LeaseLock(storage, ".locks/k.lock", lease_s=1.5).acquire(wait=30)

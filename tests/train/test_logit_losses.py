@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from kd_tune.train.closed_form import PEARSON_EPS, STD_EPS
 from kd_tune.train.losses import (
-    PEARSON_EPS,
-    STD_EPS,
     distillation_loss,
     dkd_parts,
     dkd_term,
@@ -212,6 +211,79 @@ def test_dist_mixes_with_ce_by_alpha(batch):
     got = distillation_loss(zs, zt, y, loss="dist", tau=4.0, alpha=0.25)
     assert float(got) == pytest.approx(0.75 * float(ref_ce(zs, y)) + 0.25 * ref_dist(zs, zt, 4.0, 1.0, 1.0),
                                        rel=1e-10)
+
+
+# -- the written-out gradients against autograd on the formulas ---------------------------------
+
+
+def torch_pearson_mean(a, b, dim):
+    """Mean Pearson correlation along ``dim`` of two 2-d tensors, differentiable in ``a``."""
+    ca, cb = a - a.mean(dim, keepdim=True), b - b.mean(dim, keepdim=True)
+    return ((ca * cb).sum(dim) / (ca.norm(dim=dim) * cb.norm(dim=dim))).mean()
+
+
+def formula(loss, tau, options, zs, zt, y, epoch):
+    """The KD term written out above, as autograd sees it (float64)."""
+    if loss == "kl" and math.isinf(tau):
+        d = zscore(zs) - zscore(zt)
+        return ((d - d.mean(1, keepdim=True)) ** 2).sum(1).mean() / (2 * K)
+    if loss == "kl":
+        return tau**2 * kl_rows(softmax(zscore(zt) / tau), softmax(zscore(zs) / tau)).mean()
+    if loss == "mse":
+        return ((zscore(zs) - zscore(zt)) ** 2).mean()
+    if loss == "dkd":
+        tckd, nckd = ref_dkd_parts(zs, zt, y, tau)
+        weight = min(epoch / options.get("dkd_warmup", 20), 1.0)
+        a, b = options.get("dkd_alpha", 1.0), options.get("dkd_beta", 8.0)
+        return weight * tau**2 * (a * tckd.mean() + b * nckd.mean())
+    ps, pt = softmax(zs / tau), softmax(zt / tau)
+    inter, intra = 1 - torch_pearson_mean(ps, pt, 1), 1 - torch_pearson_mean(ps, pt, 0)
+    return tau**2 * (options.get("dist_beta", 1.0) * inter + options.get("dist_gamma", 1.0) * intra)
+
+
+@pytest.mark.parametrize("loss, tau, options", [
+    ("kl", 2.0, {"standardize": True}), ("kl", 0.5, {"standardize": True}), ("kl", math.inf, {"standardize": True}),
+    ("mse", 1.0, {"standardize": True}), ("dkd", 4.0, {}), ("dkd", 1.0, {"dkd_alpha": 2.0, "dkd_beta": 3.0}),
+    ("dist", 4.0, {}), ("dist", 1.0, {"dist_beta": 2.0, "dist_gamma": 0.5}),
+])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_written_out_gradients_equal_autograd_on_the_formula(loss, tau, options, seed):
+    """The family's gradients (kd_tune.train.closed_form) against autograd through the
+    formulas of this file, in float64, KD term alone and mixed with CE; the teacher gets none."""
+    zs, zt = logits(20 + seed, scale=3.0), logits(30 + seed, scale=3.0)
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 0, 3]).roll(seed)
+    for alpha in (1.0, 0.3):
+        ours, theirs = zs.clone().requires_grad_(True), zs.clone().requires_grad_(True)
+        teacher = zt.clone().requires_grad_(True)
+        value = make_loss(loss, tau=tau, alpha=alpha, options=options)(ours, teacher, y, 7)
+        want = (1 - alpha) * ref_ce(theirs, y) + alpha * formula(loss, tau, options, theirs, zt, y, 7)
+        (value * 3.0).backward()  # an upstream gradient other than 1 reaches it too
+        (want * 3.0).backward()
+        assert torch.allclose(value, want, rtol=1e-10, atol=1e-13)
+        assert torch.allclose(ours.grad, theirs.grad, rtol=1e-8, atol=1e-12), (alpha, ours.grad - theirs.grad)
+        assert teacher.grad is None
+
+
+def test_written_out_gradients_hold_for_far_apart_and_float32_logits():
+    """Float32 logits of spread 30 (probabilities near 0 and 1) against the float64 formula."""
+    zs, zt = logits(40, scale=15.0), logits(41, scale=15.0)
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 0, 3])
+    for loss, tau, options in (("dkd", 1.0, {}), ("dist", 1.0, {}), ("kl", 2.0, {"standardize": True})):
+        ours = zs.float().requires_grad_(True)
+        theirs = zs.clone().requires_grad_(True)
+        make_loss(loss, tau=tau, alpha=1.0, options=options)(ours, zt.float(), y, 30).backward()
+        formula(loss, tau, options, theirs, zt, y, 30).backward()
+        scale = float(theirs.grad.abs().max())
+        assert torch.allclose(ours.grad.double(), theirs.grad, rtol=1e-4, atol=1e-5 * scale), loss
+
+
+def test_the_family_is_once_differentiable(batch):
+    zs, zt, y = batch
+    z = zs.clone().requires_grad_(True)
+    value = make_loss("dist", tau=4.0, alpha=1.0)(z, zt, y)
+    (grad,) = torch.autograd.grad(value, z, create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad.sum().backward()
 
 
 # -- identities between the losses --------------------------------------------------------------
