@@ -193,8 +193,7 @@ class TuneSinks(tune.Callback):
             return
         for sink in self.sinks:
             sink.trial_ended(planned, tune_trial.trial_id, status, error)
-        del self._trials[tune_trial.trial_id], self._status[tune_trial.trial_id]
-        self._ignored.add(tune_trial.trial_id)
+        self._forget(tune_trial.trial_id)
 
     def _lose(self, tune_trial: Any) -> None:
         """Record a trial Tune errored with retries left as retried, not ended: the runner resumes it."""
@@ -205,9 +204,13 @@ class TuneSinks(tune.Callback):
         for sink in self.sinks:
             sink.trial_retried(planned, error)
         self.lost.add(planned.key)
-        del self._trials[tune_trial.trial_id], self._status[tune_trial.trial_id]
-        self._unsaved.discard(tune_trial.trial_id)
-        self._ignored.add(tune_trial.trial_id)
+        self._forget(tune_trial.trial_id)
+
+    def _forget(self, trial_id: str) -> None:
+        """Stop tracking a trial this invocation ended or lost; later events of it are ignored."""
+        del self._trials[trial_id], self._status[trial_id]
+        self._unsaved.discard(trial_id)
+        self._ignored.add(trial_id)
 
 
 def _ended_by_trainer(tune_trials: Sequence[Any]) -> list[EndedTrial]:

@@ -81,14 +81,10 @@ def with_gradient(value_and_grad: ValueAndGrad, student_logits: Tensor, *args: A
 # -- building blocks -------------------------------------------------------------------------------
 
 
-def standardize_logits(logits: Tensor, tau: float = 1.0) -> Tensor:
-    """Per-sample z-scores over the classes, divided by ``tau``:
-    ``(z - mean_k z) / ((std_k z + STD_EPS) * tau)``, the sample std (divisor K - 1)."""
-    return _zscore(logits, tau)[0]
-
-
 def _zscore(logits: Tensor, tau: float) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-    """The z-scores divided by ``tau`` and what their backward pass needs: the centred logits,
+    """Per-sample z-scores over the classes divided by ``tau``,
+    ``(z - mean_k z) / ((std_k z + STD_EPS) * tau)`` with the sample std (divisor K - 1), and
+    what their backward pass needs: the centred logits,
     the std and the denominator ``(std + STD_EPS) * tau`` (tau folded into the (B, 1) factor:
     one (B, K) kernel fewer)."""
     std, mean = torch.std_mean(logits, dim=1, keepdim=True)
