@@ -252,7 +252,7 @@ def test_written_out_gradients_equal_autograd_on_the_formula(loss, tau, options,
     formulas of this file, in float64, KD term alone and mixed with CE; the teacher gets none."""
     zs, zt = logits(20 + seed, scale=3.0), logits(30 + seed, scale=3.0)
     y = torch.tensor([0, 1, 2, 3, 4, 5, 0, 3]).roll(seed)
-    for alpha in (1.0, 0.3):
+    for alpha in (1.0, 0.3, 0.0):
         ours, theirs = zs.clone().requires_grad_(True), zs.clone().requires_grad_(True)
         teacher = zt.clone().requires_grad_(True)
         value = make_loss(loss, tau=tau, alpha=alpha, options=options)(ours, teacher, y, 7)
