@@ -214,6 +214,7 @@ def test_sequential_end_to_end(ray_cluster, tmp_path):
     assert "no teacher (ce)" in proc.stdout
 
 
+@pytest.mark.slow
 def test_noisy_teacher_end_to_end(ray_cluster, tmp_path):
     proc = run_script("noisy_teacher", tmp_path, "--name", "noisy", "--teachers", "cnn-8,cnn-8@1", "--taus", "1,inf",
                       "--teacher-epochs", "3")

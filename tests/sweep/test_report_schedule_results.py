@@ -5,6 +5,7 @@ same epochs and the same final rows, number for number."""
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 from sweep_runs import run_sweep, sweep_cmd
 
 from analysis.results_io import load_epochs, load_trials
@@ -18,6 +19,7 @@ def _numbers(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[keep].sort_values([k for k in ("trial_key", "epoch") if k in keep]).reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_the_report_and_checkpoint_schedule_does_not_change_the_numbers(ray_cluster, tmp_path):
     runs = {"old": ["--report-every-s", "0", "--checkpoint-every-s", "0", "--checkpoint-every", "1"],
             "new": []}

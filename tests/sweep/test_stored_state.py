@@ -76,6 +76,7 @@ def test_a_damaged_teacher_and_caches_are_made_again_with_the_same_results(ray_c
     assert "1 completed" in ce.stdout and not teacher.exists()
 
 
+@pytest.mark.slow
 def test_a_teacher_at_chance_is_said_under_the_table(ray_cluster, tmp_path):
     proc = run_sweep(sweep_cmd(tmp_path, "chance", "--lr", "1000", "--epochs", "1", "--seeds", "1",
                                "--losses", "mse", "--alphas", "1"))
